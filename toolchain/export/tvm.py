@@ -22,7 +22,7 @@ import numpy as np
 
 from toolchain.errors import ToolchainError
 from toolchain.export.tvm_build import find_nvcc, nvcc_supported_archs
-from toolchain.export.tvm_inspect import inspect_library
+from toolchain.export.tvm_inspect import elf_machine, inspect_library
 from toolchain.targets.devices import DeviceProfile
 
 MAX_REL_ERR_FP32 = 1e-4
@@ -100,7 +100,11 @@ def _load_vm(lib_path: str | Path):
     lib_path = Path(lib_path)
     if not lib_path.is_file():
         raise ToolchainError(f"TVM library not found: {lib_path}")
-    machine = inspect_library(lib_path)["elf_machine"]
+    with open(lib_path, "rb") as library:
+        header = library.read(64)
+    if header[:4] != b"\x7fELF":
+        raise ToolchainError(f"{lib_path} is not a shared library (no ELF header)")
+    machine = elf_machine(header)
     host = {"AMD64": "x86_64", "arm64": "aarch64"}.get(_host_machine(), _host_machine())
     if machine != host:
         raise ToolchainError(f"{lib_path.name} is built for {machine}; this host is {host} (run it there)")
