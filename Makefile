@@ -35,3 +35,16 @@ demo-model: $(STAMP)
 
 clean:
 	rm -rf dist runs .pytest_cache
+
+# Cross compiler for the Jetson (aarch64) TVM build, installed through apt when missing.
+CROSS_CXX ?= aarch64-linux-gnu-g++
+SUDO      := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: cross-tools
+cross-tools:
+	@command -v $(CROSS_CXX) >/dev/null 2>&1 || { \
+	  echo "installing g++-aarch64-linux-gnu through apt (needed for the Jetson cross build)"; \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq g++-aarch64-linux-gnu; } || { \
+	    echo "error: could not install g++-aarch64-linux-gnu through apt; install it by hand (apt-get install g++-aarch64-linux-gnu) to cross-compile for the Jetson" >&2; \
+	    exit 2; }; }
+	@$(CROSS_CXX) --version | head -n 1
