@@ -1,0 +1,99 @@
+"""Per-group widths under a latency budget, by a registered allocator.
+
+An allocator is a function `fn(problem, budget_ms) -> {group: width}` decorated with
+`@register_allocator("name")`. The `AllocationProblem` carries everything it may use: each group's allowed
+widths (hardware multiple, floors), the estimated loss of keeping k channels (from a saliency criterion,
+calibrated on data), a latency model (a trained predictor or a synthetic one), and a MAC counter.
+
+    lpnet     relaxed widths optimised by gradient through the differentiable LPNet predictor (default)
+    knapsack  per-channel latency cost from the predictor, importance as value (HALP style)
+    uniform   one keep ratio for every group, searched to meet the budget (baseline)
+    macs      global pruning to the MAC fraction equal to the budget fraction (latency-unaware baseline)
+
+>>> widths = allocate("knapsack", problem, budget_ms=3.0)                 # doctest: +SKIP
+>>> problem.latency.ms(widths) <= 3.0                                    # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from toolchain.allocate._problem import (
+    AllocationProblem,
+    GroupChoice,
+    LatencyModel,
+    PredictorLatency,
+    build_problem,
+    check_reachable,
+    greedy_repair,
+    loss_curves,
+)
+from toolchain.errors import ToolchainError
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """A pruning-under-a-budget job: exactly one of `budget_ms` / `budget_ratio` (of dense measured latency)."""
+
+    budget_ms: float | None = None
+    budget_ratio: float | None = None
+    criterion: str = "l2"
+    allocator: str = "lpnet"
+    round_to: int = 8  # kept widths are multiples of this (hardware multiple)
+    min_keep_ratio: float = 0.1  # per-layer limit: no group keeps less than this share (never zero)
+    sensitive_keep_ratio: float = 0.3  # floor of the most loss-sensitive group (others scaled down to min)
+    max_iterations: int = 4  # measure -> tighten -> re-prune rounds
+    lower_ratio: float = 0.90  # a measured latency in [lower_ratio, 1] x budget is accepted
+    aim_ratio: float = 0.95  # first aim, as a share of the budget
+    finetune_steps: int = 0  # distillation steps after BN re-calibration (0: low-data, no fine-tuning)
+    protect: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.budget_ms is None) == (self.budget_ratio is None):
+            raise ToolchainError("give exactly one of --budget-ms or --budget-ratio")
+        if self.budget_ms is not None and not self.budget_ms > 0:
+            raise ToolchainError(f"--budget-ms must be positive, got {self.budget_ms}")
+        if self.budget_ratio is not None and not 0.0 < self.budget_ratio <= 1.0:
+            raise ToolchainError(f"--budget-ratio must be in (0, 1], got {self.budget_ratio}")
+        if not 0.0 < self.min_keep_ratio <= 1.0:
+            raise ToolchainError(f"min_keep_ratio must be in (0, 1], got {self.min_keep_ratio}")
+        if self.max_iterations < 1:
+            raise ToolchainError(f"max_iterations must be >= 1, got {self.max_iterations}")
+
+
+Allocator = Callable[[AllocationProblem, float], dict[str, int]]
+_ALLOCATORS: dict[str, Allocator] = {}
+
+
+def register_allocator(name: str) -> Callable[[Allocator], Allocator]:
+    def wrap(fn: Allocator) -> Allocator:
+        if name in _ALLOCATORS:
+            raise ValueError(f"allocator {name!r} registered twice")
+        _ALLOCATORS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_allocators() -> list[str]:
+    return sorted(_ALLOCATORS)
+
+
+def allocate(name: str, problem: AllocationProblem, budget_ms: float) -> dict[str, int]:
+    """Widths per group whose predicted latency is at most `budget_ms`; unreachable budgets raise."""
+    if name not in _ALLOCATORS:
+        raise ToolchainError(f"unknown allocator {name!r}; valid: {', '.join(list_allocators())}")
+    check_reachable(problem, budget_ms)
+    widths = _ALLOCATORS[name](problem, budget_ms)
+    problem.check_widths(widths)
+    return widths
+
+
+__all__ = [
+    "AllocationProblem", "BudgetConfig", "GroupChoice", "LatencyModel", "PredictorLatency", "allocate",
+    "build_problem", "greedy_repair", "list_allocators", "loss_curves", "register_allocator",
+]
+
+from toolchain.allocate import knapsack, lpnet, macs, uniform  # noqa: E402,F401,I001
