@@ -8,6 +8,7 @@ TARGET ?= cpu
 MODEL  ?= zoo:demo
 RATIO  ?= 0.5
 OUT    ?= dist/$(TARGET)/$(subst :,-,$(MODEL))
+TEST_WORKERS ?= 2
 
 .PHONY: venv deploy test lint demo-model clean
 
@@ -25,7 +26,7 @@ deploy: $(STAMP)
 	$(BIN)/toolchain deploy --model $(MODEL) --ratio $(RATIO) --out $(OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
