@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 TARGET ?= cpu
 MODEL  ?= zoo:demo
 RATIO  ?= 0.5
-OUT    ?= dist/$(TARGET)/$(subst :,-,$(MODEL))
+PRECISION ?= fp16
+TEST_WORKERS ?= 2
 
 .PHONY: venv deploy test lint demo-model clean
 
@@ -21,11 +22,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,tvm]'
 	@touch $(STAMP)
 
-deploy: $(STAMP)
-	$(BIN)/toolchain deploy --model $(MODEL) --ratio $(RATIO) --out $(OUT)
+# TARGET: a device from the device table (`toolchain targets` lists them; jetson = jetson-orin).
+# Jetson bundles need the aarch64 cross compiler, installed through apt when missing.
+deploy: $(STAMP) $(if $(filter jetson%,$(TARGET)),cross-tools)
+	$(BIN)/toolchain deploy --model $(MODEL) --target $(TARGET) --ratio $(RATIO) --precision $(PRECISION) \
+		$(if $(OUT),--out $(OUT))
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -30,3 +32,9 @@ def _deterministic():
 
 def example_input(name: str) -> torch.Tensor:
     return torch.randn(small_input_shape(name), generator=torch.Generator().manual_seed(0))
+
+
+def pytest_configure(config):
+    # One torch thread per test worker: `make test` runs two workers on a 2-core machine.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)

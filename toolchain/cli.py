@@ -130,11 +130,44 @@ def prune_cmd(**kwargs) -> None:
 
 @cli.command("deploy")
 @model_options
-@_pipeline_options
-@click.option("--target", default="cpu", show_default=True, help="deployment target")
-def deploy_cmd(**kwargs) -> None:
-    """Prune for a target, export, verify, and write the deploy folder with its manifest."""
-    _run_pipeline(**kwargs)
+@click.option("--ratio", type=float, default=0.5, show_default=True, callback=parse_ratio,
+              help="share of channels removed from every prunable group")
+@click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--protect", multiple=True, help="layer (module path) whose outputs are never pruned")
+@click.option("--data", help="mnist5k, cifar10:DIR, or file.py:function (default: mnist5k for zoo:demo)")
+@click.option("--target", default="cpu", show_default=True, help="device from the device table (jetson = jetson-orin)")
+@click.option("--precision", type=click.Choice(["fp16", "int8"]), default="fp16", show_default=True,
+              help="TensorRT engine precision built on the device")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="default: dist/<target>/<model>")
+@click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON on stdout")
+def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, target, precision, out, as_json) -> None:
+    """Prune for a target, export, verify, and write the deploy bundle with its manifest."""
+    from toolchain.bundle import BundleConfig, default_out, write_bundle
+    from toolchain.deploy import PipelineConfig
+    from toolchain.pruning import PruneConfig
+    from toolchain.targets.devices import get_device
+
+    device = get_device(target)
+    out = out or default_out(device.name, model)
+    pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, data=data,
+                              prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)),
+                              target=device.name)
+    manifest = write_bundle(BundleConfig(device=device.name, precision=precision), pipeline, Steps(quiet=as_json))
+    if as_json:
+        click.echo(json.dumps(manifest, indent=1))
+        return
+    _summary(manifest, out)
+    click.echo(f"  TVM library: {out}/{manifest['tvm']['library']}")
+    latency = manifest["latency"]
+    if latency.get("measured_ms") is not None:
+        click.echo(f"  measured latency on {device.name}: {latency['measured_ms']:.3f} ms")
+    else:
+        predicted = latency.get("predicted_ms")
+        shown = f"{predicted:.4f} ms" if predicted is not None else "none"
+        click.echo(f"  latency NOT measured (no reachable {device.name}); predicted {shown}: "
+                   f"{latency['prediction_source']}")
+    if "tensorrt" in manifest:
+        click.echo(f"on the board: copy {out}/ there, then run ./build_engine.sh && python3 run.py model.engine")
 
 
 @cli.command("export")

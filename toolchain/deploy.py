@@ -43,6 +43,18 @@ class PipelineConfig:
 
 
 Step = Callable[[str], None]
+# Adds target-specific files to the folder being written: (folder, pruned model, example input,
+# data splits or None, manifest to extend, step reporter).
+Extension = Callable[[Path, torch.nn.Module, torch.Tensor, object, dict, Step], None]
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp (and some writers) create owner-only files; an output folder is meant to be shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        wanted = (0o777 if path.is_dir() else 0o666 | (path.stat().st_mode & 0o111)) & ~umask
+        path.chmod(path.stat().st_mode | wanted)
 
 
 def check_output_folder(out: Path) -> None:
@@ -65,6 +77,7 @@ def atomic_folder(out: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
+        _make_readable(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -83,8 +96,12 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None) -> dict:
-    """Prune, recover (BatchNorm re-calibration), export and verify; return the manifest."""
+def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, extend: Extension | None = None) -> dict:
+    """Prune, recover (BatchNorm re-calibration), export and verify; return the manifest.
+
+    `extend` adds target-specific artifacts (a TVM library, engine scripts) before the folder is
+    renamed into place, so a failure there leaves nothing half-written either.
+    """
     check_output_folder(config.out)  # before any slow work
     step("loading model")
     dense, shape = resolve_model(config.model, config.weights, config.input_shape)
@@ -112,5 +129,7 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None) -> 
         manifest["onnx_max_rel_err"] = verify_onnx(result.model, onnx_path, example_input)
         manifest["onnx_opset"] = 17
         write_arch_and_weights(tmp, result.model, dense, manifest["model"], shape, result.widths)
+        if extend is not None:
+            extend(tmp, result.model, example_input, data, manifest, step)
         write_json(tmp / MANIFEST, manifest)
     return manifest

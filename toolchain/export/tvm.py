@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import ToolchainError
+from toolchain.export.onnx import MAX_REL_ERR_FP32, max_relative_error
 from toolchain.export.tvm_build import find_nvcc, nvcc_supported_archs
 from toolchain.export.tvm_inspect import elf_machine, inspect_library
 from toolchain.targets.devices import DeviceProfile
 
-MAX_REL_ERR_FP32 = 1e-4
 CROSS_BUILD_TIMEOUT_S = 900
 
 __all__ = [
@@ -147,12 +147,6 @@ def run_tvm_host(lib_path: str | Path, inputs) -> np.ndarray | list[np.ndarray]:
     vm, meta = _load_vm(lib_path)
     outputs = _run(vm, _as_input_list(inputs, meta))
     return outputs[0] if len(outputs) == 1 else outputs
-
-
-def max_relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """max |a - b| / max |a|: relative to the output's scale, so near-zero entries don't dominate."""
-    scale = max(float(np.abs(reference).max()), 1e-12)
-    return float(np.abs(reference - candidate).max()) / scale
 
 
 def verify_tvm_against(torch_model, lib_path: str | Path, example_input, n_random: int = 2,
