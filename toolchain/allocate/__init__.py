@@ -47,6 +47,7 @@ class BudgetConfig:
     max_iterations: int = 4  # measure -> tighten -> re-prune rounds
     lower_ratio: float = 0.90  # a measured latency in [lower_ratio, 1] x budget is accepted
     aim_ratio: float = 0.95  # first aim, as a share of the budget
+    refine_rounds: int = 2  # lpnet/knapsack: exchange rounds on the joint calibration loss (0: none)
     finetune_steps: int = 0  # distillation steps after BN re-calibration (0: low-data, no fine-tuning)
     protect: tuple[str, ...] = ()
 

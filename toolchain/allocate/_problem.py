@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from toolchain.errors import ToolchainError
@@ -118,9 +119,20 @@ def check_reachable(problem: AllocationProblem, budget_ms: float) -> None:
                              f"at {smallest_ms:.3f} ms (lower the per-layer floors or raise the budget)")
 
 
-def loss_curves(scores: dict[str, torch.Tensor], widths: dict[str, int], sensitivity: dict[str, float] | None,
+Sensitivity = dict[str, "float | dict[float, float]"]  # group -> loss increase, or {keep ratio: loss increase}
+
+
+def _probes(value, probe_keep_ratio: float) -> dict[float, float]:
+    return dict(value) if isinstance(value, dict) else {probe_keep_ratio: float(value)}
+
+
+def loss_curves(scores: dict[str, torch.Tensor], widths: dict[str, int], sensitivity: Sensitivity | None,
                 probe_keep_ratio: float = 0.5) -> dict[str, torch.Tensor]:
     """Loss increase of keeping the k best channels, k = 0..width, from the criterion's scores.
+
+    The lost share of the group's saliency u(k) is mapped to loss through the probes (keep ratio -> measured
+    loss increase): piecewise linear in u through (0, 0) and each probe, extended past the last probe with
+    its slope, so the curve bends the way the measurements do (deep cuts cost more than linearly).
 
     >>> curve = loss_curves({"g": torch.tensor([3.0, 1.0])}, {"g": 2}, None)["g"]
     >>> [round(float(v), 3) for v in curve]
@@ -131,11 +143,23 @@ def loss_curves(scores: dict[str, torch.Tensor], widths: dict[str, int], sensiti
         width = widths[name]
         score = _per_channel(score.float(), width)
         shifted = torch.sort(score - score.min() + 1e-6 * (score.abs().max() + 1e-12), descending=True).values
-        kept = torch.cat([torch.zeros(1), torch.cumsum(shifted, 0)]) / shifted.sum()
-        lost = 1.0 - kept
-        probe = max(1, min(width - 1, round(probe_keep_ratio * width))) if width > 1 else 1
-        scale = (sensitivity or {}).get(name, 1.0) / max(float(lost[probe]), 1e-6)
-        curves[name] = (lost * scale).clamp_min(0.0)
+        lost = 1.0 - torch.cat([torch.zeros(1), torch.cumsum(shifted, 0)]) / shifted.sum()
+        knots_u, knots_loss = [0.0], [0.0]
+        probes = _probes((sensitivity or {}).get(name, 1.0), probe_keep_ratio)
+        for ratio in sorted(probes, reverse=True):  # shallow cut first
+            k = max(1, min(width - 1, round(ratio * width))) if width > 1 else 1
+            u = float(lost[k])
+            if u > knots_u[-1] + 1e-9:
+                knots_u.append(u)
+                knots_loss.append(max(float(probes[ratio]), knots_loss[-1]))
+        if len(knots_u) == 1:
+            knots_u.append(1.0)
+            knots_loss.append(1.0)
+        slope = (knots_loss[-1] - knots_loss[-2]) / (knots_u[-1] - knots_u[-2])
+        knots_u.append(max(1.0, knots_u[-1]) + 1.0)
+        knots_loss.append(knots_loss[-1] + slope * (knots_u[-1] - knots_u[-2]))
+        curve = torch.from_numpy(np.interp(lost.numpy(), knots_u, knots_loss)).float()
+        curves[name] = curve.clamp_min(0.0)
     return curves
 
 
@@ -150,14 +174,15 @@ def _per_channel(score: torch.Tensor, width: int) -> torch.Tensor:
 
 def build_problem(groups, scores: dict[str, torch.Tensor], latency: LatencyModel, round_to: int = 8,
                   min_keep_ratio: float = 0.1, sensitive_keep_ratio: float = 0.3,
-                  sensitivity: dict[str, float] | None = None, probe_keep_ratio: float = 0.5,
+                  sensitivity: Sensitivity | None = None, probe_keep_ratio: float = 0.5,
                   macs: Callable[[dict[str, int]], int] | None = None) -> AllocationProblem:
     """Allowed widths and loss curves for `groups` (graph ChannelGroups or anything with name/width/unit)."""
-    top = max((sensitivity or {}).values(), default=0.0)
+    worst = {name: max(_probes(v, probe_keep_ratio).values()) for name, v in (sensitivity or {}).items()}
+    top = max(worst.values(), default=0.0)
     choices = []
     for g in groups:
         step = g.unit if g.unit > 1 else (round_to if g.width >= round_to else 1)
-        share = (sensitivity or {}).get(g.name, 0.0) / top if top > 0 else 0.0
+        share = worst.get(g.name, 0.0) / top if top > 0 else 0.0
         floor_ratio = max(min_keep_ratio, min_keep_ratio + (sensitive_keep_ratio - min_keep_ratio) * share)
         min_width = min(g.width, max(step, step * math.ceil(floor_ratio * g.width / step)))
         choices.append(GroupChoice(g.name, g.width, step, min_width))

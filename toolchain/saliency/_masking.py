@@ -118,6 +118,26 @@ def captured_inputs(modules: list[nn.Module]) -> Iterator[dict[int, list[torch.T
             hook.remove()
 
 
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalise with the batch's own statistics (running statistics left untouched).
+
+    After pruning, BatchNorm is re-calibrated; evaluating a masked model with batch statistics is the cheap
+    stand-in for that, so a probe measures the channels' worth rather than the statistics' shift.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.momentum) for m in norms]
+    for m in norms:
+        m.train()
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    try:
+        yield
+    finally:
+        for m, (training, momentum) in zip(norms, saved):
+            m.train(training)
+            m.momentum = momentum
+
+
 def calibration_batches(calib, batch_size: int, max_batches: int) -> list[Batch]:
     """Normalise what a caller passes as calibration data into a list of (inputs, labels or None)."""
     if calib is None:

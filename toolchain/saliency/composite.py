@@ -14,7 +14,7 @@ import torch
 
 from toolchain.errors import ToolchainError
 from toolchain.saliency import ScoringContext, get_criterion, register_criterion, to_ranks
-from toolchain.saliency._masking import masked, task_loss
+from toolchain.saliency._masking import batch_statistics, masked, task_loss
 
 MEAN_RANK = "mean_rank"
 
@@ -27,7 +27,7 @@ def _keep_mask(ranks: torch.Tensor, width: int) -> torch.Tensor:
 
 def _loss(context: ScoringContext, masks: dict[str, torch.Tensor], batches: int) -> float:
     total = 0.0
-    with torch.no_grad(), masked(context.graph, masks):
+    with torch.no_grad(), batch_statistics(context.model), masked(context.graph, masks):
         for (inputs, labels), reference in list(zip(context.batches, context.references()))[:batches]:
             total += float(task_loss(context.model(inputs), labels, reference))
     context.cost["evaluations"] = context.cost.get("evaluations", 0) + 1

@@ -1,0 +1,102 @@
+"""The budget loop on the real demo model with a synthetic predictor and a fake (deterministic) target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+from toolchain.allocate import BudgetConfig
+from toolchain.budget import PredictorInfo, prune_to_budget
+from toolchain.data import DataSplits, load_mnist5k
+from toolchain.errors import ToolchainError
+from toolchain.models import resolve_model
+
+# demo groups: stem.0 32, layer1.0.conv1 32, layer2.0.conv1 64, layer2.0.downsample.0 64, layer3.0.conv1 128,
+# layer3.0.downsample.0 128
+COST_MS_PER_CHANNEL = {"stem.0": 0.02, "layer1.0.conv1": 0.01, "layer2.0.conv1": 0.01,
+                       "layer2.0.downsample.0": 0.012, "layer3.0.conv1": 0.008, "layer3.0.downsample.0": 0.006}
+
+
+class LinearLatency:
+    differentiable = True
+
+    def __init__(self, fixed_ms: float):
+        self.fixed_ms = fixed_ms
+        self.costs = torch.tensor(list(COST_MS_PER_CHANNEL.values()))
+
+    def ms_batch(self, widths: torch.Tensor) -> torch.Tensor:
+        return self.fixed_ms + widths @ self.costs
+
+
+def fake_target(fixed_ms: float):
+    """Times a model as `fixed_ms` + per-channel costs of its actual widths; counts its calls."""
+    calls = []
+
+    def measure_ms(model, _example_input) -> float:
+        calls.append(1)
+        return fixed_ms + sum(cost * model.get_submodule(name).out_channels for name, cost in COST_MS_PER_CHANNEL.items())
+
+    return measure_ms, calls
+
+
+@pytest.fixture(scope="module")
+def demo():
+    model, shape = resolve_model("zoo:demo")
+    return model, torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
+def predictor(fixed_ms: float = 0.1) -> PredictorInfo:
+    return PredictorInfo(LinearLatency(fixed_ms), "synthetic", None, {})
+
+
+def test_misses_are_tightened_until_the_measured_latency_meets_the_budget(demo):
+    model, x = demo
+    measure_ms, calls = fake_target(fixed_ms=1.0)  # the target has a larger fixed cost than predicted
+    result = prune_to_budget(model, x, BudgetConfig(budget_ratio=0.5, criterion="l1", allocator="knapsack"),
+                             predictor(0.1), measure_ms)
+    manifest = result.manifest
+    assert 0.9 * manifest["budget_ms"] <= manifest["measured_latency_ms"] <= manifest["budget_ms"]
+    assert manifest["budget_met"] is True
+    assert len(manifest["iterations"]) >= 2  # the first aim missed and was tightened
+    assert len(calls) == 1 + len(manifest["iterations"])
+    for key in ("budget_ms", "predicted_latency_ms", "measured_latency_ms", "dense_latency_ms", "criterion",
+                "allocator", "per_layer_widths", "predictor"):
+        assert key in manifest
+    assert manifest["per_layer_widths"] == result.widths
+    assert all(w % 8 == 0 and w >= 8 for w in result.widths.values())
+
+
+@pytest.mark.parametrize("allocator", ["lpnet", "uniform"])
+def test_budget_in_ms_is_met(demo, allocator):
+    model, x = demo
+    measure_ms, _ = fake_target(fixed_ms=0.1)
+    result = prune_to_budget(model, x, BudgetConfig(budget_ms=3.0, criterion="l2", allocator=allocator),
+                             predictor(0.1), measure_ms)
+    assert result.manifest["measured_latency_ms"] <= 3.0
+
+
+def test_unreachable_budget_names_the_narrowest_measured_latency(demo):
+    model, x = demo
+    measure_ms, _ = fake_target(fixed_ms=1.0)
+    with pytest.raises(ToolchainError, match=r"unreachable.*narrowest allowed model measures \d+\.\d+ ms"):
+        prune_to_budget(model, x, BudgetConfig(budget_ms=1.2, criterion="l1", allocator="knapsack"),
+                        predictor(0.1), measure_ms)
+
+
+def test_with_data_the_manifest_has_accuracies_and_recovery(demo):
+    model, x = demo
+    splits = load_mnist5k()
+    small = DataSplits(Subset(splits.train, range(256)), Subset(splits.calib, range(128)),
+                       Subset(splits.test, range(200)))
+    measure_ms, _ = fake_target(fixed_ms=0.1)
+    result = prune_to_budget(model, x, BudgetConfig(budget_ratio=0.7, criterion="taylor", allocator="lpnet", refine_rounds=1,
+                                                    finetune_steps=2), predictor(0.1), measure_ms, data=small)
+    manifest = result.manifest
+    assert manifest["dense_accuracy"] > 0.9
+    assert 0.0 <= manifest["accuracy_before_recovery"] <= 1.0
+    assert 0.0 <= manifest["accuracy"] <= 1.0 and manifest["finetune_steps"] == 2
+    check = manifest["iterations"][-1]["calibration_check"]
+    assert check["refined_loss"] <= min(check["losses"].values())
+    assert manifest["saliency"]["criterion"] == "taylor"
+    assert set(manifest["wall_s"]) >= {"saliency", "allocate_and_measure", "recover"}

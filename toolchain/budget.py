@@ -1,0 +1,340 @@
+"""Pruning under a latency budget: score, allocate through the predictor, shrink, measure, tighten, recover.
+
+    predictor (found, or built on the fly: profile + fit)    dense model measured on the target
+            \\                                                 /
+      saliency scores -> sensitivity probe -> allocate widths (predicted <= internal target)
+            -> shrink -> measure on the target -> within [lower_ratio, 1] x budget?  no: rescale target, repeat
+            -> BN re-calibration (+ distillation) -> manifest with predicted and measured latency
+
+The internal target starts at `aim_ratio` x budget, converted to the predictor's scale by the ratio of the
+dense model's predicted to measured latency, and is rescaled by budget / measured after every miss.
+
+>>> result = prune_to_budget(dense, x, BudgetConfig(budget_ratio=0.6, criterion="taylor"),
+...                          TargetSpec("cpu"), data=load_mnist5k())               # doctest: +SKIP
+>>> result.manifest["measured_latency_ms"] <= result.manifest["budget_ms"]        # doctest: +SKIP
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from toolchain.allocate import AllocationProblem, BudgetConfig, LatencyModel, allocate, build_problem, greedy_repair
+from toolchain.errors import ToolchainError
+from toolchain.evaluate import accuracy
+from toolchain.graph import PruningGraph, count_macs_params
+from toolchain.pruning import PruneConfig, PruneResult, prune
+from toolchain.recover import distill, recalibrate_batchnorm
+from toolchain.saliency import SaliencyConfig, score_groups_report
+from toolchain.saliency.probe import masked_loss, probe_sensitivity
+
+MeasureFn = Callable[[nn.Module, torch.Tensor], float]
+Step = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PredictorInfo:
+    """The latency model used and where it came from (goes into the manifest)."""
+
+    latency: LatencyModel
+    name: str
+    artifact: str | None
+    heldout_error: dict
+
+
+def _macs_counter(dense: nn.Module, example_input: torch.Tensor, protect: tuple[str, ...]):
+    cache: dict[tuple, int] = {}
+
+    def macs(widths: dict[str, int]) -> int:
+        key = tuple(sorted(widths.items()))
+        if key not in cache:
+            model = copy.deepcopy(dense)
+            PruningGraph(model, example_input, protect=protect).shrink(widths)
+            cache[key] = count_macs_params(model, example_input)[0]
+        return cache[key]
+
+    return macs
+
+
+# Allocators whose proposal is checked against blends with the uniform allocation on calibration loss.
+CHECKED_ALLOCATORS = ("lpnet", "knapsack")
+BLENDS = (1.0, 0.75, 0.5, 0.25, 0.0)  # weight of the allocator's proposal; 0.0 is the uniform allocation
+
+
+def _calibration_check(problem: AllocationProblem, proposal: dict[str, int], target_ms: float,
+                       joint_loss: Callable[[dict[str, int]], float],
+                       refine_rounds: int) -> tuple[dict[str, int], dict]:
+    """The allocators optimise a per-group (additive) loss model; pruning all groups at once interacts.
+    Proposal, uniform allocation and blends of the two (each fitted to the prediction) are scored by the
+    joint calibration loss; the lowest wins and is refined by `_exchange`. Returns it and the losses."""
+    uniform = allocate("uniform", problem, target_ms)
+    candidates: dict[float, dict[str, int]] = {}
+    for weight in BLENDS:
+        blend = {g.name: g.round(weight * proposal[g.name] + (1 - weight) * uniform[g.name]) for g in problem.groups}
+        candidates[weight] = greedy_repair(problem, blend, target_ms, fill=False)
+    losses = {weight: joint_loss(widths) for weight, widths in candidates.items()}
+    best = min(losses, key=lambda w: (losses[w], -w))
+    refined, refined_loss, exchanges = _exchange(problem, candidates[best], losses[best], target_ms, joint_loss,
+                                                 refine_rounds)
+    return refined, {"proposal_weight": best, "losses": {str(w): round(v, 4) for w, v in losses.items()},
+                     "exchanges": exchanges, "refined_loss": round(refined_loss, 4)}
+
+
+def _exchange(problem: AllocationProblem, widths: dict[str, int], loss: float, target_ms: float,
+              joint_loss: Callable[[dict[str, int]], float], rounds: int) -> tuple[dict[str, int], float, int]:
+    """Local search on the joint calibration loss: widen the group whose step up buys the most loss per ms,
+    pay for it by narrowing the groups whose step down costs least per ms, keep it if the loss fell."""
+    allowed = {g.name: g.allowed() for g in problem.groups}
+    exchanges = 0
+    for _ in range(rounds):
+        current_ms = problem.predicted_ms(widths)
+        ups = {n: {**widths, n: allowed[n][allowed[n].index(w) + 1]} for n, w in widths.items() if w < allowed[n][-1]}
+        downs = {n: {**widths, n: allowed[n][allowed[n].index(w) - 1]} for n, w in widths.items() if w > allowed[n][0]}
+        if not ups or not downs:
+            break
+        up_gain = {n: (loss - joint_loss(c)) / max(problem.predicted_ms(c) - current_ms, 1e-9) for n, c in ups.items()}
+        down_cost = {n: (joint_loss(c) - loss) / max(current_ms - problem.predicted_ms(c), 1e-9)
+                     for n, c in downs.items()}
+        widened = max(up_gain, key=up_gain.get)
+        candidate = dict(ups[widened])
+        for name in sorted(down_cost, key=down_cost.get):
+            if problem.predicted_ms(candidate) <= target_ms:
+                break
+            if name != widened:
+                candidate[name] = downs[name][name]
+        if problem.predicted_ms(candidate) > target_ms:
+            candidate = greedy_repair(problem, candidate, target_ms, fill=False)
+        candidate_loss = joint_loss(candidate)
+        if candidate_loss >= loss:
+            break
+        widths, loss, exchanges = candidate, candidate_loss, exchanges + 1
+    return widths, loss, exchanges
+
+
+def prune_to_budget(dense: nn.Module, example_input: torch.Tensor, config: BudgetConfig, predictor: PredictorInfo,
+                    measure_ms: MeasureFn, data=None, saliency: SaliencyConfig | None = None,
+                    step: Step = lambda _: None) -> PruneResult:
+    """A pruned copy of `dense` whose measured latency meets the budget, with its manifest.
+
+    `measure_ms(model, example_input)` times a model on the target; `data` (train/calib/test splits) enables
+    data-driven criteria, the sensitivity probe, BatchNorm re-calibration, fine-tuning and accuracies.
+    """
+    saliency = saliency or SaliencyConfig()
+    wall_s: dict[str, float] = {}
+    clock = time.perf_counter()
+    step("measuring the dense model on the target")
+    dense_ms = measure_ms(dense, example_input)
+    budget_ms = config.budget_ms if config.budget_ms is not None else config.budget_ratio * dense_ms
+    wall_s["measure_dense"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    step(f"scoring channels ({config.criterion})")
+    scoring_model = copy.deepcopy(dense).eval()
+    graph = PruningGraph(scoring_model, example_input, protect=config.protect)
+    calib = data.calib if data is not None else None
+    scores, saliency_report = score_groups_report(scoring_model, graph, config.criterion, calib, saliency)
+    sensitivity = probe_sensitivity(scoring_model, graph, scores, calib)
+    wall_s["saliency"] = time.perf_counter() - clock
+
+    problem = build_problem(graph.groups, scores, predictor.latency, config.round_to, config.min_keep_ratio,
+                            config.sensitive_keep_ratio, sensitivity or None, saliency.probe_keep_ratio,
+                            _macs_counter(dense, example_input, config.protect))
+    dense_predicted_ms = problem.predicted_ms(problem.dense())
+    scale = dense_predicted_ms / dense_ms  # predictor ms per measured ms
+    target_ms = config.aim_ratio * budget_ms * scale
+    narrowest_predicted_ms = problem.predicted_ms(problem.narrowest())
+    iterations, candidates = [], []
+    clock = time.perf_counter()
+    for iteration in range(config.max_iterations):
+        check = None
+        if target_ms < narrowest_predicted_ms:
+            step("the prediction says the budget is below the narrowest model: measuring that model")
+            widths = problem.narrowest()
+        else:
+            step(f"allocating widths ({config.allocator}) for {target_ms:.3f} predicted ms")
+            widths = allocate(config.allocator, problem, target_ms)
+            if config.allocator in CHECKED_ALLOCATORS and calib is not None:
+                widths, check = _calibration_check(problem, widths, target_ms,
+                                                   lambda w: masked_loss(scoring_model, graph, scores, w, calib),
+                                                   config.refine_rounds)
+        predicted_ms = problem.predicted_ms(widths) / scale
+        candidate = prune(dense, example_input, PruneConfig(round_to=config.round_to, protect=config.protect,
+                                                            widths=widths), scores=scores)
+        step(f"measuring the pruned model (iteration {iteration + 1})")
+        measured_ms = measure_ms(candidate.model, example_input)
+        iterations.append({"target_predicted_ms": round(target_ms / scale, 4), "predicted_ms": round(predicted_ms, 4),
+                           "measured_ms": round(measured_ms, 4), **({"calibration_check": check} if check else {})})
+        candidates.append((measured_ms, predicted_ms, candidate))
+        if widths == problem.narrowest() and measured_ms > budget_ms:
+            raise ToolchainError(f"budget {budget_ms:.3f} ms is unreachable on this target: the narrowest allowed "
+                                 f"model measures {measured_ms:.3f} ms (dense {dense_ms:.3f} ms)")
+        if config.lower_ratio * budget_ms <= measured_ms <= budget_ms:
+            break
+        target_ms *= config.aim_ratio * budget_ms / measured_ms
+    wall_s["allocate_and_measure"] = time.perf_counter() - clock
+    within = [c for c in candidates if c[0] <= budget_ms]
+    measured_ms, predicted_ms, result = (max(within, key=lambda c: c[0]) if within
+                                         else min(candidates, key=lambda c: c[0]))
+    if config.criterion == "composite" and data is not None:
+        step("composite: choosing each group's criterion at its final width")
+        scores, saliency_report = score_groups_report(scoring_model, graph, "composite", calib,
+                                                      replace(saliency, target_widths=result.widths))
+        result = prune(dense, example_input, PruneConfig(round_to=config.round_to, protect=config.protect,
+                                                         widths=result.widths), scores=scores)
+
+    manifest = {**result.manifest, "budget_ms": round(budget_ms, 4), "budget_ratio": config.budget_ratio,
+                "dense_latency_ms": round(dense_ms, 4), "predicted_latency_ms": round(predicted_ms, 4),
+                "measured_latency_ms": round(measured_ms, 4), "budget_met": measured_ms <= budget_ms,
+                "criterion": config.criterion, "allocator": config.allocator,
+                "per_layer_widths": result.widths, "iterations": iterations, "saliency": saliency_report,
+                "predictor": {"name": predictor.name, "artifact": predictor.artifact,
+                              "heldout_error": predictor.heldout_error}}
+    clock = time.perf_counter()
+    if data is not None:
+        step("re-calibrating BatchNorm and evaluating")
+        manifest["dense_accuracy"] = accuracy(dense, data.test)
+        manifest["accuracy_before_recovery"] = accuracy(result.model, data.test)
+        recalibrate_batchnorm(result.model, data.calib)
+        manifest["accuracy"] = accuracy(result.model, data.test)
+        if config.finetune_steps > 0:
+            step(f"fine-tuning with distillation ({config.finetune_steps} steps)")
+            distill(result.model, dense, data.train, config.finetune_steps)
+            manifest["accuracy"] = accuracy(result.model, data.test)
+        manifest["finetune_steps"] = config.finetune_steps
+    wall_s["recover"] = time.perf_counter() - clock
+    manifest["wall_s"] = {k: round(v, 2) for k, v in wall_s.items()}
+    return replace(result, manifest=manifest)
+
+
+# -- the target side: measuring, and finding or building the latency predictor ----------------------------
+# Shared by every process timing on this machine (override: TOOLCHAIN_MEASUREMENT_LOCK). Do not also wrap a
+# run in `flock` on the same file: the run takes the lock itself around each measurement.
+MEASUREMENT_LOCK = os.environ.get("TOOLCHAIN_MEASUREMENT_LOCK", "/tmp/toolchain-bench.lock")
+PREDICTOR_DIR = "runs/predictors"
+PROFILE_DB = "runs/latency.db"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Where latency is measured: target, backend, threads, host clock, and the on-the-fly profiling size."""
+
+    name: str = "cpu"
+    backend: str | None = None
+    threads: int = 1
+    clock: str = "wall"  # "thread_cpu": CPU time of the timing thread (1-thread CPU targets, loaded machines)
+    warmup_runs: int = 5
+    timed_runs: int = 25
+    profile_samples: int = 100  # configurations measured when a predictor is built on the fly
+    lock_path: str = MEASUREMENT_LOCK
+
+
+def _target(spec: TargetSpec):
+    from toolchain.targets import get_target
+
+    return get_target(spec.name, spec.backend, spec.threads)
+
+
+class measurement_lock:
+    """Holds an exclusive `flock` on the shared lock file: latency measurements never overlap."""
+
+    def __init__(self, path: str = MEASUREMENT_LOCK):
+        self.path = path
+
+    def __enter__(self):
+        import fcntl
+
+        self.handle = open(self.path, "a")  # noqa: SIM115 - closed in __exit__
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        import fcntl
+
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def target_measure(spec: TargetSpec) -> MeasureFn:
+    """A `measure_ms(model, x)` timing on the target (median ms), compiled on one torch thread, under the lock."""
+    from latency_models.measure import MeasureConfig, measure, torch_threads
+
+    target = _target(spec)
+    config = MeasureConfig(warmup_runs=spec.warmup_runs, timed_runs=spec.timed_runs, clock=spec.clock)
+
+    def measure_ms(model: nn.Module, example_input: torch.Tensor) -> float:
+        with torch_threads(1):
+            runner = target.prepare(model.eval(), example_input)
+        with measurement_lock(spec.lock_path):
+            return measure(runner, config).median_ms
+
+    return measure_ms
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")
+
+
+def default_predictor_path(model_spec: str, input_shape: tuple[int, ...], spec: TargetSpec) -> str:
+    target = _target(spec)
+    shape = "x".join(map(str, input_shape))
+    return f"{PREDICTOR_DIR}/{_slug(model_spec)}-{shape}-{_slug(target.label)}-{spec.clock}-lpnet"
+
+
+def find_or_build_predictor(model_spec: str, dense: nn.Module, input_shape: tuple[int, ...], spec: TargetSpec,
+                            artifact: str | None = None, db_path: str = PROFILE_DB,
+                            on_progress: Callable[[int, int, str], None] | None = None,
+                            step: Step = lambda _: None) -> PredictorInfo:
+    """Load the lpnet artifact for this model and target, or profile the model and fit one (then reuse it)."""
+    from pathlib import Path
+
+    from latency_models.predictors import load_predictor
+
+    from toolchain.allocate import PredictorLatency
+
+    target = _target(spec)
+    path = artifact or default_predictor_path(model_spec, input_shape, spec)
+    if not (Path(path) / "predictor.json").is_file():
+        _build_predictor(model_spec, dense, input_shape, spec, path, db_path, on_progress, step)
+    predictor = load_predictor(path, target.name, target.backend, target.threads)
+    if predictor.name != "lpnet":
+        raise ToolchainError(f"{path} is a {predictor.name!r} predictor; budgets need an lpnet artifact "
+                             "(differentiable, per group); fit one with `toolchain fit --predictor lpnet`")
+    trained_shape = predictor.meta.input_shapes.get(model_spec)
+    if trained_shape is not None and tuple(trained_shape) != tuple(input_shape):
+        raise ToolchainError(f"{path} was trained at input shape {tuple(trained_shape)}, not {tuple(input_shape)}")
+    graph = PruningGraph(copy.deepcopy(dense), torch.randn(*input_shape))
+    return PredictorInfo(PredictorLatency(predictor, [g.name for g in graph.groups]), "lpnet", str(path),
+                         dict(predictor.meta.heldout_metrics))
+
+
+def _build_predictor(model_spec, dense, input_shape, spec: TargetSpec, path: str, db_path: str, on_progress,
+                     step: Step) -> None:
+    from pathlib import Path
+
+    from latency_models.campaign import CampaignConfig, run_campaign
+    from latency_models.fitting import FitConfig, fit_predictor
+    from latency_models.measure import MeasureConfig
+
+    target = _target(spec)
+    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    step(f"no latency predictor for {model_spec} on {target.label}: profiling {spec.profile_samples} "
+         f"configurations into {db_path}")
+    campaign = CampaignConfig(model=model_spec, db_path=db_path, target=target.name, backend=target.backend,
+                              threads=target.threads, samples=spec.profile_samples,
+                              measure=MeasureConfig(warmup_runs=spec.warmup_runs, timed_runs=spec.timed_runs,
+                                                    clock=spec.clock))
+    with measurement_lock(spec.lock_path):
+        report = run_campaign(campaign, on_progress, model_and_shape=(dense, tuple(input_shape)))
+    if report.failed:
+        raise ToolchainError(f"profiling failed for {len(report.failed)} configurations: {report.failed[0]}")
+    step("fitting the lpnet latency predictor")
+    predictor = fit_predictor(FitConfig(db_path=db_path, predictor="lpnet", models=(model_spec,),
+                                        target=target.name, backend=target.backend, threads=target.threads))
+    predictor.save(path)
