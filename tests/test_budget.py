@@ -35,7 +35,8 @@ def fake_target(fixed_ms: float):
 
     def measure_ms(model, _example_input) -> float:
         calls.append(1)
-        return fixed_ms + sum(cost * model.get_submodule(name).out_channels for name, cost in COST_MS_PER_CHANNEL.items())
+        return fixed_ms + sum(cost * model.get_submodule(name).out_channels
+                              for name, cost in COST_MS_PER_CHANNEL.items())
 
     return measure_ms, calls
 
@@ -90,8 +91,8 @@ def test_with_data_the_manifest_has_accuracies_and_recovery(demo):
     small = DataSplits(Subset(splits.train, range(256)), Subset(splits.calib, range(128)),
                        Subset(splits.test, range(200)))
     measure_ms, _ = fake_target(fixed_ms=0.1)
-    result = prune_to_budget(model, x, BudgetConfig(budget_ratio=0.7, criterion="taylor", allocator="lpnet", refine_rounds=1,
-                                                    finetune_steps=2), predictor(0.1), measure_ms, data=small)
+    config = BudgetConfig(budget_ratio=0.7, criterion="taylor", allocator="lpnet", refine_rounds=1, finetune_steps=2)
+    result = prune_to_budget(model, x, config, predictor(0.1), measure_ms, data=small)
     manifest = result.manifest
     assert manifest["dense_accuracy"] > 0.9
     assert 0.0 <= manifest["accuracy_before_recovery"] <= 1.0
