@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from toolchain.data import resolve_data
 from toolchain.deploy import PipelineConfig, Step, write_pruned_folder
 from toolchain.errors import ToolchainError
 from toolchain.targets.devices import DeviceProfile, get_device
@@ -207,5 +208,7 @@ def write_bundle(bundle: BundleConfig, pipeline: PipelineConfig, step: Step = la
     if device.cross_compiler and shutil.which(device.cross_compiler) is None:  # fail before the slow steps
         raise ToolchainError(f"cross compiler {device.cross_compiler} not found; run `make cross-tools` "
                              "(installs g++-aarch64-linux-gnu through apt)")
+    if bundle.precision == "int8" and device.tensorrt_on_device and resolve_data(pipeline.data, pipeline.model) is None:
+        raise ToolchainError("an int8 engine needs calibration data: pass --data")
     os.makedirs(Path(pipeline.out).parent, exist_ok=True)
     return write_pruned_folder(pipeline, step, extend=_TargetArtifacts(device, bundle))
