@@ -28,6 +28,13 @@ class Table:
 
 
 @dataclass(frozen=True)
+class TableGroup:
+    """Small tables shown side by side (one after another in Markdown)."""
+
+    tables: tuple[Table, ...]
+
+
+@dataclass(frozen=True)
 class Figure:
     """A PNG figure; `name` is its file name in the Markdown summary's images folder."""
 
@@ -45,7 +52,7 @@ class Missing:
     why: str
 
 
-Block = Paragraph | Table | Figure | Missing
+Block = Paragraph | Table | TableGroup | Figure | Missing
 
 
 @dataclass(frozen=True)

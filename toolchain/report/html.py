@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from toolchain.report.document import MISSING, Document, Figure, Missing, Paragraph, Section, Table
+from toolchain.report.document import MISSING, Document, Figure, Missing, Paragraph, Section, Table, TableGroup
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1a202c;background:#f7fafc}
@@ -24,7 +24,7 @@ nav ol{columns:2;padding-left:20px}nav a{color:#2b6cb0;text-decoration:none}
 .complete{background:#c6f6d5;color:#22543d}.partial{background:#fefcbf;color:#744210}
 .missing{background:#fed7d7;color:#822727}
 .note{border-left:4px solid #e53e3e;background:#fff5f5;padding:6px 12px;margin:8px 0}
-.scroll{overflow-x:auto;margin:12px 0}
+.scroll{overflow-x:auto;margin:12px 0}.group{display:flex;flex-wrap:wrap;gap:0 20px}
 table{border-collapse:collapse;font-size:.82em}
 caption{text-align:left;color:#4a5568;padding:4px 0;caption-side:top}
 th,td{border:1px solid #e2e8f0;padding:4px 8px;text-align:left;vertical-align:top}
@@ -56,6 +56,8 @@ def _block(block) -> str:
         return f"<p>{escape(block.text)}</p>"
     if isinstance(block, Table):
         return _table(block)
+    if isinstance(block, TableGroup):
+        return '<div class="group">' + "".join(_table(t) for t in block.tables) + "</div>"
     if isinstance(block, Figure):
         return _figure(block)
     if isinstance(block, Missing):

@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from toolchain.report.document import Document, Figure, Missing, Paragraph, Table
+from toolchain.report.document import Document, Figure, Missing, Paragraph, Table, TableGroup
 
 IMAGES_DIR = "images"
 
@@ -30,6 +30,8 @@ def _block(block) -> list[str]:
         return [block.text]
     if isinstance(block, Table):
         return _table(block)
+    if isinstance(block, TableGroup):
+        return [line for table in block.tables for line in (*_table(table), "")][:-1]
     if isinstance(block, Figure):
         return [f"![{block.alt}]({IMAGES_DIR}/{block.name})", "", f"*{block.caption}*"]
     if isinstance(block, Missing):

@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from toolchain.report.document import MISSING, Missing, Paragraph, Section, Table, cell
+from toolchain.report.document import MISSING, Missing, Paragraph, Section, Table, TableGroup, cell
 from toolchain.report.readers import RunInputs
 from toolchain.report.records import Fingerprint, Method
 
@@ -102,9 +102,9 @@ def fingerprint_section(inputs: RunInputs, labels: FingerprintLabels) -> Section
         "Every number below names its source file and, in brackets, the fingerprint of the machine it was taken on. "
         "A deploy manifest's fingerprint is the target device from the device table plus the library versions of "
         "the build host; 'not recorded' means the file does not say."), Table(headers, tuple(rows))]
-    for key, fp in inputs.fingerprints.items():
-        blocks.append(Table(("fact", "value"), tuple(flatten(fp.facts).items()),
-                            f"{labels.label(key)}: every recorded fact (id {key})"))
+    blocks.append(TableGroup(tuple(Table(("fact", "value"), tuple(flatten(fp.facts).items()),
+                                         f"{labels.label(key)}: every recorded fact (id {key})")
+                                   for key, fp in inputs.fingerprints.items())))
     return Section("fingerprints", "Devices and software", tuple(blocks))
 
 

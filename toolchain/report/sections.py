@@ -206,5 +206,5 @@ def bundles_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
     blocks: list = [Table(("bundle", "model", "target", "budget", "measured latency", "predicted latency",
                            "accuracy", "dense accuracy", "accuracy data", "params (of dense)", "MACs (of dense)",
                            "criterion", "allocator", "source"), tuple(rows))]
-    blocks += [Paragraph(f"Latency not measured: {note}") for note in not_measured]
+    blocks += [Paragraph(f"Why a bundle has no measured latency: {note}") for note in not_measured]
     return Section("bundles", title, tuple(blocks))
