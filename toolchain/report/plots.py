@@ -118,24 +118,26 @@ def layer_latency(layers: Sequence[str], before_ms: Sequence[float | None], afte
 
 def kernel_speedup(panels: dict[str, dict[str, list[tuple[float, float]]]],
                    ideal: dict[str, dict[str, list[tuple[float, float]]]]) -> bytes:
-    """Speedup over dense vs sparsity, one panel per device; a series per pattern and backend, dots per layer,
-    a line through the geometric mean per sparsity, and the ideal speedup of each pattern dashed."""
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    """Speedup over dense vs sparsity, one panel per device. Series are keyed "pattern (backend)": dots per
+    layer, a line through the geometric mean per sparsity; the ideal speedup of each pattern is drawn with
+    the pattern's marker, hollow, on a dashed black line."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), squeeze=False)
     for axis, (device, series) in zip(axes.flat, sorted(panels.items())):
-        for index, (label, points) in enumerate(sorted(series.items())):
-            marker = _MARKERS[index % len(_MARKERS)]
+        patterns = sorted({label.split(" (")[0] for label in series} | set(ideal.get(device, {})))
+        marker_of = {p: _MARKERS[i % len(_MARKERS)] for i, p in enumerate(patterns)}
+        for label, points in sorted(series.items()):
+            marker = marker_of[label.split(" (")[0]]
             dots = axis.scatter(*zip(*points), s=12, marker=marker, alpha=0.45)
             by_sparsity: dict[float, list[float]] = {}
             for sparsity, speedup in points:
                 by_sparsity.setdefault(sparsity, []).append(speedup)
             means = sorted((s, math.exp(sum(map(math.log, v)) / len(v))) for s, v in by_sparsity.items())
-            axis.plot(*zip(*means), marker=marker, color=dots.get_facecolor()[0], label=f"{label} (geo-mean)")
-        for pattern, points in sorted(ideal.get(device, {}).items()):
-            axis.plot(*zip(*sorted(set(points))), "--", lw=0.9, color="black", alpha=0.5)
-            last = max(points)
-            axis.annotate(f"ideal {pattern}", last, fontsize=6, alpha=0.7)
+            axis.plot(*zip(*means), marker=marker, color=dots.get_facecolor()[0], label=f"{label}, geo-mean")
+        for index, (pattern, points) in enumerate(sorted(ideal.get(device, {}).items())):
+            axis.plot(*zip(*sorted(set(points))), "--", marker=marker_of[pattern], mfc="none", color="black",
+                      lw=0.8, alpha=0.6, label="ideal (hollow markers, dashed)" if index == 0 else None)
         axis.axhline(1.0, color="grey", lw=0.8)
-        axis.set(xlabel="sparsity", ylabel="speedup over dense (x)", title=device)
+        axis.set(xlabel="sparsity", ylabel="speedup over dense (x, log scale)", title=device)
         axis.set_yscale("log", base=2)
         axis.legend(fontsize=6)
         axis.grid(alpha=0.3)

@@ -124,7 +124,14 @@ def method_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
     if not rows:
         return Section("method", "Measurement method", (
             Missing("measurement method", "no benchmark, database or manifest was read"),))
-    return Section("method", "Measurement method", (
-        Paragraph("How each source timed its latencies, as the source records it (warm-up runs, timed runs, the "
-                  "statistic reported, the clock, and the noise floor from re-measuring the same configuration)."),
-        Table(("source", "warm-up runs", "timed runs", "statistic", "clock", "noise floor"), tuple(rows))))
+    blocks = [Paragraph("How each source timed its latencies, as the source records it (warm-up runs, timed runs, "
+                        "the statistic reported, the clock, and the noise floor from re-measuring the same "
+                        "configuration)."),
+              Table(("source", "warm-up runs", "timed runs", "statistic", "clock", "noise floor"), tuple(rows))]
+    held = tuple((labels.source_many(d.source, d.fingerprint_ids), *(str(v) for v in row))
+                 for d in inputs.databases for row in d.summary)
+    if held:
+        blocks.append(Table(("database", "model", "target", "backend", "threads", "kind", "rows"), held,
+                            "What each measurement database holds (kind 'model': whole width configurations; "
+                            "'layer': single layers timed alone)."))
+    return Section("method", "Measurement method", tuple(blocks))

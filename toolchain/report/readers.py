@@ -125,12 +125,15 @@ def read_inputs(paths: Iterable[Path], display_root: Path | None = None) -> RunI
 
 
 def _walk(root: Path) -> Iterable[Path]:
+    """Candidate files under `root`; in a bundle folder (one with a manifest.json) only the manifest."""
+    bundle = (root / "manifest.json").is_file()
     for path in root.iterdir():
         if path.is_dir() and not path.is_symlink():
             if path.name not in _SKIPPED_DIRS and not path.name.startswith("."):
                 yield from _walk(path)
         elif path.is_file() and path.suffix.lower() in _SUFFIXES and path.name not in _KNOWN_UNUSED:
-            yield path
+            if not bundle or path.name == "manifest.json":
+                yield path
 
 
 def _read_file(path: Path, root: Path, collector: _Collector, strict: bool) -> None:
