@@ -71,6 +71,14 @@ def test_kernel_table_compares_with_ideal_and_counts_unmeasured(full_report):
         in markdown
 
 
+def test_manifests_with_a_budget_stand_in_for_missing_sweep_rows(full_run: Path, tmp_path: Path):
+    result = build_report([full_run / "dist"], tmp_path / "out")
+    markdown = result.markdown_path.read_text()
+    assert dict(result.sections)["Latency-budget sweep"] == "complete"
+    assert "1 point(s), each from a manifest built for a latency budget" in markdown
+    assert "| knapsack / l1 | 1 | 1 | 1 | 100.0% |" in markdown
+
+
 def test_partial_run_says_what_is_missing(partial_run: Path, tmp_path: Path):
     result = build_report([partial_run], tmp_path / "out")
     statuses = dict(result.sections)

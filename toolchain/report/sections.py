@@ -18,7 +18,7 @@ from toolchain.report import plots
 from toolchain.report.document import MISSING, Figure, Missing, Paragraph, Section, Table, cell
 from toolchain.report.provenance import FingerprintLabels
 from toolchain.report.readers import RunInputs
-from toolchain.report.records import Manifest, SweepPoint, number
+from toolchain.report.records import Manifest, SweepPoint, number, sweep_point
 
 
 def _series_name(point: SweepPoint) -> str:
@@ -36,12 +36,17 @@ def _pct(value: float | None) -> str:
 def sweep_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
     points = inputs.sweep_points
     title = "Latency-budget sweep"
+    origin = "sweep result"
+    if not points:  # no sweep file: the pruned folders / bundles built for a budget are the points
+        points = tuple(sweep_point(m.data, m.source, m.fingerprint_id) for m in inputs.manifests
+                       if number(m.get("budget_ms")) is not None)
+        origin = "manifest built for a latency budget (no sweep result file was found)"
     if not points:
         return Section("sweep", title, (Missing("budget sweep results", "no sweep rows (JSON or CSV with a budget "
                                                 "column) under the given folders; run `make sweep`"),))
-    blocks: list = [Paragraph(f"{len(points)} sweep points from {len({p.source for p in points})} file(s). "
-                              "Accuracy is after recovery; latencies are measured on the target unless labelled "
-                              "predicted.")]
+    blocks: list = [Paragraph(f"{len(points)} point(s), each from a {origin}, read from "
+                              f"{len({p.source for p in points})} file(s). Accuracy is after recovery; latencies "
+                              "are measured on the target unless labelled predicted.")]
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for p in points:
         if p.measured_latency_ms is not None and p.accuracy is not None:
