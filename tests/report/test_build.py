@@ -11,7 +11,7 @@ import pytest
 from toolchain.report import build_report
 from toolchain.report.plots import pareto_front
 
-SECTION_IDS = ("inputs", "fingerprints", "method", "sweep", "predictors", "pruned", "kernels", "bundles")
+SECTION_IDS = ("inputs", "fingerprints", "method", "sweep", "predictors", "pruned", "kernels", "bundles", "facts")
 FIGURES = ("sweep-pareto.png", "sweep-predicted-vs-measured.png", "predictor-scatter-0.png", "kept-widths.png",
            "layer-latency.png", "kernel-speedup.png")
 
@@ -37,7 +37,7 @@ def test_markdown_says_the_same_as_html(full_report):
         assert f"(images/{name})" in markdown
     for heading in ("## Inputs", "## Devices and software", "## Measurement method", "## Latency-budget sweep",
                     "## Latency predictor quality", "## Pruned model: ", "## Sparse kernel benchmarks",
-                    "## Deploy bundles"):
+                    "## Deploy bundles", "## Appendix: recorded facts"):
         assert heading in markdown
 
 

@@ -19,7 +19,13 @@ from toolchain.report.document import Document, Figure, Section
 from toolchain.report.html import render_html
 from toolchain.report.layers import pruned_model_section
 from toolchain.report.markdown import IMAGES_DIR, render_markdown
-from toolchain.report.provenance import FingerprintLabels, fingerprint_section, inputs_section, method_section
+from toolchain.report.provenance import (
+    FingerprintLabels,
+    facts_section,
+    fingerprint_section,
+    inputs_section,
+    method_section,
+)
 from toolchain.report.readers import RunInputs, read_inputs
 from toolchain.report.sections import bundles_section, kernel_section, predictor_section, sweep_section
 
@@ -51,6 +57,7 @@ def build_document(inputs: RunInputs, bundle: str | None = None) -> Document:
         pruned_model_section(inputs, labels, bundle),
         kernel_section(inputs, labels),
         bundles_section(inputs, labels),
+        facts_section(inputs, labels),
     )
     try:
         version = importlib.metadata.version("toolchain")

@@ -81,11 +81,10 @@ def inputs_section(inputs: RunInputs) -> Section:
 
 def _pick(facts: dict, keys: tuple[str, ...]) -> str:
     flat = flatten(facts)
-    found = []
-    for key in keys:
-        matches = {k: v for k, v in flat.items() if k == key or k.startswith(key + ".")}
-        found += [f"{k}={v}" if len(keys) > 1 or len(matches) > 1 else v for k, v in matches.items()]
-    return "; ".join(found) if found else "not recorded"
+    found = {k: v for key in keys for k, v in flat.items() if k == key or k.startswith(key + ".")}
+    if len(found) == 1:
+        return next(iter(found.values()))
+    return "; ".join(f"{k}={v}" for k, v in found.items()) if found else "not recorded"
 
 
 def fingerprint_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
@@ -101,11 +100,20 @@ def fingerprint_section(inputs: RunInputs, labels: FingerprintLabels) -> Section
     blocks: list = [Paragraph(
         "Every number below names its source file and, in brackets, the fingerprint of the machine it was taken on. "
         "A deploy manifest's fingerprint is the target device from the device table plus the library versions of "
-        "the build host; 'not recorded' means the file does not say."), Table(headers, tuple(rows))]
-    blocks.append(TableGroup(tuple(Table(("fact", "value"), tuple(flatten(fp.facts).items()),
-                                         f"{labels.label(key)}: every recorded fact (id {key})")
-                                   for key, fp in inputs.fingerprints.items())))
+        "the build host; 'not recorded' means the file does not say. Every recorded fact is listed at the end."),
+        Table(headers, tuple(rows))]
     return Section("fingerprints", "Devices and software", tuple(blocks))
+
+
+def facts_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
+    """The appendix: every fact of every fingerprint, as recorded."""
+    if not inputs.fingerprints:
+        return Section("facts", "Appendix: recorded facts", (
+            Missing("device and software fingerprints", "none of the inputs records the machine it measured on"),))
+    return Section("facts", "Appendix: recorded facts", (TableGroup(tuple(
+        Table(("fact", "value"), tuple(flatten(fp.facts).items()), f"{labels.label(key)}: every recorded fact "
+              f"(id {key}, recorded by the {fp.recorded_by})")
+        for key, fp in inputs.fingerprints.items())),))
 
 
 def _method_row(source: str, method: Method) -> tuple[str, ...]:
