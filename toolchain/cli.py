@@ -161,7 +161,7 @@ def prune_cmd(**kwargs) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON on stdout")
 def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, target, precision, out, as_json) -> None:
     """Prune for a target, export, verify, and write the deploy bundle with its manifest."""
-    from toolchain.bundle import BundleConfig, default_out, write_bundle
+    from toolchain.bundle import BundleConfig, default_out, latency_summary, write_bundle
     from toolchain.deploy import PipelineConfig
     from toolchain.pruning import PruneConfig
     from toolchain.targets.devices import get_device
@@ -177,14 +177,7 @@ def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, targ
         return
     _summary(manifest, out)
     click.echo(f"  TVM library: {out}/{manifest['tvm']['library']}")
-    latency = manifest["latency"]
-    if latency.get("measured_ms") is not None:
-        click.echo(f"  measured latency on {device.name}: {latency['measured_ms']:.3f} ms")
-    else:
-        predicted = latency.get("predicted_ms")
-        shown = f"{predicted:.4f} ms" if predicted is not None else "none"
-        click.echo(f"  latency NOT measured (no reachable {device.name}); predicted {shown}: "
-                   f"{latency['prediction_source']}")
+    click.echo(f"  {latency_summary(manifest['latency'], device.name)}")
     if "tensorrt" in manifest:
         click.echo(f"on the board: copy {out}/ there, then run ./build_engine.sh && python3 run.py model.engine")
 
