@@ -52,3 +52,12 @@ cross-tools:
 	    echo "error: could not install g++-aarch64-linux-gnu through apt; install it by hand (apt-get install g++-aarch64-linux-gnu) to cross-compile for the Jetson" >&2; \
 	    exit 2; }; }
 	@$(CROSS_CXX) --version | head -n 1
+
+# Benchmark report (HTML + Markdown) from whatever outputs exist; missing ones are reported as missing.
+REPORT_RUNS ?= runs/ benchmarks/results/ dist/
+REPORT_OUT  ?= report/
+
+.PHONY: report
+report: $(STAMP)
+	@mkdir -p $(REPORT_RUNS)
+	$(BIN)/toolchain report $(REPORT_RUNS) --out $(REPORT_OUT)
