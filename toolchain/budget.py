@@ -21,7 +21,7 @@ import copy
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -338,3 +338,26 @@ def _build_predictor(model_spec, dense, input_shape, spec: TargetSpec, path: str
     predictor = fit_predictor(FitConfig(db_path=db_path, predictor="lpnet", models=(model_spec,),
                                         target=target.name, backend=target.backend, threads=target.threads))
     predictor.save(path)
+
+
+@dataclass(frozen=True)
+class BudgetJob:
+    """Everything `toolchain prune --budget-...` needs besides the model: the budget, the target, where the
+    predictor is (or goes), and how criteria spend data."""
+
+    budget: BudgetConfig
+    target: TargetSpec = TargetSpec()
+    predictor: str | None = None  # lpnet artifact folder; None: runs/predictors/<model>-<shape>-<target>
+    saliency: SaliencyConfig = SaliencyConfig()
+    db_path: str = PROFILE_DB
+    on_progress: Callable[[int, int, str], None] | None = field(default=None, compare=False)
+
+    def run(self, model_spec, dense: nn.Module, example_input: torch.Tensor, data, step: Step) -> PruneResult:
+        spec = model_spec if isinstance(model_spec, str) else type(model_spec).__name__
+        info = find_or_build_predictor(spec, dense, tuple(example_input.shape), self.target, self.predictor,
+                                       self.db_path, self.on_progress, step)
+        result = prune_to_budget(dense, example_input, self.budget, info, target_measure(self.target), data,
+                                 self.saliency, step)
+        result.manifest["latency_target"] = {"label": _target(self.target).label, "clock": self.target.clock,
+                                             "timed_runs": self.target.timed_runs}
+        return result

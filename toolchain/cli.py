@@ -114,12 +114,14 @@ def _pipeline_options(func):
     return func
 
 
-def _run_pipeline(model, weights, input_shape, ratio, round_to, protect, data, out, as_json, target="cpu"):
+def _run_pipeline(model, weights, input_shape, ratio, round_to, protect, data, out, as_json, target="cpu",
+                  budget=None):
     from toolchain.deploy import PipelineConfig, write_pruned_folder
     from toolchain.pruning import PruneConfig
 
     config = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, data=data,
-                            prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)), target=target)
+                            prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)), target=target,
+                            budget=budget)
     manifest = write_pruned_folder(config, Steps(quiet=as_json))
     if as_json:
         click.echo(json.dumps(manifest, indent=1))
@@ -137,14 +139,84 @@ def _summary(manifest: dict, out: Path) -> None:
         click.echo(f"  accuracy (measured on {manifest['accuracy_data']} test split): "
                    f"{manifest['dense_accuracy']:.2%} dense -> {manifest['accuracy']:.2%} pruned")
     click.echo(f"  ONNX verified against PyTorch: max relative error {manifest['onnx_max_rel_err']:.1e}")
+    if "budget_ms" in manifest:
+        met = "met" if manifest["budget_met"] else "MISSED"
+        click.echo(f"  latency on {manifest['latency_target']['label']}: budget {manifest['budget_ms']:.3f} ms {met}; "
+                   f"measured {manifest['measured_latency_ms']:.3f} ms "
+                   f"(predicted {manifest['predicted_latency_ms']:.3f}, dense {manifest['dense_latency_ms']:.3f}); "
+                   f"{manifest['criterion']} + {manifest['allocator']}")
+
+
+def _budget_options(func):
+    from toolchain.allocate import list_allocators
+    from toolchain.saliency import list_criteria
+
+    for option in reversed([
+        click.option("--target", default="cpu", show_default=True, help="where latency is measured (with a budget)"),
+        click.option("--backend", default=None, help="default: the target's default backend"),
+        click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option("--clock", type=click.Choice(["wall", "thread_cpu"]), default="wall", show_default=True,
+                     help="thread_cpu: CPU time of the timing thread (1-thread CPU targets on a shared machine)"),
+        click.option("--budget-ms", type=float, help="latency budget in ms on the target (replaces --ratio)"),
+        click.option("--budget-ratio", type=float, help="budget as a share of the dense model's measured latency"),
+        click.option("--criterion", type=click.Choice(list_criteria()), default="taylor", show_default=True),
+        click.option("--allocator", type=click.Choice(list_allocators()), default="lpnet", show_default=True),
+        click.option("--predictor", help="lpnet artifact folder (default: found or built under runs/predictors)"),
+        click.option("--profile-samples", type=click.IntRange(min=10), default=100, show_default=True,
+                     help="configurations measured when the predictor is built on the fly"),
+        click.option("--finetune-steps", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="distillation fine-tuning steps after BN re-calibration (0: no fine-tuning)"),
+        click.option("--shapley-samples", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="Monte Carlo permutations per group for --criterion shapley (its cost bound)"),
+    ]):
+        func = option(func)
+    return func
 
 
 @cli.command("prune")
 @model_options
 @_pipeline_options
-def prune_cmd(**kwargs) -> None:
-    """Physically remove channels and write a verified pruned-model folder."""
-    _run_pipeline(**kwargs)
+@_budget_options
+def prune_cmd(target, backend, threads, clock, budget_ms, budget_ratio, criterion, allocator, predictor,
+              profile_samples, finetune_steps, shapley_samples, **kwargs) -> None:
+    """Physically remove channels and write a verified pruned-model folder.
+
+    With --budget-ms or --budget-ratio the widths are chosen so that the model measured on --target meets
+    the budget (predictor built on the fly if needed); otherwise --ratio removes that share everywhere.
+    """
+    job = None
+    if budget_ms is not None or budget_ratio is not None:
+        from toolchain.allocate import BudgetConfig
+        from toolchain.budget import BudgetJob, TargetSpec
+        from toolchain.saliency import SaliencyConfig
+
+        job = BudgetJob(
+            BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
+                         round_to=kwargs["round_to"], finetune_steps=finetune_steps, protect=tuple(kwargs["protect"])),
+            TargetSpec(target, backend, threads, clock, profile_samples=profile_samples), predictor,
+            SaliencyConfig(shapley_samples=shapley_samples), on_progress=_progress_bar(kwargs["as_json"]))
+    _run_pipeline(**kwargs, target=target, budget=job)
+
+
+def _progress_bar(quiet: bool):
+    """An `on_progress(done, total, what)` drawing a rich progress bar on stderr (for profiling on the fly)."""
+    if quiet:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    state: dict = {}
+
+    def on_progress(done: int, total: int, what: str) -> None:
+        if "bar" not in state:
+            state["bar"] = Progress(TextColumn("profiling {task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TimeRemainingColumn(), console=stderr)
+            state["bar"].start()
+            state["task"] = state["bar"].add_task(what, total=total)
+        state["bar"].update(state["task"], completed=done, total=total, description=what)
+        if done >= total:
+            state.pop("bar").stop()
+
+    return on_progress
 
 
 @cli.command("deploy")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from toolchain.archive import write_arch_and_weights
+from toolchain.budget import BudgetJob
 from toolchain.data import resolve_data
 from toolchain.errors import ToolchainError
 from toolchain.evaluate import accuracy
@@ -40,6 +41,7 @@ class PipelineConfig:
     data: str | None = None  # None: MNIST-5k for zoo:demo, nothing otherwise
     prune: PruneConfig = field(default_factory=PruneConfig)
     target: str = "cpu"
+    budget: BudgetJob | None = None  # prune under a latency budget instead of `prune.ratio`
 
 
 Step = Callable[[str], None]
@@ -113,10 +115,15 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
         step("evaluating the dense model")
         dense_accuracy = accuracy(dense, data.test)
     step("pruning")
-    result = prune(dense, example_input, config.prune)
+    if config.budget is not None:
+        result = config.budget.run(config.model, dense, example_input, data, step)
+    else:
+        result = prune(dense, example_input, config.prune)
     manifest = {"model": config.model if isinstance(config.model, str) else type(config.model).__name__,
                 "target": config.target, **result.manifest}
-    if data is not None:
+    if data is not None and config.budget is not None:  # recovered and evaluated by the budget loop
+        manifest["accuracy_data"] = config.data or "mnist5k"
+    elif data is not None:
         step("re-calibrating BatchNorm and evaluating")
         recalibrate_batchnorm(result.model, data.calib)
         manifest["dense_accuracy"] = dense_accuracy
