@@ -118,30 +118,58 @@ def _exchange(problem: AllocationProblem, widths: dict[str, int], loss: float, t
     return widths, loss, exchanges
 
 
+@dataclass(frozen=True)
+class ScoredModel:
+    """A criterion's scores on a copy of the dense model, with the sensitivity probes (reusable across budgets)."""
+
+    model: nn.Module
+    graph: PruningGraph
+    criterion: str
+    scores: dict[str, torch.Tensor]
+    report: dict
+    sensitivity: dict
+    seconds: float
+
+
+def score_model(dense: nn.Module, example_input: torch.Tensor, criterion: str, protect: tuple[str, ...] = (),
+                data=None, saliency: SaliencyConfig | None = None) -> ScoredModel:
+    """Score every group of `dense` by `criterion` and probe each group's sensitivity on calibration data."""
+    start_s = time.perf_counter()
+    model = copy.deepcopy(dense).eval()
+    graph = PruningGraph(model, example_input, protect=protect)
+    calib = data.calib if data is not None else None
+    scores, report = score_groups_report(model, graph, criterion, calib, saliency)
+    sensitivity = probe_sensitivity(model, graph, scores, calib)
+    return ScoredModel(model, graph, criterion, scores, report, sensitivity, time.perf_counter() - start_s)
+
+
 def prune_to_budget(dense: nn.Module, example_input: torch.Tensor, config: BudgetConfig, predictor: PredictorInfo,
                     measure_ms: MeasureFn, data=None, saliency: SaliencyConfig | None = None,
-                    step: Step = lambda _: None) -> PruneResult:
+                    step: Step = lambda _: None, scored: ScoredModel | None = None,
+                    dense_latency_ms: float | None = None) -> PruneResult:
     """A pruned copy of `dense` whose measured latency meets the budget, with its manifest.
 
     `measure_ms(model, example_input)` times a model on the target; `data` (train/calib/test splits) enables
     data-driven criteria, the sensitivity probe, BatchNorm re-calibration, fine-tuning and accuracies.
+    `scored` and `dense_latency_ms` let a sweep score and measure the dense model once for many budgets.
     """
     saliency = saliency or SaliencyConfig()
     wall_s: dict[str, float] = {}
     clock = time.perf_counter()
-    step("measuring the dense model on the target")
-    dense_ms = measure_ms(dense, example_input)
+    if dense_latency_ms is None:
+        step("measuring the dense model on the target")
+        dense_latency_ms = measure_ms(dense, example_input)
+    dense_ms = dense_latency_ms
     budget_ms = config.budget_ms if config.budget_ms is not None else config.budget_ratio * dense_ms
     wall_s["measure_dense"] = time.perf_counter() - clock
 
-    clock = time.perf_counter()
-    step(f"scoring channels ({config.criterion})")
-    scoring_model = copy.deepcopy(dense).eval()
-    graph = PruningGraph(scoring_model, example_input, protect=config.protect)
+    if scored is None or scored.criterion != config.criterion:
+        step(f"scoring channels ({config.criterion})")
+        scored = score_model(dense, example_input, config.criterion, config.protect, data, saliency)
+    wall_s["saliency"] = scored.seconds
+    scoring_model, graph, scores = scored.model, scored.graph, scored.scores
+    saliency_report, sensitivity = scored.report, scored.sensitivity
     calib = data.calib if data is not None else None
-    scores, saliency_report = score_groups_report(scoring_model, graph, config.criterion, calib, saliency)
-    sensitivity = probe_sensitivity(scoring_model, graph, scores, calib)
-    wall_s["saliency"] = time.perf_counter() - clock
 
     problem = build_problem(graph.groups, scores, predictor.latency, config.round_to, config.min_keep_ratio,
                             config.sensitive_keep_ratio, sensitivity or None, saliency.probe_keep_ratio,
@@ -202,7 +230,7 @@ def prune_to_budget(dense: nn.Module, example_input: torch.Tensor, config: Budge
         manifest["dense_accuracy"] = accuracy(dense, data.test)
         manifest["accuracy_before_recovery"] = accuracy(result.model, data.test)
         recalibrate_batchnorm(result.model, data.calib)
-        manifest["accuracy"] = accuracy(result.model, data.test)
+        manifest["accuracy"] = manifest["accuracy_after_bn_recalibration"] = accuracy(result.model, data.test)
         if config.finetune_steps > 0:
             step(f"fine-tuning with distillation ({config.finetune_steps} steps)")
             distill(result.model, dense, data.train, config.finetune_steps)

@@ -1,0 +1,78 @@
+"""Sweeps: budget parsing, one row per point, resumption after an interruption, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_budget import fake_target, predictor
+from toolchain.cli import main
+from toolchain.errors import ToolchainError
+from toolchain.sweep import SweepConfig, parse_budgets, read_rows, run_sweep
+
+
+def test_parse_budgets():
+    assert parse_budgets("0.3:0.9:0.1") == (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    assert parse_budgets("0.5,0.7") == (0.5, 0.7)
+    for bad in ("0.3:x:0.1", "0:0.5:0.5", "1.5"):
+        with pytest.raises(ToolchainError, match="--budgets"):
+            parse_budgets(bad)
+
+
+def _config(out) -> SweepConfig:
+    return SweepConfig(model="zoo:demo", out=out, budgets=(0.5, 0.8), criteria=("l1", "random"),
+                       allocators=("uniform", "knapsack"), data="none")
+
+
+def test_sweep_resumes_after_an_interruption(tmp_path):
+    measure_ms, _ = fake_target(fixed_ms=0.1)
+    calls = []
+
+    def interrupted(model, x):
+        calls.append(1)
+        if len(calls) == 5:  # the dense model + a few points, then the process "dies"
+            raise KeyboardInterrupt
+        return measure_ms(model, x)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(_config(tmp_path), predictor=predictor(0.1), measure_ms=interrupted)
+    first = {row["key"]: row for row in read_rows(tmp_path)}
+    assert 0 < len(first) < 8
+
+    resumed_measure, resumed_calls = fake_target(fixed_ms=0.1)
+    rows = run_sweep(_config(tmp_path), predictor=predictor(0.1), measure_ms=resumed_measure)
+    assert len(rows) == 8  # 2 budgets x 2 criteria x 2 allocators, each once
+    assert len({row["key"] for row in rows}) == 8
+    for key, row in first.items():  # finished points were not run again
+        assert next(r for r in rows if r["key"] == key)["point_s"] == row["point_s"]
+    lines = (tmp_path / "rows.jsonl").read_text().splitlines()
+    assert len(lines) == 8
+    assert len(resumed_calls) == sum(r["iterations"] for r in rows if r["key"] not in first)  # dense not re-measured
+    table = json.loads((tmp_path / "rows.json").read_text())
+    assert (tmp_path / "rows.csv").read_text().count("\n") == 9
+    for row in table:
+        assert row["error"] is None
+        assert row["measured_latency_ms"] <= row["budget_ms"]
+        assert {"predicted_latency_ms", "macs", "params", "saliency_s", "recover_s"} <= set(row)
+
+
+def test_sweep_refuses_another_model_in_the_same_folder(tmp_path):
+    measure_ms, _ = fake_target(fixed_ms=0.1)
+    config = SweepConfig(model="zoo:demo", out=tmp_path, budgets=(0.8,), criteria=("l1",), allocators=("uniform",),
+                         data="none")
+    run_sweep(config, predictor=predictor(0.1), measure_ms=measure_ms)
+    with pytest.raises(ToolchainError, match="another model"):
+        run_sweep(SweepConfig(model="zoo:resnet56_cifar", out=tmp_path, budgets=(0.8,), data="none"),
+                  predictor=predictor(0.1), measure_ms=measure_ms)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--criteria", "l1,magic"], "unknown criterion 'magic'"),
+    (["--allocators", "greedy"], "unknown allocator 'greedy'"),
+    (["--budgets", "2:3:1"], "every budget ratio"),
+])
+def test_cli_rejects_bad_input_in_one_line(tmp_path, capsys, args, message):
+    assert main(["sweep", "--model", "zoo:demo", "--out", str(tmp_path / "s"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

@@ -1,0 +1,215 @@
+"""Budget sweeps: every (budget, criterion, allocator) point, resumable, one row per point (CSV and JSON).
+
+The predictor is found or built and the dense model measured once, in the parent; each criterion is one
+task (its scores are computed once for all its points) run in its own process when `workers` > 1. Rows are
+appended to `rows.jsonl` as points finish, so an interrupted sweep resumes where it stopped; `rows.csv` and
+`rows.json` are rewritten from it. Latency measurements take the machine-wide measurement lock, so they
+never overlap however many workers run.
+
+>>> rows = run_sweep(SweepConfig(model="zoo:demo", out=Path("runs/sweep-demo"), budgets=(0.5, 0.7),
+...                              criteria=("l1", "taylor"), allocators=("lpnet", "uniform")))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from toolchain.allocate import BudgetConfig
+from toolchain.budget import PredictorInfo, TargetSpec, find_or_build_predictor, prune_to_budget, score_model
+from toolchain.errors import ToolchainError
+from toolchain.saliency import SaliencyConfig
+
+ROWS = "rows.jsonl"
+COLUMNS = ("key", "model", "budget_ratio", "budget_ms", "criterion", "allocator", "predicted_latency_ms",
+           "measured_latency_ms", "dense_latency_ms", "within_band", "budget_met", "macs", "dense_macs", "params",
+           "dense_params", "dense_accuracy", "accuracy_before_recovery", "accuracy_after_bn_recalibration",
+           "accuracy_finetuned", "finetune_steps", "iterations", "proposal_weight", "saliency_s", "saliency_cost",
+           "allocate_and_measure_s", "recover_s", "point_s", "error")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    model: str
+    out: Path
+    budgets: tuple[float, ...]  # shares of the dense model's measured latency
+    criteria: tuple[str, ...] = ("l2",)
+    allocators: tuple[str, ...] = ("lpnet",)
+    target: TargetSpec = TargetSpec()
+    data: str | None = None
+    weights: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    finetune_steps: int = 0  # > 0: each point also reports accuracy after distillation fine-tuning
+    refine_rounds: int = 2
+    workers: int = 1
+    predictor: str | None = None
+    saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
+    lower_ratio: float = 0.90  # the hit band is [lower_ratio, 1] x budget
+
+
+def parse_budgets(text: str) -> tuple[float, ...]:
+    """`0.3:0.9:0.1` (start:stop:step, inclusive) or `0.5,0.7`.
+
+    >>> parse_budgets("0.3:0.6:0.1")
+    (0.3, 0.4, 0.5, 0.6)
+    """
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            count = int(round((stop - start) / step)) + 1
+            values = tuple(round(start + i * step, 6) for i in range(count))
+        else:
+            values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ToolchainError(f"--budgets {text!r} is not start:stop:step or a comma list of ratios") from None
+    if not values or any(not 0.0 < v <= 1.0 for v in values):
+        raise ToolchainError(f"--budgets {text!r}: every budget ratio must be in (0, 1]")
+    return values
+
+
+def point_key(budget_ratio: float, criterion: str, allocator: str) -> str:
+    return f"{budget_ratio:.3f}/{criterion}/{allocator}"
+
+
+def read_rows(out: Path) -> list[dict]:
+    path = Path(out) / ROWS
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill mid-write: that point runs again
+    return list({row["key"]: row for row in rows}.values())
+
+
+def _append_row(out: Path, row: dict) -> None:
+    with open(Path(out) / ROWS, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_tables(out: Path) -> list[dict]:
+    """Rewrite rows.csv and rows.json from rows.jsonl (sorted by budget, criterion, allocator)."""
+    rows = sorted(read_rows(out), key=lambda r: (r["budget_ratio"], r["criterion"], r["allocator"]))
+    (Path(out) / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
+    with open(Path(out) / "rows.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
+    return rows
+
+
+def _row(config: SweepConfig, budget_ratio: float, criterion: str, allocator: str, manifest: dict | None,
+         error: str | None, seconds: float) -> dict:
+    row = {"key": point_key(budget_ratio, criterion, allocator), "model": config.model, "budget_ratio": budget_ratio,
+           "criterion": criterion, "allocator": allocator, "point_s": round(seconds, 2), "error": error}
+    if manifest is None:
+        return row
+    wall = manifest.get("wall_s", {})
+    measured, budget = manifest["measured_latency_ms"], manifest["budget_ms"]
+    checks = [it["calibration_check"]["proposal_weight"] for it in manifest["iterations"] if "calibration_check" in it]
+    row.update({k: manifest.get(k) for k in ("budget_ms", "predicted_latency_ms", "measured_latency_ms",
+                                              "dense_latency_ms", "budget_met", "macs", "dense_macs", "params",
+                                              "dense_params", "dense_accuracy", "accuracy_before_recovery",
+                                              "accuracy_after_bn_recalibration", "finetune_steps")})
+    row.update({"within_band": config.lower_ratio * budget <= measured <= budget,
+                "accuracy_finetuned": manifest.get("accuracy") if manifest.get("finetune_steps") else None,
+                "iterations": len(manifest["iterations"]), "proposal_weight": checks[-1] if checks else None,
+                "saliency_s": round(wall.get("saliency", 0.0), 2), "saliency_cost": manifest["saliency"],
+                "allocate_and_measure_s": round(wall.get("allocate_and_measure", 0.0), 2),
+                "recover_s": round(wall.get("recover", 0.0), 2), "per_layer_widths": manifest["per_layer_widths"],
+                "measurement_iterations": manifest["iterations"]})
+    return row
+
+
+def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float, str]], dense_ms: float,
+                   predictor: PredictorInfo | None = None, measure_ms: Callable | None = None) -> int:
+    """All points of one criterion (scores computed once); returns the number of rows written."""
+    from toolchain.budget import target_measure
+    from toolchain.data import resolve_data
+    from toolchain.models import resolve_model
+
+    torch.set_num_threads(1)
+    dense, shape = resolve_model(config.model, config.weights, config.input_shape)
+    example_input = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    data = resolve_data(config.data, config.model)
+    if predictor is None:
+        predictor = find_or_build_predictor(config.model, dense, tuple(shape), config.target, config.predictor)
+    measure_ms = measure_ms or target_measure(config.target)
+    scored = score_model(dense, example_input, criterion, (), data, config.saliency)
+    for budget_ratio, allocator in points:
+        start_s = time.perf_counter()
+        budget = BudgetConfig(budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
+                              finetune_steps=config.finetune_steps, refine_rounds=config.refine_rounds,
+                              lower_ratio=config.lower_ratio)
+        try:
+            result = prune_to_budget(dense, example_input, budget, predictor, measure_ms, data, config.saliency,
+                                     scored=scored, dense_latency_ms=dense_ms)
+            manifest, error = result.manifest, None
+        except ToolchainError as exc:
+            manifest, error = None, str(exc)
+        _append_row(config.out, _row(config, budget_ratio, criterion, allocator, manifest, error,
+                                     time.perf_counter() - start_s))
+    return len(points)
+
+
+def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None,
+              predictor: PredictorInfo | None = None, measure_ms: Callable | None = None) -> list[dict]:
+    """Run every point not yet in `config.out`; returns all rows. `predictor`/`measure_ms` are for tests
+    (in-process only: they are not sent to worker processes)."""
+    from toolchain.budget import target_measure
+    from toolchain.models import resolve_model
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    identity = {"model": config.model, "weights": config.weights, "input_shape": config.input_shape,
+                "target": asdict(config.target), "data": config.data}
+    meta_path = out / "sweep.json"
+    if meta_path.is_file():
+        previous = json.loads(meta_path.read_text())
+        if previous.get("identity") != json.loads(json.dumps(identity)):
+            raise ToolchainError(f"{out} holds a sweep of another model/target/data; choose another --out")
+    dense, shape = resolve_model(config.model, config.weights, config.input_shape)
+    if predictor is None:
+        step("finding or building the latency predictor")
+        predictor = find_or_build_predictor(config.model, dense, tuple(shape), config.target, config.predictor,
+                                            step=step)
+        config = replace(config, predictor=predictor.artifact)
+    dense_ms = json.loads(meta_path.read_text()).get("dense_latency_ms") if meta_path.is_file() else None
+    if dense_ms is None:
+        step("measuring the dense model")
+        example_input = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        dense_ms = (measure_ms or target_measure(config.target))(dense, example_input)
+    meta_path.write_text(json.dumps({"identity": identity, "dense_latency_ms": dense_ms,
+                                     "predictor": predictor.artifact, "heldout_error": predictor.heldout_error},
+                                    indent=1) + "\n")
+    done = {row["key"] for row in read_rows(out)}
+    tasks = {}
+    for criterion in config.criteria:
+        points = [(b, a) for b in config.budgets for a in config.allocators if point_key(b, criterion, a) not in done]
+        if points:
+            tasks[criterion] = points
+    step(f"{sum(len(p) for p in tasks.values())} points to run ({len(done)} already done)")
+    if config.workers > 1 and measure_ms is None and len(tasks) > 1:
+        with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_run_criterion, config, c, p, dense_ms) for c, p in tasks.items()]
+            for future in futures:
+                future.result()
+    else:
+        for criterion, points in tasks.items():
+            _run_criterion(config, criterion, points, dense_ms, predictor, measure_ms)
+    return write_tables(out)
