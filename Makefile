@@ -61,3 +61,10 @@ REPORT_OUT  ?= report/
 report: $(STAMP)
 	@mkdir -p $(REPORT_RUNS)
 	$(BIN)/toolchain report $(REPORT_RUNS) --out $(REPORT_OUT)
+
+# Budget sweep benchmark (cpu/onnxruntime, measured). It takes /tmp/toolchain-bench.lock around every
+# measurement itself: do not wrap it in flock. SWEEP_ARGS e.g. "--budgets 0.4,0.6,0.8 --workers 2".
+SWEEP_ARGS ?=
+.PHONY: sweep
+sweep: $(STAMP)
+	$(BIN)/python benchmarks/budget_sweep.py $(SWEEP_ARGS)

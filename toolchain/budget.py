@@ -263,7 +263,7 @@ class TargetSpec:
     lock_path: str = MEASUREMENT_LOCK
 
 
-def _target(spec: TargetSpec):
+def resolve_target(spec: TargetSpec):
     from toolchain.targets import get_target
 
     return get_target(spec.name, spec.backend, spec.threads)
@@ -293,7 +293,7 @@ def target_measure(spec: TargetSpec) -> MeasureFn:
     """A `measure_ms(model, x)` timing on the target (median ms), compiled on one torch thread, under the lock."""
     from latency_models.measure import MeasureConfig, measure, torch_threads
 
-    target = _target(spec)
+    target = resolve_target(spec)
     config = MeasureConfig(warmup_runs=spec.warmup_runs, timed_runs=spec.timed_runs, clock=spec.clock)
 
     def measure_ms(model: nn.Module, example_input: torch.Tensor) -> float:
@@ -310,7 +310,7 @@ def _slug(text: str) -> str:
 
 
 def default_predictor_path(model_spec: str, input_shape: tuple[int, ...], spec: TargetSpec) -> str:
-    target = _target(spec)
+    target = resolve_target(spec)
     shape = "x".join(map(str, input_shape))
     return f"{PREDICTOR_DIR}/{_slug(model_spec)}-{shape}-{_slug(target.label)}-{spec.clock}-lpnet"
 
@@ -326,7 +326,7 @@ def find_or_build_predictor(model_spec: str, dense: nn.Module, input_shape: tupl
 
     from toolchain.allocate import PredictorLatency
 
-    target = _target(spec)
+    target = resolve_target(spec)
     path = artifact or default_predictor_path(model_spec, input_shape, spec)
     if not (Path(path) / "predictor.json").is_file():
         _build_predictor(model_spec, dense, input_shape, spec, path, db_path, on_progress, step)
@@ -350,7 +350,7 @@ def _build_predictor(model_spec, dense, input_shape, spec: TargetSpec, path: str
     from latency_models.fitting import FitConfig, fit_predictor
     from latency_models.measure import MeasureConfig
 
-    target = _target(spec)
+    target = resolve_target(spec)
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     step(f"no latency predictor for {model_spec} on {target.label}: profiling {spec.profile_samples} "
          f"configurations into {db_path}")
@@ -386,6 +386,6 @@ class BudgetJob:
                                        self.db_path, self.on_progress, step)
         result = prune_to_budget(dense, example_input, self.budget, info, target_measure(self.target), data,
                                  self.saliency, step)
-        result.manifest["latency_target"] = {"label": _target(self.target).label, "clock": self.target.clock,
+        result.manifest["latency_target"] = {"label": resolve_target(self.target).label, "clock": self.target.clock,
                                              "timed_runs": self.target.timed_runs}
         return result

@@ -1,0 +1,232 @@
+"""Benchmark: pruning under a latency budget on cpu/onnxruntime, measured.
+
+For each model (the demo on MNIST-5k; ResNet-56 (CIFAR layout) and MobileNetV2 at small inputs, trained
+briefly here on MNIST-5k resized and replicated to 3 channels) it runs a budget sweep through
+`toolchain.sweep` (predictor built on the fly and reused, every point measured on the target) and reports:
+
+* budget hit rate: share of points whose measured latency is in [0.90, 1.00] x budget;
+* accuracy against measured latency per allocator and criterion (Pareto plot, PNG), without fine-tuning
+  (BN re-calibration only) and, where run, with distillation fine-tuning;
+* each criterion's scoring cost in seconds.
+
+Results go to benchmarks/results/sweep-<environment>/ (rows per model, summary.json, summary.md,
+pareto.png). Do not wrap this in `flock`: every measurement takes /tmp/toolchain-bench.lock itself.
+
+    .venv/bin/python benchmarks/budget_sweep.py --budgets 0.4,0.6,0.8 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch.nn import functional
+from torch.utils.data import TensorDataset
+
+from toolchain.data import DataSplits, load_mnist5k
+from toolchain.models import create_model
+
+HERE = Path(__file__).resolve()
+WEIGHTS_DIR = Path("runs/bench-weights")
+
+
+# -- data and models for `--data benchmarks/budget_sweep.py:...` and `--model benchmarks/budget_sweep.py:...` --
+@lru_cache(maxsize=4)
+def _mnist_rgb(size: int) -> DataSplits:
+    splits = load_mnist5k()
+
+    def convert(dataset):
+        images, labels = dataset.tensors
+        resized = functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        return TensorDataset(resized.repeat(1, 3, 1, 1).contiguous(), labels)
+
+    return DataSplits(convert(splits.train), convert(splits.calib), convert(splits.test))
+
+
+def mnist_rgb16() -> DataSplits:
+    """MNIST-5k resized to 16x16 and replicated to 3 channels."""
+    return _mnist_rgb(16)
+
+
+def mnist_rgb32() -> DataSplits:
+    """MNIST-5k resized to 32x32 and replicated to 3 channels."""
+    return _mnist_rgb(32)
+
+
+def mobilenet_v2_10():
+    """MobileNetV2 with a 10-class head."""
+    return create_model("mobilenet_v2", num_classes=10)
+
+
+def resnet56_10():
+    return create_model("resnet56_cifar", num_classes=10)
+
+
+MODELS = {
+    # name: (model spec, input shape, data spec, train steps); None steps = shipped weights
+    "demo": ("zoo:demo", (1, 1, 28, 28), "mnist5k", None),
+    "resnet56": (f"{HERE}:resnet56_10", (1, 3, 16, 16), f"{HERE}:mnist_rgb16", 300),
+    "mobilenet_v2": (f"{HERE}:mobilenet_v2_10", (1, 3, 32, 32), f"{HERE}:mnist_rgb32", 300),
+}
+
+
+def train_briefly(name: str, steps: int, seed: int = 0) -> tuple[Path, float]:
+    """Train on the MNIST-5k train split (Adam, batch 64) and save safetensors; reused when present."""
+    from safetensors.torch import save_file
+
+    from toolchain.data import resolve_data
+    from toolchain.evaluate import accuracy
+    from toolchain.models import resolve_model
+
+    spec, shape, data_spec, _ = MODELS[name]
+    path = WEIGHTS_DIR / f"{name}-{'x'.join(map(str, shape))}-{steps}steps.safetensors"
+    model, _ = resolve_model(spec, None, shape)
+    data = resolve_data(data_spec)
+    if not path.is_file():
+        torch.manual_seed(seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+        loader = torch.utils.data.DataLoader(data.train, batch_size=64, shuffle=True,
+                                             generator=torch.Generator().manual_seed(seed))
+        model.train()
+        done = 0
+        while done < steps:
+            for inputs, labels in loader:
+                loss = functional.cross_entropy(model(inputs), labels)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                done += 1
+                if done >= steps:
+                    break
+        model.eval()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    model, _ = resolve_model(spec, str(path), shape)
+    return path, accuracy(model, data.test)
+
+
+# -- summaries -------------------------------------------------------------------------------------------------
+def summarise(rows: list[dict]) -> dict:
+    measured = [r for r in rows if r.get("error") is None]
+    summary = {"points": len(rows), "errors": [f"{r['key']}: {r['error']}" for r in rows if r.get("error")],
+               "hits": sum(bool(r["within_band"]) for r in measured), "measured_points": len(measured)}
+    summary["hit_rate"] = summary["hits"] / max(len(measured), 1)
+    summary["over_budget"] = sum(not r["budget_met"] for r in measured)
+    by_allocator: dict = {}
+    for r in measured:
+        entry = by_allocator.setdefault(r["allocator"], {"acc": [], "acc_ft": [], "ratio": []})
+        entry["acc"].append(r["accuracy_after_bn_recalibration"])
+        entry["ratio"].append(r["measured_latency_ms"] / r["dense_latency_ms"])
+        if r.get("accuracy_finetuned") is not None:
+            entry["acc_ft"].append(r["accuracy_finetuned"])
+    summary["mean_accuracy_by_allocator"] = {
+        a: {"no_finetune": _mean(v["acc"]), "finetuned": _mean(v["acc_ft"]),
+            "mean_measured_latency_ratio": _mean(v["ratio"])} for a, v in by_allocator.items()}
+    by_criterion: dict = {}
+    for r in measured:
+        entry = by_criterion.setdefault(r["criterion"], {"acc": [], "seconds": set()})
+        entry["acc"].append(r["accuracy_after_bn_recalibration"])
+        entry["seconds"].add(r["saliency_s"])
+    summary["criteria"] = {c: {"mean_accuracy_no_finetune": _mean(v["acc"]),
+                               "scoring_seconds": round(max(v["seconds"]), 2)} for c, v in by_criterion.items()}
+    return summary
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def pareto_plot(rows_by_model: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows_by_model), figsize=(6 * len(rows_by_model), 4.5), squeeze=False)
+    for ax, (model, rows) in zip(axes[0], rows_by_model.items()):
+        lines: dict = {}
+        for r in rows:
+            if r.get("error") is None:
+                lines.setdefault(f"{r['allocator']}/{r['criterion']}", []).append(
+                    (r["measured_latency_ms"], r["accuracy_after_bn_recalibration"]))
+        for label, points in sorted(lines.items()):
+            points.sort()
+            style = "-" if label.split("/")[0] in ("lpnet", "knapsack") else "--"
+            ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", ms=3, label=label)
+        dense = next((r for r in rows if r.get("error") is None), None)
+        if dense:
+            ax.axvline(dense["dense_latency_ms"], color="grey", lw=0.8)
+            ax.axhline(dense["dense_accuracy"], color="grey", lw=0.8)
+        ax.set_title(f"{model}: accuracy vs measured latency (no fine-tuning)")
+        ax.set_xlabel("measured latency (ms, cpu/onnxruntime, 1 thread)")
+        ax.set_ylabel("test accuracy after BN re-calibration")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    from latency_models.fingerprint import machine_fingerprint
+
+    from toolchain.budget import TargetSpec, resolve_target
+    from toolchain.saliency import SaliencyConfig
+    from toolchain.sweep import SweepConfig, parse_budgets, run_sweep
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="demo,resnet56,mobilenet_v2")
+    parser.add_argument("--budgets", default="0.3:0.9:0.1")
+    parser.add_argument("--criteria", default="l1,taylor,shapley,composite", help="for the demo")
+    parser.add_argument("--other-criteria", default="l1,taylor", help="for resnet56 and mobilenet_v2")
+    parser.add_argument("--allocators", default="lpnet,knapsack,uniform,macs")
+    parser.add_argument("--finetune-steps", type=int, default=0)
+    parser.add_argument("--shapley-samples", type=int, default=2)
+    parser.add_argument("--profile-samples", type=int, default=60)
+    parser.add_argument("--refine-rounds", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--clock", default="thread_cpu")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    spec = TargetSpec("cpu", "onnxruntime", 1, args.clock, warmup_runs=2, timed_runs=15,
+                      profile_samples=args.profile_samples)
+    fingerprint = machine_fingerprint(resolve_target(spec))
+    environment = (f"{fingerprint.get('cpu_model', 'cpu').split()[0].lower()}-{platform.machine()}-"
+                   f"ort{fingerprint['versions'].get('onnxruntime', '?')}-1t-{args.clock}")
+    out = args.out or HERE.parent / "results" / f"sweep-{environment}"
+    out.mkdir(parents=True, exist_ok=True)
+    rows_by_model, report = {}, {"command": " ".join(["benchmarks/budget_sweep.py", *__import__("sys").argv[1:]]),
+                                 "fingerprint": fingerprint, "models": {}}
+    for name in args.models.split(","):
+        model_spec, shape, data_spec, steps = MODELS[name]
+        start_s = time.perf_counter()
+        weights, dense_accuracy = (None, None) if steps is None else train_briefly(name, steps)
+        criteria = args.criteria if name == "demo" else args.other_criteria
+        config = SweepConfig(model=model_spec, out=out / name, budgets=parse_budgets(args.budgets),
+                             criteria=tuple(criteria.split(",")), allocators=tuple(args.allocators.split(",")),
+                             target=spec, data=data_spec, weights=str(weights) if weights else None,
+                             input_shape=shape, finetune_steps=args.finetune_steps, refine_rounds=args.refine_rounds,
+                             workers=args.workers, saliency=SaliencyConfig(shapley_samples=args.shapley_samples))
+        rows = run_sweep(config, lambda message, n=name: print(f"[{n}] {message}", flush=True))
+        rows_by_model[name] = rows
+        meta = json.loads((out / name / "sweep.json").read_text())
+        report["models"][name] = {"model": model_spec, "input_shape": list(shape), "weights": str(weights),
+                                  "train_steps": steps, "trained_accuracy": dense_accuracy,
+                                  "dense_latency_ms": meta["dense_latency_ms"], "predictor": meta["predictor"],
+                                  "predictor_heldout": meta["heldout_error"], "wall_s": round(time.perf_counter()
+                                                                                              - start_s, 1),
+                                  **summarise(rows)}
+        (out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps(report["models"][name], indent=1), flush=True)
+    pareto_plot(rows_by_model, out / "pareto.png")
+    print(f"wrote {out}/summary.json and pareto.png")
+
+
+if __name__ == "__main__":
+    main()
