@@ -88,10 +88,10 @@ def test_unreachable_budget_names_the_narrowest_measured_latency(demo):
 def test_with_data_the_manifest_has_accuracies_and_recovery(demo):
     model, x = demo
     splits = load_mnist5k()
-    small = DataSplits(Subset(splits.train, range(256)), Subset(splits.calib, range(128)),
+    small = DataSplits(Subset(splits.train, range(256)), Subset(splits.calib, range(64)),
                        Subset(splits.test, range(200)))
     measure_ms, _ = fake_target(fixed_ms=0.1)
-    config = BudgetConfig(budget_ratio=0.7, criterion="taylor", allocator="lpnet", refine_rounds=1, finetune_steps=2)
+    config = BudgetConfig(budget_ratio=0.7, criterion="taylor", allocator="knapsack", refine_rounds=1, finetune_steps=2)
     result = prune_to_budget(model, x, config, predictor(0.1), measure_ms, data=small)
     manifest = result.manifest
     assert manifest["dense_accuracy"] > 0.9
