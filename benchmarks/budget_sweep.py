@@ -173,7 +173,6 @@ def pareto_plot(rows_by_model: dict[str, list[dict]], path: Path) -> None:
 
 def main() -> None:
     from latency_models.fingerprint import machine_fingerprint
-
     from toolchain.budget import TargetSpec, resolve_target
     from toolchain.saliency import SaliencyConfig
     from toolchain.sweep import SweepConfig, parse_budgets, run_sweep

@@ -323,7 +323,6 @@ def find_or_build_predictor(model_spec: str, dense: nn.Module, input_shape: tupl
     from pathlib import Path
 
     from latency_models.predictors import load_predictor
-
     from toolchain.allocate import PredictorLatency
 
     target = resolve_target(spec)
@@ -355,11 +354,11 @@ def _build_predictor(model_spec, dense, input_shape, spec: TargetSpec, path: str
     step(f"no latency predictor for {model_spec} on {target.label}: profiling {spec.profile_samples} "
          f"configurations into {db_path}")
     campaign = CampaignConfig(model=model_spec, db_path=db_path, target=target.name, backend=target.backend,
-                              threads=target.threads, samples=spec.profile_samples,
+                              threads=target.threads, samples=spec.profile_samples, input_shape=tuple(input_shape),
                               measure=MeasureConfig(warmup_runs=spec.warmup_runs, timed_runs=spec.timed_runs,
                                                     clock=spec.clock))
     with measurement_lock(spec.lock_path):
-        report = run_campaign(campaign, on_progress, model_and_shape=(dense, tuple(input_shape)))
+        report = run_campaign(campaign, on_progress)
     if report.failed:
         raise ToolchainError(f"profiling failed for {len(report.failed)} configurations: {report.failed[0]}")
     step("fitting the lpnet latency predictor")
