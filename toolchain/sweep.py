@@ -1,7 +1,8 @@
 """Budget sweeps: every (budget, criterion, allocator) point, resumable, one row per point (CSV and JSON).
 
 The predictor is found or built and the dense model measured once, in the parent; each criterion is one
-task (its scores are computed once for all its points) run in its own process when `workers` > 1. Rows are
+task (its scores are computed once for all its points; split by allocator when there are fewer criteria
+than workers) run in its own process when `workers` > 1. Rows are
 appended to `rows.jsonl` as points finish, so an interrupted sweep resumes where it stopped; `rows.csv` and
 `rows.json` are rewritten from it. Latency measurements take the machine-wide measurement lock, so they
 never overlap however many workers run.
@@ -198,18 +199,21 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None,
                                      "predictor": predictor.artifact, "heldout_error": predictor.heldout_error},
                                     indent=1) + "\n")
     done = {row["key"] for row in read_rows(out)}
-    tasks = {}
+    tasks: list[tuple[str, list[tuple[float, str]]]] = []
     for criterion in config.criteria:
         points = [(b, a) for b in config.budgets for a in config.allocators if point_key(b, criterion, a) not in done]
         if points:
-            tasks[criterion] = points
-    step(f"{sum(len(p) for p in tasks.values())} points to run ({len(done)} already done)")
+            tasks.append((criterion, points))
+    if len(tasks) < config.workers:  # too few criteria to keep the workers busy: one task per allocator
+        tasks = [(c, [p for p in points if p[1] == a]) for c, points in tasks for a in config.allocators
+                 if any(p[1] == a for p in points)]
+    step(f"{sum(len(p) for _, p in tasks)} points to run ({len(done)} already done)")
     if config.workers > 1 and measure_ms is None and len(tasks) > 1:
         with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_run_criterion, config, c, p, dense_ms) for c, p in tasks.items()]
+            futures = [pool.submit(_run_criterion, config, c, p, dense_ms) for c, p in tasks]
             for future in futures:
                 future.result()
     else:
-        for criterion, points in tasks.items():
+        for criterion, points in tasks:
             _run_criterion(config, criterion, points, dense_ms, predictor, measure_ms)
     return write_tables(out)
