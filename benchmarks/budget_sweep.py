@@ -189,6 +189,7 @@ def main() -> None:
     parser.add_argument("--refine-rounds", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clock", default="thread_cpu")
+    parser.add_argument("--tag", default="", help="suffix of each model's folder and of summary/plot names")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -207,24 +208,24 @@ def main() -> None:
         start_s = time.perf_counter()
         weights, dense_accuracy = (None, None) if steps is None else train_briefly(name, steps)
         criteria = args.criteria if name == "demo" else args.other_criteria
-        config = SweepConfig(model=model_spec, out=out / name, budgets=parse_budgets(args.budgets),
+        config = SweepConfig(model=model_spec, out=out / f"{name}{args.tag}", budgets=parse_budgets(args.budgets),
                              criteria=tuple(criteria.split(",")), allocators=tuple(args.allocators.split(",")),
                              target=spec, data=data_spec, weights=str(weights) if weights else None,
                              input_shape=shape, finetune_steps=args.finetune_steps, refine_rounds=args.refine_rounds,
                              workers=args.workers, saliency=SaliencyConfig(shapley_samples=args.shapley_samples))
         rows = run_sweep(config, lambda message, n=name: print(f"[{n}] {message}", flush=True))
         rows_by_model[name] = rows
-        meta = json.loads((out / name / "sweep.json").read_text())
+        meta = json.loads((out / f"{name}{args.tag}" / "sweep.json").read_text())
         report["models"][name] = {"model": model_spec, "input_shape": list(shape), "weights": str(weights),
                                   "train_steps": steps, "trained_accuracy": dense_accuracy,
                                   "dense_latency_ms": meta["dense_latency_ms"], "predictor": meta["predictor"],
                                   "predictor_heldout": meta["heldout_error"], "wall_s": round(time.perf_counter()
                                                                                               - start_s, 1),
                                   **summarise(rows)}
-        (out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out / f"summary{args.tag}.json").write_text(json.dumps(report, indent=1) + "\n")
         print(json.dumps(report["models"][name], indent=1), flush=True)
-    pareto_plot(rows_by_model, out / "pareto.png")
-    print(f"wrote {out}/summary.json and pareto.png")
+    pareto_plot(rows_by_model, out / f"pareto{args.tag}.png")
+    print(f"wrote {out}/summary{args.tag}.json and pareto{args.tag}.png")
 
 
 if __name__ == "__main__":
