@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.utils.data import Subset
@@ -101,3 +103,46 @@ def test_with_data_the_manifest_has_accuracies_and_recovery(demo):
     assert check["refined_loss"] <= min(check["losses"].values())
     assert manifest["saliency"]["criterion"] == "taylor"
     assert set(manifest["wall_s"]) >= {"saliency", "allocate_and_measure", "recover"}
+
+
+class _FakeTarget:
+    label = "cpu/fake/1t"
+
+
+@pytest.fixture
+def fake_budget_backend(monkeypatch):
+    """The CLI's budget path with a synthetic predictor and a deterministic fake target."""
+    import toolchain.budget as budget
+
+    measure_ms, _ = fake_target(fixed_ms=0.1)
+    monkeypatch.setattr(budget, "find_or_build_predictor", lambda *args, **kwargs: predictor(0.1))
+    monkeypatch.setattr(budget, "target_measure", lambda spec: measure_ms)
+    monkeypatch.setattr(budget, "resolve_target", lambda spec: _FakeTarget())
+
+
+def test_cli_prune_with_a_budget_writes_the_latency_fields(tmp_path, capsys, fake_budget_backend):
+    from toolchain.cli import main
+
+    out = tmp_path / "pruned"
+    code = main(["prune", "--model", "zoo:demo", "--budget-ms", "2.5", "--criterion", "l1", "--allocator", "uniform",
+                 "--data", "none", "--out", str(out), "--json"])
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["budget_ms"] == 2.5 and manifest["measured_latency_ms"] <= 2.5
+    assert manifest["criterion"] == "l1" and manifest["allocator"] == "uniform"
+    assert manifest["latency_target"]["label"] == "cpu/fake/1t"
+    assert json.loads(capsys.readouterr().out)["per_layer_widths"] == manifest["per_layer_widths"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget-ms", "1", "--budget-ratio", "0.5"], "exactly one of --budget-ms or --budget-ratio"),
+    (["--budget-ratio", "1.5"], "--budget-ratio must be in (0, 1]"),
+    (["--budget-ms", "0.05"], "unreachable"),
+])
+def test_cli_prune_rejects_bad_budgets_in_one_line(tmp_path, capsys, fake_budget_backend, args, message):
+    from toolchain.cli import main
+
+    code = main(["prune", "--model", "zoo:demo", "--criterion", "l1", "--allocator", "knapsack", "--data", "none",
+                 "--out", str(tmp_path / "p"), "--json", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
