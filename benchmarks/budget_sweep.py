@@ -127,6 +127,12 @@ def summarise(rows: list[dict]) -> dict:
     summary["mean_accuracy_by_allocator"] = {
         a: {"no_finetune": _mean(v["acc"]), "finetuned": _mean(v["acc_ft"]),
             "mean_measured_latency_ratio": _mean(v["ratio"])} for a, v in by_allocator.items()}
+    weights: dict = {}
+    for r in measured:
+        if r.get("proposal_weight") is not None:
+            weights.setdefault(r["allocator"], []).append(r["proposal_weight"])
+    summary["calibration_check_proposal_weight"] = {  # 1.0: the allocator's own proposal won; 0.0: uniform
+        a: {str(w): v.count(w) for w in sorted(set(v))} for a, v in weights.items()}
     by_criterion: dict = {}
     for r in measured:
         entry = by_criterion.setdefault(r["criterion"], {"acc": [], "seconds": set()})
@@ -171,6 +177,55 @@ def pareto_plot(rows_by_model: dict[str, list[dict]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def markdown(report: dict, rows_by_model: dict[str, list[dict]]) -> str:
+    """Tables for BENCHMARKS.md from the summary and the rows (every figure read from the run's files)."""
+    lines = ["| model | input | dense ms | dense acc | predictor held-out MAPE | points | in [0.9, 1.0] x budget "
+             "| over budget | errors |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in report["models"].items():
+        mape = (m.get("predictor_heldout") or {}).get("mape_pct")
+        lines.append(f"| {name} | {'x'.join(map(str, m['input_shape']))} | {m['dense_latency_ms']:.3f} | "
+                     f"{_first_dense_accuracy(rows_by_model[name])} | {mape if mape is None else f'{mape:.1f}%'} | "
+                     f"{m['points']} | {m['hits']}/{m['measured_points']} ({m['hit_rate']:.0%}) | {m['over_budget']} "
+                     f"| {len(m['errors'])} |")
+    for name, rows in rows_by_model.items():
+        criteria = sorted({r["criterion"] for r in rows})
+        allocators = sorted({r["allocator"] for r in rows})
+        for criterion in criteria:
+            lines += ["", f"**{name}, criterion `{criterion}`**: measured ms / test accuracy after BN re-calibration"
+                      + (" / after fine-tuning" if any(r.get("accuracy_finetuned") is not None for r in rows) else ""),
+                      "", "| budget | " + " | ".join(allocators) + " |", "|---" * (len(allocators) + 1) + "|"]
+            for budget in sorted({r["budget_ratio"] for r in rows}):
+                cells = []
+                for allocator in allocators:
+                    r = next((r for r in rows if (r["budget_ratio"], r["criterion"], r["allocator"]) ==
+                              (budget, criterion, allocator)), None)
+                    cells.append(_cell(r))
+                lines.append(f"| {budget:.1f} | " + " | ".join(cells) + " |")
+    for name, m in report["models"].items():
+        if len(m["criteria"]) > 1:
+            lines += ["", f"**{name}: criteria (no fine-tuning)**", "",
+                      "| criterion | mean accuracy over points | scoring s |", "|---|---|---|"]
+            for criterion, c in sorted(m["criteria"].items()):
+                lines.append(f"| {criterion} | {c['mean_accuracy_no_finetune']} | {c['scoring_seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _first_dense_accuracy(rows: list[dict]):
+    return next((f"{r['dense_accuracy']:.3f}" for r in rows if r.get("dense_accuracy") is not None), "-")
+
+
+def _cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    if row.get("error"):
+        return "error"
+    flag = "" if row["within_band"] else (" (over)" if not row["budget_met"] else " (<0.9)")
+    text = f"{row['measured_latency_ms']:.3f}{flag} / {row['accuracy_after_bn_recalibration']:.3f}"
+    if row.get("accuracy_finetuned") is not None:
+        text += f" / {row['accuracy_finetuned']:.3f}"
+    return text
+
+
 def main() -> None:
     from latency_models.fingerprint import machine_fingerprint
     from toolchain.budget import TargetSpec, resolve_target
@@ -191,6 +246,7 @@ def main() -> None:
     parser.add_argument("--clock", default="thread_cpu")
     parser.add_argument("--tag", default="", help="suffix of each model's folder and of summary/plot names")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--report-only", action="store_true", help="rewrite summary.md and the plot from rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -201,6 +257,15 @@ def main() -> None:
                    f"ort{fingerprint['versions'].get('onnxruntime', '?')}-1t-{args.clock}")
     out = args.out or HERE.parent / "results" / f"sweep-{environment}"
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        from toolchain.sweep import read_rows
+
+        report = json.loads((out / f"summary{args.tag}.json").read_text())
+        rows_by_model = {n: sorted(read_rows(out / f"{n}{args.tag}"), key=lambda r: r["key"]) for n in report["models"]}
+        pareto_plot(rows_by_model, out / f"pareto{args.tag}.png")
+        (out / f"summary{args.tag}.md").write_text(markdown(report, rows_by_model))
+        print((out / f"summary{args.tag}.md").read_text())
+        return
     rows_by_model, report = {}, {"command": " ".join(["benchmarks/budget_sweep.py", *__import__("sys").argv[1:]]),
                                  "fingerprint": fingerprint, "models": {}}
     for name in args.models.split(","):
@@ -225,7 +290,8 @@ def main() -> None:
         (out / f"summary{args.tag}.json").write_text(json.dumps(report, indent=1) + "\n")
         print(json.dumps(report["models"][name], indent=1), flush=True)
     pareto_plot(rows_by_model, out / f"pareto{args.tag}.png")
-    print(f"wrote {out}/summary{args.tag}.json and pareto{args.tag}.png")
+    (out / f"summary{args.tag}.md").write_text(markdown(report, rows_by_model))
+    print(f"wrote {out}/summary{args.tag}.json, .md and pareto{args.tag}.png")
 
 
 if __name__ == "__main__":
