@@ -42,8 +42,9 @@ def consumers(graph: PruningGraph, name: str) -> list[Consumer]:
         module = dep.target.module
         if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
             continue
-        pruner = graph._dg.get_pruner_of_module(module)  # noqa: SLF001 - graph.py owns the DepGraph; read only
-        if dep.handler != pruner.prune_in_channels or dep.handler == pruner.prune_out_channels:
+        # Readers are pruned through prune_in_channels; a depthwise convolution's handler is its
+        # prune_out_channels (in and out are one), so it counts as part of the group, not a reader.
+        if getattr(dep.handler, "__name__", "") != "prune_in_channels":
             continue
         roots = [int(r) for r in group[i].root_idxs]
         found.append(Consumer(module, torch.tensor([int(c) for c in idxs]), torch.tensor(roots),
