@@ -51,7 +51,7 @@ class Pattern:
         if match := re.fullmatch(r"(block|unify)(\d+)x(\d+)", spec):
             rows, cols = int(match[2]), int(match[3])
             if rows < 1 or cols < 1:
-                raise ValueError(f"block size must be positive, got {text!r}")
+                raise ValueError(f"block pattern needs a positive size, got {text!r}")
             return cls(match[1], block=(rows, cols))
         if spec == "stripe":
             return cls("stripe")
