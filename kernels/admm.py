@@ -32,11 +32,15 @@ from kernels.sparsify import SparsifyConfig, eligible_layers
 
 @dataclass(frozen=True)
 class AdmmConfig:
-    """ADMM schedule. ``rho``: penalty weight; ``lr``: Adam step size; one Z/U update per epoch."""
+    """ADMM schedule. ``rho``: penalty weight, multiplied by ``rho_growth`` after every
+    round (the usual schedule: loose at first, then tight); ``lr``: Adam step size; one Z/U update per epoch;
+    ``min_features``: as in ``SparsifyConfig`` (smaller layers stay dense)."""
 
     pattern: str = "2:4"
     sparsity: float | None = None
+    min_features: int = 8
     rho: float = 1e-2
+    rho_growth: float = 2.0
     admm_epochs: int = 4
     finetune_epochs: int = 2
     lr: float = 1e-3
@@ -100,7 +104,9 @@ def admm_train_(model: nn.Module, batches: Batches, config: AdmmConfig,
     lie exactly in the pattern's set, ready for ``sparsify_(model, SparsifyConfig(..., prune=False))``.
     """
     pattern = Pattern.parse(config.pattern)
-    names = eligible_layers(model, SparsifyConfig(pattern=config.pattern, sparsity=config.sparsity), filter_fn)
+    selection = SparsifyConfig(pattern=config.pattern, sparsity=config.sparsity,
+                               min_features=config.min_features)
+    names = eligible_layers(model, selection, filter_fn)
     if not names:
         raise ValueError(f"no layer of the model is eligible for the {pattern} pattern")
     modules = dict(model.named_modules())
@@ -111,19 +117,26 @@ def admm_train_(model: nn.Module, batches: Batches, config: AdmmConfig,
         targets = [project(w, pattern, config.sparsity) for w in weights]  # Z
         duals = [torch.zeros_like(w) for w in weights]  # U
 
+    rho = config.rho
+
     def penalty() -> torch.Tensor:
-        return sum(0.5 * config.rho * (w - z + u).pow(2).sum() for w, z, u in zip(weights, targets, duals))
+        pairs = zip(weights, targets, duals, strict=True)
+        return sum(0.5 * rho * (w - z + u).pow(2).sum() for w, z, u in pairs)
 
     for _ in range(config.admm_epochs):
         report.train_losses.append(_epoch(model, batches, optimizer, penalty, None, loss_fn))
         with torch.no_grad():
             residual, norm = 0.0, 0.0
-            for w, z, u in zip(weights, targets, duals):
+            for w, z, u in zip(weights, targets, duals, strict=True):
                 z.copy_(project(w + u, pattern, config.sparsity))
                 u.add_(w - z)
                 residual += float((w - z).pow(2).sum())
                 norm += float(w.pow(2).sum())
             report.primal_residuals.append((residual / max(norm, 1e-12)) ** 0.5)
+            # Scaled dual: U holds (dual variable / rho), so it shrinks when rho grows.
+            for u in duals:
+                u.div_(config.rho_growth)
+        rho *= config.rho_growth
 
     with torch.no_grad():
         for w in weights:
@@ -132,7 +145,7 @@ def admm_train_(model: nn.Module, batches: Batches, config: AdmmConfig,
 
     def restore() -> None:
         with torch.no_grad():
-            for w, constrain in zip(weights, constraints):
+            for w, constrain in zip(weights, constraints, strict=True):
                 w.copy_(constrain(w))
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)

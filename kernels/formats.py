@@ -54,7 +54,7 @@ class BlockSparseMatrix:
             raise ValueError(f"block must be positive, got {block}")
         out_features, k = matrix.shape
         n_block_rows, n_block_cols = math.ceil(out_features / rows), math.ceil(k / cols)
-        padded = torch.zeros(n_block_rows * rows, n_block_cols * cols, dtype=matrix.dtype, device=matrix.device)
+        padded = matrix.new_zeros(n_block_rows * rows, n_block_cols * cols)
         padded[:out_features, :k] = matrix
         tiles = padded.reshape(n_block_rows, rows, n_block_cols, cols).transpose(1, 2)
         keep = tiles.ne(0).any(dim=(2, 3))  # [n_block_rows, n_block_cols]
@@ -93,7 +93,8 @@ class BlockSparseMatrix:
         dense = tiles.transpose(1, 2).reshape(n_block_rows * rows, n_block_cols * cols)
         return dense[:out_features, :k].contiguous()
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> BlockSparseMatrix:
+    def to(self, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None) -> BlockSparseMatrix:
         return BlockSparseMatrix(self.values.to(device=device, dtype=dtype), self.col_indices.to(device),
                                  self.row_offsets.to(device), self.shape, self.block)
 
@@ -163,7 +164,8 @@ class NMSparseMatrix:
         dense.scatter_add_(1, self.column_indices().long(), self.values)
         return dense
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> NMSparseMatrix:
+    def to(self, device: torch.device | str | None = None,
+           dtype: torch.dtype | None = None) -> NMSparseMatrix:
         return NMSparseMatrix(self.values.to(device=device, dtype=dtype), self.offsets.to(device),
                               self.shape, self.n, self.m, self.segment)
 

@@ -8,7 +8,8 @@ Example:
     >>> dense = torch.nn.Linear(64, 32)
     >>> dense.weight.data *= pattern_mask(dense.weight, Pattern.parse("2:4"))
     >>> sparse = SparseLinear.from_dense(dense, Pattern.parse("2:4"))
-    >>> torch.testing.assert_close(sparse(torch.randn(3, 64)), dense(...), rtol=1e-4, atol=1e-4)  # doctest: +SKIP
+    >>> x = torch.randn(3, 64)
+    >>> torch.testing.assert_close(sparse(x), dense(x), rtol=1e-4, atol=1e-4)
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ class SparseLinear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, pattern={self.sparse_weight.pattern}"
+        pattern = self.sparse_weight.pattern
+        return f"in_features={self.in_features}, out_features={self.out_features}, pattern={pattern}"
 
 
 def conv_is_supported(conv: nn.Conv2d) -> bool:
@@ -183,7 +185,7 @@ class SparseConv2d(nn.Module):
         out_h, out_w = (
             (size + 2 * pad - dil * (k - 1) - 1) // step + 1
             for size, pad, dil, k, step in zip((height, width), self.padding, self.dilation,
-                                               self.kernel_size, self.stride)
+                                               self.kernel_size, self.stride, strict=True)
         )
         if self._is_pointwise():
             columns = x.reshape(batch, self.in_channels, height * width)
@@ -202,5 +204,5 @@ class SparseConv2d(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, pattern={self.sparse_weight.pattern}")
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, pattern={self.sparse_weight.pattern}")

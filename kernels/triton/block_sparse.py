@@ -71,7 +71,8 @@ def _bsr_matmul_kernel(
             other=0.0,
         )
         # W block transposed: [C_PAD, R_PAD]
-        w_t = tl.load(values_ptr + i * (R * C) + offs_r[None, :] * C + offs_c[:, None], mask=w_mask, other=0.0)
+        w_t = tl.load(values_ptr + i * (R * C) + offs_r[None, :] * C + offs_c[:, None],
+                      mask=w_mask, other=0.0)
         if USE_DOT:
             acc = tl.dot(x, w_t, acc, input_precision=INPUT_PRECISION)
         else:

@@ -15,8 +15,10 @@ from kernels.patterns import (
 )
 
 
-@pytest.mark.parametrize(("text", "kind"), [("2:4", "nm"), ("1:8", "nm"), ("block4x4", "block"),
-                                            ("block1x4", "block"), ("stripe", "stripe"), ("unify4x4", "unify")])
+@pytest.mark.parametrize(("text", "kind"), [
+    ("2:4", "nm"), ("1:8", "nm"), ("block4x4", "block"), ("block1x4", "block"), ("stripe", "stripe"),
+    ("unify4x4", "unify"),
+])
 def test_parse_round_trips(text, kind):
     pattern = Pattern.parse(text)
     assert pattern.kind == kind
