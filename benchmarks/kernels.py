@@ -28,6 +28,7 @@ import re
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,8 +56,14 @@ class Layer:
 
     def module(self) -> nn.Module:
         if self.kernel:
-            return nn.Conv2d(self.in_features, self.out_features, self.kernel, self.stride,
-                             padding=self.kernel // 2, bias=False)
+            return nn.Conv2d(
+                self.in_features,
+                self.out_features,
+                self.kernel,
+                self.stride,
+                padding=self.kernel // 2,
+                bias=False,
+            )
         return nn.Linear(self.in_features, self.out_features, bias=False)
 
     def input_shape(self, batch: int) -> tuple[int, ...]:
@@ -91,8 +98,14 @@ QUICK_LAYERS = [
     Layer("tiny.linear", "smoke test", 96, 80, tokens=33),
 ]
 # (pattern, sparsity): N:M fixes its own sparsity.
-CPU_CASES = [("2:4", 0.5), ("block4x4", 0.5), ("block4x4", 0.8), ("block4x4", 0.9), ("block16x16", 0.8),
-             ("stripe", 0.8)]
+CPU_CASES = [
+    ("2:4", 0.5),
+    ("block4x4", 0.5),
+    ("block4x4", 0.8),
+    ("block4x4", 0.9),
+    ("block16x16", 0.8),
+    ("stripe", 0.8),
+]
 GPU_CASES = [("2:4", 0.5), ("block16x16", 0.5), ("block16x16", 0.8), ("block16x16", 0.9), ("block4x4", 0.8)]
 
 
@@ -132,7 +145,10 @@ def cpu_model_name() -> str:
 def gpu_fingerprint() -> dict:
     if not torch.cuda.is_available():
         return {"gpu": NO_GPU}
-    info = {"gpu": torch.cuda.get_device_name(), "compute_capability": list(torch.cuda.get_device_capability())}
+    info = {
+        "gpu": torch.cuda.get_device_name(),
+        "compute_capability": list(torch.cuda.get_device_capability()),
+    }
     try:
         import pynvml
 
@@ -169,8 +185,11 @@ def fingerprint() -> dict:
 
 def environment_name(info: dict) -> str:
     cpu = re.sub(r"[^a-z0-9]+", "-", info["cpu"].lower()).strip("-")
-    device = "gpu-" + re.sub(r"[^a-z0-9]+", "-", info["gpu"].lower()).strip("-") if torch.cuda.is_available() \
+    device = (
+        "gpu-" + re.sub(r"[^a-z0-9]+", "-", info["gpu"].lower()).strip("-")
+        if torch.cuda.is_available()
         else f"cpu-{cpu}-{info['torch_threads']}t"
+    )
     return f"{device}-torch{torch.__version__.split('+')[0]}"
 
 
@@ -206,26 +225,38 @@ def time_cuda(fn, repeats: int, warmup: int = 10) -> tuple[float, float]:
 
 def onnxruntime_session(layer: Layer, weight: torch.Tensor, threads: int):
     """A one-node ONNX model (Conv or MatMul) of the masked dense layer, run by onnxruntime."""
-    import onnx
     import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
 
     x_shape = [None] * 4 if layer.kernel else [None, layer.in_features]
     if layer.kernel:
         pad = layer.kernel // 2
-        node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[layer.kernel] * 2,
-                                strides=[layer.stride] * 2, pads=[pad] * 4)
+        node = helper.make_node(
+            "Conv",
+            ["x", "w"],
+            ["y"],
+            kernel_shape=[layer.kernel] * 2,
+            strides=[layer.stride] * 2,
+            pads=[pad] * 4,
+        )
         initializer = numpy_helper.from_array(weight.numpy(), "w")
     else:
         node = helper.make_node("MatMul", ["x", "w"], ["y"])
         initializer = numpy_helper.from_array(weight.t().contiguous().numpy(), "w")
-    graph = helper.make_graph([node], layer.name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [initializer])
+    graph = helper.make_graph(
+        [node],
+        layer.name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [initializer],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def sparse_module(layer: Layer, dense: nn.Module, pattern: str, backend: str = "auto") -> nn.Module:
@@ -243,10 +274,22 @@ def _row(layer, device, dtype, pattern, sparsity, backend, timing, dense_ms, flo
     def rounded(value: float | None, digits: int = 4) -> float | None:
         return None if value is None else float(f"{value:.{digits}g}")
 
-    return Row(layer.name, layer.source, device, dtype, pattern, sparsity, backend, rounded(median),
-               rounded(spread, 2), rounded(speedup, 3), rounded(ideal, 3),
-               rounded(speedup / ideal if speedup else None, 3),
-               rounded(flops / median / 1e9 if median else None, 3), note)
+    return Row(
+        layer.name,
+        layer.source,
+        device,
+        dtype,
+        pattern,
+        sparsity,
+        backend,
+        rounded(median),
+        rounded(spread, 2),
+        rounded(speedup, 3),
+        rounded(ideal, 3),
+        rounded(speedup / ideal if speedup else None, 3),
+        rounded(flops / median / 1e9 if median else None, 3),
+        note,
+    )
 
 
 def bench_cpu(layers: list[Layer], cases, batch: int, repeats: int) -> list[Row]:
@@ -258,17 +301,31 @@ def bench_cpu(layers: list[Layer], cases, batch: int, repeats: int) -> list[Row]
         x = torch.randn(layer.input_shape(batch))
         flops = layer.dense_flops(batch)
         with torch.no_grad():
-            dense_timing = time_cpu(lambda dense=dense: dense(x), repeats)
+            dense_timing = time_cpu(partial(dense, x), repeats)
             dense_ms = dense_timing[0]
             rows.append(_row(layer, "cpu", "float32", "dense", 0.0, "torch", dense_timing, dense_ms, flops))
             try:
                 session = onnxruntime_session(layer, dense.weight.detach(), threads)
                 feed = {"x": x.numpy()}
-                ort_timing = time_cpu(lambda: session.run(None, feed), repeats)
-                rows.append(_row(layer, "cpu", "float32", "dense", 0.0, "onnxruntime", ort_timing, dense_ms, flops))
+                ort_timing = time_cpu(partial(session.run, None, feed), repeats)
+                rows.append(
+                    _row(layer, "cpu", "float32", "dense", 0.0, "onnxruntime", ort_timing, dense_ms, flops)
+                )
             except ImportError as error:
-                rows.append(_row(layer, "cpu", "float32", "dense", 0.0, "onnxruntime", None, dense_ms, flops,
-                                 f"not measured: {error}"))
+                rows.append(
+                    _row(
+                        layer,
+                        "cpu",
+                        "float32",
+                        "dense",
+                        0.0,
+                        "onnxruntime",
+                        None,
+                        dense_ms,
+                        flops,
+                        f"not measured: {error}",
+                    )
+                )
             for pattern, sparsity in cases:
                 if pattern == "stripe" and not layer.kernel:
                     continue
@@ -276,9 +333,10 @@ def bench_cpu(layers: list[Layer], cases, batch: int, repeats: int) -> list[Row]
                 masked.weight.copy_(project(masked.weight, Pattern.parse(pattern), sparsity))
                 sparse = sparse_module(layer, masked, pattern)
                 torch.testing.assert_close(sparse(x), masked(x), rtol=1e-3, atol=1e-3)
-                timing = time_cpu(lambda sparse=sparse: sparse(x), repeats)
-                rows.append(_row(layer, "cpu", "float32", pattern, sparsity, "toolchain-cpp", timing, dense_ms,
-                                 flops))
+                timing = time_cpu(partial(sparse, x), repeats)
+                rows.append(
+                    _row(layer, "cpu", "float32", pattern, sparsity, "toolchain-cpp", timing, dense_ms, flops)
+                )
             print(f"  cpu {layer.name}: dense {dense_ms:.2f} ms", flush=True)
     return rows
 
@@ -294,28 +352,75 @@ def bench_gpu(layers: list[Layer], cases, batch: int, repeats: int, dtype=torch.
         x = torch.randn(layer.input_shape(batch), device="cuda", dtype=dtype)
         flops = layer.dense_flops(batch)
         with torch.no_grad():
-            dense_timing = time_cuda(lambda dense=dense: dense(x), repeats)
+            dense_timing = time_cuda(partial(dense, x), repeats)
             dense_ms = dense_timing[0]
-            rows.append(_row(layer, "cuda", dtype_name, "dense", 0.0, "torch (cuBLAS/cuDNN)", dense_timing,
-                             dense_ms, flops))
+            rows.append(
+                _row(
+                    layer,
+                    "cuda",
+                    dtype_name,
+                    "dense",
+                    0.0,
+                    "torch (cuBLAS/cuDNN)",
+                    dense_timing,
+                    dense_ms,
+                    flops,
+                )
+            )
             for pattern, sparsity in cases:
                 masked = copy.deepcopy(dense)
                 masked.weight.copy_(project(masked.weight, Pattern.parse(pattern), sparsity))
                 sparse = sparse_module(layer, masked, pattern)
                 torch.testing.assert_close(sparse(x), masked(x), rtol=2e-2, atol=5e-2)
-                timing = time_cuda(lambda sparse=sparse: sparse(x), repeats)
-                rows.append(_row(layer, "cuda", dtype_name, pattern, sparsity, "toolchain-triton", timing, dense_ms,
-                                 flops))
+                timing = time_cuda(partial(sparse, x), repeats)
+                rows.append(
+                    _row(
+                        layer,
+                        "cuda",
+                        dtype_name,
+                        pattern,
+                        sparsity,
+                        "toolchain-triton",
+                        timing,
+                        dense_ms,
+                        flops,
+                    )
+                )
                 if pattern == "2:4" and not layer.kernel:
                     try:
                         anchor = copy.deepcopy(masked)
-                        anchor.weight = nn.Parameter(to_sparse_semi_structured(anchor.weight), requires_grad=False)
-                        anchor_timing = time_cuda(lambda anchor=anchor: anchor(x), repeats)
-                        rows.append(_row(layer, "cuda", dtype_name, pattern, sparsity, "torch cuSPARSELt",
-                                         anchor_timing, dense_ms, flops))
+                        anchor.weight = nn.Parameter(
+                            to_sparse_semi_structured(anchor.weight), requires_grad=False
+                        )
+                        anchor_timing = time_cuda(partial(anchor, x), repeats)
+                        rows.append(
+                            _row(
+                                layer,
+                                "cuda",
+                                dtype_name,
+                                pattern,
+                                sparsity,
+                                "torch cuSPARSELt",
+                                anchor_timing,
+                                dense_ms,
+                                flops,
+                            )
+                        )
                     except (RuntimeError, ValueError) as error:
-                        rows.append(_row(layer, "cuda", dtype_name, pattern, sparsity, "torch cuSPARSELt", None,
-                                         dense_ms, flops, f"unsupported: {str(error).splitlines()[0]}"))
+                        rows.append(
+                            _row(
+                                layer,
+                                "cuda",
+                                dtype_name,
+                                pattern,
+                                sparsity,
+                                "torch cuSPARSELt",
+                                None,
+                                dense_ms,
+                                flops,
+                                f"unsupported: {str(error).splitlines()[0]}",
+                            )
+                        )
             print(f"  gpu {layer.name}: dense {dense_ms:.3f} ms", flush=True)
     return rows
 
@@ -331,7 +436,9 @@ def gpu_placeholder_rows(layers: list[Layer], cases) -> list[Row]:
             else:  # the cuSPARSELt anchor is timed on linear layers only
                 patterns = [case for case in cases if case[0] == "2:4" and not layer.kernel]
             for pattern, sparsity in patterns:
-                rows.append(_row(layer, "cuda", "float16", pattern, sparsity, backend, None, None, 0.0, NO_GPU))
+                rows.append(
+                    _row(layer, "cuda", "float16", pattern, sparsity, backend, None, None, 0.0, NO_GPU)
+                )
     return rows
 
 
@@ -362,10 +469,20 @@ def plot(rows: list[Row], info: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(layers)), 4.5))
     width = 0.8 / len(cases)
     for index, case in enumerate(cases):
-        values = [next((row.speedup_vs_dense for row in measured
-                        if (row.pattern, row.sparsity, row.backend, row.device) == case and row.layer == layer), 0.0)
-                  for layer in layers]
-        label = f"{case[0]} @ {case[1]:.0%} ({case[2]}, {case[3]}; ideal {ideal_speedup(case[0], case[1]):.1f}x)"
+        values = [
+            next(
+                (
+                    row.speedup_vs_dense
+                    for row in measured
+                    if (row.pattern, row.sparsity, row.backend, row.device) == case and row.layer == layer
+                ),
+                0.0,
+            )
+            for layer in layers
+        ]
+        label = (
+            f"{case[0]} @ {case[1]:.0%} ({case[2]}, {case[3]}; ideal {ideal_speedup(case[0], case[1]):.1f}x)"
+        )
         ax.bar([i + index * width for i in range(len(layers))], values, width, label=label)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(layers))], layers, rotation=20, ha="right")
@@ -398,7 +515,9 @@ def main() -> None:
     info["load_average_after_1_5_15"] = list(os.getloadavg())
     command = "python -m benchmarks.kernels " + " ".join(
         f"--{key.replace('_', '-')}" if value is True else f"--{key.replace('_', '-')} {value}"
-        for key, value in vars(args).items() if value not in (False, None) and key != "out_dir")
+        for key, value in vars(args).items()
+        if value not in (False, None) and key != "out_dir"
+    )
     stem = write_results(rows, info, command, args.out_dir)
     print(f"wrote {stem}.json/.csv/.png")
 
