@@ -35,3 +35,9 @@ demo-model: $(STAMP)
 
 clean:
 	rm -rf dist runs .pytest_cache
+
+# Sparse-kernel benchmark (CPU rows always, GPU rows when CUDA is visible), serialised with
+# other benchmarks on the shared machine; writes benchmarks/results/kernels-<environment>.*
+.PHONY: bench-kernels
+bench-kernels: $(STAMP)
+	flock /tmp/toolchain-bench.lock $(BIN)/python -m benchmarks.kernels

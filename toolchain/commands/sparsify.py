@@ -13,8 +13,6 @@ from pathlib import Path
 
 import click
 import torch
-from toolchain.errors import ToolchainError
-from toolchain.models import resolve_model
 
 from kernels.patterns import Pattern
 from kernels.sparsify import SparsifyConfig, apply_pattern_, sparsify_
@@ -29,9 +27,9 @@ def _parse_shape(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
     except ValueError:
-        raise ToolchainError(f"--input-shape must be integers like 1,3,224,224, got {text!r}") from None
+        raise ValueError(f"--input-shape must be integers like 1,3,224,224, got {text!r}") from None
     if not shape or any(size < 1 for size in shape):
-        raise ToolchainError(f"--input-shape must be positive integers, got {text!r}")
+        raise ValueError(f"--input-shape must be positive integers, got {text!r}")
     return shape
 
 
@@ -44,14 +42,17 @@ def _density(model: torch.nn.Module, names: list[str]) -> float:
 
 def run_sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: str | None,
                  sparsity: float | None) -> tuple[dict, torch.nn.Module]:
-    """Masks, swaps and checks; returns the report and the masked dense model."""
-    try:
-        Pattern.parse(pattern)
-        config = SparsifyConfig(pattern=pattern, sparsity=sparsity)
-        if sparsity is not None and not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"--sparsity must be in [0, 1), got {sparsity}")
-    except ValueError as error:
-        raise ToolchainError(str(error)) from None
+    """Masks, swaps and checks; returns the report and the masked dense model.
+
+    Bad input raises ``ValueError`` with a one-line message (the command turns it into a
+    ``ToolchainError``).
+    """
+    from toolchain.models import resolve_model
+
+    Pattern.parse(pattern)
+    config = SparsifyConfig(pattern=pattern, sparsity=sparsity)
+    if sparsity is not None and not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"--sparsity must be in [0, 1), got {sparsity}")
     model, example_shape = resolve_model(model_spec, weights)
     model = model.float().eval()
     shape = _parse_shape(input_shape, example_shape)
@@ -59,18 +60,15 @@ def run_sparsify(pattern: str, model_spec: str, weights: str | None, input_shape
     with torch.no_grad():
         names = apply_pattern_(masked, config)
         if not names:
-            raise ToolchainError(f"no layer of {model_spec} is eligible for the {pattern} pattern")
+            raise ValueError(f"no layer of {model_spec} is eligible for the {pattern} pattern")
         sparse = copy.deepcopy(masked)
-        try:
-            sparsify_(sparse, SparsifyConfig(pattern=pattern, sparsity=sparsity, prune=False))
-        except ValueError as error:
-            raise ToolchainError(str(error)) from None
+        sparsify_(sparse, SparsifyConfig(pattern=pattern, sparsity=sparsity, prune=False))
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         try:
             expected, got = masked(x), sparse(x)
         except (RuntimeError, ValueError) as error:
             message = f"forward with input shape {shape} failed: {error}".splitlines()[0]
-            raise ToolchainError(message) from None
+            raise ValueError(message) from None
     max_abs_error = float((expected - got).abs().max())
     matches = bool(torch.allclose(got, expected, rtol=OUTPUT_RTOL, atol=OUTPUT_ATOL))
     all_layers = [name for name, module in model.named_modules()
@@ -103,7 +101,12 @@ def run_sparsify(pattern: str, model_spec: str, weights: str | None, input_shape
 def sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: str | None,
              sparsity: float | None, out: Path | None, as_json: bool) -> None:
     """Replace eligible layers with sparse kernels and check them against the masked dense model."""
-    report, masked = run_sparsify(pattern, model_spec, weights, input_shape, sparsity)
+    from toolchain.errors import ToolchainError
+
+    try:
+        report, masked = run_sparsify(pattern, model_spec, weights, input_shape, sparsity)
+    except ValueError as error:
+        raise ToolchainError(str(error).splitlines()[0]) from None
     if out is not None:
         from safetensors.torch import save_file
 
