@@ -106,7 +106,15 @@ CPU_CASES = [
     ("block16x16", 0.8),
     ("stripe", 0.8),
 ]
-GPU_CASES = [("2:4", 0.5), ("block16x16", 0.5), ("block16x16", 0.8), ("block16x16", 0.9), ("block4x4", 0.8)]
+GPU_CASES = [
+    ("2:4", 0.5),
+    ("block16x16", 0.5),
+    ("block16x16", 0.8),
+    ("block16x16", 0.9),
+    ("block32x32", 0.9),
+    ("block64x64", 0.9),
+    ("block4x4", 0.8),
+]
 
 
 @dataclass

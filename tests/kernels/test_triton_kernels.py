@@ -36,6 +36,7 @@ def _nm_weight(shape, n, m, segment, dtype, device):
     (5, (20, 30), (1, 4), 0.5),
     (21, (40, 70), (16, 16), 0.5),
     (7, (11, 27), (3, 9), 0.8),
+    (5, (70, 100), (32, 32), 0.5),
 ])
 def test_bsr_matmul_matches_reference(triton_device, dtype, p, shape, block, sparsity):
     torch.manual_seed(0)
