@@ -13,4 +13,12 @@ from kernels.modules import SparseConv2d, SparseLinear
 from kernels.patterns import Pattern
 from kernels.sparsify import SparsifyConfig, sparsify_
 
-__all__ = ["AdmmConfig", "Pattern", "SparseConv2d", "SparseLinear", "SparsifyConfig", "admm_train_", "sparsify_"]
+__all__ = [
+    "AdmmConfig",
+    "Pattern",
+    "SparseConv2d",
+    "SparseLinear",
+    "SparsifyConfig",
+    "admm_train_",
+    "sparsify_",
+]
