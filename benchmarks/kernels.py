@@ -454,12 +454,12 @@ def write_results(rows: list[Row], info: dict, command: str, out_dir: Path) -> P
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"kernels-{environment_name(info)}"
     payload = {"command": command, "fingerprint": info, "rows": [asdict(row) for row in rows]}
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    with stem.with_suffix(".csv").open("w", newline="") as handle:
+    Path(f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    with Path(f"{stem}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(asdict(rows[0])))
         writer.writeheader()
         writer.writerows(asdict(row) for row in rows)
-    plot(rows, info, stem.with_suffix(".png"))
+    plot(rows, info, Path(f"{stem}.png"))
     return stem
 
 

@@ -52,13 +52,13 @@ void pack_tile(const float* x_b, int64_t k, int64_t l, int64_t k_begin, int64_t 
 }
 
 // Writes (or, with accumulate, adds) NR accumulated rows into y_b[row0.., col0..col0+width).
-template <int NR>
-inline void store_rows(const vec8 (&acc)[NR][kTileVecs], float* y_b, int64_t l, int64_t row0,
-                       int64_t col0, int64_t width, bool accumulate = false) {
+template <int NR, int TV>
+inline void store_rows(const vec8 (&acc)[NR][TV], float* y_b, int64_t l, int64_t row0, int64_t col0,
+                       int64_t width, bool accumulate = false) {
   for (int r = 0; r < NR; ++r) {
     float* dst = y_b + (row0 + r) * l + col0;
-    float tmp[kTile];
-    std::memcpy(tmp, &acc[r][0], sizeof(float) * kTile);
+    float tmp[TV * kVec];
+    std::memcpy(tmp, &acc[r][0], sizeof(tmp));
     if (accumulate) {
       for (int64_t i = 0; i < width; ++i) dst[i] += tmp[i];
     } else {
@@ -70,62 +70,94 @@ inline void store_rows(const vec8 (&acc)[NR][kTileVecs], float* y_b, int64_t l, 
 // NR rows (r0 .. r0+NR-1 inside the R-row block row) over the nonzero blocks [start, end).
 // Accumulators stay local (registers) and are stored once at the end. CB > 0 fixes the
 // block width at compile time so that the column loop unrolls; CB == 0 reads it from cb.
-template <int NR, int CB>
+// TV vectors per row are computed: fewer than kTileVecs on the last, narrower column tile.
+template <int NR, int CB, int TV>
 void bsr_rows(const float* values, const int32_t* cols, int64_t start, int64_t end, int64_t rb,
               int64_t cb, int64_t r0, const float* packed, float* y_b, int64_t l, int64_t row0,
               int64_t col0, int64_t width, bool accumulate) {
   const int64_t n_cols = CB > 0 ? CB : cb;
-  vec8 acc[NR][kTileVecs];
+  vec8 acc[NR][TV];
   for (int r = 0; r < NR; ++r)
-    for (int v = 0; v < kTileVecs; ++v) acc[r][v] = vec8{};
+    for (int v = 0; v < TV; ++v) acc[r][v] = vec8{};
   for (int64_t blk = start; blk < end; ++blk) {
     const float* w = values + blk * rb * n_cols + r0 * n_cols;
     const float* xp = packed + static_cast<int64_t>(cols[blk]) * n_cols * kTile;
     for (int64_t c = 0; c < n_cols; ++c) {
-      vec8 x[kTileVecs];
-      for (int v = 0; v < kTileVecs; ++v) x[v] = load8(xp + c * kTile + v * kVec);
+      vec8 x[TV];
+      for (int v = 0; v < TV; ++v) x[v] = load8(xp + c * kTile + v * kVec);
       for (int r = 0; r < NR; ++r) {
         const float wv = w[r * n_cols + c];
-        for (int v = 0; v < kTileVecs; ++v) acc[r][v] += wv * x[v];
+        for (int v = 0; v < TV; ++v) acc[r][v] += wv * x[v];
       }
     }
   }
-  store_rows<NR>(acc, y_b, l, row0, col0, width, accumulate);
+  store_rows<NR, TV>(acc, y_b, l, row0, col0, width, accumulate);
+}
+
+template <int NR, int TV>
+void bsr_rows_by_width(const float* values, const int32_t* cols, int64_t start, int64_t end, int64_t rb,
+                       int64_t cb, int64_t r0, const float* packed, float* y_b, int64_t l, int64_t row0,
+                       int64_t col0, int64_t width, bool accumulate) {
+  switch (cb) {
+    case 4:
+      return bsr_rows<NR, 4, TV>(values, cols, start, end, rb, cb, r0, packed, y_b, l, row0, col0, width,
+                             accumulate);
+    case 16:
+      return bsr_rows<NR, 16, TV>(values, cols, start, end, rb, cb, r0, packed, y_b, l, row0, col0, width,
+                              accumulate);
+    default:
+      return bsr_rows<NR, 0, TV>(values, cols, start, end, rb, cb, r0, packed, y_b, l, row0, col0, width,
+                                 accumulate);
+  }
 }
 
 template <int NR>
 void bsr_rows_dispatch(const float* values, const int32_t* cols, int64_t start, int64_t end, int64_t rb,
                        int64_t cb, int64_t r0, const float* packed, float* y_b, int64_t l, int64_t row0,
                        int64_t col0, int64_t width, bool accumulate) {
-  switch (cb) {
-    case 4:
-      return bsr_rows<NR, 4>(values, cols, start, end, rb, cb, r0, packed, y_b, l, row0, col0, width,
-                             accumulate);
-    case 16:
-      return bsr_rows<NR, 16>(values, cols, start, end, rb, cb, r0, packed, y_b, l, row0, col0, width,
-                              accumulate);
+  static_assert(kTileVecs == 3, "the dispatch below covers 1..3 vectors");
+  switch ((width + kVec - 1) / kVec) {
+    case 1:
+      return bsr_rows_by_width<NR, 1>(values, cols, start, end, rb, cb, r0, packed, y_b, l, row0, col0,
+                                      width, accumulate);
+    case 2:
+      return bsr_rows_by_width<NR, 2>(values, cols, start, end, rb, cb, r0, packed, y_b, l, row0, col0,
+                                      width, accumulate);
     default:
-      return bsr_rows<NR, 0>(values, cols, start, end, rb, cb, r0, packed, y_b, l, row0, col0, width,
-                             accumulate);
+      return bsr_rows_by_width<NR, 3>(values, cols, start, end, rb, cb, r0, packed, y_b, l, row0, col0,
+                                      width, accumulate);
   }
 }
 
-template <int NR>
-void nm_rows(const float* values, const int32_t* cols, int64_t nnz_per_row, int64_t row0,
-             const float* packed, float* y_b, int64_t l, int64_t col0, int64_t width) {
-  vec8 acc[NR][kTileVecs];
+template <int NR, int TV>
+void nm_rows_by_width(const float* values, const int32_t* cols, int64_t nnz_per_row, int64_t row0,
+                      const float* packed, float* y_b, int64_t l, int64_t col0, int64_t width) {
+  vec8 acc[NR][TV];
   for (int r = 0; r < NR; ++r)
-    for (int t = 0; t < kTileVecs; ++t) acc[r][t] = vec8{};
+    for (int t = 0; t < TV; ++t) acc[r][t] = vec8{};
   const float* v = values + row0 * nnz_per_row;
   const int32_t* ci = cols + row0 * nnz_per_row;
   for (int64_t j = 0; j < nnz_per_row; ++j) {
     for (int r = 0; r < NR; ++r) {
       const float* xp = packed + static_cast<int64_t>(ci[r * nnz_per_row + j]) * kTile;
       const float wv = v[r * nnz_per_row + j];
-      for (int t = 0; t < kTileVecs; ++t) acc[r][t] += wv * load8(xp + t * kVec);
+      for (int t = 0; t < TV; ++t) acc[r][t] += wv * load8(xp + t * kVec);
     }
   }
-  store_rows<NR>(acc, y_b, l, row0, col0, width);
+  store_rows<NR, TV>(acc, y_b, l, row0, col0, width);
+}
+
+template <int NR>
+void nm_rows(const float* values, const int32_t* cols, int64_t nnz_per_row, int64_t row0,
+             const float* packed, float* y_b, int64_t l, int64_t col0, int64_t width) {
+  switch ((width + kVec - 1) / kVec) {
+    case 1:
+      return nm_rows_by_width<NR, 1>(values, cols, nnz_per_row, row0, packed, y_b, l, col0, width);
+    case 2:
+      return nm_rows_by_width<NR, 2>(values, cols, nnz_per_row, row0, packed, y_b, l, col0, width);
+    default:
+      return nm_rows_by_width<NR, 3>(values, cols, nnz_per_row, row0, packed, y_b, l, col0, width);
+  }
 }
 
 struct Tiling {
