@@ -201,17 +201,23 @@ def environment_name(info: dict) -> str:
     return f"{device}-torch{torch.__version__.split('+')[0]}"
 
 
-def time_cpu(fn, repeats: int, warmup: int = 3) -> tuple[float, float]:
-    """Median and inter-quartile range in ms of ``fn()`` (wall clock)."""
-    for _ in range(warmup):
-        fn()
-    samples = []
+def time_cpu_interleaved(fns: list, repeats: int, warmup: int = 3) -> list[tuple[float, float]]:
+    """Median and inter-quartile range in ms of each ``fn()`` (wall clock), run round-robin
+    so that every function sees the same machine load (the CPU is shared)."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    quartiles = statistics.quantiles(samples, n=4)
-    return statistics.median(samples), quartiles[2] - quartiles[0]
+        for fn, times in zip(fns, samples, strict=True):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+    results = []
+    for times in samples:
+        quartiles = statistics.quantiles(times, n=4)
+        results.append((statistics.median(times), quartiles[2] - quartiles[0]))
+    return results
 
 
 def time_cuda(fn, repeats: int, warmup: int = 10) -> tuple[float, float]:
@@ -308,32 +314,15 @@ def bench_cpu(layers: list[Layer], cases, batch: int, repeats: int) -> list[Row]
         dense = layer.module().eval()
         x = torch.randn(layer.input_shape(batch))
         flops = layer.dense_flops(batch)
+        # (pattern, sparsity, backend, callable), timed together round-robin.
+        candidates = [("dense", 0.0, "torch", partial(dense, x))]
+        note = ""
+        try:
+            session = onnxruntime_session(layer, dense.weight.detach(), threads)
+            candidates.append(("dense", 0.0, "onnxruntime", partial(session.run, None, {"x": x.numpy()})))
+        except ImportError as error:
+            note = f"not measured: {error}"
         with torch.no_grad():
-            dense_timing = time_cpu(partial(dense, x), repeats)
-            dense_ms = dense_timing[0]
-            rows.append(_row(layer, "cpu", "float32", "dense", 0.0, "torch", dense_timing, dense_ms, flops))
-            try:
-                session = onnxruntime_session(layer, dense.weight.detach(), threads)
-                feed = {"x": x.numpy()}
-                ort_timing = time_cpu(partial(session.run, None, feed), repeats)
-                rows.append(
-                    _row(layer, "cpu", "float32", "dense", 0.0, "onnxruntime", ort_timing, dense_ms, flops)
-                )
-            except ImportError as error:
-                rows.append(
-                    _row(
-                        layer,
-                        "cpu",
-                        "float32",
-                        "dense",
-                        0.0,
-                        "onnxruntime",
-                        None,
-                        dense_ms,
-                        flops,
-                        f"not measured: {error}",
-                    )
-                )
             for pattern, sparsity in cases:
                 if pattern == "stripe" and not layer.kernel:
                     continue
@@ -341,11 +330,16 @@ def bench_cpu(layers: list[Layer], cases, batch: int, repeats: int) -> list[Row]
                 masked.weight.copy_(project(masked.weight, Pattern.parse(pattern), sparsity))
                 sparse = sparse_module(layer, masked, pattern)
                 torch.testing.assert_close(sparse(x), masked(x), rtol=1e-3, atol=1e-3)
-                timing = time_cpu(partial(sparse, x), repeats)
-                rows.append(
-                    _row(layer, "cpu", "float32", pattern, sparsity, "toolchain-cpp", timing, dense_ms, flops)
-                )
-            print(f"  cpu {layer.name}: dense {dense_ms:.2f} ms", flush=True)
+                candidates.append((pattern, sparsity, "toolchain-cpp", partial(sparse, x)))
+            timings = time_cpu_interleaved([fn for *_, fn in candidates], repeats)
+        dense_ms = timings[0][0]
+        for (pattern, sparsity, backend, _), timing in zip(candidates, timings, strict=True):
+            rows.append(_row(layer, "cpu", "float32", pattern, sparsity, backend, timing, dense_ms, flops))
+        if note:
+            rows.append(
+                _row(layer, "cpu", "float32", "dense", 0.0, "onnxruntime", None, dense_ms, flops, note)
+            )
+        print(f"  cpu {layer.name}: dense {dense_ms:.2f} ms", flush=True)
     return rows
 
 
@@ -505,7 +499,7 @@ def plot(rows: list[Row], info: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two tiny shapes (smoke test)")
-    parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement")
+    parser.add_argument("--repeats", type=int, default=25, help="timed runs per measurement")
     parser.add_argument("--batch", type=int, default=1, help="images (convs) or sequences (linears)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
