@@ -25,7 +25,7 @@ from kernels.patterns import Pattern, block_of, follows, gemm_view, segment_of
 class _SparseWeight(nn.Module):
     """Holds one compressed GEMM-view weight ``[O, K]`` and computes ``x @ W.T`` or ``W @ x[b]``."""
 
-    def __init__(self, weight: torch.Tensor, pattern: Pattern, x_row_perm: torch.Tensor | None) -> None:
+    def __init__(self, weight: torch.Tensor, pattern: Pattern) -> None:
         super().__init__()
         if not follows(weight, pattern):
             raise ValueError(f"weight of shape {tuple(weight.shape)} does not follow the {pattern} pattern")
@@ -37,18 +37,13 @@ class _SparseWeight(nn.Module):
             self.nm_meta = (nm.n, nm.m, nm.segment)
             self.register_buffer("values", nm.values)
             self.register_buffer("offsets", nm.offsets)
-            columns = nm.column_indices().long()
-            if x_row_perm is not None:
-                columns = x_row_perm.long()[columns]
-            self.register_buffer("cpu_columns", columns.to(torch.int32).contiguous())
+            self.register_buffer("cpu_columns", nm.column_indices())
         else:
             bsr = BlockSparseMatrix.from_dense(matrix, block_of(pattern, weight))
             self.block = bsr.block
             self.register_buffer("values", bsr.values)
             self.register_buffer("col_indices", bsr.col_indices)
             self.register_buffer("row_offsets", bsr.row_offsets)
-            perm = torch.empty(0, dtype=torch.int32) if x_row_perm is None else x_row_perm.to(torch.int32)
-            self.register_buffer("cpu_row_perm", perm.contiguous())
 
     def compressed(self) -> BlockSparseMatrix | NMSparseMatrix:
         if self.pattern.kind == "nm":
@@ -71,13 +66,20 @@ class _SparseWeight(nn.Module):
         return bsr_matmul(x, self.compressed())
 
     def weight_times_columns(self, x: torch.Tensor) -> torch.Tensor:
-        """CPU form: ``x`` ``[B, K, L]`` (rows in the caller's order) → ``[B, O, L]``."""
+        """CPU form: ``x`` ``[B, K, L]`` → ``[B, O, L]``."""
         from kernels.cpu import ops
 
         if self.pattern.kind == "nm":
             return ops.nm_gemm(self.values, self.cpu_columns, x)
-        perm = self.cpu_row_perm if self.cpu_row_perm.numel() else None
-        return ops.bsr_gemm(self.compressed(), x, perm)
+        return ops.bsr_gemm(self.compressed(), x)
+
+    def convolve(self, x: torch.Tensor, geometry) -> torch.Tensor:
+        """CPU form of a convolution: NCHW ``x`` → NCHW output (implicit GEMM)."""
+        from kernels.cpu import ops
+
+        if self.pattern.kind == "nm":
+            return ops.nm_conv2d(self.values, self.cpu_columns, x, geometry)
+        return ops.bsr_conv2d(self.compressed(), x, geometry)
 
 
 BACKENDS = ("auto", "triton", "cpu")
@@ -111,7 +113,7 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.backend = backend
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        self.sparse_weight = _SparseWeight(weight, pattern, x_row_perm=None)
+        self.sparse_weight = _SparseWeight(weight, pattern)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
@@ -144,7 +146,8 @@ def conv_is_supported(conv: nn.Conv2d) -> bool:
 
 
 class SparseConv2d(nn.Module):
-    """``nn.Conv2d`` (groups=1) with a compressed weight, run as im2col + sparse GEMM.
+    """``nn.Conv2d`` (groups=1) with a compressed weight: implicit GEMM on CPU, im2col + sparse
+    GEMM on GPU.
 
     Example:
         >>> conv = nn.Conv2d(8, 16, 3, padding=1); p = Pattern.parse("stripe")
@@ -161,11 +164,7 @@ class SparseConv2d(nn.Module):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride = tuple(conv.kernel_size), tuple(conv.stride)
         self.padding, self.dilation = tuple(conv.padding), tuple(conv.dilation)
-        taps = self.kernel_size[0] * self.kernel_size[1]
-        # GEMM-view column tap*C_in + c sits at unfold row c*taps + tap.
-        view_k = torch.arange(taps * self.in_channels)
-        unfold_row = (view_k % self.in_channels) * taps + view_k // self.in_channels
-        self.sparse_weight = _SparseWeight(conv.weight, pattern, x_row_perm=unfold_row)
+        self.sparse_weight = _SparseWeight(conv.weight, pattern)
         bias = conv.bias
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
@@ -174,6 +173,25 @@ class SparseConv2d(nn.Module):
         """Compresses an already-masked ``conv`` (raises ``ValueError`` if it breaks the pattern)."""
         return cls(conv, pattern, backend)
 
+    def _triton_im2col_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        """GPU path: im2col in (kh, kw, C_in) column order, then the Triton sparse GEMM."""
+        batch, _, height, width = x.shape
+        out_h, out_w = (
+            (size + 2 * pad - dil * (k - 1) - 1) // step + 1
+            for size, pad, dil, k, step in zip(
+                (height, width), self.padding, self.dilation, self.kernel_size, self.stride, strict=True
+            )
+        )
+        if self._is_pointwise():
+            columns = x.reshape(batch, self.in_channels, height * width)
+        else:
+            columns = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        rows = columns.reshape(batch, self.in_channels, taps, -1).permute(0, 3, 2, 1)
+        y = self.sparse_weight.rows_times_weight(rows.reshape(-1, taps * self.in_channels).contiguous())
+        return y.reshape(batch, out_h * out_w, self.out_channels).transpose(1, 2).reshape(
+            batch, self.out_channels, out_h, out_w)
+
     def _is_pointwise(self) -> bool:
         return self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
 
@@ -181,24 +199,13 @@ class SparseConv2d(nn.Module):
         use_triton = _use_triton(x, self.backend, self.sparse_weight.values.dtype)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected [B, {self.in_channels}, H, W] input, got {tuple(x.shape)}")
-        batch, _, height, width = x.shape
-        out_h, out_w = (
-            (size + 2 * pad - dil * (k - 1) - 1) // step + 1
-            for size, pad, dil, k, step in zip((height, width), self.padding, self.dilation,
-                                               self.kernel_size, self.stride, strict=True)
-        )
-        if self._is_pointwise():
-            columns = x.reshape(batch, self.in_channels, height * width)
+        if not use_triton:
+            from kernels.cpu.ops import ConvGeometry
+
+            geometry = ConvGeometry(self.kernel_size, self.stride, self.padding, self.dilation)
+            y = self.sparse_weight.convolve(x.contiguous(), geometry)
         else:
-            columns = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
-        if use_triton:
-            taps = self.kernel_size[0] * self.kernel_size[1]
-            rows = columns.reshape(batch, self.in_channels, taps, -1).permute(0, 3, 2, 1)
-            y = self.sparse_weight.rows_times_weight(rows.reshape(-1, taps * self.in_channels).contiguous())
-            y = y.reshape(batch, out_h * out_w, self.out_channels).transpose(1, 2)
-        else:
-            y = self.sparse_weight.weight_times_columns(columns.contiguous())
-        y = y.reshape(batch, self.out_channels, out_h, out_w)
+            y = self._triton_im2col_gemm(x)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
         return y

@@ -1,14 +1,15 @@
-// Edge-CPU sparse-weight x dense-activation GEMM: Y[b] = W @ X[b], fp32.
+// Edge-CPU sparse-weight x dense-activation GEMM and implicit-GEMM convolution, fp32.
 //
-// W is sparse (block-sparse BSR or N:M with absolute column indices), X is [B, K, L]
-// (K-major columns, as torch.nn.functional.unfold returns them), Y is [B, O, L] (so a
-// convolution's output is already NCHW). Portable C++: GCC/Clang vector extensions give
-// AVX2 code on x86-64 and NEON code on aarch64; at::parallel_for (OpenMP) spreads the
-// (batch, column-tile, row-chunk) tasks over torch's intra-op threads.
+// W is sparse (block-sparse BSR, or N:M with absolute column indices) in its GEMM view
+// [O, K]. The activations are either a matrix X [B, K, L] (Y[b] = W @ X[b], [B, O, L]) or an
+// NCHW image for a convolution, whose K = (kh, kw, C_in) columns are gathered on the fly
+// (implicit GEMM: no im2col buffer); the output is NCHW. Portable C++: GCC/Clang vector
+// extensions give AVX2 code on x86-64 and NEON code on aarch64; at::parallel_for (OpenMP)
+// spreads the (batch, column-tile, row-chunk) tasks over torch's intra-op threads.
 //
-// Per task, a tile of kTile activation columns is packed into a contiguous [K_pad][kTile]
-// buffer (zero rows past K, optional row permutation), then every output row block
-// accumulates kRows x kTile results in registers while streaming its nonzeros.
+// Per task, a tile of kTile activation columns is packed into a contiguous [rows][kTile]
+// buffer (zero past K and past the last column), then every output row block accumulates
+// kRows x kTile results in registers while streaming its nonzeros.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -30,26 +31,49 @@ typedef float vec8 __attribute__((vector_size(32), aligned(4)));
 
 inline vec8 load8(const float* p) { return *reinterpret_cast<const vec8*>(p); }
 
-// Packs rows [k_begin, k_end) and columns [col0, col0 + width) of x_b ([K, L]) into packed
-// ([k_end - k_begin][kTile]); rows past K and columns past width are zero.
-void pack_tile(const float* x_b, int64_t k, int64_t l, int64_t k_begin, int64_t k_end, int64_t col0,
-               int64_t width, const int32_t* perm, float* packed) {
-  for (int64_t kk = k_begin; kk < k_end; ++kk) {
-    float* dst = packed + (kk - k_begin) * kTile;
-    if (kk >= k) {
+// Packers fill dst[(kk - k_begin) * kTile + j] with activation (kk, col0 + j) of batch b for
+// kk in [k_begin, k_end) and j < width; everything else in those rows is zero.
+struct MatrixPacker {
+  const float* x;  // [B, K, L]
+  int64_t k, l;
+
+  void operator()(int64_t b, int64_t k_begin, int64_t k_end, int64_t col0, int64_t width, float* dst) const {
+    const float* x_b = x + b * k * l;
+    for (int64_t kk = k_begin; kk < k_end; ++kk, dst += kTile) {
       std::memset(dst, 0, sizeof(float) * kTile);
-      continue;
-    }
-    const int64_t src_row = perm ? perm[kk] : kk;
-    const float* src = x_b + src_row * l + col0;
-    if (width == kTile) {
-      std::memcpy(dst, src, sizeof(float) * kTile);
-    } else {
-      std::memcpy(dst, src, sizeof(float) * width);
-      std::memset(dst + width, 0, sizeof(float) * (kTile - width));
+      if (kk < k) std::memcpy(dst, x_b + kk * l + col0, sizeof(float) * width);
     }
   }
-}
+};
+
+struct ConvPacker {
+  const float* x;  // [B, C, H, W]
+  int64_t c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, out_w;
+
+  int64_t k() const { return kh * kw * c; }
+
+  void operator()(int64_t b, int64_t k_begin, int64_t k_end, int64_t col0, int64_t width, float* dst) const {
+    int64_t top[kTile], left[kTile];
+    for (int64_t j = 0; j < width; ++j) {
+      const int64_t p = col0 + j;
+      top[j] = (p / out_w) * sh - ph;
+      left[j] = (p % out_w) * sw - pw;
+    }
+    const float* x_b = x + b * c * h * w;
+    const int64_t taps = kh * kw;
+    for (int64_t kk = k_begin; kk < k_end; ++kk, dst += kTile) {
+      std::memset(dst, 0, sizeof(float) * kTile);
+      if (kk >= taps * c) continue;
+      const int64_t tap = kk / c, channel = kk % c;
+      const int64_t dy = (tap / kw) * dh, dx = (tap % kw) * dw;
+      const float* plane = x_b + channel * h * w;
+      for (int64_t j = 0; j < width; ++j) {
+        const int64_t iy = top[j] + dy, ix = left[j] + dx;
+        if (iy >= 0 && iy < h && ix >= 0 && ix < w) dst[j] = plane[iy * w + ix];
+      }
+    }
+  }
+};
 
 // Writes (or, with accumulate, adds) NR accumulated rows into y_b[row0.., col0..col0+width).
 template <int NR, int TV>
@@ -177,41 +201,16 @@ Tiling make_tiling(int64_t batch, int64_t l, int64_t n_row_units) {
   return t;
 }
 
-void check_common(const at::Tensor& x, const at::Tensor& values) {
-  TORCH_CHECK(x.dim() == 3, "x must be [B, K, L], got ", x.dim(), " dims");
-  TORCH_CHECK(x.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat,
-              "CPU sparse kernels support float32 only");
-  TORCH_CHECK(x.is_contiguous() && values.is_contiguous(), "x and values must be contiguous");
-  TORCH_CHECK(x.device().is_cpu() && values.device().is_cpu(), "CPU kernel got a non-CPU tensor");
-}
 
-}  // namespace
-
-// values [nnz_blocks, R, C], cols int32 [nnz_blocks], row_offsets int32 [O_blocks + 1],
-// x [B, K, L]; perm int32 [K] maps the weight's column order to x's rows (empty: identity).
-at::Tensor bsr_gemm(at::Tensor values, at::Tensor cols, at::Tensor row_offsets,
-                       at::Tensor x, at::Tensor perm, int64_t out_features) {
-  check_common(x, values);
-  TORCH_CHECK(values.dim() == 3, "values must be [nnz_blocks, R, C]");
-  TORCH_CHECK(cols.scalar_type() == at::kInt && row_offsets.scalar_type() == at::kInt,
-              "cols and row_offsets must be int32");
-  const int64_t batch = x.size(0), k = x.size(1), l = x.size(2);
-  const int64_t rb = values.size(1), cb = values.size(2);
-  const int64_t n_block_rows = row_offsets.numel() - 1;
-  TORCH_CHECK(n_block_rows * rb >= out_features, "row_offsets cover fewer rows than out_features");
+// Block-sparse W [O, K] (values [nnz_blocks, R, C], column-sorted cols, row_offsets) times
+// the activations that pack() gathers; y is [B, O, L] (row stride l).
+template <typename Packer>
+void bsr_run(const Packer& pack, const float* wv, const int32_t* cv, const int32_t* ro, int64_t rb,
+             int64_t cb, int64_t n_block_rows, int64_t k, int64_t batch, int64_t l, int64_t out_features,
+             float* yv) {
   const int64_t k_pad = std::max<int64_t>(((k + cb - 1) / cb) * cb, 1);
-  TORCH_CHECK(perm.numel() == 0 || perm.numel() == k, "perm must be empty or have K entries");
-
-  auto y = at::empty({batch, out_features, l}, x.options());
-  const float* xv = x.data_ptr<float>();
-  const float* wv = values.data_ptr<float>();
-  const int32_t* cv = cols.data_ptr<int32_t>();
-  const int32_t* ro = row_offsets.data_ptr<int32_t>();
-  const int32_t* pv = perm.numel() ? perm.data_ptr<int32_t>() : nullptr;
-  float* yv = y.data_ptr<float>();
   const Tiling t = make_tiling(batch, l, n_block_rows);
-
-  // K is walked in chunks whose packed activations stay in L1; each block row keeps a cursor
+  // K is walked in chunks whose packed activations stay in L2; each block row keeps a cursor
   // into its (column-sorted) blocks and the partial sums are added into y.
   const int64_t n_block_cols = k_pad / cb;
   const int64_t chunk_block_cols = std::max<int64_t>(1, kChunkRows / cb);
@@ -228,7 +227,7 @@ at::Tensor bsr_gemm(at::Tensor values, at::Tensor cols, at::Tensor row_offsets,
       float* y_b = yv + b * out_features * l;
       for (int64_t bc0 = 0; bc0 < n_block_cols; bc0 += chunk_block_cols) {
         const int64_t bc1 = std::min(n_block_cols, bc0 + chunk_block_cols);
-        pack_tile(xv + b * k * l, k, l, bc0 * cb, bc1 * cb, col0, width, pv, packed.data());
+        pack(b, bc0 * cb, bc1 * cb, col0, width, packed.data());
         const float* chunk_base = packed.data() - bc0 * cb * kTile;
         const bool accumulate = bc0 > 0;
         for (int64_t br = br_begin; br < br_end; ++br) {
@@ -252,25 +251,14 @@ at::Tensor bsr_gemm(at::Tensor values, at::Tensor cols, at::Tensor row_offsets,
       }
     }
   });
-  return y;
 }
 
-// values [O, J] (N:M kept values, zero-padded), cols int32 [O, J] absolute rows of x.
-at::Tensor nm_gemm(at::Tensor values, at::Tensor cols, at::Tensor x) {
-  check_common(x, values);
-  TORCH_CHECK(values.dim() == 2 && cols.sizes() == values.sizes(), "values and cols must be [O, J]");
-  TORCH_CHECK(cols.scalar_type() == at::kInt && cols.is_contiguous(), "cols must be contiguous int32");
-  const int64_t batch = x.size(0), k = x.size(1), l = x.size(2);
-  const int64_t out_features = values.size(0), nnz_per_row = values.size(1);
-
-  auto y = at::empty({batch, out_features, l}, x.options());
-  const float* xv = x.data_ptr<float>();
-  const float* wv = values.data_ptr<float>();
-  const int32_t* cv = cols.data_ptr<int32_t>();
-  float* yv = y.data_ptr<float>();
+// N:M W (values [O, J], absolute columns cols [O, J]) times the activations pack() gathers.
+template <typename Packer>
+void nm_run(const Packer& pack, const float* wv, const int32_t* cv, int64_t nnz_per_row, int64_t k,
+            int64_t batch, int64_t l, int64_t out_features, float* yv) {
   const int64_t n_row_units = (out_features + kRows - 1) / kRows;
   const Tiling t = make_tiling(batch, l, n_row_units);
-
   at::parallel_for(0, t.n_tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> packed(std::max<int64_t>(k, 1) * kTile);
     int64_t packed_for = -1;
@@ -279,7 +267,7 @@ at::Tensor nm_gemm(at::Tensor values, at::Tensor cols, at::Tensor x) {
       const int64_t b = outer / t.n_col_tiles, col0 = (outer % t.n_col_tiles) * kTile;
       const int64_t width = std::min(kTile, l - col0);
       if (packed_for != outer) {
-        pack_tile(xv + b * k * l, k, l, 0, k, col0, width, nullptr, packed.data());
+        pack(b, 0, k, col0, width, packed.data());
         packed_for = outer;
       }
       float* y_b = yv + b * out_features * l;
@@ -293,16 +281,105 @@ at::Tensor nm_gemm(at::Tensor values, at::Tensor cols, at::Tensor x) {
       }
     }
   });
+}
+
+void check_weight_and_input(const at::Tensor& values, const at::Tensor& cols, const at::Tensor& x,
+                            int64_t x_dims) {
+  TORCH_CHECK(x.dim() == x_dims, "x must have ", x_dims, " dims, got ", x.dim());
+  TORCH_CHECK(x.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat,
+              "CPU sparse kernels support float32 only");
+  TORCH_CHECK(x.is_contiguous() && values.is_contiguous() && cols.is_contiguous(),
+              "x, values and cols must be contiguous");
+  TORCH_CHECK(x.device().is_cpu() && values.device().is_cpu(), "CPU kernel got a non-CPU tensor");
+  TORCH_CHECK(cols.scalar_type() == at::kInt, "cols must be int32");
+}
+
+void check_bsr(const at::Tensor& values, const at::Tensor& row_offsets, int64_t out_features) {
+  TORCH_CHECK(values.dim() == 3, "values must be [nnz_blocks, R, C]");
+  TORCH_CHECK(row_offsets.scalar_type() == at::kInt && row_offsets.is_contiguous(),
+              "row_offsets must be contiguous int32");
+  TORCH_CHECK((row_offsets.numel() - 1) * values.size(1) >= out_features,
+              "row_offsets cover fewer rows than out_features");
+}
+
+// geometry = [kh, kw, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w]
+ConvPacker conv_packer(const at::Tensor& x, at::IntArrayRef geometry, int64_t* out_h, int64_t* out_w) {
+  TORCH_CHECK(geometry.size() == 8, "geometry must be [kh, kw, sh, sw, ph, pw, dh, dw]");
+  const int64_t kh = geometry[0], kw = geometry[1], sh = geometry[2], sw = geometry[3];
+  const int64_t ph = geometry[4], pw = geometry[5], dh = geometry[6], dw = geometry[7];
+  const int64_t h = x.size(2), w = x.size(3);
+  *out_h = (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+  *out_w = (w + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+  TORCH_CHECK(*out_h > 0 && *out_w > 0, "convolution output would be empty");
+  return ConvPacker{x.data_ptr<float>(), x.size(1), h, w, kh, kw, sh, sw, ph, pw, dh, dw, *out_w};
+}
+
+}  // namespace
+
+// Y[b] = W @ X[b] for block-sparse W; x [B, K, L] → [B, O, L].
+at::Tensor bsr_gemm(at::Tensor values, at::Tensor cols, at::Tensor row_offsets, at::Tensor x,
+                    int64_t out_features) {
+  check_weight_and_input(values, cols, x, 3);
+  check_bsr(values, row_offsets, out_features);
+  const int64_t batch = x.size(0), k = x.size(1), l = x.size(2);
+  auto y = at::empty({batch, out_features, l}, x.options());
+  bsr_run(MatrixPacker{x.data_ptr<float>(), k, l}, values.data_ptr<float>(), cols.data_ptr<int32_t>(),
+          row_offsets.data_ptr<int32_t>(), values.size(1), values.size(2), row_offsets.numel() - 1, k, batch, l,
+          out_features, y.data_ptr<float>());
+  return y;
+}
+
+// Implicit-GEMM convolution with block-sparse W (GEMM view, K order (kh, kw, C_in)); x NCHW.
+at::Tensor bsr_conv2d(at::Tensor values, at::Tensor cols, at::Tensor row_offsets, at::Tensor x,
+                      int64_t out_features, at::IntArrayRef geometry) {
+  check_weight_and_input(values, cols, x, 4);
+  check_bsr(values, row_offsets, out_features);
+  int64_t out_h = 0, out_w = 0;
+  const ConvPacker pack = conv_packer(x, geometry, &out_h, &out_w);
+  const int64_t batch = x.size(0);
+  auto y = at::empty({batch, out_features, out_h, out_w}, x.options());
+  bsr_run(pack, values.data_ptr<float>(), cols.data_ptr<int32_t>(), row_offsets.data_ptr<int32_t>(),
+          values.size(1), values.size(2), row_offsets.numel() - 1, pack.k(), batch, out_h * out_w, out_features,
+          y.data_ptr<float>());
+  return y;
+}
+
+// Y[b] = W @ X[b] for N:M W given as values [O, J] and absolute columns [O, J].
+at::Tensor nm_gemm(at::Tensor values, at::Tensor cols, at::Tensor x) {
+  check_weight_and_input(values, cols, x, 3);
+  TORCH_CHECK(values.dim() == 2 && cols.sizes() == values.sizes(), "values and cols must be [O, J]");
+  const int64_t batch = x.size(0), k = x.size(1), l = x.size(2), out_features = values.size(0);
+  auto y = at::empty({batch, out_features, l}, x.options());
+  nm_run(MatrixPacker{x.data_ptr<float>(), k, l}, values.data_ptr<float>(), cols.data_ptr<int32_t>(),
+         values.size(1), k, batch, l, out_features, y.data_ptr<float>());
+  return y;
+}
+
+// Implicit-GEMM convolution with N:M W (columns in the (kh, kw, C_in) GEMM view); x NCHW.
+at::Tensor nm_conv2d(at::Tensor values, at::Tensor cols, at::Tensor x, at::IntArrayRef geometry) {
+  check_weight_and_input(values, cols, x, 4);
+  TORCH_CHECK(values.dim() == 2 && cols.sizes() == values.sizes(), "values and cols must be [O, J]");
+  int64_t out_h = 0, out_w = 0;
+  const ConvPacker pack = conv_packer(x, geometry, &out_h, &out_w);
+  const int64_t batch = x.size(0), out_features = values.size(0);
+  auto y = at::empty({batch, out_features, out_h, out_w}, x.options());
+  nm_run(pack, values.data_ptr<float>(), cols.data_ptr<int32_t>(), values.size(1), pack.k(), batch,
+         out_h * out_w, out_features, y.data_ptr<float>());
   return y;
 }
 
 // Registered as torch.ops.toolchain_sparse.* (no pybind11: the extension builds faster).
 TORCH_LIBRARY(toolchain_sparse, m) {
-  m.def("bsr_gemm(Tensor values, Tensor cols, Tensor row_offsets, Tensor x, Tensor perm, int out_features) -> Tensor");
+  m.def("bsr_gemm(Tensor values, Tensor cols, Tensor row_offsets, Tensor x, int out_features) -> Tensor");
+  m.def("bsr_conv2d(Tensor values, Tensor cols, Tensor row_offsets, Tensor x, int out_features, "
+        "int[] geometry) -> Tensor");
   m.def("nm_gemm(Tensor values, Tensor cols, Tensor x) -> Tensor");
+  m.def("nm_conv2d(Tensor values, Tensor cols, Tensor x, int[] geometry) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(toolchain_sparse, CPU, m) {
   m.impl("bsr_gemm", &bsr_gemm);
+  m.impl("bsr_conv2d", &bsr_conv2d);
   m.impl("nm_gemm", &nm_gemm);
+  m.impl("nm_conv2d", &nm_conv2d);
 }

@@ -37,13 +37,38 @@ def test_bsr_gemm_with_a_long_k_crosses_packing_chunks():
                                ops.reference_gemm(weight, x), rtol=1e-4, atol=5e-4)
 
 
-def test_bsr_gemm_applies_the_row_permutation():
+# (C_in, C_out, H, W, geometry): odd sizes, strides, padding, dilation, a 1x1 and a 1x3.
+CONV_CASES = [
+    (5, 7, 9, 11, ops.ConvGeometry((3, 3), (1, 1), (1, 1))),
+    (12, 10, 8, 7, ops.ConvGeometry((3, 3), (2, 2), (1, 1))),
+    (6, 9, 10, 10, ops.ConvGeometry((3, 3), (1, 2), (2, 0), (2, 1))),
+    (20, 13, 5, 6, ops.ConvGeometry((1, 1))),
+    (4, 8, 6, 30, ops.ConvGeometry((1, 3), (1, 1), (0, 1))),
+]
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "height", "width", "geometry"), CONV_CASES)
+@pytest.mark.parametrize("block", [(4, 4), (1, 3), (2, 5)])
+def test_bsr_conv2d_matches_reference(c_in, c_out, height, width, geometry, block):
     torch.manual_seed(0)
-    weight = torch.randn(6, 10)
-    x = torch.randn(1, 10, 7)
-    perm = torch.randperm(10).to(torch.int32)
-    got = ops.bsr_gemm(BlockSparseMatrix.from_dense(weight, (2, 2)), x, perm)
-    torch.testing.assert_close(got, ops.reference_gemm(weight, x[:, perm.long()]), **TOL)
+    k = c_in * geometry.kernel_size[0] * geometry.kernel_size[1]
+    matrix = torch.randn(c_out, k)
+    matrix = matrix * block_mask(matrix, block, 0.5)
+    x = torch.randn(2, c_in, height, width)
+    got = ops.bsr_conv2d(BlockSparseMatrix.from_dense(matrix, block), x, geometry)
+    torch.testing.assert_close(got, ops.reference_conv2d(matrix, x, geometry), **TOL)
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "height", "width", "geometry"), CONV_CASES)
+def test_nm_conv2d_matches_reference(c_in, c_out, height, width, geometry):
+    torch.manual_seed(0)
+    taps = geometry.kernel_size[0] * geometry.kernel_size[1]
+    matrix = torch.randn(c_out, c_in * taps)
+    matrix = matrix * nm_mask(matrix, 2, 4, segment=c_in)
+    compressed = NMSparseMatrix.from_dense(matrix, 2, 4, segment=c_in)
+    x = torch.randn(2, c_in, height, width)
+    got = ops.nm_conv2d(compressed.values, compressed.column_indices(), x, geometry)
+    torch.testing.assert_close(got, ops.reference_conv2d(matrix, x, geometry), **TOL)
 
 
 @pytest.mark.parametrize(("out_features", "k", "length"), [(37, 53, 29), (4, 8, 16), (70, 130, 50)])
@@ -70,6 +95,10 @@ def test_cpu_kernels_reject_malformed_inputs():
         ops.bsr_gemm(_bsr(), torch.randn(1, 11, 5))
     with pytest.raises(ValueError, match=r"\[B, K, L\]"):
         ops.bsr_gemm(_bsr(), torch.randn(12, 5))
+    with pytest.raises(ValueError, match="3 channels but the weight expects K=12"):
+        ops.bsr_conv2d(_bsr(), torch.randn(1, 3, 5, 5), ops.ConvGeometry((3, 3)))
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.bsr_conv2d(_bsr(), torch.randn(1, 5, 5, 12).permute(0, 3, 1, 2), ops.ConvGeometry((1, 1)))
     nm = NMSparseMatrix.from_dense(torch.zeros(4, 8), 2, 4)
     with pytest.raises(ValueError, match="int32"):
         ops.nm_gemm(nm.values, nm.column_indices().long(), torch.randn(1, 8, 3))
