@@ -53,12 +53,20 @@ struct ConvPacker {
   int64_t k() const { return kh * kw * c; }
 
   void operator()(int64_t b, int64_t k_begin, int64_t k_end, int64_t col0, int64_t width, float* dst) const {
-    int64_t top[kTile], left[kTile];
+    // The tile's output positions split into runs that share an output row; with stride 1
+    // a run reads a contiguous stretch of one input row (one memcpy, clipped at the border).
+    int64_t run_start[kTile + 1], run_top[kTile], run_left[kTile];
+    int64_t n_runs = 0;
     for (int64_t j = 0; j < width; ++j) {
       const int64_t p = col0 + j;
-      top[j] = (p / out_w) * sh - ph;
-      left[j] = (p % out_w) * sw - pw;
+      if (j == 0 || p % out_w == 0) {
+        run_start[n_runs] = j;
+        run_top[n_runs] = (p / out_w) * sh - ph;
+        run_left[n_runs] = (p % out_w) * sw - pw;
+        ++n_runs;
+      }
     }
+    run_start[n_runs] = width;
     const float* x_b = x + b * c * h * w;
     const int64_t taps = kh * kw;
     for (int64_t kk = k_begin; kk < k_end; ++kk, dst += kTile) {
@@ -67,9 +75,20 @@ struct ConvPacker {
       const int64_t tap = kk / c, channel = kk % c;
       const int64_t dy = (tap / kw) * dh, dx = (tap % kw) * dw;
       const float* plane = x_b + channel * h * w;
-      for (int64_t j = 0; j < width; ++j) {
-        const int64_t iy = top[j] + dy, ix = left[j] + dx;
-        if (iy >= 0 && iy < h && ix >= 0 && ix < w) dst[j] = plane[iy * w + ix];
+      for (int64_t r = 0; r < n_runs; ++r) {
+        const int64_t iy = run_top[r] + dy;
+        if (iy < 0 || iy >= h) continue;
+        const int64_t j0 = run_start[r], j1 = run_start[r + 1], ix0 = run_left[r] + dx;
+        const float* row = plane + iy * w;
+        if (sw == 1) {
+          const int64_t lo = std::max(j0, j0 - ix0), hi = std::min(j1, j0 + w - ix0);
+          if (hi > lo) std::memcpy(dst + lo, row + ix0 + (lo - j0), sizeof(float) * (hi - lo));
+        } else {
+          for (int64_t j = j0; j < j1; ++j) {
+            const int64_t ix = ix0 + (j - j0) * sw;
+            if (ix >= 0 && ix < w) dst[j] = row[ix];
+          }
+        }
       }
     }
   }
