@@ -199,7 +199,13 @@ class SparseConv2d(nn.Module):
         use_triton = _use_triton(x, self.backend, self.sparse_weight.values.dtype)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected [B, {self.in_channels}, H, W] input, got {tuple(x.shape)}")
-        if not use_triton:
+        if not use_triton and self._is_pointwise():
+            # A 1x1 convolution is a GEMM on the NCHW input as it lies in memory.
+            batch, _, height, width = x.shape
+            columns = x.contiguous().reshape(batch, self.in_channels, height * width)
+            y = self.sparse_weight.weight_times_columns(columns)
+            y = y.reshape(batch, self.out_channels, height, width)
+        elif not use_triton:
             from kernels.cpu.ops import ConvGeometry
 
             geometry = ConvGeometry(self.kernel_size, self.stride, self.padding, self.dilation)
