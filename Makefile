@@ -61,3 +61,9 @@ REPORT_OUT  ?= report/
 report: $(STAMP)
 	@mkdir -p $(REPORT_RUNS)
 	$(BIN)/toolchain report $(REPORT_RUNS) --out $(REPORT_OUT)
+
+# Sparse-kernel benchmark (CPU rows always, GPU rows when CUDA is visible), serialised with
+# other benchmarks on the shared machine; writes benchmarks/results/kernels-<environment>.*
+.PHONY: bench-kernels
+bench-kernels: $(STAMP)
+	flock /tmp/toolchain-bench.lock $(BIN)/python -m benchmarks.kernels
