@@ -38,7 +38,7 @@ def test_sparsify_command_reports_matching_outputs(model_spec, tmp_path, pattern
     report = json.loads(result.output)
     assert report["outputs_match"]
     assert report["replaced_layers"] == (["2"] if pattern == "stripe" else ["2", "5"])
-    assert (out / "masked.safetensors").is_file() and (out / "report.json").is_file()
+    assert (out / "masked.safetensors").is_file() and (out / "sparsify.json").is_file()
 
 
 def test_sparsify_command_rejects_an_unknown_pattern(model_spec):

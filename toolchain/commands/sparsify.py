@@ -16,21 +16,10 @@ import torch
 
 from kernels.patterns import Pattern
 from kernels.sparsify import SparsifyConfig, apply_pattern_, sparsify_
+from toolchain.shapes import parse_shape
 
 # Sparse vs masked-dense outputs (fp32): the kernels only reorder the sums.
 OUTPUT_RTOL, OUTPUT_ATOL = 1e-3, 1e-4
-
-
-def _parse_shape(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
-    if text is None:
-        return tuple(default)
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"--input-shape must be integers like 1,3,224,224, got {text!r}") from None
-    if not shape or any(size < 1 for size in shape):
-        raise ValueError(f"--input-shape must be positive integers, got {text!r}")
-    return shape
 
 
 def _density(model: torch.nn.Module, names: list[str]) -> float:
@@ -40,7 +29,7 @@ def _density(model: torch.nn.Module, names: list[str]) -> float:
     return kept / max(total, 1)
 
 
-def run_sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: str | None,
+def run_sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: tuple[int, ...] | None,
                  sparsity: float | None) -> tuple[dict, torch.nn.Module]:
     """Masks, swaps and checks; returns the report and the masked dense model.
 
@@ -53,9 +42,8 @@ def run_sparsify(pattern: str, model_spec: str, weights: str | None, input_shape
     config = SparsifyConfig(pattern=pattern, sparsity=sparsity)
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
         raise ValueError(f"--sparsity must be in [0, 1), got {sparsity}")
-    model, example_shape = resolve_model(model_spec, weights)
+    model, shape = resolve_model(model_spec, weights, input_shape)
     model = model.float().eval()
-    shape = _parse_shape(input_shape, example_shape)
     masked = copy.deepcopy(model)
     with torch.no_grad():
         names = apply_pattern_(masked, config)
@@ -92,13 +80,14 @@ def run_sparsify(pattern: str, model_spec: str, weights: str | None, input_shape
 @click.option("--pattern", required=True, help="2:4, N:M, blockRxC (e.g. block4x4), stripe or unifyRxC.")
 @click.option("--model", "model_spec", required=True, help="zoo:NAME or path/file.py:factory.")
 @click.option("--weights", default=None, help="Weights file (safetensors) for the model.")
-@click.option("--input-shape", default=None, help="Input shape like 1,3,224,224 (default: the model's).")
+@click.option("--input-shape", default=None, callback=parse_shape,
+              help="Input shape like 1,3,224,224 (default: the model's).")
 @click.option("--sparsity", type=float, default=None,
               help="Share of zero blocks/stripes for block, stripe and unify (default 0.5).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for report.json and the masked dense weights (masked.safetensors).")
+              help="Folder for sparsify.json and the masked dense weights (masked.safetensors).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: str | None,
+def sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: tuple[int, ...] | None,
              sparsity: float | None, out: Path | None, as_json: bool) -> None:
     """Replace eligible layers with sparse kernels and check them against the masked dense model."""
     from toolchain.errors import ToolchainError
@@ -110,10 +99,12 @@ def sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: st
     if out is not None:
         from safetensors.torch import save_file
 
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        state = {key: value.detach().contiguous() for key, value in masked.state_dict().items()}
-        save_file(state, str(out / "masked.safetensors"))
+        from toolchain.deploy import atomic_folder, write_json
+
+        with atomic_folder(out) as tmp:
+            state = {key: value.detach().contiguous() for key, value in masked.state_dict().items()}
+            save_file(state, str(tmp / "masked.safetensors"))
+            write_json(tmp / "sparsify.json", report)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
