@@ -62,6 +62,12 @@ report: $(STAMP)
 	@mkdir -p $(REPORT_RUNS)
 	$(BIN)/toolchain report $(REPORT_RUNS) --out $(REPORT_OUT)
 
+# Sparse-kernel benchmark (CPU rows always, GPU rows when CUDA is visible), serialised with
+# other benchmarks on the shared machine; writes benchmarks/results/kernels-<environment>.*
+.PHONY: bench-kernels
+bench-kernels: $(STAMP)
+	flock /tmp/toolchain-bench.lock $(BIN)/python -m benchmarks.kernels
+
 # Budget sweep benchmark (cpu/onnxruntime, measured). It takes /tmp/toolchain-bench.lock around every
 # measurement itself: do not wrap it in flock. SWEEP_ARGS e.g. "--budgets 0.4,0.6,0.8 --workers 2".
 SWEEP_ARGS ?=

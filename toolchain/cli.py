@@ -11,20 +11,9 @@ import click
 from rich.console import Console
 
 from toolchain.errors import ToolchainError
+from toolchain.shapes import parse_shape
 
 stderr = Console(stderr=True)
-
-
-def parse_shape(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a shape like 1,3,224,224") from None
-    if not shape or any(d <= 0 for d in shape):
-        raise click.BadParameter(f"{value!r} is not a shape of positive sizes like 1,3,224,224")
-    return shape
 
 
 def parse_ratio(_ctx, _param, value: float) -> float:
