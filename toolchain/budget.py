@@ -179,6 +179,7 @@ def prune_to_budget(dense: nn.Module, example_input: torch.Tensor, config: Budge
     target_ms = config.aim_ratio * budget_ms * scale
     narrowest_predicted_ms = problem.predicted_ms(problem.narrowest())
     iterations, candidates = [], []
+    too_low_ms, too_high_ms = 0.0, float("inf")  # internal targets known to land below / above the band
     clock = time.perf_counter()
     for iteration in range(config.max_iterations):
         check = None
@@ -205,7 +206,15 @@ def prune_to_budget(dense: nn.Module, example_input: torch.Tensor, config: Budge
                                  f"model measures {measured_ms:.3f} ms (dense {dense_ms:.3f} ms)")
         if config.lower_ratio * budget_ms <= measured_ms <= budget_ms:
             break
-        target_ms *= config.aim_ratio * budget_ms / measured_ms
+        # Rescale by the miss; once targets on both sides of the band are known, bisect between them
+        # (rescaling alone oscillates when width steps move the latency by more than the band).
+        if measured_ms > budget_ms:
+            too_high_ms = min(too_high_ms, target_ms)
+        else:
+            too_low_ms = max(too_low_ms, target_ms)
+        rescaled_ms = target_ms * config.aim_ratio * budget_ms / measured_ms
+        target_ms = ((too_low_ms * too_high_ms) ** 0.5 if too_low_ms > 0 and too_high_ms < float("inf")
+                     else rescaled_ms)
     wall_s["allocate_and_measure"] = time.perf_counter() - clock
     within = [c for c in candidates if c[0] <= budget_ms]
     measured_ms, predicted_ms, result = (max(within, key=lambda c: c[0]) if within
