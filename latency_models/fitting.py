@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from latency_models.features import spec_from_dict
 from latency_models.predictors import LatencyPredictor, LatencyQuery, create_predictor
@@ -30,6 +30,7 @@ class FitConfig:
     threads: int = 1
     heldout_fraction: float = 0.2
     max_train: int = 0  # 0: use every training configuration
+    train_steps: int = 0  # 0: the predictor's default number of optimiser steps
 
 
 def is_heldout(config_key: str, heldout_fraction: float) -> bool:
@@ -134,9 +135,11 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
         created_at=now_utc(),
     )
     predictor = create_predictor(config.predictor, meta)
+    if config.train_steps:
+        predictor.train_steps = config.train_steps
     if hasattr(predictor, "set_table"):
         predictor.set_table([(spec_from_dict(r.widths), r.median_ms) for r in single_ops])
     predictor.fit(train)
     metrics = predictor.evaluate(heldout)
-    predictor.meta = ArtifactMeta(**{**predictor.meta.__dict__, "heldout_metrics": metrics})
+    predictor.meta = replace(predictor.meta, heldout_metrics=metrics)
     return predictor

@@ -21,11 +21,15 @@ import torch
 from torch import nn
 
 from latency_models.features import FEATURE_NAMES, layer_features
-from latency_models.predictors import LatencyPredictor, LatencyQuery, register_predictor
+from latency_models.predictors import (
+    LatencyPredictor,
+    LatencyQuery,
+    register_predictor,
+    single_threaded_training,
+)
 from toolchain.errors import ToolchainError
 
 HIDDEN_UNITS = 64
-TRAIN_STEPS = 1500
 LEARNING_RATE = 3e-3
 # Priors for one thread of a current CPU; the MLP learns multiplicative corrections around them.
 COMPUTE_MS_PER_MMAC = 0.02
@@ -81,6 +85,7 @@ def _layer_batch(
 @register_predictor
 class LayerwisePredictor(LatencyPredictor):
     name = "layerwise"
+    train_steps = 1500
 
     def __init__(self, meta):
         super().__init__(meta)
@@ -94,13 +99,17 @@ class LayerwisePredictor(LatencyPredictor):
     def fit(self, train: list[LatencyQuery]) -> None:
         batch = _layer_batch(train)
         measured_log_ms = torch.log(torch.tensor([q.measured_ms for q in train], dtype=torch.float32))
+        with single_threaded_training():
+            self._train(train, batch, measured_log_ms)
+
+    def _train(self, train: list[LatencyQuery], batch, measured_log_ms: torch.Tensor) -> None:
         torch.manual_seed(0)
         self.module = LayerwiseNet(len(FEATURE_NAMES))
         self.module.feature_mean.copy_(batch[0].mean(0))
         self.module.feature_std.copy_(batch[0].std(0).clamp_min(1e-3))
         optimizer = torch.optim.Adam(self.module.parameters(), lr=LEARNING_RATE)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, TRAIN_STEPS)
-        for _ in range(TRAIN_STEPS):
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.train_steps)
+        for _ in range(self.train_steps):
             optimizer.zero_grad()
             predicted = self._predict_tensor(train, batch)
             loss = torch.mean((torch.log(predicted) - measured_log_ms) ** 2)

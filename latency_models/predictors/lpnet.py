@@ -19,11 +19,15 @@ import math
 import torch
 from torch import nn
 
-from latency_models.predictors import LatencyPredictor, LatencyQuery, register_predictor
+from latency_models.predictors import (
+    LatencyPredictor,
+    LatencyQuery,
+    register_predictor,
+    single_threaded_training,
+)
 from toolchain.errors import ToolchainError
 
 HIDDEN_UNITS = 128
-TRAIN_STEPS = 3000
 LEARNING_RATE = 3e-3
 WEIGHT_DECAY = 1e-5
 
@@ -53,6 +57,7 @@ class LPNet(nn.Module):
 class LPNetPredictor(LatencyPredictor):
     name = "lpnet"
     single_architecture = True
+    train_steps = 3000
 
     def __init__(self, meta):
         super().__init__(meta)
@@ -92,11 +97,15 @@ class LPNetPredictor(LatencyPredictor):
             raise ToolchainError("lpnet needs the model's group names; the measurement database has none")
         inputs = self._inputs(train)
         target_log_ms = torch.log(torch.tensor([q.measured_ms for q in train], dtype=torch.float32))
+        with single_threaded_training():
+            self._train(inputs, target_log_ms)
+
+    def _train(self, inputs: torch.Tensor, target_log_ms: torch.Tensor) -> None:
         torch.manual_seed(0)
         self.module = LPNet(len(self.group_names), reference_ms=float(target_log_ms.exp().median()))
         optimizer = torch.optim.Adam(self.module.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, TRAIN_STEPS)
-        for _ in range(TRAIN_STEPS):
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.train_steps)
+        for _ in range(self.train_steps):
             optimizer.zero_grad()
             loss = torch.mean((self.module.log_ms(inputs) - target_log_ms) ** 2)
             loss.backward()
