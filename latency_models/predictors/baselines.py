@@ -16,7 +16,7 @@ import json
 from collections import defaultdict
 
 import numpy as np
-from scipy.interpolate import RegularGridInterpolator
+from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 
 from latency_models.features import COMPUTE_OPS, LayerSpec
 from latency_models.predictors import LatencyPredictor, LatencyQuery, register_predictor
@@ -63,6 +63,7 @@ class LookupTablePredictor(LatencyPredictor):
         super().__init__(meta)
         # signature -> [[in_channels, out_channels, ms], ...] from single-op measurements
         self.table: dict[str, list[list[float]]] = {}
+        self._interpolators: dict = {}
         self.scale, self.intercept_ms = 1.0, 0.0
 
     def set_table(self, single_ops: list[tuple[LayerSpec, float]]) -> None:
@@ -71,32 +72,44 @@ class LookupTablePredictor(LatencyPredictor):
         for layer, ms in single_ops:
             table[_key(layer.signature())].append([layer.in_channels, layer.out_channels, ms])
         self.table = dict(table)
+        self._interpolators = {}
+
+    def _interpolator(self, signature_key: str):
+        """ms as a function of (in_channels, out_channels) for one layer shape, from its measured points.
+
+        Linear inside the measured points (1-D when only one channel count varies, e.g. depthwise or the
+        stem), nearest measured point outside them.
+        """
+        if signature_key not in self._interpolators:
+            points = np.asarray(self.table[signature_key], dtype=np.float64)
+            channels, ms = points[:, :2], points[:, 2]
+            varying = [axis for axis in (0, 1) if len(np.unique(channels[:, axis])) > 1]
+            if len(varying) == 2 and not np.all(channels[:, 0] == channels[:, 1]):
+                linear = LinearNDInterpolator(channels, ms)
+                nearest = NearestNDInterpolator(channels, ms)
+
+                def interpolate(cin, cout):
+                    value = linear(cin, cout)
+                    return float(nearest(cin, cout) if np.isnan(value) else value)
+            else:
+                axis = varying[0] if varying else 1
+                order = np.argsort(channels[:, axis])
+                xs, ys = channels[order, axis], ms[order]
+
+                def interpolate(cin, cout):
+                    return float(np.interp((cin, cout)[axis], xs, ys))
+
+            self._interpolators[signature_key] = interpolate
+        return self._interpolators[signature_key]
 
     def _layer_ms(self, layer: LayerSpec) -> float:
-        points = self.table.get(_key(layer.signature()))
-        if points is None:
+        key = _key(layer.signature())
+        if key not in self.table:
             raise ToolchainError(
                 f"lookup table has no single-op measurements for a {layer.op} layer of shape "
                 f"{layer.signature()}; profile this model with --layer-levels > 0"
             )
-        array = np.asarray(points)
-        cin, cout, ms = array[:, 0], array[:, 1], array[:, 2]
-        if np.all(cin == cout) or len(np.unique(cin)) == 1 or len(np.unique(cout)) == 1:
-            axis = cout if len(np.unique(cout)) > 1 else cin
-            query = layer.out_channels if axis is cout else layer.in_channels
-            order = np.argsort(axis)
-            return float(np.interp(query, axis[order], ms[order]))
-        cin_axis, cout_axis = np.unique(cin), np.unique(cout)
-        grid = np.full((len(cin_axis), len(cout_axis)), np.nan)
-        grid[np.searchsorted(cin_axis, cin), np.searchsorted(cout_axis, cout)] = ms
-        if np.isnan(grid).any():
-            raise ToolchainError(f"lookup table for {layer.signature()} is not a full grid; profile it again")
-        interpolate = RegularGridInterpolator((cin_axis, cout_axis), grid)
-        query = [
-            np.clip(layer.in_channels, cin_axis[0], cin_axis[-1]),
-            np.clip(layer.out_channels, cout_axis[0], cout_axis[-1]),
-        ]
-        return float(interpolate([query])[0])
+        return self._interpolator(key)(layer.in_channels, layer.out_channels)
 
     def table_sum_ms(self, query: LatencyQuery) -> float:
         return sum(self._layer_ms(layer) for layer in query.layers if layer.op in COMPUTE_OPS)
@@ -117,3 +130,4 @@ class LookupTablePredictor(LatencyPredictor):
 
     def load_state(self, params: dict, tensors) -> None:
         self.table, self.scale, self.intercept_ms = params["table"], params["scale"], params["intercept_ms"]
+        self._interpolators = {}

@@ -1,0 +1,1 @@
+"""CLI commands, one click.Command per file; `toolchain.cli` registers them."""
