@@ -97,6 +97,8 @@ def single_op(layer: LayerSpec) -> tuple[nn.Module, torch.Tensor]:
 
 def layer_grid(layers: list[LayerSpec], input_channels: int, levels: int) -> list[LayerSpec]:
     """Each distinct compute-layer shape at a grid of channel counts (fixed model input/output channels)."""
+    if levels < 1:
+        return []
     compute = [layer for layer in layers if layer.op in COMPUTE_OPS and layer.op != "conv_transpose"]
     grid, seen = [], set()
     for index, layer in enumerate(compute):
@@ -173,10 +175,13 @@ def run_campaign(
     with MeasurementStore(config.db_path) as store:
         _check_machine(store, config, target, machine_id)
         store.save_groups(config.model, input_shape, [(g.name, g.dense_width, g.unit) for g in groups])
-        jobs = plan_jobs(config, groups, dense_layers, input_shape[1])
+        # Two samples can round to the same widths; each configuration is measured once.
+        jobs_by_key = {}
+        for job in plan_jobs(config, groups, dense_layers, input_shape[1]):
+            jobs_by_key.setdefault(_job_key(job, config.model, input_shape, target), job)
+        jobs = list(jobs_by_key.values())
         done_keys = store.existing_keys()
-        key_of = {id(job): _job_key(job, config.model, input_shape, target) for job in jobs}
-        pending = [job for job in jobs if key_of[id(job)] not in done_keys]
+        pending = [job for key, job in jobs_by_key.items() if key not in done_keys]
         report.planned, report.skipped = len(jobs), len(jobs) - len(pending)
         for index, job in enumerate(pending):
             if on_progress:
@@ -188,8 +193,7 @@ def run_campaign(
             except Exception as error:  # noqa: BLE001 - reported per configuration, campaign goes on
                 report.failed.append(f"{job.kind} {job.tag} {job.widths}: {type(error).__name__}: {error}")
                 continue
-            store.insert(row)
-            report.measured += 1
+            report.measured += int(store.insert(row))
         if on_progress:
             on_progress(len(pending), len(pending), "done")
     return report

@@ -13,13 +13,14 @@ import numpy as np
 from scipy.stats import spearmanr
 
 
-def accuracy_metrics(measured_ms: Sequence[float], predicted_ms: Sequence[float]) -> dict[str, float]:
+def accuracy_metrics(measured_ms: Sequence[float], predicted_ms: Sequence[float]) -> dict[str, float | None]:
+    """Scores of predictions against measurements (Spearman is None below 3 configurations)."""
     measured = np.asarray(measured_ms, dtype=np.float64)
     predicted = np.asarray(predicted_ms, dtype=np.float64)
     if measured.size == 0:
         raise ValueError("no configurations to score")
     relative_error = np.abs(predicted - measured) / measured
-    spearman = float(spearmanr(measured, predicted).statistic) if measured.size > 2 else float("nan")
+    spearman = float(spearmanr(measured, predicted).statistic) if measured.size > 2 else None
     return {
         "n": int(measured.size),
         "mape_pct": float(100 * relative_error.mean()),

@@ -57,7 +57,8 @@ def sample_width_configs(
     if n < 1:
         return []
     sobol = qmc.Sobol(d=max(len(groups), 1), scramble=True, seed=seed)
-    sobol_points = sobol.random(n)  # prefix-stable: sample k of n is sample k of any longer run
+    # Prefix-stable: point k is the same however many are drawn; drawn in a power of 2 as Sobol' wants.
+    sobol_points = sobol.random_base2(max(int(np.ceil(np.log2(n))), 0))[:n]
     configs = [SampledConfig("dense", {g.name: g.dense_width for g in groups})]
     for i in range(1, n):
         rng = np.random.default_rng([seed, i])

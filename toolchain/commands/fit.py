@@ -49,6 +49,10 @@ def fit(
     )
     click.echo(
         f"  MAPE {metrics['mape_pct']:.2f}%  within ±5% {metrics['within_5pct']:.1%}  "
-        f"within ±10% {metrics['within_10pct']:.1%}  Spearman {metrics['spearman']:.3f}"
+        f"within ±10% {metrics['within_10pct']:.1%}  Spearman {metrics['spearman'] or float('nan'):.3f}"
     )
     click.echo(f"  saved to {out_dir}")
+
+
+if __name__ == "__main__":
+    fit()

@@ -89,3 +89,7 @@ def predict(artifact, pruned_dir, model_spec, input_shape, target, backend, thre
     within = meta.heldout_metrics.get("within_10pct")
     quality = f"; held-out within ±10%: {within:.0%}" if within is not None else ""
     click.echo(f"{predicted_ms:.3f} ms  ({meta.predictor} for {meta.target_label}{quality})")
+
+
+if __name__ == "__main__":
+    predict()
