@@ -2,9 +2,9 @@
 tracker + server (TVM's own, bound to 127.0.0.1 only) for tests and local rehearsal.
 
 Example:
-    >>> with loopback_cluster(key="jetson") as endpoint:
-    ...     target = get_target("cpu", "tvm", rpc=endpoint)
-    ...     runner = with_retries(lambda: target.prepare(model, x), endpoint, "compile+upload")
+    >>> with loopback_cluster(key="jetson") as cluster:
+    ...     target = get_target("cpu", "tvm", rpc=cluster.endpoint)
+    ...     runner = with_retries(lambda: target.prepare(model, x), cluster.endpoint, "compile+upload")
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 from toolchain.errors import ToolchainError
@@ -55,8 +56,19 @@ def with_retries(
     )
 
 
+@dataclass
+class LoopbackCluster:
+    """A running loopback tracker + device server; `stop_device` makes the device disappear."""
+
+    endpoint: RpcEndpoint
+    server: object
+
+    def stop_device(self) -> None:
+        self.server.terminate()
+
+
 @contextmanager
-def loopback_cluster(key: str = "loopback", tracker_port: int = 9190) -> Iterator[RpcEndpoint]:
+def loopback_cluster(key: str = "loopback", tracker_port: int = 9190) -> Iterator[LoopbackCluster]:
     """A TVM RPC tracker and one server registered under `key`, both on 127.0.0.1, stopped on exit."""
     from tvm.rpc.server import Server
     from tvm.rpc.tracker import Tracker
@@ -74,7 +86,7 @@ def loopback_cluster(key: str = "loopback", tracker_port: int = 9190) -> Iterato
             silent=True,
         )
         _wait_until_registered(endpoint)
-        yield endpoint
+        yield LoopbackCluster(endpoint, server)
     finally:
         drop_remote_session(endpoint)
         if server is not None:
