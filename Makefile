@@ -35,3 +35,14 @@ demo-model: $(STAMP)
 
 clean:
 	rm -rf dist runs .pytest_cache
+
+# Latency measurement (timings serialised with other benchmarks through one lock file when flock exists).
+SAMPLES ?= 300
+BENCH_LOCK := $(if $(shell command -v flock),flock /tmp/toolchain-bench.lock,)
+.PHONY: bench-latency profile
+
+bench-latency: $(STAMP)
+	$(BENCH_LOCK) $(BIN)/python benchmarks/latency_predictor.py
+
+profile: $(STAMP)
+	$(BENCH_LOCK) $(BIN)/toolchain profile --model $(MODEL) --target $(TARGET) --samples $(SAMPLES) --db runs/latency.db

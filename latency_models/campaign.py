@@ -22,7 +22,7 @@ from torch import nn
 
 from latency_models.features import COMPUTE_OPS, LayerSpec, layer_specs, total_macs
 from latency_models.fingerprint import fingerprint_id, machine_fingerprint
-from latency_models.measure import MeasureConfig, Measurement, measure
+from latency_models.measure import CLOCKS, MeasureConfig, Measurement, measure
 from latency_models.rpc import with_retries
 from latency_models.sampling import layer_grid_ratios, sample_width_configs
 from latency_models.store import MeasurementRow, MeasurementStore, config_key
@@ -145,12 +145,25 @@ def plan_jobs(
     return jobs
 
 
+def check_clock(config: CampaignConfig, target: Target) -> None:
+    """The thread-CPU clock is only meaningful when the whole inference runs on the calling thread."""
+    if config.measure.clock not in CLOCKS:
+        raise ToolchainError(f"unknown clock {config.measure.clock!r}; valid: {', '.join(CLOCKS)}")
+    if config.measure.clock == "thread_cpu" and (
+        target.name != "cpu" or target.threads != 1 or target.backend not in ("onnxruntime", "torch")
+    ):
+        raise ToolchainError(
+            f"--clock thread_cpu needs the cpu target with --threads 1 and backend onnxruntime "
+            f"or torch (the inference must run on the timing thread), not {target.label}"
+        )
+
+
 def _check_machine(store: MeasurementStore, config: CampaignConfig, target: Target, machine_id: str) -> None:
     others = store.fingerprint_ids(config.model, target.name, target.backend, target.threads) - {machine_id}
     if others:
         raise ToolchainError(
             f"{store.path} already holds {config.model} on {target.label} measured on another "
-            f"machine ({sorted(others)}); use another --db for this machine"
+            f"machine or with another clock ({sorted(others)}); use another --db"
         )
 
 
@@ -164,12 +177,13 @@ def run_campaign(
     from toolchain.models import resolve_model
 
     target = get_target(config.target, config.backend, config.threads, rpc=config.rpc)
+    check_clock(config, target)
     model, input_shape = model_and_shape or resolve_model(config.model)
     model = model.eval()
     example_input = torch.randn(*input_shape)
     groups = PruningGraph(copy.deepcopy(model), example_input).groups
     dense_layers = layer_specs(model, example_input)
-    fingerprint = machine_fingerprint(target)
+    fingerprint = {**machine_fingerprint(target), "clock": config.measure.clock}
     machine_id = fingerprint_id(fingerprint)
     report = CampaignReport()
     with MeasurementStore(config.db_path) as store:

@@ -127,3 +127,11 @@ def test_campaign_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_pat
         assert len(rows) == summary["planned"] == rows_before + summary["measured"]
         assert len(set(keys)) == len(keys)
         assert all(r.median_ms == kept[r.config_key] for r in rows if r.config_key in kept)
+
+
+def test_thread_cpu_clock_is_refused_where_work_leaves_the_timing_thread(tmp_path):
+    config = CampaignConfig(
+        model=TINY, db_path=str(tmp_path / "m.db"), threads=2, measure=MeasureConfig(clock="thread_cpu")
+    )
+    with pytest.raises(ToolchainError, match="thread_cpu needs the cpu target with --threads 1"):
+        run_campaign(config)

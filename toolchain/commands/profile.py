@@ -45,6 +45,13 @@ from toolchain.targets import RpcEndpoint
 )
 @click.option("--warmup", default=5, show_default=True, type=int, help="warm-up runs per attempt")
 @click.option("--runs", default=25, show_default=True, type=int, help="timed runs per attempt")
+@click.option(
+    "--clock",
+    default="wall",
+    show_default=True,
+    type=click.Choice(["wall", "thread_cpu"]),
+    help="thread_cpu: CPU time of the timing thread (1-thread cpu targets on a shared machine)",
+)
 @click.option("--rpc-tracker", default=None, help="HOST:PORT of a TVM RPC tracker (needs --backend tvm)")
 @click.option("--rpc-key", default=None, help="device key registered with the tracker")
 @click.option("--rpc-target", default="", help='TVM target of the device as JSON, e.g. {"kind": "llvm", ...}')
@@ -61,6 +68,7 @@ def profile(
     noise_configs,
     warmup,
     runs,
+    clock,
     rpc_tracker,
     rpc_key,
     rpc_target,
@@ -84,7 +92,7 @@ def profile(
         min_ratio=min_ratio,
         layer_levels=layer_levels,
         noise_configs=noise_configs,
-        measure=MeasureConfig(warmup_runs=warmup, timed_runs=runs),
+        measure=MeasureConfig(warmup_runs=warmup, timed_runs=runs, clock=clock),
         rpc=rpc,
     )
     columns = (

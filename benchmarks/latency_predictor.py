@@ -1,0 +1,238 @@
+"""Latency-predictor benchmark: noise floor, held-out accuracy per predictor, and a cross-architecture test.
+
+For each model: profile (resumable; rows already in --db are reused), re-measure a few configurations to get
+the noise floor, fit every predictor, and score it on held-out configurations (MAPE, share within ±5% and
+±10%, Spearman). Then train `layerwise` (and the MACs baseline) on the training models and test it on an
+architecture it never saw. Writes JSON rows, a predicted-vs-measured scatter plot, and a Markdown table,
+all named by their environment.
+
+    flock /tmp/toolchain-bench.lock python benchmarks/latency_predictor.py --samples 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from latency_models.campaign import CampaignConfig, run_campaign
+from latency_models.fingerprint import fingerprint_id, machine_fingerprint
+from latency_models.fitting import FitConfig, fit_predictor, load_rows, split_queries
+from latency_models.measure import MeasureConfig
+from latency_models.predictors import LatencyQuery
+from latency_models.store import MeasurementStore
+from toolchain.targets import get_target
+
+PREDICTORS = ("lpnet", "layerwise", "lut", "macs")
+
+
+def noise_floor(db_path: str, model: str, target) -> dict:
+    """Relative deviation of re-measurements (replicates) from the first measurement of a configuration."""
+    with MeasurementStore(db_path) as store:
+        rows = store.rows(model, target.name, target.backend, target.threads)
+    first = {json.dumps(r.widths, sort_keys=True): r.median_ms for r in rows if r.replicate == 0}
+    deviations = [
+        abs(r.median_ms / first[key] - 1)
+        for r in rows
+        if r.replicate > 0
+        if (key := json.dumps(r.widths, sort_keys=True)) in first
+    ]
+    if not deviations:
+        return {"n": 0}
+    values = np.asarray(deviations)
+    return {
+        "n": int(values.size),
+        "median_abs_dev_pct": float(100 * np.median(values)),
+        "max_abs_dev_pct": float(100 * values.max()),
+        "within_5pct": float((values <= 0.05).mean()),
+        "within_10pct": float((values <= 0.10).mean()),
+    }
+
+
+def heldout_queries(db_path: str, config: FitConfig) -> list[LatencyQuery]:
+    with MeasurementStore(db_path, create=False) as store:
+        rows = load_rows(store, config)
+    return [q for model_rows in rows.values() for q in split_queries(model_rows, config.heldout_fraction)[1]]
+
+
+def all_queries(db_path: str, config: FitConfig) -> list[LatencyQuery]:
+    with MeasurementStore(db_path, create=False) as store:
+        rows = load_rows(store, config)
+    return [LatencyQuery.from_row(r) for model_rows in rows.values() for r in model_rows]
+
+
+def profile(args, model: str, samples: int, target, layer_levels: int, noise_configs: int) -> dict:
+    config = CampaignConfig(
+        model=model,
+        db_path=args.db,
+        target=target.name,
+        backend=target.backend,
+        threads=target.threads,
+        samples=samples,
+        layer_levels=layer_levels,
+        noise_configs=noise_configs,
+        measure=MeasureConfig(args.warmup, args.runs),
+    )
+    start_s = time.perf_counter()
+    def on_progress(done: int, total: int, what: str) -> None:
+        if done % 25 == 0 or done == total:
+            print(f"{model}: {done}/{total} measured ({time.perf_counter() - start_s:.0f} s)", flush=True)
+
+    report = run_campaign(config, on_progress=on_progress)
+    return {
+        "model": model,
+        "planned": report.planned,
+        "measured_now": report.measured,
+        "already_stored": report.skipped,
+        "failed": report.failed[:5],
+        "profile_wall_s": time.perf_counter() - start_s,
+    }
+
+
+def fit_and_score(args, models: tuple[str, ...], predictor: str, target) -> tuple[dict, list, list]:
+    config = FitConfig(
+        db_path=args.db,
+        predictor=predictor,
+        models=models,
+        target=target.name,
+        backend=target.backend,
+        threads=target.threads,
+    )
+    start_s = time.perf_counter()
+    fitted = fit_predictor(config)
+    fit_s = time.perf_counter() - start_s
+    heldout = heldout_queries(args.db, config)
+    out_dir = Path(args.artifacts) / f"{_slug(models[0])}-{target.name}-{target.backend}-{predictor}"
+    fitted.save(out_dir)
+    row = {
+        "models": list(models),
+        "predictor": predictor,
+        "n_train": fitted.meta.n_train,
+        "fit_wall_s": fit_s,
+        "artifact": str(out_dir),
+        **fitted.meta.heldout_metrics,
+    }
+    return row, [q.measured_ms for q in heldout], fitted.predict_many(heldout)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text.split(":")[-1]).strip("-").lower()
+
+
+def scatter_plot(panels: list[tuple[str, list, list]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 4
+    rows = (len(panels) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4 * rows), squeeze=False)
+    for axis, (title, measured, predicted) in zip(axes.flat, panels, strict=False):
+        low, high = min(measured + predicted), max(measured + predicted)
+        line = np.linspace(low, high, 2)
+        axis.plot(line, line, "k-", lw=0.8)
+        axis.fill_between(line, line * 0.9, line * 1.1, color="grey", alpha=0.2, label="±10%")
+        axis.scatter(measured, predicted, s=8)
+        axis.set(title=title, xlabel="measured ms", ylabel="predicted ms")
+        axis.legend(loc="upper left", fontsize=7)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="zoo:resnet18,zoo:mobilenet_v2")
+    parser.add_argument("--samples", type=int, default=300, help="width configurations per model (<= 500)")
+    parser.add_argument(
+        "--unseen", default="zoo:resnet50", help="architecture for the cross-architecture test"
+    )
+    parser.add_argument("--unseen-samples", type=int, default=40)
+    parser.add_argument("--layer-levels", type=int, default=4)
+    parser.add_argument("--noise-configs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--db", default="runs/latency-bench.db")
+    parser.add_argument("--artifacts", default="runs/latency-artifacts")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+
+    target = get_target("cpu", "onnxruntime", threads=1)
+    fingerprint = machine_fingerprint(target)
+    models = tuple(m for m in args.models.split(",") if m)
+    result = {
+        "fingerprint": fingerprint,
+        "fingerprint_id": fingerprint_id(fingerprint),
+        "target": target.label,
+        "command": "benchmarks/latency_predictor.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "profiles": [],
+        "noise_floor": {},
+        "heldout": [],
+        "cross_architecture": [],
+    }
+    panels = []
+    for model in models:
+        result["profiles"].append(
+            profile(args, model, args.samples, target, args.layer_levels, args.noise_configs)
+        )
+        result["noise_floor"][model] = noise_floor(args.db, model, target)
+        for predictor in PREDICTORS:
+            row, measured, predicted = fit_and_score(args, (model,), predictor, target)
+            result["heldout"].append(row)
+            panels.append((f"{_slug(model)} {predictor}", measured, predicted))
+            print(json.dumps(row))
+    if args.unseen:
+        result["profiles"].append(profile(args, args.unseen, args.unseen_samples, target, 0, 0))
+        unseen_config = FitConfig(
+            db_path=args.db,
+            predictor="layerwise",
+            models=(args.unseen,),
+            target=target.name,
+            backend=target.backend,
+            threads=target.threads,
+        )
+        unseen = all_queries(args.db, unseen_config)
+        for predictor in ("layerwise", "macs"):
+            fitted = fit_predictor(
+                FitConfig(
+                    db_path=args.db,
+                    predictor=predictor,
+                    models=models,
+                    target=target.name,
+                    backend=target.backend,
+                    threads=target.threads,
+                )
+            )
+            predicted = fitted.predict_many(unseen)
+            row = {
+                "train_models": list(models),
+                "unseen_model": args.unseen,
+                "predictor": predictor,
+                **fitted.evaluate(unseen),
+            }
+            result["cross_architecture"].append(row)
+            panels.append(
+                (f"unseen {_slug(args.unseen)} {predictor}", [q.measured_ms for q in unseen], predicted)
+            )
+            print(json.dumps(row))
+    environment = (
+        f"{_slug(fingerprint.get('cpu_model', 'cpu'))}-ort{fingerprint['versions']['onnxruntime']}-1t"
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"latency-{environment}.json").write_text(json.dumps(result, indent=1) + "\n")
+    scatter_plot(panels, out / f"latency-{environment}.png")
+    print(f"wrote {out / f'latency-{environment}.json'} and .png")
+
+
+if __name__ == "__main__":
+    main()

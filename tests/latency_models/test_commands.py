@@ -1,0 +1,85 @@
+"""The profile / fit / predict commands: bad inputs give clear errors, a fitted artifact predicts."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from latency_models.store import MeasurementStore
+from toolchain.commands.fit import fit
+from toolchain.commands.predict import predict
+from toolchain.commands.profile import profile
+from toolchain.errors import ToolchainError
+
+TINY = str(Path(__file__).with_name("tiny_model.py")) + ":factory"
+
+
+def _error_of(result) -> str:
+    assert isinstance(result.exception, ToolchainError), result.output
+    return str(result.exception)
+
+
+def test_profile_unknown_target_lists_valid_ones(tmp_path):
+    result = CliRunner().invoke(profile, ["--model", TINY, "--target", "npu", "--db", str(tmp_path / "m.db")])
+    assert "unknown target 'npu'; valid targets/backends: cpu: onnxruntime" in _error_of(result)
+
+
+def test_profile_unknown_backend_lists_valid_ones(tmp_path):
+    result = CliRunner().invoke(
+        profile, ["--model", TINY, "--backend", "coreml", "--db", str(tmp_path / "m.db")]
+    )
+    assert "unknown backend 'coreml' for target 'cpu'; valid: onnxruntime, torch, tvm" in _error_of(result)
+
+
+def test_fit_on_empty_database_says_it_is_empty(tmp_path):
+    MeasurementStore(tmp_path / "empty.db").close()
+    result = CliRunner().invoke(
+        fit, ["--db", str(tmp_path / "empty.db"), "--predictor", "lpnet", "--out", str(tmp_path / "a")]
+    )
+    assert "holds no measurements" in _error_of(result) and "empty database" in _error_of(result)
+
+
+def test_fit_on_missing_database_says_so(tmp_path):
+    result = CliRunner().invoke(
+        fit, ["--db", str(tmp_path / "none.db"), "--predictor", "macs", "--out", str(tmp_path / "a")]
+    )
+    assert "does not exist" in _error_of(result)
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    runner = CliRunner()
+    result = runner.invoke(
+        profile,
+        ["--model", TINY, "--samples", "12", "--db", str(folder / "m.db"), "--warmup", "1", "--runs", "3"],
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        fit, ["--db", str(folder / "m.db"), "--predictor", "macs", "--out", str(folder / "macs"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n_train"] > 0
+    return folder / "macs"
+
+
+def test_predict_dense_model_prints_ms(tiny_artifact):
+    result = CliRunner().invoke(predict, ["--predictor", str(tiny_artifact), "--model", TINY, "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["predicted_ms"] > 0 and answer["target"] == "cpu" and answer["predictor"] == "macs"
+
+
+def test_predict_refuses_artifact_for_another_target(tiny_artifact):
+    result = CliRunner().invoke(
+        predict, ["--predictor", str(tiny_artifact), "--model", TINY, "--target", "cpu", "--backend", "tvm"]
+    )
+    assert "trained for cpu/onnxruntime/1t, not cpu/tvm/1t" in _error_of(result)
+
+
+def test_predict_bad_input_shape_is_clear(tiny_artifact):
+    result = CliRunner().invoke(
+        predict, ["--predictor", str(tiny_artifact), "--model", TINY, "--input-shape", "one,3,16,16"]
+    )
+    assert "--input-shape must look like 1,3,224,224" in _error_of(result)
