@@ -22,7 +22,7 @@ from torch import nn
 
 from latency_models.features import COMPUTE_OPS, LayerSpec, layer_specs, total_macs
 from latency_models.fingerprint import fingerprint_id, machine_fingerprint
-from latency_models.measure import CLOCKS, MeasureConfig, Measurement, measure
+from latency_models.measure import CLOCKS, MeasureConfig, Measurement, measure, torch_threads
 from latency_models.rpc import with_retries
 from latency_models.sampling import layer_grid_ratios, sample_width_configs
 from latency_models.store import MeasurementRow, MeasurementStore, config_key
@@ -173,11 +173,17 @@ def run_campaign(
     model_and_shape: tuple[nn.Module, tuple[int, ...]] | None = None,
 ) -> CampaignReport:
     """Measure every planned configuration not yet in the database; `on_progress(done, total, what)`."""
+    target = get_target(config.target, config.backend, config.threads, rpc=config.rpc)
+    check_clock(config, target)
+    # Building variants (tracing, export) on one torch thread: several times faster on a busy machine.
+    with torch_threads(1):
+        return _run(config, target, on_progress, model_and_shape)
+
+
+def _run(config: CampaignConfig, target: Target, on_progress, model_and_shape) -> CampaignReport:
     from toolchain.graph import PruningGraph
     from toolchain.models import resolve_model
 
-    target = get_target(config.target, config.backend, config.threads, rpc=config.rpc)
-    check_clock(config, target)
     model, input_shape = model_and_shape or resolve_model(config.model)
     model = model.eval()
     example_input = torch.randn(*input_shape)

@@ -9,10 +9,12 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from toolchain.targets import Runner
 
@@ -20,6 +22,17 @@ from toolchain.targets import Runner
 # it leaves out the time other processes hold the core, which wall-clock time cannot. It is valid only where
 # the whole inference runs on the calling thread (cpu target, 1 thread, onnxruntime or torch).
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread_cpu": time.thread_time}
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` torch threads (builds and training on a busy 2-core machine use 1)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -141,17 +139,6 @@ def create_predictor(name: str, meta: ArtifactMeta) -> LatencyPredictor:
     if name not in _PREDICTORS:
         raise ToolchainError(f"unknown predictor {name!r}; valid: {', '.join(list_predictors())}")
     return _PREDICTORS[name](replace(meta, predictor=name))
-
-
-@contextmanager
-def single_threaded_training() -> Iterator[None]:
-    """Train on one thread: deterministic and unhurt by a loaded machine's oversubscription."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def load_predictor(

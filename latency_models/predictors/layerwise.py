@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from latency_models.features import FEATURE_NAMES, layer_features
+from latency_models.measure import torch_threads
 from latency_models.predictors import (
     LatencyPredictor,
     LatencyQuery,
     register_predictor,
-    single_threaded_training,
 )
 from toolchain.errors import ToolchainError
 
@@ -99,7 +99,7 @@ class LayerwisePredictor(LatencyPredictor):
     def fit(self, train: list[LatencyQuery]) -> None:
         batch = _layer_batch(train)
         measured_log_ms = torch.log(torch.tensor([q.measured_ms for q in train], dtype=torch.float32))
-        with single_threaded_training():
+        with torch_threads(1):
             self._train(train, batch, measured_log_ms)
 
     def _train(self, train: list[LatencyQuery], batch, measured_log_ms: torch.Tensor) -> None:

@@ -19,11 +19,11 @@ import math
 import torch
 from torch import nn
 
+from latency_models.measure import torch_threads
 from latency_models.predictors import (
     LatencyPredictor,
     LatencyQuery,
     register_predictor,
-    single_threaded_training,
 )
 from toolchain.errors import ToolchainError
 
@@ -97,7 +97,7 @@ class LPNetPredictor(LatencyPredictor):
             raise ToolchainError("lpnet needs the model's group names; the measurement database has none")
         inputs = self._inputs(train)
         target_log_ms = torch.log(torch.tensor([q.measured_ms for q in train], dtype=torch.float32))
-        with single_threaded_training():
+        with torch_threads(1):
             self._train(inputs, target_log_ms)
 
     def _train(self, inputs: torch.Tensor, target_log_ms: torch.Tensor) -> None:
