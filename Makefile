@@ -42,7 +42,7 @@ BENCH_LOCK := $(if $(shell command -v flock),flock /tmp/toolchain-bench.lock,)
 .PHONY: bench-latency profile
 
 bench-latency: $(STAMP)
-	$(BENCH_LOCK) $(BIN)/python benchmarks/latency_predictor.py
+	$(BENCH_LOCK) $(BIN)/python benchmarks/latency_predictor.py $(BENCH_ARGS)
 
 profile: $(STAMP)
 	$(BENCH_LOCK) $(BIN)/toolchain profile --model $(MODEL) --target $(TARGET) --samples $(SAMPLES) --db runs/latency.db

@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from latency_models.campaign import CampaignConfig, run_campaign
 from latency_models.fingerprint import fingerprint_id, machine_fingerprint
 from latency_models.fitting import FitConfig, fit_predictor, load_rows, split_queries
-from latency_models.measure import MeasureConfig
+from latency_models.measure import MeasureConfig, measure, torch_threads
 from latency_models.predictors import LatencyQuery
 from latency_models.store import MeasurementStore
 from toolchain.targets import get_target
@@ -53,6 +54,23 @@ def noise_floor(db_path: str, model: str, target) -> dict:
     }
 
 
+def clock_check(model_spec: str, target, args) -> dict:
+    """The dense model timed with the wall clock and with the timing thread's CPU clock, back to back: on a
+    loaded machine the gap is the time other processes held the core."""
+    import os
+
+    from toolchain.models import resolve_model
+
+    model, input_shape = resolve_model(model_spec)
+    with torch_threads(1):
+        runner = target.prepare(model, torch.randn(*input_shape))
+    result = {"model": model_spec, "load_average_1min": os.getloadavg()[0]}
+    for clock in ("wall", "thread_cpu"):
+        m = measure(runner, MeasureConfig(args.warmup, args.runs, clock=clock))
+        result[clock] = {"median_ms": m.median_ms, "iqr_ms": m.iqr_ms, "min_ms": m.min_ms}
+    return result
+
+
 def heldout_queries(db_path: str, config: FitConfig) -> list[LatencyQuery]:
     with MeasurementStore(db_path, create=False) as store:
         rows = load_rows(store, config)
@@ -75,9 +93,10 @@ def profile(args, model: str, samples: int, target, layer_levels: int, noise_con
         samples=samples,
         layer_levels=layer_levels,
         noise_configs=noise_configs,
-        measure=MeasureConfig(args.warmup, args.runs),
+        measure=MeasureConfig(args.warmup, args.runs, clock=args.clock),
     )
     start_s = time.perf_counter()
+
     def on_progress(done: int, total: int, what: str) -> None:
         if done % 25 == 0 or done == total:
             print(f"{model}: {done}/{total} measured ({time.perf_counter() - start_s:.0f} s)", flush=True)
@@ -146,6 +165,72 @@ def scatter_plot(panels: list[tuple[str, list, list]], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def markdown_report(result: dict) -> str:
+    """The tables of BENCHMARKS.md / benchmarks/LATENCY.md, from the JSON this script writes."""
+    lines = [
+        f"Clock: `{result['clock']}`. Dense models timed with both clocks back to back:",
+        "",
+        "| model | wall median | thread-CPU median | load average (1 min) |",
+        "|---|---|---|---|",
+    ]
+    for c in result.get("clock_check", []):
+        lines.append(
+            f"| {c['model']} | {c['wall']['median_ms']:.2f} ms | {c['thread_cpu']['median_ms']:.2f} ms | "
+            f"{c['load_average_1min']:.1f} |"
+        )
+    lines += ["", "| model | configurations | profile wall time |", "|---|---|---|"]
+    for p in result["profiles"]:
+        lines.append(
+            f"| {p['model']} | {p['planned']} ({p['measured_now']} measured in this run) | "
+            f"{p['profile_wall_s'] / 60:.1f} min |"
+        )
+    lines += [
+        "",
+        "Noise floor (the same configuration re-measured; deviation from its first measurement):",
+        "",
+        "| model | re-measurements | median abs. dev. | max abs. dev. | within ±5% | within ±10% |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, n in result["noise_floor"].items():
+        if n.get("n"):
+            lines.append(
+                f"| {model} | {n['n']} | {n['median_abs_dev_pct']:.2f}% | {n['max_abs_dev_pct']:.2f}% | "
+                f"{_pct(n['within_5pct'])} | {_pct(n['within_10pct'])} |"
+            )
+    lines += [
+        "",
+        "Held-out configurations:",
+        "",
+        "| model | predictor | train | held out | MAPE | within ±5% | within ±10% | Spearman | fit time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["heldout"]:
+        lines.append(
+            f"| {r['models'][0]} | {r['predictor']} | {r['n_train']} | {r['n']} | {r['mape_pct']:.2f}% | "
+            f"{_pct(r['within_5pct'])} | {_pct(r['within_10pct'])} | {r['spearman']:.3f} | "
+            f"{r['fit_wall_s']:.0f} s |"
+        )
+    if result["cross_architecture"]:
+        lines += [
+            "",
+            "Cross-architecture (trained on the models above, tested on all configurations of an unseen "
+            "one):",
+            "",
+            "| unseen model | predictor | configurations | MAPE | within ±5% | within ±10% | Spearman |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in result["cross_architecture"]:
+            lines.append(
+                f"| {r['unseen_model']} | {r['predictor']} | {r['n']} | {r['mape_pct']:.2f}% | "
+                f"{_pct(r['within_5pct'])} | {_pct(r['within_10pct'])} | {r['spearman']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,6 +245,12 @@ def main() -> None:
     parser.add_argument("--noise-configs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "thread_cpu"],
+        help="thread_cpu: robust to other processes on a shared machine (1 thread only)",
+    )
     parser.add_argument("--db", default="runs/latency-bench.db")
     parser.add_argument("--artifacts", default="runs/latency-artifacts")
     parser.add_argument("--out", default="benchmarks/results")
@@ -174,6 +265,8 @@ def main() -> None:
         "target": target.label,
         "command": "benchmarks/latency_predictor.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "clock": args.clock,
+        "clock_check": [],
         "profiles": [],
         "noise_floor": {},
         "heldout": [],
@@ -185,6 +278,7 @@ def main() -> None:
             profile(args, model, args.samples, target, args.layer_levels, args.noise_configs)
         )
         result["noise_floor"][model] = noise_floor(args.db, model, target)
+        result["clock_check"].append(clock_check(model, target, args))
         for predictor in PREDICTORS:
             row, measured, predicted = fit_and_score(args, (model,), predictor, target)
             result["heldout"].append(row)
@@ -231,6 +325,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"latency-{environment}.json").write_text(json.dumps(result, indent=1) + "\n")
     scatter_plot(panels, out / f"latency-{environment}.png")
+    (out / f"latency-{environment}.md").write_text(markdown_report(result))
     print(f"wrote {out / f'latency-{environment}.json'} and .png")
 
 
