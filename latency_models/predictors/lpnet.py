@@ -27,27 +27,60 @@ from latency_models.predictors import (
 )
 from toolchain.errors import ToolchainError
 
-HIDDEN_UNITS = 128
+HIDDEN_UNITS = 64
+ENSEMBLE_SIZE = 3
+ALIGNMENT_PERIODS = (8,)  # channel multiples the target's kernels favour (NCHWc8 on AVX2 CPUs)
 LEARNING_RATE = 3e-3
-WEIGHT_DECAY = 1e-5
+WEIGHT_DECAY = 1e-2
+
+
+def _mlp(n_inputs: int, hidden_units: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(n_inputs, hidden_units),
+        nn.SiLU(),
+        nn.Linear(hidden_units, hidden_units),
+        nn.SiLU(),
+        nn.Linear(hidden_units, 1),
+    )
 
 
 class LPNet(nn.Module):
-    """Normalised widths [..., n_groups] -> latency in ms [...]."""
+    """Normalised widths [..., n_groups] -> latency in ms [...].
 
-    def __init__(self, n_groups: int, reference_ms: float = 1.0, hidden_units: int = HIDDEN_UNITS):
+    Besides the widths the MLP reads, per group and alignment period p, (1 + cos(2*pi*channels/p)) / 2: a
+    smooth, differentiable signal that is 1 where the channel count is a multiple of p. Without it an MLP on
+    widths alone cannot see that kernels are markedly faster at aligned channel counts (see
+    benchmarks/LATENCY.md). A few MLPs trained from different seeds
+    are averaged in log space, which steadies predictions between the measured configurations.
+    """
+
+    def __init__(
+        self,
+        dense_widths: tuple[int, ...],
+        reference_ms: float = 1.0,
+        hidden_units: int = HIDDEN_UNITS,
+        periods: tuple[int, ...] = ALIGNMENT_PERIODS,
+        ensemble_size: int = ENSEMBLE_SIZE,
+    ):
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(n_groups, hidden_units),
-            nn.SiLU(),
-            nn.Linear(hidden_units, hidden_units),
-            nn.SiLU(),
-            nn.Linear(hidden_units, 1),
-        )
+        n_inputs = len(dense_widths) * (1 + len(periods))
+        self.register_buffer("dense_widths", torch.tensor(dense_widths, dtype=torch.float32))
+        self.register_buffer("periods", torch.tensor(periods, dtype=torch.float32))
         self.register_buffer("log_reference_ms", torch.tensor(math.log(reference_ms)))
+        self.members = nn.ModuleList(_mlp(n_inputs, hidden_units) for _ in range(ensemble_size))
+
+    def features(self, normalised_widths: torch.Tensor) -> torch.Tensor:
+        channels = (normalised_widths * self.dense_widths).unsqueeze(-1)
+        alignment = (1 + torch.cos(2 * math.pi * channels / self.periods)) / 2
+        return torch.cat([normalised_widths, alignment.flatten(-2)], dim=-1)
+
+    def member_log_ms(self, normalised_widths: torch.Tensor) -> torch.Tensor:
+        """[ensemble, ...] log-latency of each member."""
+        features = self.features(normalised_widths)
+        return torch.stack([mlp(features).squeeze(-1) for mlp in self.members]) + self.log_reference_ms
 
     def log_ms(self, normalised_widths: torch.Tensor) -> torch.Tensor:
-        return self.mlp(normalised_widths).squeeze(-1) + self.log_reference_ms
+        return self.member_log_ms(normalised_widths).mean(0)
 
     def forward(self, normalised_widths: torch.Tensor) -> torch.Tensor:
         return torch.exp(self.log_ms(normalised_widths))
@@ -57,11 +90,11 @@ class LPNet(nn.Module):
 class LPNetPredictor(LatencyPredictor):
     name = "lpnet"
     single_architecture = True
-    train_steps = 3000
+    train_steps = 2000
 
     def __init__(self, meta):
         super().__init__(meta)
-        self.module = LPNet(max(len(meta.group_names), 1))
+        self.module = LPNet(tuple(meta.dense_widths) or (1,))
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -102,12 +135,13 @@ class LPNetPredictor(LatencyPredictor):
 
     def _train(self, inputs: torch.Tensor, target_log_ms: torch.Tensor) -> None:
         torch.manual_seed(0)
-        self.module = LPNet(len(self.group_names), reference_ms=float(target_log_ms.exp().median()))
-        optimizer = torch.optim.Adam(self.module.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+        self.module = LPNet(self.meta.dense_widths, reference_ms=float(target_log_ms.exp().median()))
+        optimizer = torch.optim.AdamW(self.module.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.train_steps)
         for _ in range(self.train_steps):
             optimizer.zero_grad()
-            loss = torch.mean((self.module.log_ms(inputs) - target_log_ms) ** 2)
+            # Each member fits the data on its own (mean of the members' losses, not loss of the mean).
+            loss = torch.mean((self.module.member_log_ms(inputs) - target_log_ms) ** 2)
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -121,9 +155,18 @@ class LPNetPredictor(LatencyPredictor):
         return dict(self.module.state_dict())
 
     def params(self) -> dict:
-        return {"hidden_units": HIDDEN_UNITS}
+        return {
+            "hidden_units": HIDDEN_UNITS,
+            "alignment_periods": list(ALIGNMENT_PERIODS),
+            "ensemble_size": len(self.module.members),
+        }
 
     def load_state(self, params: dict, tensors: dict[str, torch.Tensor]) -> None:
-        self.module = LPNet(len(self.group_names), hidden_units=params.get("hidden_units", HIDDEN_UNITS))
+        self.module = LPNet(
+            self.meta.dense_widths,
+            hidden_units=params["hidden_units"],
+            periods=tuple(params["alignment_periods"]),
+            ensemble_size=params["ensemble_size"],
+        )
         self.module.load_state_dict(tensors)
         self.module.eval()
