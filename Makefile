@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 TARGET ?= cpu
 MODEL  ?= zoo:demo
 RATIO  ?= 0.5
-OUT    ?= dist/$(TARGET)/$(subst :,-,$(MODEL))
+PRECISION ?= fp16
+TEST_WORKERS ?= 2
 
 .PHONY: venv deploy test lint demo-model clean
 
@@ -21,11 +22,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,tvm]'
 	@touch $(STAMP)
 
-deploy: $(STAMP)
-	$(BIN)/toolchain deploy --model $(MODEL) --ratio $(RATIO) --out $(OUT)
+# TARGET: a device from the device table (`toolchain targets` lists them; jetson = jetson-orin).
+# Jetson bundles need the aarch64 cross compiler, installed through apt when missing.
+deploy: $(STAMP) $(if $(filter jetson%,$(TARGET)),cross-tools)
+	$(BIN)/toolchain deploy --model $(MODEL) --target $(TARGET) --ratio $(RATIO) --precision $(PRECISION) \
+		$(if $(OUT),--out $(OUT))
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -36,8 +40,22 @@ demo-model: $(STAMP)
 clean:
 	rm -rf dist runs .pytest_cache
 
+# Cross compiler for the Jetson (aarch64) TVM build, installed through apt when missing.
+CROSS_CXX ?= aarch64-linux-gnu-g++
+SUDO      := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: cross-tools
+cross-tools:
+	@command -v $(CROSS_CXX) >/dev/null 2>&1 || { \
+	  echo "installing g++-aarch64-linux-gnu through apt (needed for the Jetson cross build)"; \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq g++-aarch64-linux-gnu; } || { \
+	    echo "error: could not install g++-aarch64-linux-gnu through apt; install it by hand (apt-get install g++-aarch64-linux-gnu) to cross-compile for the Jetson" >&2; \
+	    exit 2; }; }
+	@$(CROSS_CXX) --version | head -n 1
+
 # Latency measurement (timings serialised with other benchmarks through one lock file when flock exists).
 SAMPLES ?= 300
+PROFILE_TARGET ?= cpu
 BENCH_LOCK := $(if $(shell command -v flock),flock /tmp/toolchain-bench.lock,)
 .PHONY: bench-latency profile
 
@@ -45,4 +63,4 @@ bench-latency: $(STAMP)
 	$(BENCH_LOCK) $(BIN)/python benchmarks/latency_predictor.py $(BENCH_ARGS)
 
 profile: $(STAMP)
-	$(BENCH_LOCK) $(BIN)/toolchain profile --model $(MODEL) --target $(TARGET) --samples $(SAMPLES) --db runs/latency.db
+	$(BENCH_LOCK) $(BIN)/toolchain profile --model $(MODEL) --target $(PROFILE_TARGET) --samples $(SAMPLES) --db runs/latency.db

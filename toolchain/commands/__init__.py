@@ -1,1 +1,1 @@
-"""CLI commands, one click.Command per file; `toolchain.cli` registers them."""
+"""CLI commands that live in their own modules; `toolchain.cli` registers them."""

@@ -1,0 +1,43 @@
+"""Round trip: arch.json + safetensors rebuild a pruned model with identical outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import example_input
+from toolchain import ToolchainError, create_model, load_pruned, prune
+from toolchain.archive import write_arch_and_weights
+
+
+@pytest.mark.parametrize("name", ["demo", "densenet121", "vit_tiny", "unet", "mobilenet_v2"])
+def test_round_trip_gives_identical_outputs(name, tmp_path):
+    dense = create_model(name)
+    x = example_input(name)
+    result = prune(dense, x, ratio=0.5)
+    write_arch_and_weights(tmp_path, result.model, dense, f"zoo:{name}", tuple(x.shape), result.widths)
+    arch = json.loads((tmp_path / "arch.json").read_text())
+    assert arch["layers"], "arch.json records the new shapes"
+    assert all(set(layer) == {"type", "tensors", "attrs"} for layer in arch["layers"].values())
+    rebuilt, _ = load_pruned(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), result.model(x))
+
+
+def test_missing_or_foreign_folders_are_refused(tmp_path):
+    with pytest.raises(ToolchainError, match="arch.json is missing"):
+        load_pruned(tmp_path)
+    (tmp_path / "arch.json").write_text("{not json")
+    with pytest.raises(ToolchainError, match="not valid JSON"):
+        load_pruned(tmp_path)
+
+
+def test_arch_for_another_model_is_refused(tmp_path):
+    dense = create_model("demo")
+    x = example_input("demo")
+    result = prune(dense, x, ratio=0.5)
+    write_arch_and_weights(tmp_path, result.model, dense, "zoo:resnet56_cifar", (1, 3, 32, 32), result.widths)
+    with pytest.raises(ToolchainError):
+        load_pruned(tmp_path)

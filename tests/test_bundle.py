@@ -1,0 +1,81 @@
+"""Deploy bundles: host and Jetson contents, honest manifests, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from toolchain.bundle import BundleConfig, default_out, roofline_prior_ms, write_bundle
+from toolchain.cli import main
+from toolchain.deploy import PipelineConfig
+from toolchain.errors import ToolchainError
+from toolchain.pruning import PruneConfig
+from toolchain.targets.devices import get_device
+
+pytestmark = pytest.mark.tvm
+
+
+def _cross_tools_available() -> bool:
+    if shutil.which("aarch64-linux-gnu-g++"):
+        return True
+    return subprocess.run(["make", "-s", "cross-tools"], capture_output=True).returncode == 0
+
+
+def test_jetson_bundle_holds_cross_built_library_engine_scripts_and_honest_manifest(tmp_path):
+    if not _cross_tools_available():
+        pytest.skip("the aarch64 cross compiler could not be installed through apt")
+    out = tmp_path / "jetson"
+    manifest = write_bundle(BundleConfig(device="jetson"),
+                            PipelineConfig(model="zoo:demo", out=out, prune=PruneConfig(ratio=0.5)))
+    files = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "arch.json", "weights.safetensors", "manifest.json", "README.md", "build_engine.sh",
+            "run.py", "calib.cache", "model.jetson-orin.so"} <= files
+    assert manifest["tvm"]["elf_machine"] == "aarch64" and manifest["tvm"]["cuda_archs"] == ["sm_87"]
+    assert manifest["device"]["name"] == "jetson-orin" and manifest["device"]["cuda_sm"] == "sm_87"
+    latency = manifest["latency"]
+    assert latency["measured_ms"] is None and "not measured" in latency["measured_note"]
+    assert latency["predicted_ms"] > 0 and "roofline prior" in latency["prediction_source"]
+    assert manifest["tensorrt"]["calibration_cache"] == "calib.cache"
+    assert manifest["versions"]["torch"].startswith("2.")
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    readme = (out / "README.md").read_text()
+    assert "NOT measured" in readme and "build_engine.sh" in readme
+    assert (out / "build_engine.sh").stat().st_mode & 0o111
+
+
+def test_host_bundle_has_a_tvm_library_checked_against_pytorch(tmp_path):
+    out = tmp_path / "cpu"
+    manifest = write_bundle(BundleConfig(device="cpu"),
+                            PipelineConfig(model="zoo:resnet56_cifar", out=out, data="none",
+                                           prune=PruneConfig(ratio=0.3)))
+    assert (out / manifest["tvm"]["library"]).is_file()
+    assert manifest["tvm"]["max_rel_err"] <= 1e-4
+    assert "tensorrt" not in manifest and not (out / "build_engine.sh").exists()
+
+
+def test_unknown_target_lists_the_valid_ones(tmp_path, capsys):
+    code = main(["deploy", "--model", "zoo:demo", "--target", "jetson-nano", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: unknown device 'jetson-nano'; valid: cpu")
+    assert "jetson-orin" in err and not (tmp_path / "x").exists()
+
+
+def test_int8_without_calibration_data_is_refused(tmp_path):
+    if not _cross_tools_available():
+        pytest.skip("the aarch64 cross compiler could not be installed through apt")
+    with pytest.raises(ToolchainError, match="int8 engine needs calibration data"):
+        write_bundle(BundleConfig(device="jetson", precision="int8"),
+                     PipelineConfig(model="zoo:resnet56_cifar", out=tmp_path / "b", data="none"))
+    assert not (tmp_path / "b").exists()
+
+
+def test_default_out_and_roofline_prior():
+    assert str(default_out("jetson", "zoo:demo")) == "dist/jetson-orin/demo"
+    assert str(default_out("cpu", "nets/my.py:build")) == "dist/cpu/my-build"
+    orin = get_device("jetson-orin")
+    compute_bound = roofline_prior_ms(orin, macs=10**12, params=1, precision="fp16")
+    assert compute_bound == pytest.approx(1000 * 2e12 / orin.peak_flops("fp16"))
+    assert roofline_prior_ms(get_device("cpu"), macs=10**9, params=10**6, precision="fp16") is None

@@ -1,0 +1,122 @@
+"""The pruned-model format: shapes as JSON (`arch.json`) plus weights as safetensors.
+
+A pruned model is rebuilt from its factory (no pickle, no pruning history): build the dense
+model, give every recorded module its new parameter shapes and structural attributes, then load
+the weights strictly.
+
+>>> save_pruned(pruned, dense, "out/")          # doctest: +SKIP
+>>> model = load_pruned("out/", "zoo:demo")     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from toolchain.errors import ToolchainError
+from toolchain.models import load_weights, resolve_model
+
+ARCH_VERSION = 1
+
+
+def _structural_attrs(module: nn.Module) -> dict:
+    """Integer (or tuple-of-int) attributes such as in_channels, num_features, num_heads."""
+    attrs = {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or isinstance(value, bool):
+            continue
+        if isinstance(value, int) or (
+            isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            attrs[key] = list(value) if isinstance(value, tuple) else value
+    return attrs
+
+
+def describe_architecture(pruned: nn.Module, dense: nn.Module) -> dict[str, dict]:
+    """Per module whose shapes changed: new parameter/buffer shapes and changed attributes."""
+    dense_modules = dict(dense.named_modules())
+    layers = {}
+    for name, module in pruned.named_modules():
+        reference = dense_modules.get(name)
+        if reference is None:
+            raise ToolchainError(f"module {name!r} of the pruned model is not in the dense model")
+        tensors = {
+            k: list(v.shape)
+            for k, v in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+            if v is not None
+        }
+        ref_tensors = {
+            k: list(v.shape)
+            for k, v in list(reference.named_parameters(recurse=False)) + list(reference.named_buffers(recurse=False))
+            if v is not None
+        }
+        attrs, ref_attrs = _structural_attrs(module), _structural_attrs(reference)
+        changed_attrs = {k: v for k, v in attrs.items() if ref_attrs.get(k) != v}
+        if tensors != ref_tensors or changed_attrs:
+            layers[name] = {"type": type(module).__name__, "tensors": tensors, "attrs": changed_attrs}
+    return layers
+
+
+def apply_architecture(model: nn.Module, layers: dict[str, dict]) -> nn.Module:
+    """Resize a freshly built dense model in place to the recorded shapes (values uninitialised)."""
+    modules = dict(model.named_modules())
+    for name, spec in layers.items():
+        module = modules.get(name)
+        if module is None:
+            raise ToolchainError(f"arch.json names module {name!r}, which the model does not have")
+        if type(module).__name__ != spec["type"]:
+            raise ToolchainError(f"arch.json says {name!r} is a {spec['type']}, the model has {type(module).__name__}")
+        for key, value in spec["attrs"].items():
+            setattr(module, key, tuple(value) if isinstance(value, list) else value)
+        for key, shape in spec["tensors"].items():
+            if key in module._parameters:
+                old = module._parameters[key]
+                module._parameters[key] = nn.Parameter(torch.empty(shape, dtype=old.dtype), old.requires_grad)
+            elif key in module._buffers:
+                old = module._buffers[key]
+                module._buffers[key] = torch.zeros(shape, dtype=old.dtype)
+            else:
+                raise ToolchainError(f"arch.json names tensor {name}.{key}, which the model does not have")
+    return model
+
+
+def write_arch_and_weights(folder: Path, pruned: nn.Module, dense: nn.Module, model_spec: str,
+                           input_shape: tuple[int, ...], widths: dict[str, int]) -> None:
+    """Write `arch.json` and `weights.safetensors` into an existing folder."""
+    arch = {
+        "format_version": ARCH_VERSION,
+        "model": model_spec,
+        "input_shape": list(input_shape),
+        "per_group_widths": widths,
+        "layers": describe_architecture(pruned, dense),
+    }
+    (folder / "arch.json").write_text(json.dumps(arch, indent=1))
+    state = {k: v.detach().contiguous().clone() for k, v in pruned.state_dict().items()}
+    save_file(state, str(folder / "weights.safetensors"))
+
+
+def load_pruned(folder: str | Path, model: str | nn.Module | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild a pruned model from `arch.json` + `weights.safetensors` (eval mode).
+
+    `model` overrides the factory recorded in arch.json (pass a dense module for models that
+    came in as Python objects).
+    """
+    folder = Path(folder)
+    arch_path = folder / "arch.json"
+    if not arch_path.is_file():
+        raise ToolchainError(f"{folder} is not a pruned-model folder: arch.json is missing")
+    try:
+        arch = json.loads(arch_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ToolchainError(f"{arch_path} is not valid JSON: {exc}") from exc
+    if arch.get("format_version") != ARCH_VERSION:
+        raise ToolchainError(f"{arch_path} has format version {arch.get('format_version')}, expected {ARCH_VERSION}")
+    source = model if model is not None else arch["model"]
+    dense, _ = resolve_model(source, input_shape=tuple(arch["input_shape"]))
+    apply_architecture(dense, arch["layers"])
+    load_weights(dense, folder / "weights.safetensors")
+    return dense.eval(), arch

@@ -1,0 +1,211 @@
+"""Deploy bundles for a device: the TVM library, TensorRT engine scripts, calibration, manifest.
+
+`dist/<device>/<model>/` holds everything the person at the board needs:
+
+    model.onnx  arch.json  weights.safetensors  manifest.json  README.md
+    model.<device>.so                 TVM library (cross-built: aarch64 host code + CUDA sm_87)
+    build_engine.sh  run.py           TensorRT engine build (trtexec) and timing on the device
+    calib.cache                       INT8 calibration cache (when calibration data is given)
+
+>>> write_bundle(BundleConfig(device="jetson"), PipelineConfig(model="zoo:demo", out=Path("dist/x")))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from toolchain.deploy import PipelineConfig, Step, write_pruned_folder
+from toolchain.errors import ToolchainError
+from toolchain.targets.devices import DeviceProfile, get_device
+
+ENGINE_PRECISIONS = ("fp16", "int8")
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """Which device the bundle is for and how its TensorRT engine is built there."""
+
+    device: str = "cpu"
+    precision: str = "fp16"  # the engine precision build_engine.sh asks for: fp16 or int8
+    calib_batches: int = 8  # calibration batches used for the INT8 cache
+
+
+def default_out(device: str, model_spec: str) -> Path:
+    """`dist/<device>/<model name>`: `zoo:demo` -> demo, `nets/my.py:build` -> my-build."""
+    if model_spec.startswith("zoo:"):
+        name = model_spec[4:]
+    else:
+        path, _, factory = model_spec.rpartition(":")
+        name = f"{Path(path).stem}-{factory}"
+    return Path("dist") / get_device(device).name / name
+
+
+def library_versions() -> dict[str, str | None]:
+    versions = {}
+    for package in ("toolchain", "torch", "torch-pruning", "onnx", "onnxruntime", "apache-tvm", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def roofline_prior_ms(device: DeviceProfile, macs: int, params: int, precision: str) -> float | None:
+    """An uncalibrated lower bound: the larger of compute time at peak and weight traffic at full bandwidth."""
+    table_precision = "fp16" if precision == "fp16" else "int8"
+    peak = device.peak_flops(table_precision)
+    if peak is None or not device.memory_bandwidth_gb_per_s:
+        return None
+    bytes_per_weight = 2 if table_precision == "fp16" else 1
+    compute_s = 2.0 * macs / peak
+    memory_s = params * bytes_per_weight / (device.memory_bandwidth_gb_per_s * 1e9)
+    return 1000.0 * max(compute_s, memory_s)
+
+
+def _write_executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+class _TargetArtifacts:
+    """The `extend` step of the deploy pipeline for one device."""
+
+    def __init__(self, device: DeviceProfile, config: BundleConfig):
+        self.device, self.config = device, config
+
+    def __call__(self, folder: Path, model: torch.nn.Module, example_input: torch.Tensor, data, manifest: dict,
+                 step: Step) -> None:
+        from toolchain.export import tvm as tvm_export
+
+        onnx_path = folder / "model.onnx"
+        device = self.device
+        manifest["device"] = {"name": device.name, "description": device.description, "cpu_triple": device.cpu_triple,
+                              "cuda_sm": device.cuda_sm, "source": device.source}
+        manifest["versions"] = library_versions()
+        if device.tensorrt_on_device:
+            self._check_tensorrt(onnx_path, manifest)
+        if device.cross_compiler is None and not device.has_gpu:
+            step("compiling the TVM library for this host and checking it against PyTorch")
+            lib = tvm_export.compile_onnx_for_host(onnx_path, folder)
+            manifest["tvm"] = {"library": lib.name, "target": "llvm (this host)",
+                               "max_rel_err": tvm_export.verify_tvm_against(model, lib, example_input)}
+        else:
+            step(f"cross-compiling the TVM library for {device.name} ({device.cpu_triple}, {device.cuda_sm})")
+            lib = tvm_export.cross_compile(onnx_path, device, folder)
+            info = tvm_export.inspect_library(lib)
+            manifest["tvm"] = {"library": lib.name, "elf_machine": info["elf_machine"],
+                               "cuda_archs": info["cuda_archs"], "cuda_source_only": info["cuda_source_only"]}
+        if device.tensorrt_on_device:
+            self._engine_files(folder, onnx_path, data, manifest, step)
+        manifest["latency"] = self._latency_section(manifest)
+        (folder / "README.md").write_text(board_readme(manifest))
+
+    def _check_tensorrt(self, onnx_path: Path, manifest: dict) -> None:
+        from toolchain.export.tensorrt_ops import check_tensorrt_ops
+
+        version = self.device.tensorrt_version
+        found = check_tensorrt_ops(onnx_path, self.config.precision, version)
+        blocking = [op for op in found if op.blocking]
+        if blocking:
+            listed = "; ".join(str(op) for op in blocking[:5])
+            raise ToolchainError(f"TensorRT {version} on {self.device.name} cannot build this ONNX: {listed}")
+        manifest["tensorrt"] = {"version_on_device": version, "precision": self.config.precision,
+                                "fallback_ops": [str(op) for op in found]}
+
+    def _engine_files(self, folder: Path, onnx_path: Path, data, manifest: dict, step: Step) -> None:
+        from toolchain.export.tensorrt import (
+            engine_build_script,
+            has_2_4_sparse_weights,
+            run_script,
+            write_calibration_cache,
+        )
+
+        cache_name = None
+        if data is not None:
+            step("writing the INT8 calibration cache from calibration data")
+            batches = [x.numpy() for x, _ in data.loader("calib", batch_size=1)][: self.config.calib_batches]
+            write_calibration_cache(onnx_path, batches, folder / "calib.cache", self.device.tensorrt_version)
+            cache_name = "calib.cache"
+            manifest["tensorrt"]["int8_calibration"] = (
+                f"calib.cache from {len(batches)} calibration images ({manifest.get('accuracy_data')})")
+        else:
+            manifest["tensorrt"]["int8_calibration"] = "none: no calibration data given (--data); INT8 not offered"
+        manifest["tensorrt"]["calibration_cache"] = cache_name
+        if self.config.precision == "int8" and cache_name is None:
+            raise ToolchainError("an int8 engine needs calibration data: pass --data")
+        sparse = has_2_4_sparse_weights(onnx_path)
+        manifest["tensorrt"]["sparsity_2_4"] = sparse
+        _write_executable(folder / "build_engine.sh", engine_build_script(
+            self.config.precision, calib_cache_name=cache_name if self.config.precision == "int8" else None,
+            sparse_2_4=sparse))
+        _write_executable(folder / "run.py", run_script())
+
+    def _latency_section(self, manifest: dict) -> dict:
+        if "measured_latency_ms" in manifest:  # measured on the device itself by the deploy pipeline
+            return {"measured_ms": manifest["measured_latency_ms"], "source": manifest.get("latency_source")}
+        prior = roofline_prior_ms(self.device, manifest["macs"], manifest["params"], self.config.precision)
+        return {
+            "measured_ms": None,
+            "measured_note": "not measured: no reachable device (set RPC_TRACKER and RPC_KEY to measure on the board)",
+            "predicted_ms": prior,
+            "prediction_source": (
+                "uncalibrated roofline prior from the device table (max of 2*MACs/peak and weight "
+                "bytes/bandwidth); a lower bound, not a measurement"
+                if prior is not None else "none: the device table has no peak figures"
+            ),
+        }
+
+
+def board_readme(manifest: dict) -> str:
+    """The short README.md for the person at the board."""
+    device = manifest["device"]["name"]
+    lines = [
+        f"# {manifest['model']} for {device}",
+        "",
+        f"Built by toolchain {manifest['versions'].get('toolchain')} on {manifest['created_at']}.",
+        f"Parameters {manifest['params']:,} (dense {manifest['dense_params']:,}); "
+        f"MACs {manifest['macs']:,} (dense {manifest['dense_macs']:,}).",
+    ]
+    if "accuracy" in manifest:
+        lines.append(f"Accuracy on {manifest['accuracy_data']} test split: {manifest['accuracy']:.2%} "
+                     f"(dense {manifest['dense_accuracy']:.2%}), measured on the build host.")
+    latency = manifest["latency"]
+    if latency.get("measured_ms") is not None:
+        lines.append(f"Measured latency: {latency['measured_ms']:.3f} ms ({latency.get('source')}).")
+    else:
+        predicted = latency.get("predicted_ms")
+        shown = f"{predicted:.4f} ms" if predicted is not None else "none"
+        lines.append(f"Latency is NOT measured: predicted {shown} — {latency['prediction_source']}.")
+    lines += ["", "## Files", "- `model.onnx`: the pruned network, checked against PyTorch on the build host.",
+              f"- `{manifest['tvm']['library']}`: the TVM library (load with `tvm.runtime.load_module` and run it "
+              "with `tvm.relax.VirtualMachine(lib, device)['main']`)."]
+    if "tensorrt" in manifest:
+        lines += [
+            "- `build_engine.sh`: builds `model.engine` with `trtexec` (on the board: TensorRT engines are "
+            "device-specific).",
+            "- `run.py`: loads `model.engine` with TensorRT's Python API and times it with CUDA events.",
+            f"- `calib.cache`: INT8 calibration cache ({manifest['tensorrt']['int8_calibration']})."
+            if manifest["tensorrt"]["calibration_cache"] else
+            "- no `calib.cache`: no calibration data was given, so only FP16/FP32 engines can be built.",
+            "", "## On the board", "```", "./build_engine.sh", "python3 run.py model.engine", "```",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_bundle(bundle: BundleConfig, pipeline: PipelineConfig, step: Step = lambda _: None) -> dict:
+    """Prune, export, verify and package for `bundle.device`; return the manifest."""
+    device = get_device(bundle.device)
+    if bundle.precision not in ENGINE_PRECISIONS:
+        raise ToolchainError(f"engine precision {bundle.precision!r} is not one of {', '.join(ENGINE_PRECISIONS)}")
+    if device.cross_compiler and shutil.which(device.cross_compiler) is None:  # fail before the slow steps
+        raise ToolchainError(f"cross compiler {device.cross_compiler} not found; run `make cross-tools` "
+                             "(installs g++-aarch64-linux-gnu through apt)")
+    os.makedirs(Path(pipeline.out).parent, exist_ok=True)
+    return write_pruned_folder(pipeline, step, extend=_TargetArtifacts(device, bundle))

@@ -1,0 +1,246 @@
+"""The `toolchain` command line: thin wrappers that parse, call the API, and print."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from toolchain.errors import ToolchainError
+
+stderr = Console(stderr=True)
+
+
+def parse_shape(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a shape like 1,3,224,224") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise click.BadParameter(f"{value!r} is not a shape of positive sizes like 1,3,224,224")
+    return shape
+
+
+def parse_ratio(_ctx, _param, value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise click.BadParameter(f"ratio {value} is outside [0, 1)")
+    return value
+
+
+def model_options(func):
+    """Options shared by every command that takes a model."""
+    for option in reversed([
+        click.option("--model", required=True, help="zoo:NAME or path/to/file.py:factory"),
+        click.option("--weights", type=click.Path(dir_okay=False), help="safetensors or .pt (weights_only)"),
+        click.option("--input-shape", callback=parse_shape, help="e.g. 1,3,224,224 (default: the zoo's)"),
+    ]):
+        func = option(func)
+    return func
+
+
+class Steps:
+    """Prints each long step as it starts (to stderr, so `--json` output stays clean)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            stderr.print(f"[dim]…[/dim] {message}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="toolchain")
+def cli() -> None:
+    """Hardware-aware deployment toolchain: measure, prune under a budget, shrink, verify, export."""
+
+
+@cli.group()
+def zoo() -> None:
+    """The bundled model zoo."""
+
+
+@zoo.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def zoo_list(as_json: bool) -> None:
+    """List zoo models with their example input shapes."""
+    from toolchain.models import get_model_spec, list_models
+
+    rows = [get_model_spec(n) for n in list_models()]
+    if as_json:
+        click.echo(json.dumps([{"name": s.name, "input_shape": list(s.input_shape), "task": s.task} for s in rows]))
+        return
+    for s in rows:
+        click.echo(f"zoo:{s.name:<16} {'x'.join(map(str, s.input_shape)):<14} {s.description}")
+
+
+def _pipeline_options(func):
+    for option in reversed([
+        click.option("--ratio", type=float, default=0.5, show_default=True, callback=parse_ratio,
+                     help="share of channels removed from every prunable group"),
+        click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="keep channel counts on multiples of this"),
+        click.option("--protect", multiple=True, help="layer (module path) whose outputs are never pruned"),
+        click.option("--data", help="mnist5k, cifar10:DIR, or file.py:function (default: mnist5k for zoo:demo)"),
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True),
+        click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON on stdout"),
+    ]):
+        func = option(func)
+    return func
+
+
+def _run_pipeline(model, weights, input_shape, ratio, round_to, protect, data, out, as_json, target="cpu"):
+    from toolchain.deploy import PipelineConfig, write_pruned_folder
+    from toolchain.pruning import PruneConfig
+
+    config = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, data=data,
+                            prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)), target=target)
+    manifest = write_pruned_folder(config, Steps(quiet=as_json))
+    if as_json:
+        click.echo(json.dumps(manifest, indent=1))
+    else:
+        _summary(manifest, out)
+
+
+def _summary(manifest: dict, out: Path) -> None:
+    click.echo(f"wrote {out}/ (model.onnx, arch.json, weights.safetensors, manifest.json)")
+    click.echo(f"  params {manifest['dense_params']:,} -> {manifest['params']:,} "
+               f"({manifest['params'] / manifest['dense_params']:.1%}); "
+               f"MACs {manifest['dense_macs']:,} -> {manifest['macs']:,} "
+               f"({manifest['macs'] / manifest['dense_macs']:.1%})")
+    if "accuracy" in manifest:
+        click.echo(f"  accuracy (measured on {manifest['accuracy_data']} test split): "
+                   f"{manifest['dense_accuracy']:.2%} dense -> {manifest['accuracy']:.2%} pruned")
+    click.echo(f"  ONNX verified against PyTorch: max relative error {manifest['onnx_max_rel_err']:.1e}")
+
+
+@cli.command("prune")
+@model_options
+@_pipeline_options
+def prune_cmd(**kwargs) -> None:
+    """Physically remove channels and write a verified pruned-model folder."""
+    _run_pipeline(**kwargs)
+
+
+@cli.command("deploy")
+@model_options
+@click.option("--ratio", type=float, default=0.5, show_default=True, callback=parse_ratio,
+              help="share of channels removed from every prunable group")
+@click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--protect", multiple=True, help="layer (module path) whose outputs are never pruned")
+@click.option("--data", help="mnist5k, cifar10:DIR, or file.py:function (default: mnist5k for zoo:demo)")
+@click.option("--target", default="cpu", show_default=True, help="device from the device table (jetson = jetson-orin)")
+@click.option("--precision", type=click.Choice(["fp16", "int8"]), default="fp16", show_default=True,
+              help="TensorRT engine precision built on the device")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="default: dist/<target>/<model>")
+@click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON on stdout")
+def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, target, precision, out, as_json) -> None:
+    """Prune for a target, export, verify, and write the deploy bundle with its manifest."""
+    from toolchain.bundle import BundleConfig, default_out, write_bundle
+    from toolchain.deploy import PipelineConfig
+    from toolchain.pruning import PruneConfig
+    from toolchain.targets.devices import get_device
+
+    device = get_device(target)
+    out = out or default_out(device.name, model)
+    pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, data=data,
+                              prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)),
+                              target=device.name)
+    manifest = write_bundle(BundleConfig(device=device.name, precision=precision), pipeline, Steps(quiet=as_json))
+    if as_json:
+        click.echo(json.dumps(manifest, indent=1))
+        return
+    _summary(manifest, out)
+    click.echo(f"  TVM library: {out}/{manifest['tvm']['library']}")
+    latency = manifest["latency"]
+    if latency.get("measured_ms") is not None:
+        click.echo(f"  measured latency on {device.name}: {latency['measured_ms']:.3f} ms")
+    else:
+        predicted = latency.get("predicted_ms")
+        shown = f"{predicted:.4f} ms" if predicted is not None else "none"
+        click.echo(f"  latency NOT measured (no reachable {device.name}); predicted {shown}: "
+                   f"{latency['prediction_source']}")
+    if "tensorrt" in manifest:
+        click.echo(f"on the board: copy {out}/ there, then run ./build_engine.sh && python3 run.py model.engine")
+
+
+@cli.command("export")
+@click.option("--pruned", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="a folder written by `toolchain prune`")
+@click.option("--model", help="or a dense model: zoo:NAME or path/to/file.py:factory")
+@click.option("--weights", type=click.Path(dir_okay=False))
+@click.option("--input-shape", callback=parse_shape)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="the .onnx file")
+@click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True)
+def export_cmd(pruned, model, weights, input_shape, out, opset) -> None:
+    """Export a pruned folder (or a dense model) to ONNX and verify it against PyTorch."""
+    import torch
+
+    from toolchain.archive import load_pruned
+    from toolchain.export.onnx import export_onnx, verify_onnx
+    from toolchain.models import resolve_model
+
+    if (pruned is None) == (model is None):
+        raise ToolchainError("give exactly one of --pruned DIR or --model SPEC")
+    if pruned is not None:
+        module, arch = load_pruned(pruned)
+        shape = tuple(arch["input_shape"])
+    else:
+        module, shape = resolve_model(model, weights, input_shape)
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = export_onnx(module, example, out, opset)
+    err = verify_onnx(module, path, example)
+    click.echo(f"wrote {path} (opset {opset}); max relative error vs PyTorch {err:.1e}")
+
+
+# Commands that live in their own modules (added by later features); absent ones are skipped.
+_PLUGGED_COMMANDS = ["profile", "fit", "predict", "sparsify", "sweep", "report"]
+
+
+def _register_plugged_commands() -> None:
+    for name in _PLUGGED_COMMANDS:
+        try:
+            module = importlib.import_module(f"toolchain.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"toolchain.commands.{name}":
+                continue
+            raise
+        cli.add_command(getattr(module, name))
+
+
+_register_plugged_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the CLI, turns `ToolchainError` into one line and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="toolchain", standalone_mode=False)
+    except ToolchainError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except click.UsageError as exc:  # one line, like every other bad input
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return 2
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

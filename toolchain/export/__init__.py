@@ -1,0 +1,1 @@
+"""Exporters: ONNX (proved against PyTorch), TVM, TensorRT."""

@@ -1,0 +1,105 @@
+"""The pruning API: resolve widths, shrink physically, count what was saved.
+
+>>> result = prune(create_model("demo"), torch.randn(1, 1, 28, 28), ratio=0.5)
+>>> result.manifest["params"] < result.manifest["dense_params"]
+True
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+import torch
+from torch import nn
+
+from toolchain.errors import ToolchainError
+from toolchain.graph import PruningGraph, count_macs_params, round_width, widths_for_ratio
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What to remove. `group_ratios` (group name -> ratio) and `widths` override the uniform `ratio`."""
+
+    ratio: float = 0.5
+    round_to: int = 8
+    protect: tuple[str, ...] = ()
+    group_ratios: dict[str, float] = field(default_factory=dict)
+    widths: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    widths: dict[str, int]
+    manifest: dict
+
+
+def toolchain_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("toolchain")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def check_runs(model: nn.Module, example_input: torch.Tensor) -> None:
+    """Fail with a one-line message if the model rejects the example input."""
+    try:
+        with torch.no_grad():
+            model.eval()(example_input)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ToolchainError(
+            f"the model rejects input shape {tuple(example_input.shape)}: {first_line}"
+        ) from exc
+
+
+def resolve_widths(graph: PruningGraph, config: PruneConfig) -> dict[str, int]:
+    """Per-group target widths from the uniform ratio, per-group ratios and explicit widths."""
+    if config.round_to < 1:
+        raise ToolchainError(f"round-to must be >= 1, got {config.round_to}")
+    widths = widths_for_ratio(graph, config.ratio, config.round_to)
+    for name, ratio in config.group_ratios.items():
+        group = graph.group(name)
+        if not 0.0 <= ratio < 1.0:
+            raise ToolchainError(f"ratio {ratio} for group {name!r} is outside [0, 1)")
+        widths[name] = round_width(group.width * (1.0 - ratio), group.width, config.round_to, group.unit)
+    for name, width in config.widths.items():
+        graph.group(name)
+        widths[name] = int(width)
+    return widths
+
+
+def prune(model: nn.Module, example_input: torch.Tensor, config: PruneConfig | None = None,
+          scores: dict[str, torch.Tensor] | None = None, **overrides) -> PruneResult:
+    """Return a physically shrunk copy of `model` (the input is left untouched) and its manifest.
+
+    Keyword overrides are `PruneConfig` fields: `prune(model, x, ratio=0.3, round_to=16)`.
+    """
+    config = replace(config or PruneConfig(), **overrides)
+    check_runs(model, example_input)
+    dense_macs, dense_params = count_macs_params(model, example_input)
+    pruned = copy.deepcopy(model).eval()
+    graph = PruningGraph(pruned, example_input, protect=config.protect)
+    widths = resolve_widths(graph, config)
+    graph.shrink(widths, scores)
+    macs, params = count_macs_params(pruned, example_input)
+    manifest = {
+        "input_shape": list(example_input.shape),
+        "dense_params": dense_params,
+        "params": params,
+        "dense_macs": dense_macs,
+        "macs": macs,
+        "ratio": config.ratio,
+        "round_to": config.round_to,
+        "protected_layers": list(config.protect),
+        "per_group_widths": graph.widths(),
+        "dense_group_widths": graph.dense_widths(),
+        "frozen_groups": {f.name: f.reason for f in graph.frozen},
+        "toolchain_version": toolchain_version(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return PruneResult(pruned, graph.widths(), manifest)
