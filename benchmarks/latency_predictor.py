@@ -217,8 +217,7 @@ def markdown_report(result: dict) -> str:
     if result["cross_architecture"]:
         lines += [
             "",
-            "Cross-architecture (trained on the models above, tested on all configurations of an unseen "
-            "one):",
+            "Cross-architecture (trained on the models above, tested on all configurations of an unseen one):",
             "",
             "| unseen model | predictor | configurations | MAPE | within ±5% | within ±10% | Spearman |",
             "|---|---|---|---|---|---|---|",
@@ -232,14 +231,10 @@ def markdown_report(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="zoo:resnet18,zoo:mobilenet_v2")
     parser.add_argument("--samples", type=int, default=300, help="width configurations per model (<= 500)")
-    parser.add_argument(
-        "--unseen", default="zoo:resnet50", help="architecture for the cross-architecture test"
-    )
+    parser.add_argument("--unseen", default="zoo:resnet50", help="architecture for the cross-architecture test")
     parser.add_argument("--unseen-samples", type=int, default=40)
     parser.add_argument("--layer-levels", type=int, default=4)
     parser.add_argument("--noise-configs", type=int, default=5)
@@ -274,9 +269,7 @@ def main() -> None:
     }
     panels = []
     for model in models:
-        result["profiles"].append(
-            profile(args, model, args.samples, target, args.layer_levels, args.noise_configs)
-        )
+        result["profiles"].append(profile(args, model, args.samples, target, args.layer_levels, args.noise_configs))
         result["noise_floor"][model] = noise_floor(args.db, model, target)
         result["clock_check"].append(clock_check(model, target, args))
         for predictor in PREDICTORS:
@@ -314,13 +307,9 @@ def main() -> None:
                 **fitted.evaluate(unseen),
             }
             result["cross_architecture"].append(row)
-            panels.append(
-                (f"unseen {_slug(args.unseen)} {predictor}", [q.measured_ms for q in unseen], predicted)
-            )
+            panels.append((f"unseen {_slug(args.unseen)} {predictor}", [q.measured_ms for q in unseen], predicted))
             print(json.dumps(row))
-    environment = (
-        f"{_slug(fingerprint.get('cpu_model', 'cpu'))}-ort{fingerprint['versions']['onnxruntime']}-1t"
-    )
+    environment = f"{_slug(fingerprint.get('cpu_model', 'cpu'))}-ort{fingerprint['versions']['onnxruntime']}-1t"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"latency-{environment}.json").write_text(json.dumps(result, indent=1) + "\n")

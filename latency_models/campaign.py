@@ -34,6 +34,7 @@ from toolchain.targets import RpcEndpoint, Target, get_target
 class CampaignConfig:
     model: str
     db_path: str
+    input_shape: tuple[int, ...] | None = None  # None: the zoo model's own; user factories need one
     target: str = "cpu"
     backend: str | None = None
     threads: int = 1
@@ -131,9 +132,7 @@ def layer_grid(layers: list[LayerSpec], input_channels: int, levels: int) -> lis
     return grid
 
 
-def plan_jobs(
-    config: CampaignConfig, groups, dense_layers: list[LayerSpec], input_channels: int
-) -> list[Job]:
+def plan_jobs(config: CampaignConfig, groups, dense_layers: list[LayerSpec], input_channels: int) -> list[Job]:
     configs = sample_width_configs(groups, config.samples, config.seed, config.min_ratio)
     jobs = [Job("model", c.widths, 0, c.tag) for c in configs]
     for c in configs[: config.noise_configs]:
@@ -170,21 +169,20 @@ def _check_machine(store: MeasurementStore, config: CampaignConfig, target: Targ
 def run_campaign(
     config: CampaignConfig,
     on_progress: Callable[[int, int, str], None] | None = None,
-    model_and_shape: tuple[nn.Module, tuple[int, ...]] | None = None,
 ) -> CampaignReport:
     """Measure every planned configuration not yet in the database; `on_progress(done, total, what)`."""
     target = get_target(config.target, config.backend, config.threads, rpc=config.rpc)
     check_clock(config, target)
     # Building variants (tracing, export) on one torch thread: several times faster on a busy machine.
     with torch_threads(1):
-        return _run(config, target, on_progress, model_and_shape)
+        return _run(config, target, on_progress)
 
 
-def _run(config: CampaignConfig, target: Target, on_progress, model_and_shape) -> CampaignReport:
+def _run(config: CampaignConfig, target: Target, on_progress) -> CampaignReport:
     from toolchain.graph import PruningGraph
     from toolchain.models import resolve_model
 
-    model, input_shape = model_and_shape or resolve_model(config.model)
+    model, input_shape = resolve_model(config.model, input_shape=config.input_shape)
     model = model.eval()
     example_input = torch.randn(*input_shape)
     groups = PruningGraph(copy.deepcopy(model), example_input).groups

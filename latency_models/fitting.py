@@ -55,9 +55,7 @@ def load_rows(store: MeasurementStore, config: FitConfig) -> dict[str, list[Meas
         )
     rows = {}
     for model in models:
-        found = [
-            r for r in store.rows(model, config.target, config.backend, config.threads) if r.replicate == 0
-        ]
+        found = [r for r in store.rows(model, config.target, config.backend, config.threads) if r.replicate == 0]
         if not found:
             raise ToolchainError(
                 f"measurement database {store.path} holds no measurements of {model} on "
@@ -80,14 +78,10 @@ def _describe(store: MeasurementStore) -> str:
     return "; ".join(f"{m} on {t}/{b}/{th}t: {n} {k} rows" for m, t, b, th, k, n in summary)
 
 
-def split_queries(
-    rows: list[MeasurementRow], heldout_fraction: float
-) -> tuple[list[LatencyQuery], list[LatencyQuery]]:
+def split_queries(rows: list[MeasurementRow], heldout_fraction: float) -> tuple[list[LatencyQuery], list[LatencyQuery]]:
     train, heldout = [], []
     for row in rows:
-        (heldout if is_heldout(row.config_key, heldout_fraction) else train).append(
-            LatencyQuery.from_row(row)
-        )
+        (heldout if is_heldout(row.config_key, heldout_fraction) else train).append(LatencyQuery.from_row(row))
     return train, heldout
 
 
@@ -95,9 +89,7 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
     """Fit `config.predictor` on the stored measurements; its metadata carries the held-out metrics."""
     with MeasurementStore(config.db_path, create=False) as store:
         rows_by_model = load_rows(store, config)
-        single_ops = store.rows(
-            target=config.target, backend=config.backend, threads=config.threads, kind="layer"
-        )
+        single_ops = store.rows(target=config.target, backend=config.backend, threads=config.threads, kind="layer")
         first = next(iter(rows_by_model.values()))[0]
         group_names: tuple[str, ...] = ()
         dense_widths: tuple[int, ...] = ()

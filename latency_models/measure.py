@@ -110,9 +110,7 @@ def measure(
     for attempt in range(1, config.max_attempts + 1):
         for _ in range(config.warmup_runs):
             runner.run()
-        current = summarize(
-            _timed_runs_ms(runner, config.timed_runs, clock), attempt, config.max_relative_iqr
-        )
+        current = summarize(_timed_runs_ms(runner, config.timed_runs, clock), attempt, config.max_relative_iqr)
         if best is None or current.relative_iqr < best.relative_iqr:
             best = current
         if best.stable:

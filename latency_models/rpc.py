@@ -47,9 +47,7 @@ def with_retries(
             drop_remote_session(endpoint)
             if attempt < attempts:
                 sleep(wait_s * attempt)
-    first_line = (
-        str(last_error).strip().splitlines()[0] if str(last_error).strip() else type(last_error).__name__
-    )
+    first_line = str(last_error).strip().splitlines()[0] if str(last_error).strip() else type(last_error).__name__
     raise DeviceLostError(
         f"device {endpoint.key!r} via tracker {endpoint.tracker_host}:{endpoint.tracker_port} "
         f"failed {attempts} times during {what}: {first_line}"
@@ -106,9 +104,7 @@ def _wait_until_registered(endpoint: RpcEndpoint, wait_s: float = 20.0) -> None:
         except (ConnectionError, OSError, RuntimeError):
             pass
         time.sleep(0.2)
-    raise ToolchainError(
-        f"RPC server with key {endpoint.key!r} did not register with the tracker in {wait_s} s"
-    )
+    raise ToolchainError(f"RPC server with key {endpoint.key!r} did not register with the tracker in {wait_s} s")
 
 
 def parse_tracker(address: str) -> tuple[str, int]:

@@ -122,9 +122,7 @@ def config_key(
 
     The machine fingerprint is stored, not keyed: a campaign refuses to mix machines in one database.
     """
-    payload = json.dumps(
-        [kind, model, widths, list(input_shape), target, backend, threads, replicate], sort_keys=True
-    )
+    payload = json.dumps([kind, model, widths, list(input_shape), target, backend, threads, replicate], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -138,9 +136,7 @@ class MeasurementStore:
     def __init__(self, path: str | Path, create: bool = True):
         self.path = Path(path)
         if not create and not self.path.exists():
-            raise ToolchainError(
-                f"measurement database {self.path} does not exist; run `toolchain profile` first"
-            )
+            raise ToolchainError(f"measurement database {self.path} does not exist; run `toolchain profile` first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1e3)
@@ -234,8 +230,7 @@ class MeasurementStore:
         try:
             with self.connection:
                 self.connection.execute(
-                    "INSERT OR REPLACE INTO architectures (model, input_shape_json, groups_json) "
-                    "VALUES (?, ?, ?)",
+                    "INSERT OR REPLACE INTO architectures (model, input_shape_json, groups_json) VALUES (?, ?, ?)",
                     (model, json.dumps(list(input_shape)), json.dumps([list(g) for g in groups])),
                 )
         except sqlite3.Error as error:

@@ -101,9 +101,7 @@ class LatencyPredictor:
             )
         shape = self.meta.input_shapes.get(query.model)
         if self.single_architecture and shape is not None and list(query.input_shape) != list(shape):
-            raise ToolchainError(
-                f"predictor was trained at input shape {tuple(shape)}, not {tuple(query.input_shape)}"
-            )
+            raise ToolchainError(f"predictor was trained at input shape {tuple(shape)}, not {tuple(query.input_shape)}")
 
     def check_target(self, target: str | None, backend: str | None, threads: int | None) -> None:
         """Refuse to answer for a target other than the one the training data was measured on."""

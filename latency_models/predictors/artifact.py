@@ -52,9 +52,7 @@ def training_data_hash(config_keys_and_ms: list[tuple[str, float]]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def save_artifact(
-    out_dir: str | Path, meta: ArtifactMeta, params: dict, tensors: dict[str, torch.Tensor]
-) -> Path:
+def save_artifact(out_dir: str | Path, meta: ArtifactMeta, params: dict, tensors: dict[str, torch.Tensor]) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     document = {"meta": asdict(meta), "params": params}
@@ -71,9 +69,7 @@ def read_artifact(path: str | Path) -> tuple[ArtifactMeta, dict, dict[str, torch
     folder = Path(path)
     meta_path = folder / META_FILE
     if not meta_path.is_file():
-        raise ToolchainError(
-            f"{folder} is not a predictor artifact (no {META_FILE}); make one with `toolchain fit`"
-        )
+        raise ToolchainError(f"{folder} is not a predictor artifact (no {META_FILE}); make one with `toolchain fit`")
     try:
         document = json.loads(meta_path.read_text())
         raw = document["meta"]

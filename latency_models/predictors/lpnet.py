@@ -120,9 +120,7 @@ class LPNetPredictor(LatencyPredictor):
         for query in queries:
             self.check_query(query)
             if query.widths is None:
-                raise ToolchainError(
-                    "lpnet needs per-group widths (a pruned folder's manifest or a width dict)"
-                )
+                raise ToolchainError("lpnet needs per-group widths (a pruned folder's manifest or a width dict)")
         return torch.stack([self.normalise(query.widths) for query in queries])
 
     def fit(self, train: list[LatencyQuery]) -> None:

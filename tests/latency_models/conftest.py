@@ -1,9 +1,9 @@
 """Fixtures shared by the latency tests."""
 
 import pytest
+from latency_synthetic import GROUPS, INPUT_SHAPE, synthetic_rows
 
 from latency_models.store import MeasurementStore
-from tests.latency_models.synthetic import GROUPS, INPUT_SHAPE, synthetic_rows
 
 
 @pytest.fixture(scope="session")

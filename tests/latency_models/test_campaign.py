@@ -19,6 +19,7 @@ from latency_models.store import MeasurementStore
 from toolchain.errors import ToolchainError
 
 TINY = str(Path(__file__).with_name("tiny_model.py")) + ":factory"
+TINY_SHAPE = (1, 3, 16, 16)
 QUICK = MeasureConfig(warmup_runs=1, timed_runs=3, max_attempts=1)
 
 
@@ -35,6 +36,7 @@ def _count_rows(path: Path) -> int:
 def test_campaign_stores_model_single_op_and_noise_rows(tmp_path):
     config = CampaignConfig(
         model=TINY,
+        input_shape=TINY_SHAPE,
         db_path=str(tmp_path / "m.db"),
         samples=6,
         layer_levels=2,
@@ -80,7 +82,9 @@ def test_single_op_grid_keeps_model_input_and_output_channels():
 
 
 def test_campaign_refuses_a_database_from_another_machine(tmp_path):
-    config = CampaignConfig(model=TINY, db_path=str(tmp_path / "m.db"), samples=2, measure=QUICK)
+    config = CampaignConfig(
+        model=TINY, input_shape=TINY_SHAPE, db_path=str(tmp_path / "m.db"), samples=2, measure=QUICK
+    )
     run_campaign(config)
     with sqlite3.connect(config.db_path) as connection:
         connection.execute("UPDATE measurements SET fingerprint_id = 'elsewhere'")
@@ -97,6 +101,8 @@ def test_campaign_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_pat
         "toolchain.commands.profile",
         "--model",
         TINY,
+        "--input-shape",
+        "1,3,16,16",
         "--samples",
         "40",
         "--db",
@@ -131,7 +137,11 @@ def test_campaign_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_pat
 
 def test_thread_cpu_clock_is_refused_where_work_leaves_the_timing_thread(tmp_path):
     config = CampaignConfig(
-        model=TINY, db_path=str(tmp_path / "m.db"), threads=2, measure=MeasureConfig(clock="thread_cpu")
+        model=TINY,
+        input_shape=TINY_SHAPE,
+        db_path=str(tmp_path / "m.db"),
+        threads=2,
+        measure=MeasureConfig(clock="thread_cpu"),
     )
     with pytest.raises(ToolchainError, match="thread_cpu needs the cpu target with --threads 1"):
         run_campaign(config)

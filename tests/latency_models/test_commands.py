@@ -21,13 +21,15 @@ def _error_of(result) -> str:
 
 
 def test_profile_unknown_target_lists_valid_ones(tmp_path):
-    result = CliRunner().invoke(profile, ["--model", TINY, "--target", "npu", "--db", str(tmp_path / "m.db")])
+    result = CliRunner().invoke(
+        profile, ["--model", TINY, "--input-shape", "1,3,16,16", "--target", "npu", "--db", str(tmp_path / "m.db")]
+    )
     assert "unknown target 'npu'; valid targets/backends: cpu: onnxruntime" in _error_of(result)
 
 
 def test_profile_unknown_backend_lists_valid_ones(tmp_path):
     result = CliRunner().invoke(
-        profile, ["--model", TINY, "--backend", "coreml", "--db", str(tmp_path / "m.db")]
+        profile, ["--model", TINY, "--input-shape", "1,3,16,16", "--backend", "coreml", "--db", str(tmp_path / "m.db")]
     )
     assert "unknown backend 'coreml' for target 'cpu'; valid: onnxruntime, torch, tvm" in _error_of(result)
 
@@ -53,7 +55,20 @@ def tiny_artifact(tmp_path_factory):
     runner = CliRunner()
     result = runner.invoke(
         profile,
-        ["--model", TINY, "--samples", "12", "--db", str(folder / "m.db"), "--warmup", "1", "--runs", "3"],
+        [
+            "--model",
+            TINY,
+            "--input-shape",
+            "1,3,16,16",
+            "--samples",
+            "12",
+            "--db",
+            str(folder / "m.db"),
+            "--warmup",
+            "1",
+            "--runs",
+            "3",
+        ],
     )
     assert result.exit_code == 0, result.output
     result = runner.invoke(
@@ -65,7 +80,9 @@ def tiny_artifact(tmp_path_factory):
 
 
 def test_predict_dense_model_prints_ms(tiny_artifact):
-    result = CliRunner().invoke(predict, ["--predictor", str(tiny_artifact), "--model", TINY, "--json"])
+    result = CliRunner().invoke(
+        predict, ["--predictor", str(tiny_artifact), "--model", TINY, "--input-shape", "1,3,16,16", "--json"]
+    )
     assert result.exit_code == 0, result.output
     answer = json.loads(result.output)
     assert answer["predicted_ms"] > 0 and answer["target"] == "cpu" and answer["predictor"] == "macs"
@@ -73,7 +90,19 @@ def test_predict_dense_model_prints_ms(tiny_artifact):
 
 def test_predict_refuses_artifact_for_another_target(tiny_artifact):
     result = CliRunner().invoke(
-        predict, ["--predictor", str(tiny_artifact), "--model", TINY, "--target", "cpu", "--backend", "tvm"]
+        predict,
+        [
+            "--predictor",
+            str(tiny_artifact),
+            "--model",
+            TINY,
+            "--input-shape",
+            "1,3,16,16",
+            "--target",
+            "cpu",
+            "--backend",
+            "tvm",
+        ],
     )
     assert "trained for cpu/onnxruntime/1t, not cpu/tvm/1t" in _error_of(result)
 

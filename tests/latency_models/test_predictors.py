@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from latency_synthetic import GROUPS, INPUT_SHAPE, synthetic_layers, synthetic_rows
 
 from latency_models.fitting import FitConfig, fit_predictor
 from latency_models.predictors import LatencyQuery, list_predictors, load_predictor
 from latency_models.store import MeasurementStore
-from tests.latency_models.synthetic import GROUPS, INPUT_SHAPE, synthetic_layers, synthetic_rows
 from toolchain.errors import ToolchainError
 
 TRAIN_STEPS = {"lpnet": 600, "layerwise": 400}

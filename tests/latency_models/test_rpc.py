@@ -17,6 +17,7 @@ from latency_models.rpc import loopback_cluster  # noqa: E402
 
 pytestmark = pytest.mark.tvm
 TINY = str(Path(__file__).with_name("tiny_model.py")) + ":factory"
+TINY_SHAPE = (1, 3, 16, 16)
 QUICK = MeasureConfig(warmup_runs=1, timed_runs=3, max_attempts=1)
 COLUMNS_THAT_DEPEND_ON_THE_RUN = {
     "id",
@@ -41,12 +42,13 @@ def _rows(path: str) -> list[dict]:
 
 def test_profiling_through_rpc_gives_the_same_rows_as_a_local_run(tmp_path):
     local = CampaignConfig(
-        model=TINY, db_path=str(tmp_path / "local.db"), backend="tvm", samples=4, measure=QUICK
+        model=TINY, input_shape=TINY_SHAPE, db_path=str(tmp_path / "local.db"), backend="tvm", samples=4, measure=QUICK
     )
     assert run_campaign(local).failed == []
     with loopback_cluster(key="loopback-test", tracker_port=9290) as cluster:
         remote = CampaignConfig(
             model=TINY,
+            input_shape=TINY_SHAPE,
             db_path=str(tmp_path / "rpc.db"),
             backend="tvm",
             samples=4,
@@ -64,6 +66,7 @@ def test_device_that_disappears_is_retried_then_reported_and_rows_are_kept(tmp_p
     with loopback_cluster(key="flaky", tracker_port=9490) as cluster:
         config = CampaignConfig(
             model=TINY,
+            input_shape=TINY_SHAPE,
             db_path=str(tmp_path / "rpc.db"),
             backend="tvm",
             samples=6,

@@ -3,9 +3,9 @@
 import sqlite3
 
 import pytest
+from latency_synthetic import GROUPS, INPUT_SHAPE, synthetic_rows
 
 from latency_models.store import SCHEMA_VERSION, MeasurementStore
-from tests.latency_models.synthetic import GROUPS, INPUT_SHAPE, synthetic_rows
 from toolchain.errors import ToolchainError
 
 

@@ -13,9 +13,7 @@ from latency_models.predictors import list_predictors
 @click.command("fit")
 @click.option("--db", "db_path", default="runs/latency.db", show_default=True)
 @click.option("--predictor", "predictor_name", required=True, help=f"one of: {', '.join(list_predictors())}")
-@click.option(
-    "--model", "models", multiple=True, help="model spec(s) to train on (default: all in the database)"
-)
+@click.option("--model", "models", multiple=True, help="model spec(s) to train on (default: all in the database)")
 @click.option("--target", default="cpu", show_default=True)
 @click.option("--backend", default="onnxruntime", show_default=True)
 @click.option("--threads", default=1, show_default=True, type=int)
@@ -23,9 +21,7 @@ from latency_models.predictors import list_predictors
 @click.option("--max-train", default=0, show_default=True, type=int, help="cap on training configurations")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
-def fit(
-    db_path, predictor_name, models, target, backend, threads, heldout_fraction, max_train, out_dir, as_json
-):
+def fit(db_path, predictor_name, models, target, backend, threads, heldout_fraction, max_train, out_dir, as_json):
     """Fit a predictor and save it as an artifact folder (predictor.json + weights.safetensors)."""
     config = FitConfig(
         db_path=db_path,

@@ -11,32 +11,32 @@ from latency_models.predictors import LatencyQuery, load_predictor
 from toolchain.errors import ToolchainError
 
 
-def _parse_shape(text: str) -> tuple[int, ...]:
+def parse_shape(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
+    """Click callback: '1,3,224,224' -> (1, 3, 224, 224)."""
+    if value is None:
+        return None
     try:
-        return tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError as error:
-        raise ToolchainError(f"--input-shape must look like 1,3,224,224, got {text!r}") from error
+        shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise ToolchainError(f"--input-shape must look like 1,3,224,224, got {value!r}")
+    return shape
 
 
 def _pruned_query(folder: Path) -> LatencyQuery:
+    """A pruned folder written by `toolchain prune`: its arch.json names the model, shape and widths."""
     from toolchain.archive import load_pruned
 
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise ToolchainError(
-            f"{folder} is not a pruned model folder (no manifest.json); write one with `toolchain prune`"
-        )
-    manifest = json.loads(manifest_path.read_text())
-    model, _ = load_pruned(folder)
-    widths = {name: int(width) for name, width in manifest["per_group_widths"].items()}
-    return LatencyQuery.from_model(manifest["model"], model, tuple(manifest["input_shape"]), widths)
+    model, arch = load_pruned(folder)
+    widths = {name: int(width) for name, width in arch["per_group_widths"].items()}
+    return LatencyQuery.from_model(arch["model"], model, tuple(arch["input_shape"]), widths)
 
 
-def _dense_query(model_spec: str, input_shape: str | None) -> LatencyQuery:
+def _dense_query(model_spec: str, input_shape: tuple[int, ...] | None) -> LatencyQuery:
     from toolchain.models import resolve_model
 
-    model, default_shape = resolve_model(model_spec)
-    shape = _parse_shape(input_shape) if input_shape else tuple(default_shape)
+    model, shape = resolve_model(model_spec, input_shape=input_shape)
     return LatencyQuery.from_model(model_spec, model, shape, widths={})
 
 
@@ -55,7 +55,7 @@ def _dense_query(model_spec: str, input_shape: str | None) -> LatencyQuery:
     help="pruned model folder written by `toolchain prune`",
 )
 @click.option("--model", "model_spec", default=None, help="dense model spec instead of --pruned")
-@click.option("--input-shape", default=None, help="with --model: e.g. 1,3,224,224 (default: the model's)")
+@click.option("--input-shape", callback=parse_shape, help="with --model: e.g. 1,3,224,224 (default: the zoo's)")
 @click.option("--target", default=None, help="refuse unless the predictor was trained for this target")
 @click.option("--backend", default=None)
 @click.option("--threads", default=None, type=int)

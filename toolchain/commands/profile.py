@@ -17,11 +17,13 @@ from rich.progress import (
 from latency_models.campaign import CampaignConfig, run_campaign
 from latency_models.measure import MeasureConfig
 from latency_models.rpc import parse_tracker
+from toolchain.commands.predict import parse_shape
 from toolchain.targets import RpcEndpoint
 
 
 @click.command("profile")
 @click.option("--model", "model_spec", required=True, help="zoo:NAME or file.py:factory")
+@click.option("--input-shape", callback=parse_shape, help="e.g. 1,3,224,224 (default: the zoo's)")
 @click.option("--target", default="cpu", show_default=True)
 @click.option("--backend", default=None, help="default: the target's default backend")
 @click.option("--threads", default=1, show_default=True, type=int)
@@ -57,6 +59,7 @@ from toolchain.targets import RpcEndpoint
 @click.option("--rpc-target", default="", help='TVM target of the device as JSON, e.g. {"kind": "llvm", ...}')
 def profile(
     model_spec,
+    input_shape,
     target,
     backend,
     threads,
@@ -83,6 +86,7 @@ def profile(
         backend = backend or "tvm"
     config = CampaignConfig(
         model=model_spec,
+        input_shape=input_shape,
         db_path=db_path,
         target=target,
         backend=backend,
