@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from latency_models.store import MeasurementStore
@@ -76,6 +77,9 @@ def tiny_artifact(tmp_path_factory):
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["n_train"] > 0
+    result = runner.invoke(fit, ["--db", str(folder / "m.db"), "--predictor", "lpnet", "--out", str(folder / "lpnet")])
+    assert result.exit_code == 0, result.output
+    assert "within ±10%" in result.output
     return folder / "macs"
 
 
@@ -112,3 +116,21 @@ def test_predict_bad_input_shape_is_clear(tiny_artifact):
         predict, ["--predictor", str(tiny_artifact), "--model", TINY, "--input-shape", "one,3,16,16"]
     )
     assert "--input-shape must look like 1,3,224,224" in _error_of(result)
+
+
+def test_predict_pruned_folder_written_by_prune(tiny_artifact, tmp_path):
+    from toolchain.archive import write_arch_and_weights
+    from toolchain.models import resolve_model
+    from toolchain.pruning import prune
+
+    dense, shape = resolve_model(TINY, input_shape=(1, 3, 16, 16))
+    result = prune(dense, torch.randn(*shape), ratio=0.5)
+    folder = tmp_path / "pruned"
+    folder.mkdir()
+    write_arch_and_weights(folder, result.model, dense, TINY, shape, result.widths)
+    for predictor in ("lpnet", "macs"):
+        answer = CliRunner().invoke(
+            predict, ["--predictor", str(tiny_artifact.parent / predictor), "--pruned", str(folder), "--json"]
+        )
+        assert answer.exit_code == 0, answer.output
+        assert json.loads(answer.output)["predicted_ms"] > 0 and json.loads(answer.output)["model"] == TINY
