@@ -71,6 +71,20 @@ def clock_check(model_spec: str, target, args) -> dict:
     return result
 
 
+def alignment_effect(db_path: str, model: str, target) -> dict:
+    """Median measured ms per GMAC of configurations whose widths were rounded to multiples of 8/16/32
+    (aligned) and of those left unrounded: what a MAC count cannot see."""
+    with MeasurementStore(db_path) as store:
+        rows = [r for r in store.rows(model, target.name, target.backend, target.threads) if r.replicate == 0]
+    ms_per_gmac = {"aligned": [], "unaligned": []}
+    for r in rows:
+        if r.sample_tag != "dense":
+            ms_per_gmac["aligned" if "aligned" in r.sample_tag else "unaligned"].append(r.median_ms / (r.macs / 1e9))
+    return {
+        kind: {"n": len(v), "median_ms_per_gmac": float(np.median(v)) if v else None} for kind, v in ms_per_gmac.items()
+    }
+
+
 def heldout_queries(db_path: str, config: FitConfig) -> list[LatencyQuery]:
     with MeasurementStore(db_path, create=False) as store:
         rows = load_rows(store, config)
@@ -182,6 +196,18 @@ def markdown_report(result: dict) -> str:
             f"| {c['model']} | {c['wall']['median_ms']:.2f} ms | {c['thread_cpu']['median_ms']:.2f} ms | "
             f"{c['load_average_1min']:.1f} |"
         )
+    lines += [
+        "",
+        "Measured ms per GMAC, aligned (widths rounded to multiples of 8/16/32) vs unaligned configurations:",
+        "",
+        "| model | aligned (n) | unaligned (n) |",
+        "|---|---|---|",
+    ]
+    for model, a in result.get("alignment", {}).items():
+        lines.append(
+            f"| {model} | {a['aligned']['median_ms_per_gmac']:.1f} ({a['aligned']['n']}) | "
+            f"{a['unaligned']['median_ms_per_gmac']:.1f} ({a['unaligned']['n']}) |"
+        )
     lines += ["", "| model | configurations | profile wall time |", "|---|---|---|"]
     for p in result["profiles"]:
         lines.append(
@@ -264,6 +290,7 @@ def main() -> None:
         "clock_check": [],
         "profiles": [],
         "noise_floor": {},
+        "alignment": {},
         "heldout": [],
         "cross_architecture": [],
     }
@@ -272,6 +299,7 @@ def main() -> None:
         result["profiles"].append(profile(args, model, args.samples, target, args.layer_levels, args.noise_configs))
         result["noise_floor"][model] = noise_floor(args.db, model, target)
         result["clock_check"].append(clock_check(model, target, args))
+        result["alignment"][model] = alignment_effect(args.db, model, target)
         for predictor in PREDICTORS:
             row, measured, predicted = fit_and_score(args, (model,), predictor, target)
             result["heldout"].append(row)
