@@ -18,7 +18,7 @@ from latency_models.campaign import CampaignConfig, run_campaign
 from latency_models.measure import MeasureConfig
 from latency_models.rpc import parse_tracker
 from toolchain.commands.predict import parse_shape
-from toolchain.targets import RpcEndpoint
+from toolchain.targets import RpcEndpoint, get_target
 
 
 @click.command("profile")
@@ -99,6 +99,7 @@ def profile(
         measure=MeasureConfig(warmup_runs=warmup, timed_runs=runs, clock=clock),
         rpc=rpc,
     )
+    get_target(target, backend, threads, rpc=rpc)  # bad names fail before the progress bar appears
     columns = (
         TextColumn("{task.description}", markup=False),
         BarColumn(),
