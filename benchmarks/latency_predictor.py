@@ -145,6 +145,7 @@ def fit_and_score(args, models: tuple[str, ...], predictor: str, target) -> tupl
         "models": list(models),
         "predictor": predictor,
         "n_train": fitted.meta.n_train,
+        "n_single_ops": fitted.meta.n_single_ops,
         "fit_wall_s": fit_s,
         "artifact": str(out_dir),
         **fitted.meta.heldout_metrics,
@@ -181,6 +182,11 @@ def scatter_plot(panels: list[tuple[str, list, list]], path: Path) -> None:
 
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _train_cell(row: dict) -> str:
+    ops = row.get("n_single_ops", 0)
+    return f"{row['n_train']}" + (f" + {ops} single ops" if ops else "")
 
 
 def markdown_report(result: dict) -> str:
@@ -236,7 +242,7 @@ def markdown_report(result: dict) -> str:
     ]
     for r in result["heldout"]:
         lines.append(
-            f"| {r['models'][0]} | {r['predictor']} | {r['n_train']} | {r['n']} | {r['mape_pct']:.2f}% | "
+            f"| {r['models'][0]} | {r['predictor']} | {_train_cell(r)} | {r['n']} | {r['mape_pct']:.2f}% | "
             f"{_pct(r['within_5pct'])} | {_pct(r['within_10pct'])} | {r['spearman']:.3f} | "
             f"{r['fit_wall_s']:.0f} s |"
         )
@@ -245,12 +251,12 @@ def markdown_report(result: dict) -> str:
             "",
             "Cross-architecture (trained on the models above, tested on all configurations of an unseen one):",
             "",
-            "| unseen model | predictor | configurations | MAPE | within ±5% | within ±10% | Spearman |",
-            "|---|---|---|---|---|---|---|",
+            "| unseen model | predictor | trained on | tested on | MAPE | within ±5% | within ±10% | Spearman |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in result["cross_architecture"]:
             lines.append(
-                f"| {r['unseen_model']} | {r['predictor']} | {r['n']} | {r['mape_pct']:.2f}% | "
+                f"| {r['unseen_model']} | {r['predictor']} | {_train_cell(r)} | {r['n']} | {r['mape_pct']:.2f}% | "
                 f"{_pct(r['within_5pct'])} | {_pct(r['within_10pct'])} | {r['spearman']:.3f} |"
             )
     return "\n".join(lines) + "\n"
@@ -332,6 +338,8 @@ def main() -> None:
                 "train_models": list(models),
                 "unseen_model": args.unseen,
                 "predictor": predictor,
+                "n_train": fitted.meta.n_train,
+                "n_single_ops": fitted.meta.n_single_ops,
                 **fitted.evaluate(unseen),
             }
             result["cross_architecture"].append(row)

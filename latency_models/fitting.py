@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from latency_models.features import spec_from_dict
-from latency_models.predictors import LatencyPredictor, LatencyQuery, create_predictor
+from latency_models.predictors import LatencyPredictor, LatencyQuery, create_predictor, predictor_class
 from latency_models.predictors.artifact import ArtifactMeta, training_data_hash
 from latency_models.store import MeasurementRow, MeasurementStore, now_utc
 from toolchain.errors import ToolchainError
@@ -101,6 +101,7 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
             groups = store.groups(first.model, first.input_shape)
             group_names = tuple(g[0] for g in groups)
             dense_widths = tuple(int(g[1]) for g in groups)
+    single_ops = [r for r in single_ops if r.model in rows_by_model]
     train, heldout = [], []
     for rows in rows_by_model.values():
         model_train, model_heldout = split_queries(rows, config.heldout_fraction)
@@ -111,6 +112,9 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
             f"need at least one training and one held-out configuration, got {len(train)} and "
             f"{len(heldout)}; profile more samples"
         )
+    n_configurations = len(train)
+    if predictor_class(config.predictor).trains_on_single_ops:
+        train += [LatencyQuery.from_row(r) for r in single_ops]
     meta = ArtifactMeta(
         predictor=config.predictor,
         target=config.target,
@@ -123,7 +127,8 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
         group_names=group_names,
         dense_widths=dense_widths,
         training_data_hash=training_data_hash([(q.config_key, q.measured_ms) for q in train]),
-        n_train=len(train),
+        n_train=n_configurations,
+        n_single_ops=len(train) - n_configurations,
         created_at=now_utc(),
     )
     predictor = create_predictor(config.predictor, meta)

@@ -67,6 +67,8 @@ class LatencyPredictor:
     name: ClassVar[str] = ""
     # True when the predictor only answers for the architectures it was trained on (lpnet).
     single_architecture: ClassVar[bool] = False
+    # True when single-op measurements (kind 'layer') are training samples too (layerwise).
+    trains_on_single_ops: ClassVar[bool] = False
     # Optimiser steps of neural predictors; `FitConfig.train_steps` overrides it (tests train briefly).
     train_steps: int = 0
 
@@ -133,10 +135,14 @@ def list_predictors() -> list[str]:
     return sorted(_PREDICTORS)
 
 
-def create_predictor(name: str, meta: ArtifactMeta) -> LatencyPredictor:
+def predictor_class(name: str) -> type[LatencyPredictor]:
     if name not in _PREDICTORS:
         raise ToolchainError(f"unknown predictor {name!r}; valid: {', '.join(list_predictors())}")
-    return _PREDICTORS[name](replace(meta, predictor=name))
+    return _PREDICTORS[name]
+
+
+def create_predictor(name: str, meta: ArtifactMeta) -> LatencyPredictor:
+    return predictor_class(name)(replace(meta, predictor=name))
 
 
 def load_predictor(

@@ -36,7 +36,8 @@ class ArtifactMeta:
     group_names: tuple[str, ...] = ()  # lpnet: the width-vector order
     dense_widths: tuple[int, ...] = ()  # lpnet: dense width of each group, same order
     training_data_hash: str = ""
-    n_train: int = 0
+    n_train: int = 0  # whole-model configurations trained on
+    n_single_ops: int = 0  # single-op measurements trained on (layerwise)
     heldout_metrics: dict = field(default_factory=dict)
     created_at: str = ""
     artifact_version: int = ARTIFACT_VERSION

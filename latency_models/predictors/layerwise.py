@@ -5,7 +5,9 @@ Each layer's time is written as a roofline-shaped sum the MLP modulates,
     ms = exp(h0) * compute_scale * MMACs + exp(h1) * memory_scale * Melements moved + exp(h2) * overhead,
 so an unseen layer with more channels extrapolates through MACs and bytes rather than through the MLP alone;
 the MLP learns the efficiency of each kind of layer (including alignment of its channel counts). It is
-trained on whole-model measurements: the loss compares the summed prediction with the measured latency.
+trained on whole-model measurements (the loss compares the summed prediction with the measured latency)
+and, where the campaign made them, on single-op measurements, each a "model" of one layer: those teach
+the per-layer cost directly and are what lets it transfer to an unseen architecture.
 
 Example:
     >>> predictor = create_predictor("layerwise", meta); predictor.fit(train_queries)
@@ -85,6 +87,7 @@ def _layer_batch(
 @register_predictor
 class LayerwisePredictor(LatencyPredictor):
     name = "layerwise"
+    trains_on_single_ops = True
     train_steps = 1500
 
     def __init__(self, meta):
