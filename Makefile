@@ -53,6 +53,21 @@ cross-tools:
 	    exit 2; }; }
 	@$(CROSS_CXX) --version | head -n 1
 
+# Benchmark report (HTML + Markdown) from whatever outputs exist; missing ones are reported as missing.
+REPORT_RUNS ?= runs/ benchmarks/results/ dist/
+REPORT_OUT  ?= report/
+
+.PHONY: report
+report: $(STAMP)
+	@mkdir -p $(REPORT_RUNS)
+	$(BIN)/toolchain report $(REPORT_RUNS) --out $(REPORT_OUT)
+
+# Sparse-kernel benchmark (CPU rows always, GPU rows when CUDA is visible), serialised with
+# other benchmarks on the shared machine; writes benchmarks/results/kernels-<environment>.*
+.PHONY: bench-kernels
+bench-kernels: $(STAMP)
+	flock /tmp/toolchain-bench.lock $(BIN)/python -m benchmarks.kernels
+
 # Latency measurement (timings serialised with other benchmarks through one lock file when flock exists).
 SAMPLES ?= 300
 PROFILE_TARGET ?= cpu

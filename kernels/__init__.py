@@ -1,1 +1,24 @@
-"""kernels."""
+"""Micro-structured sparsity: patterns, ADMM training, sparse kernels and the module swap.
+
+Public entry points (Triton is imported only when a CUDA tensor reaches a sparse module):
+
+    >>> from kernels import SparsifyConfig, sparsify_
+    >>> model = torch.nn.Sequential(torch.nn.Linear(64, 32))     # doctest: +SKIP
+    >>> sparsify_(model, SparsifyConfig(pattern="block4x4", sparsity=0.8))   # doctest: +SKIP
+    ['0']
+"""
+
+from kernels.admm import AdmmConfig, admm_train_
+from kernels.modules import SparseConv2d, SparseLinear
+from kernels.patterns import Pattern
+from kernels.sparsify import SparsifyConfig, sparsify_
+
+__all__ = [
+    "AdmmConfig",
+    "Pattern",
+    "SparseConv2d",
+    "SparseLinear",
+    "SparsifyConfig",
+    "admm_train_",
+    "sparsify_",
+]

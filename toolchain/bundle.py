@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from toolchain.data import resolve_data
 from toolchain.deploy import PipelineConfig, Step, write_pruned_folder
 from toolchain.errors import ToolchainError
 from toolchain.targets.devices import DeviceProfile, get_device
@@ -163,6 +164,15 @@ class _TargetArtifacts:
         }
 
 
+def latency_summary(latency: dict, device: str) -> str:
+    """One sentence that says whether the latency was measured or predicted, and from what."""
+    if latency.get("measured_ms") is not None:
+        return f"measured latency on {device}: {latency['measured_ms']:.3f} ms ({latency.get('source')})"
+    predicted = latency.get("predicted_ms")
+    shown = f"{predicted:.4f} ms" if predicted is not None else "none"
+    return f"latency NOT measured (no reachable {device}); predicted {shown}: {latency['prediction_source']}"
+
+
 def board_readme(manifest: dict) -> str:
     """The short README.md for the person at the board."""
     device = manifest["device"]["name"]
@@ -176,13 +186,7 @@ def board_readme(manifest: dict) -> str:
     if "accuracy" in manifest:
         lines.append(f"Accuracy on {manifest['accuracy_data']} test split: {manifest['accuracy']:.2%} "
                      f"(dense {manifest['dense_accuracy']:.2%}), measured on the build host.")
-    latency = manifest["latency"]
-    if latency.get("measured_ms") is not None:
-        lines.append(f"Measured latency: {latency['measured_ms']:.3f} ms ({latency.get('source')}).")
-    else:
-        predicted = latency.get("predicted_ms")
-        shown = f"{predicted:.4f} ms" if predicted is not None else "none"
-        lines.append(f"Latency is NOT measured: predicted {shown} — {latency['prediction_source']}.")
+    lines.append(latency_summary(manifest["latency"], device) + ".")
     lines += ["", "## Files", "- `model.onnx`: the pruned network, checked against PyTorch on the build host.",
               f"- `{manifest['tvm']['library']}`: the TVM library (load with `tvm.runtime.load_module` and run it "
               "with `tvm.relax.VirtualMachine(lib, device)['main']`)."]
@@ -207,5 +211,7 @@ def write_bundle(bundle: BundleConfig, pipeline: PipelineConfig, step: Step = la
     if device.cross_compiler and shutil.which(device.cross_compiler) is None:  # fail before the slow steps
         raise ToolchainError(f"cross compiler {device.cross_compiler} not found; run `make cross-tools` "
                              "(installs g++-aarch64-linux-gnu through apt)")
+    if bundle.precision == "int8" and device.tensorrt_on_device and resolve_data(pipeline.data, pipeline.model) is None:
+        raise ToolchainError("an int8 engine needs calibration data: pass --data")
     os.makedirs(Path(pipeline.out).parent, exist_ok=True)
     return write_pruned_folder(pipeline, step, extend=_TargetArtifacts(device, bundle))

@@ -11,20 +11,9 @@ import click
 from rich.console import Console
 
 from toolchain.errors import ToolchainError
+from toolchain.shapes import parse_shape
 
 stderr = Console(stderr=True)
-
-
-def parse_shape(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a shape like 1,3,224,224") from None
-    if not shape or any(d <= 0 for d in shape):
-        raise click.BadParameter(f"{value!r} is not a shape of positive sizes like 1,3,224,224")
-    return shape
 
 
 def parse_ratio(_ctx, _param, value: float) -> float:
@@ -78,6 +67,25 @@ def zoo_list(as_json: bool) -> None:
         return
     for s in rows:
         click.echo(f"zoo:{s.name:<16} {'x'.join(map(str, s.input_shape)):<14} {s.description}")
+
+
+@cli.command("targets")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def targets_cmd(as_json: bool) -> None:
+    """List deployment devices from the device table (with aliases and roofline facts)."""
+    from toolchain.targets.devices import ALIASES, get_device, list_devices
+
+    devices = [get_device(n) for n in list_devices()]
+    if as_json:
+        click.echo(json.dumps([{"name": d.name, "description": d.description, "cpu_triple": d.cpu_triple,
+                                "cuda_sm": d.cuda_sm, "peak_flops_per_s": dict(d.peak_flops_per_s),
+                                "memory_bandwidth_gb_per_s": d.memory_bandwidth_gb_per_s,
+                                "aliases": sorted(a for a, t in ALIASES.items() if t == d.name)} for d in devices]))
+        return
+    for d in devices:
+        aliases = sorted(a for a, t in ALIASES.items() if t == d.name)
+        alias_text = f" (alias: {', '.join(aliases)})" if aliases else ""
+        click.echo(f"{d.name:<14} {d.cpu_triple:<20} {d.cuda_sm or '-':<7} {d.description}{alias_text}")
 
 
 def _pipeline_options(func):
@@ -142,7 +150,7 @@ def prune_cmd(**kwargs) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON on stdout")
 def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, target, precision, out, as_json) -> None:
     """Prune for a target, export, verify, and write the deploy bundle with its manifest."""
-    from toolchain.bundle import BundleConfig, default_out, write_bundle
+    from toolchain.bundle import BundleConfig, default_out, latency_summary, write_bundle
     from toolchain.deploy import PipelineConfig
     from toolchain.pruning import PruneConfig
     from toolchain.targets.devices import get_device
@@ -158,14 +166,7 @@ def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, targ
         return
     _summary(manifest, out)
     click.echo(f"  TVM library: {out}/{manifest['tvm']['library']}")
-    latency = manifest["latency"]
-    if latency.get("measured_ms") is not None:
-        click.echo(f"  measured latency on {device.name}: {latency['measured_ms']:.3f} ms")
-    else:
-        predicted = latency.get("predicted_ms")
-        shown = f"{predicted:.4f} ms" if predicted is not None else "none"
-        click.echo(f"  latency NOT measured (no reachable {device.name}); predicted {shown}: "
-                   f"{latency['prediction_source']}")
+    click.echo(f"  {latency_summary(manifest['latency'], device.name)}")
     if "tensorrt" in manifest:
         click.echo(f"on the board: copy {out}/ there, then run ./build_engine.sh && python3 run.py model.engine")
 

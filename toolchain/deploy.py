@@ -27,6 +27,8 @@ from toolchain.pruning import PruneConfig, check_runs, prune
 from toolchain.recover import recalibrate_batchnorm
 
 MANIFEST = "manifest.json"
+# Files that mark a folder as a toolchain output, which a later run may replace.
+OUTPUT_MARKERS = (MANIFEST, "sparsify.json")
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ def _make_readable(folder: Path) -> None:
 def check_output_folder(out: Path) -> None:
     """Refuse an `--out` that holds something other than an earlier toolchain output."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+    is_ours = out.is_dir() and any((out / marker).is_file() for marker in OUTPUT_MARKERS)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_ours)):
         raise ToolchainError(f"--out {out} exists and is not a toolchain output folder; choose another path")
 
 

@@ -145,3 +145,11 @@ def test_console_script_entry_point_exits_2_on_bad_input(tmp_path):
                            str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown zoo model 'nope'")
+
+
+def test_targets_lists_the_device_table_with_aliases(capsys):
+    code, stdout, _ = run_cli(["targets", "--json"], capsys)
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(stdout)}
+    assert {"cpu", "jetson-orin", "jetson-xavier", "h100"} <= set(rows)
+    assert rows["jetson-orin"]["aliases"] == ["jetson"] and rows["jetson-orin"]["cuda_sm"] == "sm_87"

@@ -113,7 +113,7 @@ def test_verify_rejects_a_different_model(convnet_lib):
     other, _ = make_model("convnet")
     with torch.no_grad():
         other.head[-1].bias.add_(1.0)
-    with pytest.raises(ToolchainError, match="TVM output differs from PyTorch"):
+    with pytest.raises(ToolchainError, match="TVM library output differs from PyTorch"):
         tvm_export.verify_tvm_against(other, lib, torch.randn(shape))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,14 +63,10 @@ def max_relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.abs(reference - candidate).max()) / scale
 
 
-def verify_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor, n_random: int = 2,
-                tolerance: float = MAX_REL_ERR_FP32, seed: int = 0) -> float:
-    """Run the ONNX file in onnxruntime on the example and random inputs; return max relative error.
-
-    Raises `ToolchainError` if it exceeds `tolerance` (1e-4 for fp32).
-    """
-    session = onnx_session(path)
-    input_name = session.get_inputs()[0].name
+def compare_with_pytorch(model: nn.Module, run: Callable[[np.ndarray], list[np.ndarray]], example_input: torch.Tensor,
+                         label: str, n_random: int = 2, tolerance: float = MAX_REL_ERR_FP32, seed: int = 0) -> float:
+    """Run a compiled model (`run`: input array -> output arrays) and PyTorch on the example and
+    `n_random` seeded random inputs; return the max relative error, raise above `tolerance`."""
     generator = torch.Generator().manual_seed(seed)
     inputs = [example_input] + [torch.randn(example_input.shape, generator=generator) for _ in range(n_random)]
     worst = 0.0
@@ -78,13 +75,25 @@ def verify_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor,
         with torch.no_grad():
             expected = model(x)
         expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
-        got = session.run(None, {input_name: x.numpy()})
+        got = run(x.numpy())
         if len(got) != len(expected):
-            raise ToolchainError(f"ONNX model has {len(got)} outputs, PyTorch has {len(expected)}")
-        for e, g in zip(expected, got):
+            raise ToolchainError(f"{label} has {len(got)} outputs, PyTorch has {len(expected)}")
+        for e, g in zip(expected, got, strict=True):
             if tuple(e.shape) != tuple(g.shape):
-                raise ToolchainError(f"ONNX output shape {g.shape} differs from PyTorch {tuple(e.shape)}")
+                raise ToolchainError(f"{label} output shape {g.shape} differs from PyTorch {tuple(e.shape)}")
             worst = max(worst, max_relative_error(e.numpy(), g))
     if worst > tolerance:
-        raise ToolchainError(f"ONNX output differs from PyTorch: max relative error {worst:.2e} > {tolerance:.0e}")
+        raise ToolchainError(f"{label} output differs from PyTorch: max relative error {worst:.2e} > {tolerance:.0e}")
     return worst
+
+
+def verify_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor, n_random: int = 2,
+                tolerance: float = MAX_REL_ERR_FP32, seed: int = 0) -> float:
+    """Run the ONNX file in onnxruntime on the example and random inputs; return max relative error.
+
+    Raises `ToolchainError` if it exceeds `tolerance` (1e-4 for fp32).
+    """
+    session = onnx_session(path)
+    input_name = session.get_inputs()[0].name
+    return compare_with_pytorch(model, lambda x: session.run(None, {input_name: x}), example_input, "ONNX model",
+                                n_random, tolerance, seed)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import ToolchainError
-from toolchain.export.onnx import MAX_REL_ERR_FP32, max_relative_error
+from toolchain.export.onnx import MAX_REL_ERR_FP32, compare_with_pytorch
 from toolchain.export.tvm_build import find_nvcc, nvcc_supported_archs
 from toolchain.export.tvm_inspect import elf_machine, inspect_library
 from toolchain.targets.devices import DeviceProfile
@@ -29,7 +29,7 @@ from toolchain.targets.devices import DeviceProfile
 CROSS_BUILD_TIMEOUT_S = 900
 
 __all__ = [
-    "compile_onnx_for_host", "cross_compile", "inspect_library", "max_relative_error", "run_tvm_host",
+    "compile_onnx_for_host", "cross_compile", "inspect_library", "run_tvm_host",
     "time_tvm_host", "verify_tvm_against",
 ]
 
@@ -155,29 +155,9 @@ def verify_tvm_against(torch_model, lib_path: str | Path, example_input, n_rando
 
     Returns the max relative error; raises ToolchainError above `tolerance` (1e-4 for fp32).
     """
-    import torch
-
     vm, _ = _load_vm(lib_path)
-    generator = torch.Generator().manual_seed(seed)
-    randoms = [torch.randn(example_input.shape, generator=generator) for _ in range(n_random)]
-    inputs = [example_input, *randoms]
-    worst = 0.0
-    torch_model = torch_model.eval()
-    for x in inputs:
-        with torch.no_grad():
-            expected = torch_model(x)
-        expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
-        got = _run(vm, [x.numpy()])
-        if len(got) != len(expected):
-            raise ToolchainError(f"TVM library has {len(got)} outputs, PyTorch has {len(expected)}")
-        for e, g in zip(expected, got, strict=True):
-            if tuple(e.shape) != tuple(g.shape):
-                raise ToolchainError(f"TVM output shape {g.shape} differs from PyTorch {tuple(e.shape)}")
-            worst = max(worst, max_relative_error(e.numpy(), g))
-    if worst > tolerance:
-        raise ToolchainError(
-            f"TVM output differs from PyTorch: max relative error {worst:.2e} > {tolerance:.0e}")
-    return worst
+    return compare_with_pytorch(torch_model, lambda x: _run(vm, [x]), example_input, "TVM library",
+                                n_random, tolerance, seed)
 
 
 def time_tvm_host(lib_path: str | Path, input_shape: Sequence[int], repeats: int,
