@@ -8,20 +8,7 @@ from pathlib import Path
 import click
 
 from latency_models.predictors import LatencyQuery, load_predictor
-from toolchain.errors import ToolchainError
-
-
-def parse_shape(_ctx, _param, value: str | None) -> tuple[int, ...] | None:
-    """Click callback: '1,3,224,224' -> (1, 3, 224, 224)."""
-    if value is None:
-        return None
-    try:
-        shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
-    except ValueError:
-        shape = ()
-    if not shape or any(d <= 0 for d in shape):
-        raise ToolchainError(f"--input-shape must look like 1,3,224,224, got {value!r}")
-    return shape
+from toolchain.shapes import parse_shape
 
 
 def _pruned_query(folder: Path) -> LatencyQuery:

@@ -17,7 +17,7 @@ from rich.progress import (
 from latency_models.campaign import CampaignConfig, run_campaign
 from latency_models.measure import MeasureConfig
 from latency_models.rpc import parse_tracker
-from toolchain.commands.predict import parse_shape
+from toolchain.shapes import parse_shape
 from toolchain.targets import RpcEndpoint, get_target
 
 
