@@ -9,28 +9,18 @@ import click
 
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("report"),
-    show_default=True,
-    help="folder for report.html, report.md and images/",
-)
-@click.option(
-    "--bundle",
-    help="which pruned model to show per layer: part of its manifest path "
-    "(default: the first with a profiled dense model)",
-)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
+              help="folder for report.html, report.md and images/")
+@click.option("--bundle", help="which pruned model to show per layer: part of its manifest path "
+                               "(default: the first with a profiled dense model)")
 def report(runs: tuple[Path, ...], out: Path, bundle: str | None) -> None:
     """Build a benchmark report from run folders and result files (deploy manifests, sweep results,
     predictor and kernel benchmarks, measurement databases). Missing inputs are reported as missing."""
     from toolchain.report import build_report
 
     result = build_report(runs, out, bundle)
-    click.echo(
-        f"wrote {result.html_path} (self-contained) and {result.markdown_path} "
-        f"(+ {len(result.image_paths)} images in {result.markdown_path.parent / 'images'})"
-    )
+    click.echo(f"wrote {result.html_path} (self-contained) and {result.markdown_path} "
+               f"(+ {len(result.image_paths)} images in {result.markdown_path.parent / 'images'})")
     for title, status in result.sections:
         click.echo(f"  {status:<9} {title}")
     if result.unreadable:

@@ -29,9 +29,8 @@ def _density(model: torch.nn.Module, names: list[str]) -> float:
     return kept / max(total, 1)
 
 
-def run_sparsify(
-    pattern: str, model_spec: str, weights: str | None, input_shape: tuple[int, ...] | None, sparsity: float | None
-) -> tuple[dict, torch.nn.Module]:
+def run_sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: tuple[int, ...] | None,
+                 sparsity: float | None) -> tuple[dict, torch.nn.Module]:
     """Masks, swaps and checks; returns the report and the masked dense model.
 
     Bad input raises ``ValueError`` with a one-line message (the command turns it into a
@@ -60,9 +59,8 @@ def run_sparsify(
             raise ValueError(message) from None
     max_abs_error = float((expected - got).abs().max())
     matches = bool(torch.allclose(got, expected, rtol=OUTPUT_RTOL, atol=OUTPUT_ATOL))
-    all_layers = [
-        name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear | torch.nn.Conv2d)
-    ]
+    all_layers = [name for name, module in model.named_modules()
+                  if isinstance(module, torch.nn.Linear | torch.nn.Conv2d)]
     report = {
         "model": model_spec,
         "pattern": pattern,
@@ -82,31 +80,15 @@ def run_sparsify(
 @click.option("--pattern", required=True, help="2:4, N:M, blockRxC (e.g. block4x4), stripe or unifyRxC.")
 @click.option("--model", "model_spec", required=True, help="zoo:NAME or path/file.py:factory.")
 @click.option("--weights", default=None, help="Weights file (safetensors) for the model.")
-@click.option(
-    "--input-shape", default=None, callback=parse_shape, help="Input shape like 1,3,224,224 (default: the model's)."
-)
-@click.option(
-    "--sparsity",
-    type=float,
-    default=None,
-    help="Share of zero blocks/stripes for block, stripe and unify (default 0.5).",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder for sparsify.json and the masked dense weights (masked.safetensors).",
-)
+@click.option("--input-shape", default=None, callback=parse_shape,
+              help="Input shape like 1,3,224,224 (default: the model's).")
+@click.option("--sparsity", type=float, default=None,
+              help="Share of zero blocks/stripes for block, stripe and unify (default 0.5).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for sparsify.json and the masked dense weights (masked.safetensors).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def sparsify(
-    pattern: str,
-    model_spec: str,
-    weights: str | None,
-    input_shape: tuple[int, ...] | None,
-    sparsity: float | None,
-    out: Path | None,
-    as_json: bool,
-) -> None:
+def sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: tuple[int, ...] | None,
+             sparsity: float | None, out: Path | None, as_json: bool) -> None:
     """Replace eligible layers with sparse kernels and check them against the masked dense model."""
     from toolchain.errors import ToolchainError
 
@@ -126,15 +108,11 @@ def sparsify(
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        click.echo(
-            f"{len(report['replaced_layers'])} layers -> {pattern} sparse modules "
-            f"(weight density {report['weight_density_replaced']:.2f}); "
-            f"{len(report['dense_layers'])} kept dense"
-        )
-        click.echo(
-            f"max |sparse - masked dense| = {report['max_abs_error']:.2e} "
-            f"({'ok' if report['outputs_match'] else 'MISMATCH'})"
-        )
+        click.echo(f"{len(report['replaced_layers'])} layers -> {pattern} sparse modules "
+                   f"(weight density {report['weight_density_replaced']:.2f}); "
+                   f"{len(report['dense_layers'])} kept dense")
+        click.echo(f"max |sparse - masked dense| = {report['max_abs_error']:.2e} "
+                   f"({'ok' if report['outputs_match'] else 'MISMATCH'})")
     if not report["outputs_match"]:
         error = report["max_abs_error"]
         raise ToolchainError(f"sparse outputs differ from the masked dense model by {error:.2e}")
