@@ -67,3 +67,15 @@ report: $(STAMP)
 .PHONY: bench-kernels
 bench-kernels: $(STAMP)
 	flock /tmp/toolchain-bench.lock $(BIN)/python -m benchmarks.kernels
+
+# Latency measurement (timings serialised with other benchmarks through one lock file when flock exists).
+SAMPLES ?= 300
+PROFILE_TARGET ?= cpu
+BENCH_LOCK := $(if $(shell command -v flock),flock /tmp/toolchain-bench.lock,)
+.PHONY: bench-latency profile
+
+bench-latency: $(STAMP)
+	$(BENCH_LOCK) $(BIN)/python benchmarks/latency_predictor.py $(BENCH_ARGS)
+
+profile: $(STAMP)
+	$(BENCH_LOCK) $(BIN)/toolchain profile --model $(MODEL) --target $(PROFILE_TARGET) --samples $(SAMPLES) --db runs/latency.db
