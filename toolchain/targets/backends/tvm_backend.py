@@ -24,13 +24,12 @@ FREE_DEVICE_WAIT_S = 30.0
 def compile_onnx(onnx_model: bytes, tvm_target: dict):
     """ONNX bytes -> TVM Relax executable for `tvm_target` (apache-tvm 0.27 accepts target dicts only)."""
     import onnx
-    import tvm
-    from tvm.relax.frontend.onnx import from_onnx
+
+    from toolchain.export.tvm import compile_relax
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = from_onnx(onnx.load_from_string(onnx_model), keep_params_in_input=False)
-        return tvm.compile(module, target=tvm.target.Target(tvm_target))
+        return compile_relax(onnx.load_from_string(onnx_model), tvm_target)
 
 
 class TvmRunner:
