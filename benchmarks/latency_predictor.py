@@ -190,7 +190,7 @@ def _train_cell(row: dict) -> str:
 
 
 def markdown_report(result: dict) -> str:
-    """The tables of BENCHMARKS.md / benchmarks/LATENCY.md, from the JSON this script writes."""
+    """The tables of BENCHMARKS.md, from the JSON this script writes."""
     lines = [
         f"Clock: `{result['clock']}`. Dense models timed with both clocks back to back:",
         "",

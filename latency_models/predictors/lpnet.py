@@ -50,7 +50,7 @@ class LPNet(nn.Module):
     Besides the widths the MLP reads, per group and alignment period p, (1 + cos(2*pi*channels/p)) / 2: a
     smooth, differentiable signal that is 1 where the channel count is a multiple of p. Without it an MLP on
     widths alone cannot see that kernels are markedly faster at aligned channel counts (see
-    benchmarks/LATENCY.md). A few MLPs trained from different seeds
+    BENCHMARKS.md). A few MLPs trained from different seeds
     are averaged in log space, which steadies predictions between the measured configurations.
     """
 
