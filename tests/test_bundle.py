@@ -54,6 +54,9 @@ def test_host_bundle_has_a_tvm_library_checked_against_pytorch(tmp_path):
     assert (out / manifest["tvm"]["library"]).is_file()
     assert manifest["tvm"]["max_rel_err"] <= 1e-4
     assert "tensorrt" not in manifest and not (out / "build_engine.sh").exists()
+    # on the host the latency is measured, never predicted, and says how
+    assert manifest["latency"]["measured_ms"] > 0 and "cpu/onnxruntime/1t" in manifest["latency"]["source"]
+    assert manifest["latency_fingerprint"]["threads"] == 1
 
 
 def test_unknown_target_lists_the_valid_ones(tmp_path, capsys):

@@ -75,6 +75,21 @@ def _write_executable(path: Path, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
+def _measure_on_host(model: torch.nn.Module, example_input: torch.Tensor, manifest: dict) -> None:
+    """Time the pruned model on this machine with the measurement harness (not a prediction)."""
+    from latency_models.fingerprint import machine_fingerprint
+    from latency_models.measure import MeasureConfig, measure
+    from toolchain.targets import get_target
+
+    target = get_target("cpu")
+    config = MeasureConfig()
+    result = measure(target.prepare(model, example_input), config)
+    manifest["measured_latency_ms"] = result.median_ms
+    manifest["latency_source"] = (f"measured on this host, {target.label}: median of {len(result.samples_ms)} runs "
+                                  f"after {config.warmup_runs} warm-up runs, IQR {result.iqr_ms:.3f} ms")
+    manifest["latency_fingerprint"] = machine_fingerprint(target)
+
+
 class _TargetArtifacts:
     """The `extend` step of the deploy pipeline for one device."""
 
@@ -93,6 +108,9 @@ class _TargetArtifacts:
         if device.tensorrt_on_device:
             self._check_tensorrt(onnx_path, manifest)
         if device.cross_compiler is None and not device.has_gpu:
+            if "measured_latency_ms" not in manifest:  # the budget loop measures; a ratio prune is measured here
+                step("measuring latency on this host (cpu/onnxruntime, 1 thread)")
+                _measure_on_host(model, example_input, manifest)
             step("compiling the TVM library for this host and checking it against PyTorch")
             lib = tvm_export.compile_onnx_for_host(onnx_path, folder)
             manifest["tvm"] = {"library": lib.name, "target": "llvm (this host)",
