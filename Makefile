@@ -70,7 +70,9 @@ bench-kernels: $(STAMP)
 
 # Latency measurement (timings serialised with other benchmarks through one lock file when flock exists).
 SAMPLES ?= 300
-PROFILE_TARGET ?= cpu
+# `make profile TARGET=jetson RPC_TRACKER=host:port RPC_KEY=jetson-orin` profiles the board's CPU over TVM RPC.
+RPC_TRACKER ?=
+RPC_KEY ?=
 BENCH_LOCK := $(if $(shell command -v flock),flock /tmp/toolchain-bench.lock,)
 .PHONY: bench-latency profile
 
@@ -78,4 +80,5 @@ bench-latency: $(STAMP)
 	$(BENCH_LOCK) $(BIN)/python benchmarks/latency_predictor.py $(BENCH_ARGS)
 
 profile: $(STAMP)
-	$(BENCH_LOCK) $(BIN)/toolchain profile --model $(MODEL) --target $(PROFILE_TARGET) --samples $(SAMPLES) --db runs/latency.db
+	$(BENCH_LOCK) $(BIN)/toolchain profile --model $(MODEL) --device $(TARGET) --samples $(SAMPLES) \
+		$(if $(RPC_TRACKER),--rpc-tracker $(RPC_TRACKER) --rpc-key $(RPC_KEY)) --db runs/latency.db

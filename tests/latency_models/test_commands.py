@@ -134,3 +134,21 @@ def test_predict_pruned_folder_written_by_prune(tiny_artifact, tmp_path):
         )
         assert answer.exit_code == 0, answer.output
         assert json.loads(answer.output)["predicted_ms"] > 0 and json.loads(answer.output)["model"] == TINY
+
+
+def test_profile_of_a_remote_device_without_rpc_says_what_is_needed(tmp_path):
+    from toolchain.cli import main
+
+    code = main(["profile", "--model", "zoo:demo", "--device", "jetson", "--db", str(tmp_path / "x.db")])
+    assert code == 2
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_device_rpc_target_comes_from_the_device_table():
+    import json
+
+    from toolchain.commands.profile import _device_rpc_target
+
+    target = json.loads(_device_rpc_target("jetson", "127.0.0.1:9190", "jetson-orin"))
+    assert target["mtriple"] == "aarch64-linux-gnu"
+    assert _device_rpc_target("cpu", None, None) == ""

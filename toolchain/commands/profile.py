@@ -21,6 +21,22 @@ from toolchain.shapes import parse_shape
 from toolchain.targets import RpcEndpoint, get_target
 
 
+def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str | None) -> str:
+    """A remote device is reached through TVM RPC; its CPU target comes from the device table."""
+    import json
+
+    from toolchain.errors import ToolchainError
+    from toolchain.targets.devices import get_device
+
+    device = get_device(device_name)
+    if device.name == "cpu":
+        return ""
+    if not (rpc_tracker and rpc_key):
+        raise ToolchainError(f"profiling {device.name} needs the board: give --rpc-tracker HOST:PORT and --rpc-key "
+                             "(make profile TARGET=... RPC_TRACKER=... RPC_KEY=...)")
+    return json.dumps(dict(device.tvm_host_target))
+
+
 @click.command("profile")
 @click.option("--model", "model_spec", required=True, help="zoo:NAME or file.py:factory")
 @click.option("--input-shape", callback=parse_shape, help="e.g. 1,3,224,224 (default: the zoo's)")
@@ -57,6 +73,9 @@ from toolchain.targets import RpcEndpoint, get_target
 @click.option("--rpc-tracker", default=None, help="HOST:PORT of a TVM RPC tracker (needs --backend tvm)")
 @click.option("--rpc-key", default=None, help="device key registered with the tracker")
 @click.option("--rpc-target", default="", help='TVM target of the device as JSON, e.g. {"kind": "llvm", ...}')
+@click.option("--device", default=None,
+              help="a device from the device table (jetson, h100, ...): its CPU is profiled through TVM RPC, "
+                   "with --rpc-target taken from the table")
 def profile(
     model_spec,
     input_shape,
@@ -75,8 +94,11 @@ def profile(
     rpc_tracker,
     rpc_key,
     rpc_target,
+    device,
 ):
     """Sample per-group widths, build each pruned variant, time it, and store one row per configuration."""
+    if device is not None:
+        rpc_target = _device_rpc_target(device, rpc_tracker, rpc_key) or rpc_target
     rpc = None
     if rpc_tracker or rpc_key:
         if not (rpc_tracker and rpc_key):
