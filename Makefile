@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 # Jetson bundles need the aarch64 cross compiler, installed through apt when missing.
 deploy: $(STAMP) $(if $(filter jetson%,$(TARGET)),cross-tools)
 	$(BIN)/toolchain deploy --model $(MODEL) --target $(TARGET) --ratio $(RATIO) --precision $(PRECISION) \
-		$(if $(OUT),--out $(OUT))
+		$(if $(OUT),--out $(OUT)) $(if $(RPC_TRACKER),--rpc-tracker $(RPC_TRACKER) --rpc-key $(RPC_KEY))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)

@@ -107,6 +107,17 @@ def _wait_until_registered(endpoint: RpcEndpoint, wait_s: float = 20.0) -> None:
     raise ToolchainError(f"RPC server with key {endpoint.key!r} did not register with the tracker in {wait_s} s")
 
 
+def tracker_unreachable_reason(endpoint: RpcEndpoint, timeout_s: float = 3.0) -> str | None:
+    """None when the tracker accepts a TCP connection, else why not (fast: TVM's own connect retries ~60 s)."""
+    import socket
+
+    try:
+        with socket.create_connection((endpoint.tracker_host, endpoint.tracker_port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"tracker {endpoint.tracker_host}:{endpoint.tracker_port} is unreachable ({exc.strerror or exc})"
+
+
 def parse_tracker(address: str) -> tuple[str, int]:
     """'HOST:PORT' -> (host, port) with a clear error."""
     host, _, port = address.rpartition(":")
