@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 # Jetson bundles need the aarch64 cross compiler, installed through apt when missing.
 deploy: $(STAMP) $(if $(filter jetson%,$(TARGET)),cross-tools)
 	$(BIN)/toolchain deploy --model $(MODEL) --target $(TARGET) --ratio $(RATIO) --precision $(PRECISION) \
-		$(if $(OUT),--out $(OUT))
+		$(if $(OUT),--out $(OUT)) $(if $(RPC_TRACKER),--rpc-tracker $(RPC_TRACKER) --rpc-key $(RPC_KEY))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
@@ -67,6 +67,21 @@ report: $(STAMP)
 .PHONY: bench-kernels
 bench-kernels: $(STAMP)
 	flock /tmp/toolchain-bench.lock $(BIN)/python -m benchmarks.kernels
+
+# Latency measurement (timings serialised with other benchmarks through one lock file when flock exists).
+SAMPLES ?= 300
+# `make profile TARGET=jetson RPC_TRACKER=host:port RPC_KEY=jetson-orin` profiles the board's CPU over TVM RPC.
+RPC_TRACKER ?=
+RPC_KEY ?=
+BENCH_LOCK := $(if $(shell command -v flock),flock /tmp/toolchain-bench.lock,)
+.PHONY: bench-latency profile
+
+bench-latency: $(STAMP)
+	$(BENCH_LOCK) $(BIN)/python benchmarks/latency_predictor.py $(BENCH_ARGS)
+
+profile: $(STAMP)
+	$(BENCH_LOCK) $(BIN)/toolchain profile --model $(MODEL) --device $(TARGET) --samples $(SAMPLES) \
+		$(if $(RPC_TRACKER),--rpc-tracker $(RPC_TRACKER) --rpc-key $(RPC_KEY)) --db runs/latency.db
 
 # Budget sweep benchmark (cpu/onnxruntime, measured). It takes /tmp/toolchain-bench.lock around every
 # measurement itself: do not wrap it in flock. SWEEP_ARGS e.g. "--budgets 0.4,0.6,0.8 --workers 2".

@@ -54,6 +54,9 @@ def test_host_bundle_has_a_tvm_library_checked_against_pytorch(tmp_path):
     assert (out / manifest["tvm"]["library"]).is_file()
     assert manifest["tvm"]["max_rel_err"] <= 1e-4
     assert "tensorrt" not in manifest and not (out / "build_engine.sh").exists()
+    # on the host the latency is measured, never predicted, and says how
+    assert manifest["latency"]["measured_ms"] > 0 and "cpu/onnxruntime/1t" in manifest["latency"]["source"]
+    assert manifest["latency_fingerprint"]["threads"] == 1
 
 
 def test_unknown_target_lists_the_valid_ones(tmp_path, capsys):
@@ -79,3 +82,29 @@ def test_default_out_and_roofline_prior():
     compute_bound = roofline_prior_ms(orin, macs=10**12, params=1, precision="fp16")
     assert compute_bound == pytest.approx(1000 * 2e12 / orin.peak_flops("fp16"))
     assert roofline_prior_ms(get_device("cpu"), macs=10**9, params=10**6, precision="fp16") is None
+
+
+def test_deploy_measures_on_the_board_through_tvm_rpc(tmp_path):
+    """A TVM RPC server on 127.0.0.1 stands in for the board."""
+    pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
+    from latency_models.rpc import loopback_cluster
+
+    out = tmp_path / "board"
+    with loopback_cluster(key="stand-in-board", tracker_port=9490) as cluster:
+        manifest = write_bundle(BundleConfig(device="cpu", rpc=cluster.endpoint),
+                                PipelineConfig(model="zoo:demo", out=out, data="none", prune=PruneConfig(ratio=0.5)))
+    latency = manifest["latency"]
+    assert latency["measured_ms"] > 0
+    assert "'stand-in-board' through TVM RPC" in latency["source"]
+    assert manifest["latency_fingerprint"]["device"] == "rpc:stand-in-board"
+
+
+def test_unreachable_board_still_gives_a_bundle_that_says_latency_is_not_measured(tmp_path):
+    from toolchain.targets import RpcEndpoint
+
+    out = tmp_path / "b"
+    manifest = write_bundle(BundleConfig(device="cpu", rpc=RpcEndpoint("127.0.0.1", 9, "gone")),
+                            PipelineConfig(model="zoo:resnet56_cifar", out=out, data="none"))
+    assert manifest["latency"]["measured_ms"] is not None  # measured on the host instead, and labelled so
+    assert "measured on this host" in manifest["latency"]["source"]
+    assert "gone" in manifest["latency_unreachable"]

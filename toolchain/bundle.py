@@ -24,6 +24,7 @@ import torch
 from toolchain.data import resolve_data
 from toolchain.deploy import PipelineConfig, Step, write_pruned_folder
 from toolchain.errors import ToolchainError
+from toolchain.targets import RpcEndpoint
 from toolchain.targets.devices import DeviceProfile, get_device
 
 ENGINE_PRECISIONS = ("fp16", "int8")
@@ -36,6 +37,7 @@ class BundleConfig:
     device: str = "cpu"
     precision: str = "fp16"  # the engine precision build_engine.sh asks for: fp16 or int8
     calib_batches: int = 8  # calibration batches used for the INT8 cache
+    rpc: RpcEndpoint | None = None  # the board, reached through a TVM RPC tracker, to measure on
 
 
 def default_out(device: str, model_spec: str) -> Path:
@@ -75,6 +77,54 @@ def _write_executable(path: Path, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
+def _measure_on_host(model: torch.nn.Module, example_input: torch.Tensor, manifest: dict) -> None:
+    """Time the pruned model on this machine with the measurement harness (not a prediction)."""
+    from latency_models.fingerprint import machine_fingerprint
+    from latency_models.measure import MeasureConfig, measure
+    from toolchain.targets import get_target
+
+    target = get_target("cpu")
+    config = MeasureConfig()
+    result = measure(target.prepare(model, example_input), config)
+    manifest["measured_latency_ms"] = result.median_ms
+    manifest["latency_source"] = (f"measured on this host, {target.label}: median of {len(result.samples_ms)} runs "
+                                  f"after {config.warmup_runs} warm-up runs, IQR {result.iqr_ms:.3f} ms")
+    manifest["latency_fingerprint"] = machine_fingerprint(target)
+
+
+def _measure_through_rpc(model: torch.nn.Module, example_input: torch.Tensor, manifest: dict,
+                         device: DeviceProfile, endpoint: RpcEndpoint) -> None:
+    """Compile on this host for the board's CPU, upload, and time with TVM's evaluator on the board."""
+    import json
+    from dataclasses import replace
+
+    from latency_models.fingerprint import machine_fingerprint
+    from latency_models.measure import MeasureConfig, measure
+    from latency_models.rpc import DeviceLostError, tracker_unreachable_reason, with_retries
+    from toolchain.targets import get_target
+
+    board_target = "" if device.name == "cpu" else json.dumps(dict(device.tvm_host_target))
+    endpoint = replace(endpoint, tvm_target_json=endpoint.tvm_target_json or board_target)
+    target = get_target("cpu", "tvm", 1, rpc=endpoint)
+    config = MeasureConfig()
+    unreachable = tracker_unreachable_reason(endpoint)
+    if unreachable is not None:
+        manifest["latency_unreachable"] = f"device {endpoint.key!r}: {unreachable}"
+        return
+    try:
+        result = with_retries(lambda: measure(target.prepare(model, example_input), config), endpoint,
+                              what="timing the deployed model")
+    except DeviceLostError as exc:  # the bundle is still written; its latency stays a labelled prediction
+        manifest["latency_unreachable"] = str(exc)
+        return
+    manifest["measured_latency_ms"] = result.median_ms
+    manifest["latency_source"] = (
+        f"measured on device {endpoint.key!r} through TVM RPC (tracker {endpoint.tracker_host}:"
+        f"{endpoint.tracker_port}), TVM target {endpoint.tvm_target_json or 'llvm'} (CPU path): median of "
+        f"{len(result.samples_ms)} runs of TVM's time evaluator, IQR {result.iqr_ms:.3f} ms")
+    manifest["latency_fingerprint"] = machine_fingerprint(target)
+
+
 class _TargetArtifacts:
     """The `extend` step of the deploy pipeline for one device."""
 
@@ -92,7 +142,13 @@ class _TargetArtifacts:
         manifest["versions"] = library_versions()
         if device.tensorrt_on_device:
             self._check_tensorrt(onnx_path, manifest)
+        if self.config.rpc is not None:
+            step(f"measuring latency on the board {self.config.rpc.key!r} through TVM RPC")
+            _measure_through_rpc(model, example_input, manifest, device, self.config.rpc)
         if device.cross_compiler is None and not device.has_gpu:
+            if "measured_latency_ms" not in manifest:  # the budget loop measures; a ratio prune is measured here
+                step("measuring latency on this host (cpu/onnxruntime, 1 thread)")
+                _measure_on_host(model, example_input, manifest)
             step("compiling the TVM library for this host and checking it against PyTorch")
             lib = tvm_export.compile_onnx_for_host(onnx_path, folder)
             manifest["tvm"] = {"library": lib.name, "target": "llvm (this host)",
@@ -154,7 +210,9 @@ class _TargetArtifacts:
         prior = roofline_prior_ms(self.device, manifest["macs"], manifest["params"], self.config.precision)
         return {
             "measured_ms": None,
-            "measured_note": "not measured: no reachable device (set RPC_TRACKER and RPC_KEY to measure on the board)",
+            "measured_note": (f"not measured: {manifest['latency_unreachable']}" if "latency_unreachable" in manifest
+                              else "not measured: no reachable device (set RPC_TRACKER and RPC_KEY to measure on "
+                                   "the board)"),
             "predicted_ms": prior,
             "prediction_source": (
                 "uncalibrated roofline prior from the device table (max of 2*MACs/peak and weight "

@@ -219,8 +219,11 @@ def _progress_bar(quiet: bool):
 @click.option("--precision", type=click.Choice(["fp16", "int8"]), default="fp16", show_default=True,
               help="TensorRT engine precision built on the device")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="default: dist/<target>/<model>")
+@click.option("--rpc-tracker", help="HOST:PORT of the TVM RPC tracker the board is registered with")
+@click.option("--rpc-key", help="the board's key at the tracker (e.g. jetson-orin)")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON on stdout")
-def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, target, precision, out, as_json) -> None:
+def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, target, precision, out, rpc_tracker,
+               rpc_key, as_json) -> None:
     """Prune for a target, export, verify, and write the deploy bundle with its manifest."""
     from toolchain.bundle import BundleConfig, default_out, latency_summary, write_bundle
     from toolchain.deploy import PipelineConfig
@@ -232,7 +235,16 @@ def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, targ
     pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, data=data,
                               prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)),
                               target=device.name)
-    manifest = write_bundle(BundleConfig(device=device.name, precision=precision), pipeline, Steps(quiet=as_json))
+    rpc = None
+    if rpc_tracker or rpc_key:
+        from latency_models.rpc import parse_tracker
+        from toolchain.targets import RpcEndpoint
+
+        if not (rpc_tracker and rpc_key):
+            raise ToolchainError("--rpc-tracker and --rpc-key go together")
+        rpc = RpcEndpoint(*parse_tracker(rpc_tracker), rpc_key)
+    manifest = write_bundle(BundleConfig(device=device.name, precision=precision, rpc=rpc), pipeline,
+                            Steps(quiet=as_json))
     if as_json:
         click.echo(json.dumps(manifest, indent=1))
         return

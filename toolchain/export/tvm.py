@@ -60,6 +60,16 @@ def _sidecar(lib_path: Path) -> Path:
     return lib_path.with_suffix(".json")
 
 
+def compile_relax(onnx_model, target: Mapping, input_shapes: Mapping[str, Sequence[int]] | None = None):
+    """An ONNX ModelProto -> TVM Relax executable for a target dict (apache-tvm 0.27 refuses strings)."""
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    shape_dict = {k: list(v) for k, v in input_shapes.items()} if input_shapes else None
+    mod = from_onnx(onnx_model, shape_dict=shape_dict, keep_params_in_input=False)
+    return tvm.compile(mod, target=tvm.target.Target(dict(target)))
+
+
 def compile_onnx_for_host(onnx_path: str | Path, out_dir: str | Path, threads: int = 1,
                           input_shapes: Mapping[str, Sequence[int]] | None = None) -> Path:
     """Compile the ONNX for this machine (`llvm`) into `<out_dir>/<stem>.tvm-host.so`.
@@ -69,7 +79,6 @@ def compile_onnx_for_host(onnx_path: str | Path, out_dir: str | Path, threads: i
     """
     import onnx
     import tvm
-    from tvm.relax.frontend.onnx import from_onnx
 
     path = _check_onnx(onnx_path)
     if threads < 1:
@@ -78,9 +87,7 @@ def compile_onnx_for_host(onnx_path: str | Path, out_dir: str | Path, threads: i
     out_dir.mkdir(parents=True, exist_ok=True)
     target = {"kind": "llvm", "num-cores": threads}
     try:
-        shape_dict = {k: list(v) for k, v in input_shapes.items()} if input_shapes else None
-        mod = from_onnx(onnx.load(str(path)), shape_dict=shape_dict, keep_params_in_input=False)
-        executable = tvm.compile(mod, target=tvm.target.Target(target))
+        executable = compile_relax(onnx.load(str(path)), target, input_shapes)
     except Exception as exc:
         raise ToolchainError(f"TVM could not compile {path.name}: {type(exc).__name__}: "
                              f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}") from exc

@@ -1,0 +1,267 @@
+"""A profiling campaign: sample width configurations of a model, build each physically pruned variant
+(random or given weights, timing does not care), measure it on the target, store one row per configuration.
+
+Resumable by construction: the configuration list depends only on (model, seed, samples), every row is
+committed as soon as it is measured, and a configuration already in the database is skipped. Killing the
+campaign loses at most the configuration being timed. On a remote device (TVM RPC) a failing device is
+retried, then reported; what was measured stays.
+
+Example:
+    >>> report = run_campaign(CampaignConfig(model="zoo:resnet18", db_path="runs/latency.db", samples=300))
+    >>> report.measured, report.skipped
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from latency_models.features import COMPUTE_OPS, LayerSpec, layer_specs, total_macs
+from latency_models.fingerprint import fingerprint_id, machine_fingerprint
+from latency_models.measure import CLOCKS, MeasureConfig, Measurement, measure, torch_threads
+from latency_models.rpc import with_retries
+from latency_models.sampling import layer_grid_ratios, sample_width_configs
+from latency_models.store import MeasurementRow, MeasurementStore, config_key
+from toolchain.errors import ToolchainError
+from toolchain.targets import RpcEndpoint, Target, get_target
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    model: str
+    db_path: str
+    input_shape: tuple[int, ...] | None = None  # None: the zoo model's own; user factories need one
+    target: str = "cpu"
+    backend: str | None = None
+    threads: int = 1
+    samples: int = 300
+    seed: int = 0
+    min_ratio: float = 0.1  # smallest width a budget may ask for, as a fraction of the dense width
+    layer_levels: int = 0  # single-op grid: channel levels per axis for each distinct layer shape; 0 = none
+    noise_configs: int = 0  # re-measure this many configurations (replicates) for the noise floor
+    noise_replicates: int = 3
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    rpc: RpcEndpoint | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "model" | "layer"
+    widths: dict  # per-group widths, or the single op's LayerSpec as a dict
+    replicate: int
+    tag: str
+
+
+@dataclass
+class CampaignReport:
+    planned: int = 0
+    measured: int = 0
+    skipped: int = 0  # already in the database
+    failed: list[str] = field(default_factory=list)
+
+
+def build_variant(model: nn.Module, example_input: torch.Tensor, widths: dict[str, int]) -> nn.Module:
+    """A physically pruned copy of `model` with exactly `widths` channels per group."""
+    from toolchain.graph import PruningGraph
+
+    variant = copy.deepcopy(model)
+    PruningGraph(variant, example_input).shrink(widths)
+    return variant.eval()
+
+
+def single_op(layer: LayerSpec) -> tuple[nn.Module, torch.Tensor]:
+    """A one-layer model and its input, shaped like `layer` (the unit of the lookup table)."""
+    if layer.op in ("conv", "dwconv"):
+        module = nn.Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel,
+            layer.stride,
+            padding=layer.kernel // 2,
+            groups=layer.groups,
+            bias=False,
+        )
+        return module.eval(), torch.randn(layer.batch, layer.in_channels, layer.in_h, layer.in_w)
+    if layer.op == "linear":
+        shape = (
+            (layer.batch, layer.in_channels)
+            if layer.in_h * layer.in_w == 1
+            else (layer.batch, layer.in_h, layer.in_channels)
+        )
+        return nn.Linear(layer.in_channels, layer.out_channels).eval(), torch.randn(*shape)
+    raise ValueError(f"no single-op builder for {layer.op!r}")
+
+
+def layer_grid(layers: list[LayerSpec], input_channels: int, levels: int) -> list[LayerSpec]:
+    """Each distinct compute-layer shape at a grid of channel counts (fixed model input/output channels)."""
+    if levels < 1:
+        return []
+    compute = [layer for layer in layers if layer.op in COMPUTE_OPS and layer.op != "conv_transpose"]
+    grid, seen = [], set()
+    for index, layer in enumerate(compute):
+        vary_in = not (index == 0 and layer.in_channels == input_channels)
+        vary_out = index != len(compute) - 1
+        for ratio_in in layer_grid_ratios(levels) if vary_in else [1.0]:
+            for ratio_out in layer_grid_ratios(levels) if vary_out else [1.0]:
+                cin = max(1, round(layer.in_channels * ratio_in))
+                cout = max(1, round(layer.out_channels * ratio_out))
+                if layer.op == "dwconv":
+                    if ratio_in != ratio_out:
+                        continue
+                    cin = cout = max(1, round(layer.out_channels * ratio_out))
+                spec = LayerSpec(
+                    layer.op,
+                    cin,
+                    cout,
+                    layer.kernel,
+                    layer.stride,
+                    cin if layer.op == "dwconv" else layer.groups,
+                    layer.in_h,
+                    layer.in_w,
+                    layer.out_h,
+                    layer.out_w,
+                    layer.batch,
+                )
+                if (spec.signature(), cin, cout) not in seen:
+                    seen.add((spec.signature(), cin, cout))
+                    grid.append(spec)
+    return grid
+
+
+def plan_jobs(config: CampaignConfig, groups, dense_layers: list[LayerSpec], input_channels: int) -> list[Job]:
+    configs = sample_width_configs(groups, config.samples, config.seed, config.min_ratio)
+    jobs = [Job("model", c.widths, 0, c.tag) for c in configs]
+    for c in configs[: config.noise_configs]:
+        jobs += [Job("model", c.widths, r, "noise") for r in range(1, config.noise_replicates + 1)]
+    jobs += [
+        Job("layer", spec.to_dict(), 0, "single-op")
+        for spec in layer_grid(dense_layers, input_channels, config.layer_levels)
+    ]
+    return jobs
+
+
+def check_clock(config: CampaignConfig, target: Target) -> None:
+    """The thread-CPU clock is only meaningful when the whole inference runs on the calling thread."""
+    if config.measure.clock not in CLOCKS:
+        raise ToolchainError(f"unknown clock {config.measure.clock!r}; valid: {', '.join(CLOCKS)}")
+    if config.measure.clock == "thread_cpu" and (
+        target.name != "cpu" or target.threads != 1 or target.backend not in ("onnxruntime", "torch")
+    ):
+        raise ToolchainError(
+            f"--clock thread_cpu needs the cpu target with --threads 1 and backend onnxruntime "
+            f"or torch (the inference must run on the timing thread), not {target.label}"
+        )
+
+
+def _check_machine(store: MeasurementStore, config: CampaignConfig, target: Target, machine_id: str) -> None:
+    others = store.fingerprint_ids(config.model, target.name, target.backend, target.threads) - {machine_id}
+    if others:
+        raise ToolchainError(
+            f"{store.path} already holds {config.model} on {target.label} measured on another "
+            f"machine or with another clock ({sorted(others)}); use another --db"
+        )
+
+
+def run_campaign(
+    config: CampaignConfig,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> CampaignReport:
+    """Measure every planned configuration not yet in the database; `on_progress(done, total, what)`."""
+    target = get_target(config.target, config.backend, config.threads, rpc=config.rpc)
+    check_clock(config, target)
+    # Building variants (tracing, export) on one torch thread: several times faster on a busy machine.
+    with torch_threads(1):
+        return _run(config, target, on_progress)
+
+
+def _run(config: CampaignConfig, target: Target, on_progress) -> CampaignReport:
+    from toolchain.graph import PruningGraph
+    from toolchain.models import resolve_model
+
+    model, input_shape = resolve_model(config.model, input_shape=config.input_shape)
+    model = model.eval()
+    example_input = torch.randn(*input_shape)
+    groups = PruningGraph(copy.deepcopy(model), example_input).groups
+    dense_layers = layer_specs(model, example_input)
+    fingerprint = {**machine_fingerprint(target), "clock": config.measure.clock}
+    machine_id = fingerprint_id(fingerprint)
+    report = CampaignReport()
+    with MeasurementStore(config.db_path) as store:
+        _check_machine(store, config, target, machine_id)
+        store.save_groups(config.model, input_shape, [(g.name, g.dense_width, g.unit) for g in groups])
+        # Two samples can round to the same widths; each configuration is measured once.
+        jobs_by_key = {}
+        for job in plan_jobs(config, groups, dense_layers, input_shape[1]):
+            jobs_by_key.setdefault(_job_key(job, config.model, input_shape, target), job)
+        jobs = list(jobs_by_key.values())
+        done_keys = store.existing_keys()
+        pending = [job for key, job in jobs_by_key.items() if key not in done_keys]
+        report.planned, report.skipped = len(jobs), len(jobs) - len(pending)
+        for index, job in enumerate(pending):
+            if on_progress:
+                on_progress(index, len(pending), f"{job.kind} {job.tag}")
+            try:
+                row = _measure_job(job, config, target, model, example_input, fingerprint, machine_id)
+            except ToolchainError:
+                raise
+            except Exception as error:  # noqa: BLE001 - reported per configuration, campaign goes on
+                report.failed.append(f"{job.kind} {job.tag} {job.widths}: {type(error).__name__}: {error}")
+                continue
+            report.measured += int(store.insert(row))
+        if on_progress:
+            on_progress(len(pending), len(pending), "done")
+    return report
+
+
+def _job_key(job: Job, model: str, input_shape, target: Target) -> str:
+    return config_key(
+        job.kind, model, job.widths, input_shape, target.name, target.backend, target.threads, job.replicate
+    )
+
+
+def _measure_job(
+    job: Job,
+    config: CampaignConfig,
+    target: Target,
+    model: nn.Module,
+    example_input: torch.Tensor,
+    fingerprint: dict,
+    machine_id: str,
+) -> MeasurementRow:
+    if job.kind == "model":
+        variant = build_variant(model, example_input, job.widths)
+        variant_input = example_input
+    else:
+        variant, variant_input = single_op(LayerSpec(**job.widths))
+    layers = layer_specs(variant, variant_input)
+
+    def timed() -> Measurement:
+        return measure(target.prepare(variant, variant_input), config.measure)
+
+    result = with_retries(timed, config.rpc, f"{job.kind} {job.tag}") if config.rpc else timed()
+    return MeasurementRow(
+        kind=job.kind,
+        model=config.model,
+        widths=job.widths,
+        layers=[layer.to_dict() for layer in layers],
+        input_shape=tuple(example_input.shape),
+        target=target.name,
+        backend=target.backend,
+        threads=target.threads,
+        replicate=job.replicate,
+        sample_tag=job.tag,
+        macs=total_macs(layers),
+        fingerprint_id=machine_id,
+        fingerprint=fingerprint,
+        median_ms=result.median_ms,
+        iqr_ms=result.iqr_ms,
+        mad_ms=result.mad_ms,
+        min_ms=result.min_ms,
+        n_runs=len(result.samples_ms),
+        attempts=result.attempts,
+        stable=result.stable,
+    )

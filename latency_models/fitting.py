@@ -1,0 +1,142 @@
+"""Train a predictor from the measurement database and score it on held-out configurations.
+
+The held-out split is by configuration key (a hash), so it is deterministic and independent of insertion
+order; re-measurements of one configuration (replicate > 0, the noise floor) are never trained on.
+
+Example:
+    >>> predictor = fit_predictor(FitConfig(db_path="runs/latency.db", predictor="lpnet",
+    ...                                     models=("zoo:resnet18",)))
+    >>> predictor.meta.heldout_metrics["within_10pct"]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from latency_models.features import spec_from_dict
+from latency_models.predictors import LatencyPredictor, LatencyQuery, create_predictor, predictor_class
+from latency_models.predictors.artifact import ArtifactMeta, training_data_hash
+from latency_models.store import MeasurementRow, MeasurementStore, now_utc
+from toolchain.errors import ToolchainError
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    db_path: str
+    predictor: str
+    models: tuple[str, ...] = ()  # empty: every model measured on the target (lpnet needs exactly one)
+    target: str = "cpu"
+    backend: str = "onnxruntime"
+    threads: int = 1
+    heldout_fraction: float = 0.2
+    max_train: int = 0  # 0: use every training configuration
+    train_steps: int = 0  # 0: the predictor's default number of optimiser steps
+
+
+def is_heldout(config_key: str, heldout_fraction: float) -> bool:
+    return int(config_key[:8], 16) % 1000 < heldout_fraction * 1000
+
+
+def load_rows(store: MeasurementStore, config: FitConfig) -> dict[str, list[MeasurementRow]]:
+    """Model rows (first measurement of each configuration) per model, with clear errors when empty."""
+    models = config.models or tuple(
+        sorted(
+            {
+                m
+                for (m, t, b, th, k, _) in store.summary()
+                if (t, b, th, k) == (config.target, config.backend, config.threads, "model")
+            }
+        )
+    )
+    label = f"{config.target}/{config.backend}/{config.threads}t"
+    if not models:
+        raise ToolchainError(
+            f"measurement database {store.path} holds no measurements for {label}; it has: {_describe(store)}"
+        )
+    rows = {}
+    for model in models:
+        found = [r for r in store.rows(model, config.target, config.backend, config.threads) if r.replicate == 0]
+        if not found:
+            raise ToolchainError(
+                f"measurement database {store.path} holds no measurements of {model} on "
+                f"{label}; it has: {_describe(store)}"
+            )
+        rows[model] = found
+    fingerprints = {r.fingerprint_id for found in rows.values() for r in found}
+    if len(fingerprints) > 1:
+        raise ToolchainError(
+            f"measurements for {label} come from {len(fingerprints)} different machines "
+            f"({sorted(fingerprints)}); fit on one machine's database"
+        )
+    return rows
+
+
+def _describe(store: MeasurementStore) -> str:
+    summary = store.summary()
+    if not summary:
+        return "nothing (empty database)"
+    return "; ".join(f"{m} on {t}/{b}/{th}t: {n} {k} rows" for m, t, b, th, k, n in summary)
+
+
+def split_queries(rows: list[MeasurementRow], heldout_fraction: float) -> tuple[list[LatencyQuery], list[LatencyQuery]]:
+    train, heldout = [], []
+    for row in rows:
+        (heldout if is_heldout(row.config_key, heldout_fraction) else train).append(LatencyQuery.from_row(row))
+    return train, heldout
+
+
+def fit_predictor(config: FitConfig) -> LatencyPredictor:
+    """Fit `config.predictor` on the stored measurements; its metadata carries the held-out metrics."""
+    with MeasurementStore(config.db_path, create=False) as store:
+        rows_by_model = load_rows(store, config)
+        single_ops = store.rows(target=config.target, backend=config.backend, threads=config.threads, kind="layer")
+        first = next(iter(rows_by_model.values()))[0]
+        group_names: tuple[str, ...] = ()
+        dense_widths: tuple[int, ...] = ()
+        if config.predictor == "lpnet":
+            if len(rows_by_model) != 1:
+                raise ToolchainError(
+                    f"lpnet models one architecture; pick one with --model from {sorted(rows_by_model)}"
+                )
+            groups = store.groups(first.model, first.input_shape)
+            group_names = tuple(g[0] for g in groups)
+            dense_widths = tuple(int(g[1]) for g in groups)
+    single_ops = [r for r in single_ops if r.model in rows_by_model]
+    train, heldout = [], []
+    for rows in rows_by_model.values():
+        model_train, model_heldout = split_queries(rows, config.heldout_fraction)
+        train += model_train[: config.max_train or None]
+        heldout += model_heldout
+    if not train or not heldout:
+        raise ToolchainError(
+            f"need at least one training and one held-out configuration, got {len(train)} and "
+            f"{len(heldout)}; profile more samples"
+        )
+    n_configurations = len(train)
+    if predictor_class(config.predictor).trains_on_single_ops:
+        train += [LatencyQuery.from_row(r) for r in single_ops]
+    meta = ArtifactMeta(
+        predictor=config.predictor,
+        target=config.target,
+        backend=config.backend,
+        threads=config.threads,
+        fingerprint_id=first.fingerprint_id,
+        fingerprint=first.fingerprint,
+        models=tuple(rows_by_model),
+        input_shapes={m: list(rows[0].input_shape) for m, rows in rows_by_model.items()},
+        group_names=group_names,
+        dense_widths=dense_widths,
+        training_data_hash=training_data_hash([(q.config_key, q.measured_ms) for q in train]),
+        n_train=n_configurations,
+        n_single_ops=len(train) - n_configurations,
+        created_at=now_utc(),
+    )
+    predictor = create_predictor(config.predictor, meta)
+    if config.train_steps:
+        predictor.train_steps = config.train_steps
+    if hasattr(predictor, "set_table"):
+        predictor.set_table([(spec_from_dict(r.widths), r.median_ms) for r in single_ops])
+    predictor.fit(train)
+    metrics = predictor.evaluate(heldout)
+    predictor.meta = replace(predictor.meta, heldout_metrics=metrics)
+    return predictor

@@ -1,0 +1,88 @@
+"""Predictor artifacts: a folder with `predictor.json` (metadata + small parameters) and, for neural
+predictors, `weights.safetensors`. No pickles.
+
+The metadata says what the predictor may be asked: which target/backend/threads and machine fingerprint
+it was trained for, which models (and for `lpnet` the group names in order and their dense widths), which
+training data (hash), and how it did on held-out configurations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from toolchain.errors import ToolchainError
+
+ARTIFACT_VERSION = 1
+META_FILE = "predictor.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+@dataclass(frozen=True)
+class ArtifactMeta:
+    predictor: str
+    target: str
+    backend: str
+    threads: int
+    fingerprint_id: str
+    fingerprint: dict
+    models: tuple[str, ...]  # model specs the training data came from
+    input_shapes: dict[str, list[int]]  # model spec -> input shape it was measured at
+    group_names: tuple[str, ...] = ()  # lpnet: the width-vector order
+    dense_widths: tuple[int, ...] = ()  # lpnet: dense width of each group, same order
+    training_data_hash: str = ""
+    n_train: int = 0  # whole-model configurations trained on
+    n_single_ops: int = 0  # single-op measurements trained on (layerwise)
+    heldout_metrics: dict = field(default_factory=dict)
+    created_at: str = ""
+    artifact_version: int = ARTIFACT_VERSION
+
+    @property
+    def target_label(self) -> str:
+        return f"{self.target}/{self.backend}/{self.threads}t"
+
+
+def training_data_hash(config_keys_and_ms: list[tuple[str, float]]) -> str:
+    """sha256 of the sorted (configuration key, measured median) pairs a predictor was trained on."""
+    payload = json.dumps(sorted((key, round(ms, 6)) for key, ms in config_keys_and_ms))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def save_artifact(out_dir: str | Path, meta: ArtifactMeta, params: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    document = {"meta": asdict(meta), "params": params}
+    (out / META_FILE).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+    weights = out / WEIGHTS_FILE
+    if tensors:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(weights))
+    elif weights.exists():
+        weights.unlink()
+    return out
+
+
+def read_artifact(path: str | Path) -> tuple[ArtifactMeta, dict, dict[str, torch.Tensor]]:
+    folder = Path(path)
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise ToolchainError(f"{folder} is not a predictor artifact (no {META_FILE}); make one with `toolchain fit`")
+    try:
+        document = json.loads(meta_path.read_text())
+        raw = document["meta"]
+    except (json.JSONDecodeError, KeyError) as error:
+        raise ToolchainError(f"predictor artifact {meta_path} is unreadable: {error}") from error
+    if raw.get("artifact_version") != ARTIFACT_VERSION:
+        raise ToolchainError(
+            f"predictor artifact {folder} has version {raw.get('artifact_version')}, "
+            f"this toolchain reads version {ARTIFACT_VERSION}"
+        )
+    for name in ("models", "group_names", "dense_widths"):
+        raw[name] = tuple(raw[name])
+    weights = folder / WEIGHTS_FILE
+    tensors = load_file(str(weights)) if weights.is_file() else {}
+    return ArtifactMeta(**raw), document.get("params", {}), tensors

@@ -1,0 +1,126 @@
+"""Remote devices through TVM RPC: sessions from a tracker, retries when a device drops, and a loopback
+tracker + server (TVM's own, bound to 127.0.0.1 only) for tests and local rehearsal.
+
+Example:
+    >>> with loopback_cluster(key="jetson") as cluster:
+    ...     target = get_target("cpu", "tvm", rpc=cluster.endpoint)
+    ...     runner = with_retries(lambda: target.prepare(model, x), cluster.endpoint, "compile+upload")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+from toolchain.errors import ToolchainError
+from toolchain.targets import RpcEndpoint
+from toolchain.targets.backends.tvm_backend import drop_remote_session
+
+LOOPBACK_HOST = "127.0.0.1"
+T = TypeVar("T")
+
+
+class DeviceLostError(ToolchainError):
+    """A remote device stopped answering and retries did not bring it back."""
+
+
+def with_retries(
+    action: Callable[[], T],
+    endpoint: RpcEndpoint,
+    what: str,
+    attempts: int = 3,
+    wait_s: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run `action`, reconnecting and retrying when the device fails; DeviceLostError after `attempts`."""
+    last_error: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except ToolchainError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any RPC/socket/TVM failure means the device misbehaved
+            last_error = error
+            drop_remote_session(endpoint)
+            if attempt < attempts:
+                sleep(wait_s * attempt)
+    first_line = str(last_error).strip().splitlines()[0] if str(last_error).strip() else type(last_error).__name__
+    raise DeviceLostError(
+        f"device {endpoint.key!r} via tracker {endpoint.tracker_host}:{endpoint.tracker_port} "
+        f"failed {attempts} times during {what}: {first_line}"
+    )
+
+
+@dataclass
+class LoopbackCluster:
+    """A running loopback tracker + device server; `stop_device` makes the device disappear."""
+
+    endpoint: RpcEndpoint
+    server: object
+
+    def stop_device(self) -> None:
+        self.server.terminate()
+
+
+@contextmanager
+def loopback_cluster(key: str = "loopback", tracker_port: int = 9190) -> Iterator[LoopbackCluster]:
+    """A TVM RPC tracker and one server registered under `key`, both on 127.0.0.1, stopped on exit."""
+    from tvm.rpc.server import Server
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker(host=LOOPBACK_HOST, port=tracker_port, port_end=tracker_port + 200, silent=True)
+    server = None
+    endpoint = RpcEndpoint(LOOPBACK_HOST, tracker.port, key)
+    try:
+        server = Server(
+            host=LOOPBACK_HOST,
+            port=tracker.port + 201,
+            port_end=tracker.port + 400,
+            tracker_addr=(LOOPBACK_HOST, tracker.port),
+            key=key,
+            silent=True,
+        )
+        _wait_until_registered(endpoint)
+        yield LoopbackCluster(endpoint, server)
+    finally:
+        drop_remote_session(endpoint)
+        if server is not None:
+            server.terminate()
+        tracker.terminate()
+
+
+def _wait_until_registered(endpoint: RpcEndpoint, wait_s: float = 20.0) -> None:
+    from tvm import rpc
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            tracker = rpc.connect_tracker(endpoint.tracker_host, endpoint.tracker_port)
+            if tracker.summary().get("queue_info", {}).get(endpoint.key, {}).get("free", 0) > 0:
+                return
+        except (ConnectionError, OSError, RuntimeError):
+            pass
+        time.sleep(0.2)
+    raise ToolchainError(f"RPC server with key {endpoint.key!r} did not register with the tracker in {wait_s} s")
+
+
+def tracker_unreachable_reason(endpoint: RpcEndpoint, timeout_s: float = 3.0) -> str | None:
+    """None when the tracker accepts a TCP connection, else why not (fast: TVM's own connect retries ~60 s)."""
+    import socket
+
+    try:
+        with socket.create_connection((endpoint.tracker_host, endpoint.tracker_port), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"tracker {endpoint.tracker_host}:{endpoint.tracker_port} is unreachable ({exc.strerror or exc})"
+
+
+def parse_tracker(address: str) -> tuple[str, int]:
+    """'HOST:PORT' -> (host, port) with a clear error."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ToolchainError(f"--rpc-tracker must be HOST:PORT, got {address!r}")
+    return host, int(port)

@@ -1,0 +1,78 @@
+"""Harness statistics on a fake clock: no real timing happens here."""
+
+import pytest
+
+from latency_models.measure import MeasureConfig, measure, summarize
+
+
+class FakeClock:
+    def __init__(self):
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+class ScriptedRunner:
+    """Each run advances the fake clock by the next scripted duration (ms)."""
+
+    def __init__(self, clock: FakeClock, durations_ms):
+        self.clock, self.durations_ms, self.runs = clock, list(durations_ms), 0
+
+    def run(self) -> None:
+        self.clock.now_s += self.durations_ms[self.runs % len(self.durations_ms)] / 1e3
+        self.runs += 1
+
+    def device_times_ms(self, repeats):
+        return None
+
+
+def test_summary_statistics():
+    stats = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert stats.median_ms == 3.0
+    assert stats.iqr_ms == pytest.approx(2.0)  # q3 = 4, q1 = 2
+    assert stats.mad_ms == 1.0
+    assert stats.min_ms == 1.0
+    assert not stats.stable  # IQR / median = 0.67
+
+
+def test_stable_runner_needs_one_attempt_and_skips_warmup_in_statistics():
+    clock = FakeClock()
+    runner = ScriptedRunner(clock, [50.0] * 2 + [10.0] * 8)  # 2 slow warm-up runs, then 10 ms
+    result = measure(runner, MeasureConfig(warmup_runs=2, timed_runs=8, max_attempts=3), clock=clock)
+    assert result.median_ms == pytest.approx(10.0)
+    assert result.iqr_ms == pytest.approx(0.0)
+    assert result.attempts == 1 and result.stable
+    assert runner.runs == 10
+
+
+def test_wide_spread_is_remeasured_and_best_attempt_kept():
+    clock = FakeClock()
+    noisy = [10.0, 30.0, 10.0, 30.0]
+    quiet = [20.0, 20.5, 19.5, 20.0]
+    runner = ScriptedRunner(clock, noisy + noisy + quiet)  # attempts 1 and 2 noisy, attempt 3 quiet
+    result = measure(runner, MeasureConfig(warmup_runs=0, timed_runs=4, max_attempts=3), clock=clock)
+    assert result.attempts == 3
+    assert result.median_ms == pytest.approx(20.0)
+    assert result.stable
+
+
+def test_always_noisy_runner_is_reported_unstable_after_max_attempts():
+    clock = FakeClock()
+    runner = ScriptedRunner(clock, [5.0, 15.0])
+    result = measure(runner, MeasureConfig(warmup_runs=1, timed_runs=4, max_attempts=2), clock=clock)
+    assert result.attempts == 2 and not result.stable
+    assert runner.runs == 2 * (1 + 4)
+
+
+def test_device_timer_is_used_instead_of_the_host_clock():
+    class DeviceTimed:
+        def run(self):
+            pass
+
+        def device_times_ms(self, repeats):
+            return [2.0] * repeats
+
+    clock = FakeClock()
+    result = measure(DeviceTimed(), MeasureConfig(warmup_runs=1, timed_runs=5), clock=clock)
+    assert result.median_ms == 2.0 and len(result.samples_ms) == 5

@@ -1,0 +1,103 @@
+"""The TVM RPC path end to end on loopback: a real tracker and server (127.0.0.1 only)."""
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from latency_models.campaign import CampaignConfig, run_campaign
+from latency_models.measure import MeasureConfig
+from latency_models.rpc import DeviceLostError, with_retries
+from latency_models.store import MeasurementStore
+from toolchain.targets import RpcEndpoint
+
+pytest.importorskip("tvm", reason="the RPC path needs apache-tvm")
+pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
+from latency_models.rpc import loopback_cluster  # noqa: E402
+
+pytestmark = pytest.mark.tvm
+TINY = str(Path(__file__).with_name("tiny_model.py")) + ":factory"
+TINY_SHAPE = (1, 3, 16, 16)
+QUICK = MeasureConfig(warmup_runs=1, timed_runs=3, max_attempts=1)
+COLUMNS_THAT_DEPEND_ON_THE_RUN = {
+    "id",
+    "fingerprint_id",
+    "fingerprint_json",
+    "median_ms",
+    "iqr_ms",
+    "mad_ms",
+    "min_ms",
+    "attempts",
+    "stable",
+    "created_at",
+}
+
+
+def _rows(path: str) -> list[dict]:
+    with sqlite3.connect(path) as connection:
+        connection.row_factory = sqlite3.Row
+        rows = connection.execute("SELECT * FROM measurements ORDER BY config_key").fetchall()
+    return [{k: row[k] for k in row.keys() if k not in COLUMNS_THAT_DEPEND_ON_THE_RUN} for row in rows]
+
+
+def test_profiling_through_rpc_gives_the_same_rows_as_a_local_run(tmp_path):
+    local = CampaignConfig(
+        model=TINY, input_shape=TINY_SHAPE, db_path=str(tmp_path / "local.db"), backend="tvm", samples=4, measure=QUICK
+    )
+    assert run_campaign(local).failed == []
+    with loopback_cluster(key="loopback-test", tracker_port=9290) as cluster:
+        remote = CampaignConfig(
+            model=TINY,
+            input_shape=TINY_SHAPE,
+            db_path=str(tmp_path / "rpc.db"),
+            backend="tvm",
+            samples=4,
+            measure=QUICK,
+            rpc=cluster.endpoint,
+        )
+        report = run_campaign(remote)
+    assert report.failed == [] and report.measured == 4
+    assert _rows(remote.db_path) == _rows(local.db_path)
+    with MeasurementStore(remote.db_path) as store:
+        assert all(r.fingerprint["device"] == "rpc:loopback-test" and r.median_ms > 0 for r in store.rows())
+
+
+def test_device_that_disappears_is_retried_then_reported_and_rows_are_kept(tmp_path):
+    with loopback_cluster(key="flaky", tracker_port=9490) as cluster:
+        config = CampaignConfig(
+            model=TINY,
+            input_shape=TINY_SHAPE,
+            db_path=str(tmp_path / "rpc.db"),
+            backend="tvm",
+            samples=6,
+            measure=QUICK,
+            rpc=cluster.endpoint,
+        )
+
+        def stop_after_two(done, total, what):
+            if done == 2:
+                cluster.stop_device()
+
+        with pytest.raises(DeviceLostError, match="device 'flaky'.*failed 3 times"):
+            run_campaign(config, on_progress=stop_after_two)
+    with MeasurementStore(config.db_path) as store:
+        assert len(store.rows()) == 2
+
+
+def test_retries_recover_from_a_transient_failure():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("connection reset")
+        return "ok"
+
+    endpoint = RpcEndpoint("127.0.0.1", 1, "k")
+    assert with_retries(flaky, endpoint, "timing", attempts=3, sleep=lambda s: None) == "ok"
+
+    def always_fails():
+        raise ConnectionError("connection reset")
+
+    with pytest.raises(DeviceLostError, match="failed 2 times during timing: connection reset"):
+        with_retries(always_fails, endpoint, "timing", attempts=2, sleep=lambda s: None)

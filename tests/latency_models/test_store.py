@@ -1,0 +1,72 @@
+"""The measurement database: WAL, schema version, no duplicates, clear errors."""
+
+import sqlite3
+
+import pytest
+from latency_synthetic import GROUPS, INPUT_SHAPE, synthetic_rows
+
+from latency_models.store import SCHEMA_VERSION, MeasurementStore
+from toolchain.errors import ToolchainError
+
+
+def test_rows_round_trip_in_wal_mode_with_schema_version(tmp_path):
+    rows = synthetic_rows(5)
+    with MeasurementStore(tmp_path / "m.db") as store:
+        assert all(store.insert(row) for row in rows)
+        back = store.rows(model="synthetic:net", target="cpu", backend="onnxruntime", threads=1)
+        assert [r.widths for r in back] == [r.widths for r in rows]
+        assert list(back[0].widths) == list(rows[0].widths)  # group order survives
+        assert back[0].median_ms == rows[0].median_ms
+        assert store.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        versions = store.connection.execute("SELECT version FROM schema_version").fetchall()
+        assert versions == [(SCHEMA_VERSION,)]
+
+
+def test_same_configuration_is_not_stored_twice(tmp_path):
+    row = synthetic_rows(1)[0]
+    with MeasurementStore(tmp_path / "m.db") as store:
+        assert store.insert(row) is True
+        assert store.insert(row) is False
+        assert len(store.rows()) == 1
+
+
+def test_groups_keep_their_order(tmp_path):
+    with MeasurementStore(tmp_path / "m.db") as store:
+        store.save_groups("synthetic:net", INPUT_SHAPE, list(GROUPS))
+        assert store.groups("synthetic:net", INPUT_SHAPE) == list(GROUPS)
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "m.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ToolchainError, match="is corrupt"):
+        MeasurementStore(path)
+
+
+def test_locked_database_is_a_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "m.db"
+    MeasurementStore(path).close()
+    monkeypatch.setattr("latency_models.store.BUSY_TIMEOUT_MS", 100)
+    holder = sqlite3.connect(path)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(ToolchainError, match="is locked"):
+            with MeasurementStore(path) as store:
+                store.insert(synthetic_rows(1)[0])
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_missing_database_is_a_clear_error(tmp_path):
+    with pytest.raises(ToolchainError, match="does not exist"):
+        MeasurementStore(tmp_path / "absent.db", create=False)
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "m.db"
+    MeasurementStore(path).close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(ToolchainError, match="schema version"):
+        MeasurementStore(path)

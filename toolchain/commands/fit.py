@@ -1,0 +1,54 @@
+"""`toolchain fit`: train a latency predictor on the measurement database and print its held-out metrics."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from latency_models.fitting import FitConfig, fit_predictor
+from latency_models.predictors import list_predictors
+
+
+@click.command("fit")
+@click.option("--db", "db_path", default="runs/latency.db", show_default=True)
+@click.option("--predictor", "predictor_name", required=True, help=f"one of: {', '.join(list_predictors())}")
+@click.option("--model", "models", multiple=True, help="model spec(s) to train on (default: all in the database)")
+@click.option("--target", default="cpu", show_default=True)
+@click.option("--backend", default="onnxruntime", show_default=True)
+@click.option("--threads", default=1, show_default=True, type=int)
+@click.option("--heldout-fraction", default=0.2, show_default=True, type=float)
+@click.option("--max-train", default=0, show_default=True, type=int, help="cap on training configurations")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
+def fit(db_path, predictor_name, models, target, backend, threads, heldout_fraction, max_train, out_dir, as_json):
+    """Fit a predictor and save it as an artifact folder (predictor.json + weights.safetensors)."""
+    config = FitConfig(
+        db_path=db_path,
+        predictor=predictor_name,
+        models=tuple(models),
+        target=target,
+        backend=backend,
+        threads=threads,
+        heldout_fraction=heldout_fraction,
+        max_train=max_train,
+    )
+    predictor = fit_predictor(config)
+    predictor.save(out_dir)
+    metrics = predictor.meta.heldout_metrics
+    if as_json:
+        click.echo(json.dumps({"artifact": out_dir, "n_train": predictor.meta.n_train, **metrics}))
+        return
+    click.echo(
+        f"{predictor_name} for {', '.join(predictor.meta.models)} on {predictor.meta.target_label}: "
+        f"trained on {predictor.meta.n_train}, held out {metrics['n']}"
+    )
+    click.echo(
+        f"  MAPE {metrics['mape_pct']:.2f}%  within ±5% {metrics['within_5pct']:.1%}  "
+        f"within ±10% {metrics['within_10pct']:.1%}  Spearman {metrics['spearman'] or float('nan'):.3f}"
+    )
+    click.echo(f"  saved to {out_dir}")
+
+
+if __name__ == "__main__":
+    fit()

@@ -1,0 +1,82 @@
+"""`toolchain predict`: the predicted latency (ms) of a pruned model folder, or of a dense model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from latency_models.predictors import LatencyQuery, load_predictor
+from toolchain.shapes import parse_shape
+
+
+def _pruned_query(folder: Path) -> LatencyQuery:
+    """A pruned folder written by `toolchain prune`: its arch.json names the model, shape and widths."""
+    from toolchain.archive import load_pruned
+
+    model, arch = load_pruned(folder)
+    widths = {name: int(width) for name, width in arch["per_group_widths"].items()}
+    return LatencyQuery.from_model(arch["model"], model, tuple(arch["input_shape"]), widths)
+
+
+def _dense_query(model_spec: str, input_shape: tuple[int, ...] | None) -> LatencyQuery:
+    from toolchain.models import resolve_model
+
+    model, shape = resolve_model(model_spec, input_shape=input_shape)
+    return LatencyQuery.from_model(model_spec, model, shape, widths={})
+
+
+@click.command("predict")
+@click.option(
+    "--predictor",
+    "artifact",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="artifact folder written by `toolchain fit`",
+)
+@click.option(
+    "--pruned",
+    "pruned_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="pruned model folder written by `toolchain prune`",
+)
+@click.option("--model", "model_spec", default=None, help="dense model spec instead of --pruned")
+@click.option("--input-shape", callback=parse_shape, help="with --model: e.g. 1,3,224,224 (default: the zoo's)")
+@click.option("--target", default=None, help="refuse unless the predictor was trained for this target")
+@click.option("--backend", default=None)
+@click.option("--threads", default=None, type=int)
+@click.option("--json", "as_json", is_flag=True)
+def predict(artifact, pruned_dir, model_spec, input_shape, target, backend, threads, as_json):
+    """Print the predicted latency in ms, to hold against your own measurement."""
+    if bool(pruned_dir) == bool(model_spec):
+        raise click.UsageError("give exactly one of --pruned DIR or --model SPEC")
+    predictor = load_predictor(artifact, target, backend, threads)
+    query = _pruned_query(Path(pruned_dir)) if pruned_dir else _dense_query(model_spec, input_shape)
+    predicted_ms = predictor.predict_ms(query)
+    meta = predictor.meta
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "predicted_ms": predicted_ms,
+                    "predictor": meta.predictor,
+                    "artifact": artifact,
+                    "model": query.model,
+                    "input_shape": list(query.input_shape),
+                    "target": meta.target,
+                    "backend": meta.backend,
+                    "threads": meta.threads,
+                    "fingerprint_id": meta.fingerprint_id,
+                    "heldout_metrics": meta.heldout_metrics,
+                }
+            )
+        )
+        return
+    within = meta.heldout_metrics.get("within_10pct")
+    quality = f"; held-out within ±10%: {within:.0%}" if within is not None else ""
+    click.echo(f"{predicted_ms:.3f} ms  ({meta.predictor} for {meta.target_label}{quality})")
+
+
+if __name__ == "__main__":
+    predict()

@@ -1,0 +1,158 @@
+"""`toolchain profile`: time sampled pruned variants of a model on a target into the measurement database."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from latency_models.campaign import CampaignConfig, run_campaign
+from latency_models.measure import MeasureConfig
+from latency_models.rpc import parse_tracker
+from toolchain.shapes import parse_shape
+from toolchain.targets import RpcEndpoint, get_target
+
+
+def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str | None) -> str:
+    """A remote device is reached through TVM RPC; its CPU target comes from the device table."""
+    import json
+
+    from toolchain.errors import ToolchainError
+    from toolchain.targets.devices import get_device
+
+    device = get_device(device_name)
+    if device.name == "cpu":
+        return ""
+    if not (rpc_tracker and rpc_key):
+        raise ToolchainError(f"profiling {device.name} needs the board: give --rpc-tracker HOST:PORT and --rpc-key "
+                             "(make profile TARGET=... RPC_TRACKER=... RPC_KEY=...)")
+    return json.dumps(dict(device.tvm_host_target))
+
+
+@click.command("profile")
+@click.option("--model", "model_spec", required=True, help="zoo:NAME or file.py:factory")
+@click.option("--input-shape", callback=parse_shape, help="e.g. 1,3,224,224 (default: the zoo's)")
+@click.option("--target", default="cpu", show_default=True)
+@click.option("--backend", default=None, help="default: the target's default backend")
+@click.option("--threads", default=1, show_default=True, type=int)
+@click.option("--samples", default=300, show_default=True, type=int, help="width configurations to measure")
+@click.option("--db", "db_path", default="runs/latency.db", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--min-ratio", default=0.1, show_default=True, type=float, help="smallest width / dense width")
+@click.option(
+    "--layer-levels",
+    default=0,
+    show_default=True,
+    type=int,
+    help="single-op grid levels per channel axis for the lookup table (0 = none)",
+)
+@click.option(
+    "--noise-configs",
+    default=0,
+    show_default=True,
+    type=int,
+    help="configurations re-measured (3 replicates each) to estimate the noise floor",
+)
+@click.option("--warmup", default=5, show_default=True, type=int, help="warm-up runs per attempt")
+@click.option("--runs", default=25, show_default=True, type=int, help="timed runs per attempt")
+@click.option(
+    "--clock",
+    default="wall",
+    show_default=True,
+    type=click.Choice(["wall", "thread_cpu"]),
+    help="thread_cpu: CPU time of the timing thread (1-thread cpu targets on a shared machine)",
+)
+@click.option("--rpc-tracker", default=None, help="HOST:PORT of a TVM RPC tracker (needs --backend tvm)")
+@click.option("--rpc-key", default=None, help="device key registered with the tracker")
+@click.option("--rpc-target", default="", help='TVM target of the device as JSON, e.g. {"kind": "llvm", ...}')
+@click.option("--device", default=None,
+              help="a device from the device table (jetson, h100, ...): its CPU is profiled through TVM RPC, "
+                   "with --rpc-target taken from the table")
+def profile(
+    model_spec,
+    input_shape,
+    target,
+    backend,
+    threads,
+    samples,
+    db_path,
+    seed,
+    min_ratio,
+    layer_levels,
+    noise_configs,
+    warmup,
+    runs,
+    clock,
+    rpc_tracker,
+    rpc_key,
+    rpc_target,
+    device,
+):
+    """Sample per-group widths, build each pruned variant, time it, and store one row per configuration."""
+    if device is not None:
+        rpc_target = _device_rpc_target(device, rpc_tracker, rpc_key) or rpc_target
+    rpc = None
+    if rpc_tracker or rpc_key:
+        if not (rpc_tracker and rpc_key):
+            raise click.UsageError("--rpc-tracker and --rpc-key go together")
+        host, port = parse_tracker(rpc_tracker)
+        rpc = RpcEndpoint(host, port, rpc_key, rpc_target)
+        backend = backend or "tvm"
+    config = CampaignConfig(
+        model=model_spec,
+        input_shape=input_shape,
+        db_path=db_path,
+        target=target,
+        backend=backend,
+        threads=threads,
+        samples=samples,
+        seed=seed,
+        min_ratio=min_ratio,
+        layer_levels=layer_levels,
+        noise_configs=noise_configs,
+        measure=MeasureConfig(warmup_runs=warmup, timed_runs=runs, clock=clock),
+        rpc=rpc,
+    )
+    get_target(target, backend, threads, rpc=rpc)  # bad names fail before the progress bar appears
+    columns = (
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(f"profiling {model_spec}", total=None)
+
+        def on_progress(done: int, total: int, what: str) -> None:
+            progress.update(task, completed=done, total=total, description=f"{model_spec}: {what}")
+
+        report = run_campaign(config, on_progress)
+    click.echo(
+        json.dumps(
+            {
+                "db": db_path,
+                "planned": report.planned,
+                "measured": report.measured,
+                "already_stored": report.skipped,
+                "failed": len(report.failed),
+            }
+        )
+    )
+    for failure in report.failed[:10]:
+        click.echo(f"failed: {failure}", err=True)
+    if report.failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    profile()

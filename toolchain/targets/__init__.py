@@ -1,0 +1,143 @@
+"""Targets: where a model runs and how it is compiled and timed.
+
+A *target* is a device class (`cpu`, `cuda`); a *backend* is the runtime that compiles and times a model
+on it (`onnxruntime`, `tvm`, `torch`, `tensorrt`). Backends register themselves with `@register_backend`;
+`get_target` is the one door and `list_targets` the one listing. Device facts (peak FLOP/s, bandwidth)
+live in the device table, never here.
+
+Example:
+    >>> target = get_target("cpu")                      # onnxruntime, 1 thread
+    >>> runner = target.prepare(model, torch.randn(1, 3, 224, 224))
+    >>> runner.run()                                    # one synchronous inference
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from toolchain.errors import ToolchainError
+
+# Device class -> default backend. A target name not in this table is unknown.
+DEFAULT_BACKEND = {"cpu": "onnxruntime", "cuda": "torch"}
+
+
+@dataclass(frozen=True)
+class RpcEndpoint:
+    """A TVM RPC tracker and the key of the devices to time on (e.g. a farm of Jetsons)."""
+
+    tracker_host: str
+    tracker_port: int
+    key: str
+    # TVM target of the remote device as JSON, e.g. '{"kind": "llvm", "mtriple": "aarch64-linux-gnu"}';
+    # empty = the host's `llvm` (loopback, same-ISA boards).
+    tvm_target_json: str = ""
+
+
+class Runner(Protocol):
+    """A compiled model bound to one input, ready to time."""
+
+    def run(self) -> None:
+        """One synchronous inference (returns only after the device finished)."""
+
+    def device_times_ms(self, repeats: int) -> list[float] | None:
+        """Per-run times from the device's own timer (CUDA events, TVM evaluator); None = use a host clock."""
+
+
+class Backend(Protocol):
+    """What a backend module registers: availability, versions, and compile-for-timing."""
+
+    def unavailable_reason(self, target: Target) -> str | None: ...
+
+    def versions(self) -> dict[str, str]: ...
+
+    def prepare(self, model: nn.Module, example_input: torch.Tensor, target: Target) -> Runner: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    """A device class + backend + host threads (+ optional remote RPC endpoint)."""
+
+    name: str
+    backend: str
+    threads: int = 1
+    rpc: RpcEndpoint | None = field(default=None, compare=False)
+
+    @property
+    def label(self) -> str:
+        """Short identity used in file names and the database, e.g. `cpu/onnxruntime/1t`."""
+        return f"{self.name}/{self.backend}/{self.threads}t"
+
+    def prepare(self, model: nn.Module, example_input: torch.Tensor) -> Runner:
+        """Compile `model` for this target and bind `example_input`; the returned runner only runs."""
+        return _backend_impl(self).prepare(model, example_input, self)
+
+    def versions(self) -> dict[str, str]:
+        """Library versions of the backend (they go into the measurement fingerprint)."""
+        return _backend_impl(self).versions()
+
+
+_BACKENDS: dict[tuple[str, str], Callable[[], Backend]] = {}
+
+
+def register_backend(target: str, name: str) -> Callable:
+    """Class decorator: register a backend class for `target` under `name`.
+
+    >>> @register_backend("cpu", "mybackend")
+    ... class MyBackend: ...
+    """
+    if target not in DEFAULT_BACKEND:
+        raise ValueError(f"unknown target {target!r} for backend {name!r}")
+
+    def decorate(cls):
+        _BACKENDS[(target, name)] = cls
+        return cls
+
+    return decorate
+
+
+def list_targets() -> dict[str, list[str]]:
+    """Every target with its registered backends, default backend first."""
+    result: dict[str, list[str]] = {}
+    for target, default in DEFAULT_BACKEND.items():
+        others = sorted(b for (t, b) in _BACKENDS if t == target and b != default)
+        result[target] = [default, *others]
+    return result
+
+
+def _valid_choices() -> str:
+    return "; ".join(f"{t}: {', '.join(bs)}" for t, bs in list_targets().items())
+
+
+def get_target(
+    name: str, backend: str | None = None, threads: int = 1, rpc: RpcEndpoint | None = None
+) -> Target:
+    """Look up a target; raises ToolchainError naming the valid choices, or why a backend is unavailable."""
+    if name not in DEFAULT_BACKEND:
+        raise ToolchainError(f"unknown target {name!r}; valid targets/backends: {_valid_choices()}")
+    backend = backend or DEFAULT_BACKEND[name]
+    if (name, backend) not in _BACKENDS:
+        raise ToolchainError(
+            f"unknown backend {backend!r} for target {name!r}; valid: {', '.join(list_targets()[name])}"
+        )
+    if threads < 1:
+        raise ToolchainError(f"--threads must be >= 1, got {threads}")
+    if rpc is not None and backend != "tvm":
+        raise ToolchainError(f"remote devices are timed through TVM RPC; use --backend tvm, not {backend!r}")
+    target = Target(name=name, backend=backend, threads=threads, rpc=rpc)
+    reason = _backend_impl(target).unavailable_reason(target)
+    if reason:
+        raise ToolchainError(f"backend {backend!r} for target {name!r} is unavailable: {reason}")
+    return target
+
+
+def _backend_impl(target: Target) -> Backend:
+    return _BACKENDS[(target.name, target.backend)]()
+
+
+# Registration happens on import; every backend imports its runtime lazily, inside its methods.
+from toolchain.targets.backends import onnxruntime_backend, tensorrt_backend, torch_backend, tvm_backend  # noqa: E402,F401,I001

@@ -1,0 +1,1 @@
+"""One module per backend; each registers itself with `toolchain.targets.register_backend`."""

@@ -1,0 +1,50 @@
+"""ONNX Runtime on the host CPU: the default `cpu` backend."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import numpy as np
+import torch
+from torch import nn
+
+from toolchain.targets import Target, register_backend
+from toolchain.targets.backends._onnx import INPUT_NAME, onnx_bytes_for_timing
+
+
+class OnnxRuntimeRunner:
+    """An ORT session (sequential, `threads` intra-op threads, full graph optimisation) bound to one input."""
+
+    def __init__(self, onnx_model: bytes, example_input: np.ndarray, threads: int):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+        self.feeds = {INPUT_NAME: example_input}
+
+    def run(self) -> None:
+        self.session.run(None, self.feeds)
+
+    def device_times_ms(self, repeats: int) -> list[float] | None:
+        return None
+
+
+@register_backend("cpu", "onnxruntime")
+class OnnxRuntimeBackend:
+    def unavailable_reason(self, target: Target) -> str | None:
+        try:
+            metadata.version("onnxruntime")
+        except metadata.PackageNotFoundError:
+            return "the onnxruntime package is not installed"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        return {"onnxruntime": metadata.version("onnxruntime"), "torch": torch.__version__}
+
+    def prepare(self, model: nn.Module, example_input: torch.Tensor, target: Target) -> OnnxRuntimeRunner:
+        onnx_model = onnx_bytes_for_timing(model, example_input)
+        return OnnxRuntimeRunner(onnx_model, example_input.detach().cpu().numpy(), target.threads)

@@ -1,0 +1,141 @@
+"""Apache TVM (Relax): compile ONNX on the host with `llvm` and time with TVM's evaluator, locally or on a
+remote device through a TVM RPC tracker (cross-compiling with the endpoint's target dict)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from toolchain.targets import RpcEndpoint, Target, register_backend
+from toolchain.targets.backends._onnx import onnx_bytes_for_timing
+
+HOST_TVM_TARGET = {"kind": "llvm"}
+RPC_SESSION_TIMEOUT_S = 600
+FREE_DEVICE_WAIT_S = 30.0
+
+
+def compile_onnx(onnx_model: bytes, tvm_target: dict):
+    """ONNX bytes -> TVM Relax executable for `tvm_target` (apache-tvm 0.27 accepts target dicts only)."""
+    import onnx
+
+    from toolchain.export.tvm import compile_relax
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compile_relax(onnx.load_from_string(onnx_model), tvm_target)
+
+
+class TvmRunner:
+    """A Relax VM on a (local or remote) device with its input already on the device."""
+
+    def __init__(self, executable_or_module, device, example_input, session=None):
+        import tvm
+        from tvm import relax
+
+        self.session = session  # kept alive: the remote module dies with its session
+        self.device = device
+        self.vm = relax.VirtualMachine(executable_or_module, device)
+        self.input = tvm.runtime.tensor(example_input.detach().cpu().numpy(), device)
+
+    def run(self) -> None:
+        self.vm["main"](self.input)
+        self.device.sync()
+
+    def device_times_ms(self, repeats: int) -> list[float] | None:
+        evaluator = self.vm.time_evaluator("main", self.device, number=1, repeat=repeats)
+        return [seconds * 1e3 for seconds in evaluator(self.input).results]
+
+
+_remote_sessions: dict[RpcEndpoint, object] = {}
+
+
+def _wait_for_free_device(tracker, endpoint: RpcEndpoint, wait_s: float) -> None:
+    """Return when the tracker has a free server for the key; raise at once when it has none at all."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        queue = tracker.summary().get("queue_info", {}).get(endpoint.key, {})
+        if queue.get("free", 0) > 0:
+            return
+        if queue.get("total", 0) == 0 or time.monotonic() > deadline:
+            raise ConnectionError(
+                f"tracker {endpoint.tracker_host}:{endpoint.tracker_port} has no free device "
+                f"with key {endpoint.key!r} ({queue or 'none registered'})"
+            )
+        time.sleep(0.2)
+
+
+def remote_session(endpoint: RpcEndpoint):
+    """The open RPC session for `endpoint` (one per campaign), requested from the tracker on first use."""
+    if endpoint not in _remote_sessions:
+        from tvm import rpc
+
+        tracker = rpc.connect_tracker(endpoint.tracker_host, endpoint.tracker_port)
+        _wait_for_free_device(tracker, endpoint, FREE_DEVICE_WAIT_S)
+        _remote_sessions[endpoint] = tracker.request(
+            endpoint.key, priority=1, session_timeout=RPC_SESSION_TIMEOUT_S, max_retry=1
+        )
+    return _remote_sessions[endpoint]
+
+
+def drop_remote_session(endpoint: RpcEndpoint) -> None:
+    """Forget a (possibly dead) session so that the next use reconnects."""
+    _remote_sessions.pop(endpoint, None)
+
+
+class _TvmBackend:
+    device_kind = "cpu"
+
+    def unavailable_reason(self, target: Target) -> str | None:
+        try:
+            metadata.version("apache-tvm")
+        except metadata.PackageNotFoundError:
+            return "the apache-tvm package is not installed (pip install -e '.[tvm]')"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        return {"apache-tvm": metadata.version("apache-tvm"), "torch": torch.__version__}
+
+    def tvm_target(self, target: Target) -> dict:
+        if target.rpc is not None and target.rpc.tvm_target_json:
+            return json.loads(target.rpc.tvm_target_json)
+        return HOST_TVM_TARGET if self.device_kind == "cpu" else {"kind": "cuda"}
+
+    def prepare(self, model: nn.Module, example_input: torch.Tensor, target: Target) -> TvmRunner:
+        import tvm
+
+        executable = compile_onnx(onnx_bytes_for_timing(model, example_input), self.tvm_target(target))
+        if target.rpc is None:
+            tvm.get_global_func("runtime.config_threadpool")(0, target.threads)
+            device = tvm.cpu() if self.device_kind == "cpu" else tvm.cuda()
+            return TvmRunner(executable, device, example_input)
+        session = remote_session(target.rpc)
+        with tempfile.TemporaryDirectory() as tmp:
+            library = Path(tmp) / "model.tar"
+            executable.export_library(str(library))
+            session.upload(str(library))
+        session.get_function("runtime.config_threadpool")(0, target.threads)
+        device = session.cpu() if self.device_kind == "cpu" else session.cuda()
+        return TvmRunner(session.load_module("model.tar"), device, example_input, session=session)
+
+
+@register_backend("cpu", "tvm")
+class TvmCpuBackend(_TvmBackend):
+    device_kind = "cpu"
+
+
+@register_backend("cuda", "tvm")
+class TvmCudaBackend(_TvmBackend):
+    device_kind = "cuda"
+
+    def unavailable_reason(self, target: Target) -> str | None:
+        reason = super().unavailable_reason(target)
+        if reason or target.rpc is not None:
+            return reason
+        return None if torch.cuda.is_available() else "no CUDA GPU is visible"
