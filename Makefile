@@ -6,8 +6,13 @@ STAMP  := $(VENV)/.installed
 
 TARGET ?= cpu
 MODEL  ?= zoo:demo
-RATIO  ?= 0.5
 PRECISION ?= fp16
+# On cpu the default is a latency budget of 50% of the dense model's measured latency (BUDGET_MS=x for
+# an absolute one); other targets take RATIO (share of channels removed) until a budget loop runs on the board.
+BUDGET_RATIO ?= 0.5
+BUDGET_MS ?=
+RATIO ?= 0.5
+DEPLOY_BUDGET = $(if $(filter cpu,$(TARGET)),$(if $(BUDGET_MS),--budget-ms $(BUDGET_MS),--budget-ratio $(BUDGET_RATIO)),--ratio $(RATIO))
 TEST_WORKERS ?= 2
 
 .PHONY: venv deploy test lint demo-model clean
@@ -25,7 +30,7 @@ $(STAMP): pyproject.toml
 # TARGET: a device from the device table (`toolchain targets` lists them; jetson = jetson-orin).
 # Jetson bundles need the aarch64 cross compiler, installed through apt when missing.
 deploy: $(STAMP) $(if $(filter jetson%,$(TARGET)),cross-tools)
-	$(BIN)/toolchain deploy --model $(MODEL) --target $(TARGET) --ratio $(RATIO) --precision $(PRECISION) \
+	$(BIN)/toolchain deploy --model $(MODEL) --target $(TARGET) --precision $(PRECISION) $(DEPLOY_BUDGET) \
 		$(if $(OUT),--out $(OUT)) $(if $(RPC_TRACKER),--rpc-tracker $(RPC_TRACKER) --rpc-key $(RPC_KEY))
 
 test: $(STAMP)

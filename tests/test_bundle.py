@@ -108,3 +108,11 @@ def test_unreachable_board_still_gives_a_bundle_that_says_latency_is_not_measure
     assert manifest["latency"]["measured_ms"] is not None  # measured on the host instead, and labelled so
     assert "measured on this host" in manifest["latency"]["source"]
     assert "gone" in manifest["latency_unreachable"]
+
+
+def test_a_budget_for_a_board_without_a_budget_loop_is_refused_clearly(tmp_path, capsys):
+    code = main(["deploy", "--model", "zoo:demo", "--target", "jetson", "--budget-ratio", "0.5",
+                 "--out", str(tmp_path / "j")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: a latency budget is met by measuring on the target")
+    assert not (tmp_path / "j").exists()

@@ -206,7 +206,10 @@ class _TargetArtifacts:
 
     def _latency_section(self, manifest: dict) -> dict:
         if "measured_latency_ms" in manifest:  # measured on the device itself by the deploy pipeline
-            return {"measured_ms": manifest["measured_latency_ms"], "source": manifest.get("latency_source")}
+            source = manifest.get("latency_source") or (
+                f"measured on this host by the budget loop, {manifest['latency_target']['label']}"
+                if "latency_target" in manifest else "measured")
+            return {"measured_ms": manifest["measured_latency_ms"], "source": source}
         prior = roofline_prior_ms(self.device, manifest["macs"], manifest["params"], self.config.precision)
         return {
             "measured_ms": None,

@@ -221,9 +221,14 @@ def _progress_bar(quiet: bool):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="default: dist/<target>/<model>")
 @click.option("--rpc-tracker", help="HOST:PORT of the TVM RPC tracker the board is registered with")
 @click.option("--rpc-key", help="the board's key at the tracker (e.g. jetson-orin)")
+@click.option("--budget-ms", type=float, help="latency budget in ms, measured on this host (target cpu)")
+@click.option("--budget-ratio", type=float, help="budget as a share of the dense model's measured latency (cpu)")
+@click.option("--criterion", default="taylor", show_default=True, help="saliency criterion (with a budget)")
+@click.option("--allocator", default="lpnet", show_default=True, help="width allocator (with a budget)")
+@click.option("--finetune-steps", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON on stdout")
 def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, target, precision, out, rpc_tracker,
-               rpc_key, as_json) -> None:
+               rpc_key, budget_ms, budget_ratio, criterion, allocator, finetune_steps, as_json) -> None:
     """Prune for a target, export, verify, and write the deploy bundle with its manifest."""
     from toolchain.bundle import BundleConfig, default_out, latency_summary, write_bundle
     from toolchain.deploy import PipelineConfig
@@ -232,9 +237,22 @@ def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, targ
 
     device = get_device(target)
     out = out or default_out(device.name, model)
+    job = None
+    if budget_ms is not None or budget_ratio is not None:
+        if device.name != "cpu":
+            raise ToolchainError(f"a latency budget is met by measuring on the target; for {device.name} that needs "
+                                 "a budget loop on the board, which deploy does not run yet: use --ratio (the "
+                                 "bundle labels its latency as predicted), or prune with a budget on cpu")
+        from toolchain.allocate import BudgetConfig
+        from toolchain.budget import BudgetJob, TargetSpec
+
+        job = BudgetJob(BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion,
+                                     allocator=allocator, round_to=round_to, finetune_steps=finetune_steps,
+                                     protect=tuple(protect)),
+                        TargetSpec("cpu"), None, on_progress=_progress_bar(as_json))
     pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, data=data,
                               prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)),
-                              target=device.name)
+                              target=device.name, budget=job)
     rpc = None
     if rpc_tracker or rpc_key:
         from latency_models.rpc import parse_tracker

@@ -124,6 +124,8 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
         result = prune(dense, example_input, config.prune)
     manifest = {"model": config.model if isinstance(config.model, str) else type(config.model).__name__,
                 "target": config.target, **result.manifest}
+    if config.budget is not None:
+        manifest["ratio"] = None  # widths came from the budget, not from a uniform ratio
     if data is not None and config.budget is not None:  # recovered and evaluated by the budget loop
         manifest["accuracy_data"] = config.data or "mnist5k"
     elif data is not None:
