@@ -28,14 +28,16 @@ SWEEP_COLUMNS: dict[str, tuple[str, ...]] = {
     "macs": ("macs",),
     "params": ("params",),
     "accuracy_before_recovery": ("accuracy_before_recovery", "accuracy_before", "accuracy_pruned"),
-    "accuracy": ("accuracy_after_recovery", "accuracy_after", "accuracy"),
+    # after recovery: fine-tuned where the sweep fine-tuned, else after BatchNorm re-calibration
+    "accuracy": ("accuracy_finetuned", "accuracy_after_recovery", "accuracy_after_bn_recalibration", "accuracy_after",
+                 "accuracy"),
     "criterion": ("criterion",),
     "allocator": ("allocator",),
     "model": ("model",),
     "target": ("target", "device"),
 }
 # Stage wall times: columns named `<stage>_wall_s` or `wall_s_<stage>`, or a dict under one of these keys.
-SWEEP_STAGE_PATTERN = re.compile(r"^(?:(?P<a>.+)_wall_s|wall_s_(?P<b>.+))$")
+SWEEP_STAGE_PATTERN = re.compile(r"^(?:(?P<a>.+)_wall_s|wall_s_(?P<b>.+)|(?P<c>[a-z_]+)_s)$")
 SWEEP_STAGE_DICT_KEYS = ("stage_wall_s", "wall_s", "stage_times_s")
 
 # Fingerprint facts that change between runs on the same machine; left out of the identity hash.
@@ -174,7 +176,7 @@ def sweep_point(row: dict, source: str, fingerprint_id: str | None = None) -> Sw
     for column, value in row.items():
         match = SWEEP_STAGE_PATTERN.match(str(column))
         if match and number(value) is not None:
-            stages[match["a"] or match["b"]] = number(value)
+            stages[match["a"] or match["b"] or match["c"]] = number(value)
     numeric = {name: number(pick(name)) for name in SWEEP_COLUMNS if name not in ("criterion", "allocator",
                                                                                   "model", "target")}
     return SweepPoint(source=source, fingerprint_id=fingerprint_id, **numeric, criterion=text(pick("criterion")),
