@@ -96,17 +96,6 @@ def masked(graph: PruningGraph, keep: dict[str, torch.Tensor]) -> Iterator[None]
 
 
 @contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block on `count` torch threads: on a loaded 2-core machine one thread is several times faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@contextmanager
 def captured_inputs(modules: list[nn.Module]) -> Iterator[dict[int, list[torch.Tensor]]]:
     """Record the first input of each module (by position in `modules`) on every forward in the block."""
     store: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(modules))}
