@@ -76,7 +76,8 @@ def test_manifests_with_a_budget_stand_in_for_missing_sweep_rows(full_run: Path,
     markdown = result.markdown_path.read_text()
     assert dict(result.sections)["Latency-budget sweep"] == "complete"
     assert "1 point(s), each from a manifest built for a latency budget" in markdown
-    assert "| knapsack / l1 | 1 | 1 | 1 | 100.0% |" in markdown
+    # 0.21 ms measured for a 0.3 ms budget is under budget but below the [0.9, 1] band: not a hit
+    assert "| knapsack / l1 | 1 | 1 | 0 | 0.0% |" in markdown
 
 
 def test_partial_run_says_what_is_missing(partial_run: Path, tmp_path: Path):

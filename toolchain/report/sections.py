@@ -70,10 +70,10 @@ def sweep_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
         judged = [p.hit_budget for p in group if p.hit_budget is not None]
         hit_rows.append((name, str(len(group)), str(len(judged)), str(sum(judged)),
                          _pct(sum(judged) / len(judged)) if judged else MISSING))
-    blocks.append(Table(("allocator / criterion", "points", "with budget and measured latency", "within budget",
+    blocks.append(Table(("allocator / criterion", "points", "with budget and measured latency", "in band",
                          "budget hit rate"), tuple(hit_rows),
-                        "Budget hit: measured latency at or under the budget. Points without a measured latency "
-                        "are not counted as hits or misses."))
+                        "Budget hit: measured latency within [0.90, 1.00] x budget. Points without a measured "
+                        "latency are not counted as hits or misses."))
     pairs: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
     for p in points:
         if p.measured_latency_ms is not None and p.predicted_latency_ms is not None:
@@ -93,7 +93,8 @@ def sweep_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
                   *(cell(p.stage_wall_s.get(s), "{:.1f} s") for s in stages), labels.source(p.source, p.fingerprint_id))
                  for p in sorted(points, key=lambda p: (_series_name(p), p.budget_ms or math.inf)))
     blocks.append(Table(("allocator / criterion", "budget", "predicted latency (predicted)", "measured latency",
-                         "within budget", "accuracy before recovery", "accuracy after recovery", "MACs", "params",
+                         "in [0.9, 1] x budget", "accuracy before recovery", "accuracy after recovery",
+                         "MACs", "params",
                          *(f"{s} wall time" for s in stages), "source"), rows, "Every sweep point."))
     return Section("sweep", title, tuple(blocks))
 
