@@ -7,12 +7,13 @@ STAMP  := $(VENV)/.installed
 TARGET ?= cpu
 MODEL  ?= zoo:demo
 PRECISION ?= fp16
-# On cpu the default is a latency budget of 50% of the dense model's measured latency (BUDGET_MS=x for
-# an absolute one); other targets take RATIO (share of channels removed) until a budget loop runs on the board.
+# On cpu (or a board reached through RPC_TRACKER/RPC_KEY) the default is a latency budget of 50% of the dense
+# model's measured latency (BUDGET_MS=x for an absolute one); without a reachable board RATIO is used.
 BUDGET_RATIO ?= 0.5
 BUDGET_MS ?=
 RATIO ?= 0.5
-DEPLOY_BUDGET = $(if $(filter cpu,$(TARGET)),$(if $(BUDGET_MS),--budget-ms $(BUDGET_MS),--budget-ratio $(BUDGET_RATIO)),--ratio $(RATIO))
+# A budget needs measurements on the target: this host for cpu, the board through RPC_TRACKER/RPC_KEY otherwise.
+DEPLOY_BUDGET = $(if $(or $(filter cpu,$(TARGET)),$(RPC_TRACKER)),$(if $(BUDGET_MS),--budget-ms $(BUDGET_MS),--budget-ratio $(BUDGET_RATIO)),--ratio $(RATIO))
 TEST_WORKERS ?= 2
 
 .PHONY: venv deploy test lint demo-model clean

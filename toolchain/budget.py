@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -270,12 +271,21 @@ class TargetSpec:
     timed_runs: int = 25
     profile_samples: int = 100  # configurations measured when a predictor is built on the fly
     lock_path: str = MEASUREMENT_LOCK
+    # A board behind a TVM RPC tracker: profiled, fitted and measured there (backend tvm) instead of here.
+    rpc: object | None = field(default=None, compare=False)  # toolchain.targets.RpcEndpoint
+
+    @property
+    def where(self) -> str:
+        """The label used for predictor and database names: target label, plus the board's key over RPC."""
+        label = resolve_target(self).label
+        return f"{label}@rpc-{self.rpc.key}" if self.rpc is not None else label
 
 
 def resolve_target(spec: TargetSpec):
     from toolchain.targets import get_target
 
-    return get_target(spec.name, spec.backend, spec.threads)
+    backend = spec.backend or ("tvm" if spec.rpc is not None else None)
+    return get_target(spec.name, backend, spec.threads, rpc=spec.rpc)
 
 
 class measurement_lock:
@@ -319,9 +329,16 @@ def _slug(text: str) -> str:
 
 
 def default_predictor_path(model_spec: str, input_shape: tuple[int, ...], spec: TargetSpec) -> str:
-    target = resolve_target(spec)
     shape = "x".join(map(str, input_shape))
-    return f"{PREDICTOR_DIR}/{_slug(model_spec)}-{shape}-{_slug(target.label)}-{spec.clock}-lpnet"
+    return f"{PREDICTOR_DIR}/{_slug(model_spec)}-{shape}-{_slug(spec.where)}-{spec.clock}-lpnet"
+
+
+def profile_db_for(spec: TargetSpec, db_path: str) -> str:
+    """A board's measurements live in their own database: rows of a remote device never mix with this host's."""
+    if spec.rpc is None:
+        return db_path
+    path = Path(db_path)
+    return str(path.with_name(f"{path.stem}-rpc-{_slug(spec.rpc.key)}{path.suffix}"))
 
 
 def find_or_build_predictor(model_spec: str, dense: nn.Module, input_shape: tuple[int, ...], spec: TargetSpec,
@@ -337,7 +354,7 @@ def find_or_build_predictor(model_spec: str, dense: nn.Module, input_shape: tupl
     target = resolve_target(spec)
     path = artifact or default_predictor_path(model_spec, input_shape, spec)
     if not (Path(path) / "predictor.json").is_file():
-        _build_predictor(model_spec, dense, input_shape, spec, path, db_path, on_progress, step)
+        _build_predictor(model_spec, dense, input_shape, spec, path, profile_db_for(spec, db_path), on_progress, step)
     predictor = load_predictor(path, target.name, target.backend, target.threads)
     if predictor.name != "lpnet":
         raise ToolchainError(f"{path} is a {predictor.name!r} predictor; budgets need an lpnet artifact "
@@ -365,7 +382,7 @@ def _build_predictor(model_spec, dense, input_shape, spec: TargetSpec, path: str
     campaign = CampaignConfig(model=model_spec, db_path=db_path, target=target.name, backend=target.backend,
                               threads=target.threads, samples=spec.profile_samples, input_shape=tuple(input_shape),
                               measure=MeasureConfig(warmup_runs=spec.warmup_runs, timed_runs=spec.timed_runs,
-                                                    clock=spec.clock))
+                                                    clock=spec.clock), rpc=spec.rpc)
     with measurement_lock(spec.lock_path):
         report = run_campaign(campaign, on_progress)
     if report.failed:
@@ -394,6 +411,6 @@ class BudgetJob:
                                        self.db_path, self.on_progress, step)
         result = prune_to_budget(dense, example_input, self.budget, info, target_measure(self.target), data,
                                  self.saliency, step)
-        result.manifest["latency_target"] = {"label": resolve_target(self.target).label, "clock": self.target.clock,
+        result.manifest["latency_target"] = {"label": self.target.where, "clock": self.target.clock,
                                              "timed_runs": self.target.timed_runs}
         return result

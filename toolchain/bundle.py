@@ -142,7 +142,7 @@ class _TargetArtifacts:
         manifest["versions"] = library_versions()
         if device.tensorrt_on_device:
             self._check_tensorrt(onnx_path, manifest)
-        if self.config.rpc is not None:
+        if self.config.rpc is not None and "measured_latency_ms" not in manifest:  # the budget loop measured there
             step(f"measuring latency on the board {self.config.rpc.key!r} through TVM RPC")
             _measure_through_rpc(model, example_input, manifest, device, self.config.rpc)
         if device.cross_compiler is None and not device.has_gpu:
@@ -207,7 +207,7 @@ class _TargetArtifacts:
     def _latency_section(self, manifest: dict) -> dict:
         if "measured_latency_ms" in manifest:  # measured on the device itself by the deploy pipeline
             source = manifest.get("latency_source") or (
-                f"measured on this host by the budget loop, {manifest['latency_target']['label']}"
+                f"measured by the budget loop on {manifest['latency_target']['label']}"
                 if "latency_target" in manifest else "measured")
             return {"measured_ms": manifest["measured_latency_ms"], "source": source}
         prior = roofline_prior_ms(self.device, manifest["macs"], manifest["params"], self.config.precision)

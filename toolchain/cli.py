@@ -237,22 +237,6 @@ def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, targ
 
     device = get_device(target)
     out = out or default_out(device.name, model)
-    job = None
-    if budget_ms is not None or budget_ratio is not None:
-        if device.name != "cpu":
-            raise ToolchainError(f"a latency budget is met by measuring on the target; for {device.name} that needs "
-                                 "a budget loop on the board, which deploy does not run yet: use --ratio (the "
-                                 "bundle labels its latency as predicted), or prune with a budget on cpu")
-        from toolchain.allocate import BudgetConfig
-        from toolchain.budget import BudgetJob, TargetSpec
-
-        job = BudgetJob(BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion,
-                                     allocator=allocator, round_to=round_to, finetune_steps=finetune_steps,
-                                     protect=tuple(protect)),
-                        TargetSpec("cpu"), None, on_progress=_progress_bar(as_json))
-    pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, data=data,
-                              prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)),
-                              target=device.name, budget=job)
     rpc = None
     if rpc_tracker or rpc_key:
         from latency_models.rpc import parse_tracker
@@ -260,7 +244,24 @@ def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, targ
 
         if not (rpc_tracker and rpc_key):
             raise ToolchainError("--rpc-tracker and --rpc-key go together")
-        rpc = RpcEndpoint(*parse_tracker(rpc_tracker), rpc_key)
+        board_target = "" if device.name == "cpu" else json.dumps(dict(device.tvm_host_target))
+        rpc = RpcEndpoint(*parse_tracker(rpc_tracker), rpc_key, board_target)
+    job = None
+    if budget_ms is not None or budget_ratio is not None:
+        if device.name != "cpu" and rpc is None:
+            raise ToolchainError(f"a latency budget is met by measuring on the target; for {device.name} give the "
+                                 "board with --rpc-tracker/--rpc-key (RPC_TRACKER/RPC_KEY), or use --ratio (the "
+                                 "bundle then labels its latency as predicted)")
+        from toolchain.allocate import BudgetConfig
+        from toolchain.budget import BudgetJob, TargetSpec
+
+        job = BudgetJob(BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion,
+                                     allocator=allocator, round_to=round_to, finetune_steps=finetune_steps,
+                                     protect=tuple(protect)),
+                        TargetSpec("cpu", rpc=rpc), None, on_progress=_progress_bar(as_json))
+    pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, data=data,
+                              prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)),
+                              target=device.name, budget=job)
     manifest = write_bundle(BundleConfig(device=device.name, precision=precision, rpc=rpc), pipeline,
                             Steps(quiet=as_json))
     if as_json:
