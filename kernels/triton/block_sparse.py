@@ -15,13 +15,13 @@ Example:
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from kernels.formats import BlockSparseMatrix
+from kernels.triton._operands import INTERPRET as _INTERPRET
+from kernels.triton._operands import check_operands
 
 # Autotuned launch configurations (activation rows per program, warps, pipeline stages).
 CONFIGS = [
@@ -31,8 +31,6 @@ CONFIGS = [
     triton.Config({"BLOCK_P": 32}, num_warps=2, num_stages=2),
     triton.Config({"BLOCK_P": 256}, num_warps=8, num_stages=3),
 ]
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
@@ -88,20 +86,7 @@ _tuned_kernel = _bsr_matmul_kernel if _INTERPRET else triton.autotune(
 
 
 def _check(x: torch.Tensor, weight: BlockSparseMatrix) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 2:
-        raise ValueError(f"x must be a 2-D [P, K] tensor, got {getattr(x, 'shape', type(x))}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"unsupported dtype {x.dtype}; expected one of {SUPPORTED_DTYPES}")
-    if x.dtype != weight.values.dtype:
-        raise ValueError(f"x is {x.dtype} but the weight is {weight.values.dtype}")
-    if not x.is_contiguous() or not weight.values.is_contiguous():
-        raise ValueError("x and the weight values must be contiguous")
-    if x.shape[1] != weight.shape[1]:
-        raise ValueError(f"x has K={x.shape[1]} but the weight has K={weight.shape[1]}")
-    if x.device != weight.values.device:
-        raise ValueError(f"x is on {x.device} but the weight is on {weight.values.device}")
-    if x.device.type != "cuda" and not _INTERPRET:
-        raise ValueError("the Triton kernel needs a CUDA tensor (or TRITON_INTERPRET=1)")
+    check_operands(x, weight.values, weight.shape[1])
 
 
 def bsr_matmul(x: torch.Tensor, weight: BlockSparseMatrix) -> torch.Tensor:

@@ -13,13 +13,13 @@ Example:
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from kernels.formats import NMSparseMatrix
+from kernels.triton._operands import INTERPRET as _INTERPRET
+from kernels.triton._operands import check_operands
 
 # Autotuned launch configurations (tile of activation rows x output features x K).
 CONFIGS = [
@@ -29,8 +29,6 @@ CONFIGS = [
     triton.Config({"BLOCK_P": 16, "BLOCK_O": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_P": 64, "BLOCK_O": 256, "BLOCK_K": 32}, num_warps=8, num_stages=3),
 ]
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
@@ -79,22 +77,9 @@ _tuned_kernel = _nm_matmul_kernel if _INTERPRET else triton.autotune(
 
 
 def _check(x: torch.Tensor, weight: NMSparseMatrix) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 2:
-        raise ValueError(f"x must be a 2-D [P, K] tensor, got {getattr(x, 'shape', type(x))}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"unsupported dtype {x.dtype}; expected one of {SUPPORTED_DTYPES}")
-    if x.dtype != weight.values.dtype:
-        raise ValueError(f"x is {x.dtype} but the weight is {weight.values.dtype}")
     if weight.offsets.dtype != torch.int8:
         raise ValueError(f"N:M offsets must be int8, got {weight.offsets.dtype}")
-    if not (x.is_contiguous() and weight.values.is_contiguous() and weight.offsets.is_contiguous()):
-        raise ValueError("x and the weight values/offsets must be contiguous")
-    if x.shape[1] != weight.shape[1]:
-        raise ValueError(f"x has K={x.shape[1]} but the weight has K={weight.shape[1]}")
-    if x.device != weight.values.device:
-        raise ValueError(f"x is on {x.device} but the weight is on {weight.values.device}")
-    if x.device.type != "cuda" and not _INTERPRET:
-        raise ValueError("the Triton kernel needs a CUDA tensor (or TRITON_INTERPRET=1)")
+    check_operands(x, weight.values, weight.shape[1], weight.offsets)
 
 
 def nm_matmul(x: torch.Tensor, weight: NMSparseMatrix) -> torch.Tensor:
