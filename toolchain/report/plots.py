@@ -45,7 +45,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
-def sweep_pareto(series: dict[str, list[tuple[float, float]]], budgets: Sequence[float]) -> bytes:
+def sweep_pareto(series: dict[str, list[tuple[float, float]]], budgets: Sequence[float], model: str = "") -> bytes:
     """Accuracy vs measured latency, one colour per series (allocator / criterion), its Pareto front joined."""
     figure, axis = plt.subplots(figsize=(7, 4.2))
     for index, (label, points) in enumerate(sorted(series.items())):
@@ -55,8 +55,9 @@ def sweep_pareto(series: dict[str, list[tuple[float, float]]], budgets: Sequence
         axis.plot([p[0] for p in front], [p[1] for p in front], "-", color=scatter.get_facecolor()[0], lw=1.2)
     for budget in sorted(set(budgets)):
         axis.axvline(budget, color="grey", lw=0.6, ls=":")
+    prefix = f"{model}: " if model else ""
     axis.set(xlabel="measured latency (ms)", ylabel="accuracy (after recovery)",
-             title="Accuracy vs measured latency (lines: Pareto front; dotted: budgets)")
+             title=f"{prefix}accuracy vs measured latency\n(lines: Pareto front; dotted: budgets)")
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     return _png(figure)

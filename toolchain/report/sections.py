@@ -47,19 +47,27 @@ def sweep_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
     blocks: list = [Paragraph(f"{len(points)} point(s), each from a {origin}, read from "
                               f"{len({p.source for p in points})} file(s). Accuracy is after recovery; latencies "
                               "are measured on the target unless labelled predicted.")]
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for p in points:
-        if p.measured_latency_ms is not None and p.accuracy is not None:
-            series[_series_name(p)].append((p.measured_latency_ms, p.accuracy))
-    left_out = len(points) - sum(map(len, series.values()))
-    if series:
-        budgets = [p.budget_ms for p in points if p.budget_ms is not None]
-        blocks.append(Figure("sweep-pareto.png", plots.sweep_pareto(series, budgets),
-                             "accuracy against measured latency per allocator and criterion",
-                             "Accuracy vs measured latency per allocator / criterion, Pareto fronts joined."
-                             + (f" {left_out} point(s) without a measured latency or accuracy are not drawn."
-                                if left_out else "")))
-    else:
+    by_model: dict[str, list[SweepPoint]] = defaultdict(list)
+    for p in points:  # one figure per model: latencies of different models do not share an axis
+        by_model[p.model or "model not recorded"].append(p)
+    drawn = 0
+    for index, (model, model_points) in enumerate(sorted(by_model.items())):
+        series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for p in model_points:
+            if p.measured_latency_ms is not None and p.accuracy is not None:
+                series[_series_name(p)].append((p.measured_latency_ms, p.accuracy))
+        if not series:
+            continue
+        drawn += sum(map(len, series.values()))
+        budgets = [p.budget_ms for p in model_points if p.budget_ms is not None]
+        name = "sweep-pareto.png" if index == 0 else f"sweep-pareto-{index}.png"
+        blocks.append(Figure(name, plots.sweep_pareto(series, budgets, model),
+                             f"accuracy against measured latency per allocator and criterion, {model}",
+                             f"{model}: accuracy vs measured latency per allocator / criterion, Pareto fronts joined."))
+    left_out = len(points) - drawn
+    if drawn and left_out:
+        blocks.append(Paragraph(f"{left_out} point(s) without a measured latency or accuracy are not drawn."))
+    if not drawn:
         blocks.append(Missing("accuracy vs measured latency plot", "no sweep point has both a measured latency "
                                                                    "and an accuracy"))
     groups: dict[str, list[SweepPoint]] = defaultdict(list)
