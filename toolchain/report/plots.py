@@ -55,7 +55,7 @@ def sweep_pareto(series: dict[str, list[tuple[float, float]]], budgets: Sequence
         axis.plot([p[0] for p in front], [p[1] for p in front], "-", color=scatter.get_facecolor()[0], lw=1.2)
     for budget in sorted(set(budgets)):
         axis.axvline(budget, color="grey", lw=0.6, ls=":")
-    prefix = f"{model}: " if model else ""
+    prefix = f"{model.rsplit('/', 1)[-1]}: " if model else ""  # a factory path is long; its file:function says enough
     axis.set(xlabel="measured latency (ms)", ylabel="accuracy (after recovery)",
              title=f"{prefix}accuracy vs measured latency\n(lines: Pareto front; dotted: budgets)")
     axis.legend(fontsize=8)
