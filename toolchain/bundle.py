@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import shutil
 import stat
 from dataclasses import dataclass
@@ -274,5 +273,4 @@ def write_bundle(bundle: BundleConfig, pipeline: PipelineConfig, step: Step = la
                              "(installs g++-aarch64-linux-gnu through apt)")
     if bundle.precision == "int8" and device.tensorrt_on_device and resolve_data(pipeline.data, pipeline.model) is None:
         raise ToolchainError("an int8 engine needs calibration data: pass --data")
-    os.makedirs(Path(pipeline.out).parent, exist_ok=True)
     return write_pruned_folder(pipeline, step, extend=_TargetArtifacts(device, bundle))

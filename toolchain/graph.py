@@ -411,13 +411,7 @@ def _flat_outputs(output) -> list[torch.Tensor]:
 
 
 def _output_shapes(output) -> list[tuple[int, ...]]:
-    if isinstance(output, torch.Tensor):
-        return [tuple(output.shape)]
-    if isinstance(output, dict):
-        return [s for k in sorted(output) for s in _output_shapes(output[k])]
-    if isinstance(output, (list, tuple)):
-        return [s for item in output for s in _output_shapes(item)]
-    return []
+    return [tuple(t.shape) for t in _flat_outputs(output)]
 
 
 def round_width(width: float, dense_width: int, multiple: int = 8, unit: int = 1) -> int:
