@@ -244,17 +244,19 @@ def main() -> None:
     parser.add_argument("--refine-rounds", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clock", default="thread_cpu")
+    parser.add_argument("--statistic", default="min", choices=("median", "min"),
+                        help="a measurement's latency (min: robust to the other jobs on a shared machine)")
     parser.add_argument("--tag", default="", help="suffix of each model's folder and of summary/plot names")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--report-only", action="store_true", help="rewrite summary.md and the plot from rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    spec = TargetSpec("cpu", "onnxruntime", 1, args.clock, warmup_runs=2, timed_runs=15,
+    spec = TargetSpec("cpu", "onnxruntime", 1, args.clock, args.statistic, warmup_runs=2, timed_runs=15,
                       profile_samples=args.profile_samples)
     fingerprint = machine_fingerprint(resolve_target(spec))
     environment = (f"{fingerprint.get('cpu_model', 'cpu').split()[0].lower()}-{platform.machine()}-"
-                   f"ort{fingerprint['versions'].get('onnxruntime', '?')}-1t-{args.clock}")
+                   f"ort{fingerprint['versions'].get('onnxruntime', '?')}-1t-{args.clock}-{args.statistic}")
     out = args.out or HERE.parent / "results" / f"sweep-{environment}"
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:

@@ -31,6 +31,7 @@ class FitConfig:
     heldout_fraction: float = 0.2
     max_train: int = 0  # 0: use every training configuration
     train_steps: int = 0  # 0: the predictor's default number of optimiser steps
+    statistic: str = "median"  # per-configuration latency to learn: median or min of the timed runs
 
 
 def is_heldout(config_key: str, heldout_fraction: float) -> bool:
@@ -78,10 +79,12 @@ def _describe(store: MeasurementStore) -> str:
     return "; ".join(f"{m} on {t}/{b}/{th}t: {n} {k} rows" for m, t, b, th, k, n in summary)
 
 
-def split_queries(rows: list[MeasurementRow], heldout_fraction: float) -> tuple[list[LatencyQuery], list[LatencyQuery]]:
+def split_queries(rows: list[MeasurementRow], heldout_fraction: float,
+                  statistic: str = "median") -> tuple[list[LatencyQuery], list[LatencyQuery]]:
     train, heldout = [], []
     for row in rows:
-        (heldout if is_heldout(row.config_key, heldout_fraction) else train).append(LatencyQuery.from_row(row))
+        query = LatencyQuery.from_row(row, statistic)
+        (heldout if is_heldout(row.config_key, heldout_fraction) else train).append(query)
     return train, heldout
 
 
@@ -104,7 +107,7 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
     single_ops = [r for r in single_ops if r.model in rows_by_model]
     train, heldout = [], []
     for rows in rows_by_model.values():
-        model_train, model_heldout = split_queries(rows, config.heldout_fraction)
+        model_train, model_heldout = split_queries(rows, config.heldout_fraction, config.statistic)
         train += model_train[: config.max_train or None]
         heldout += model_heldout
     if not train or not heldout:
@@ -114,7 +117,7 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
         )
     n_configurations = len(train)
     if predictor_class(config.predictor).trains_on_single_ops:
-        train += [LatencyQuery.from_row(r) for r in single_ops]
+        train += [LatencyQuery.from_row(r, config.statistic) for r in single_ops]
     meta = ArtifactMeta(
         predictor=config.predictor,
         target=config.target,
@@ -130,12 +133,13 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
         n_train=n_configurations,
         n_single_ops=len(train) - n_configurations,
         created_at=now_utc(),
+        statistic=config.statistic,
     )
     predictor = create_predictor(config.predictor, meta)
     if config.train_steps:
         predictor.train_steps = config.train_steps
     if hasattr(predictor, "set_table"):
-        predictor.set_table([(spec_from_dict(r.widths), r.median_ms) for r in single_ops])
+        predictor.set_table([(spec_from_dict(r.widths), getattr(r, f"{config.statistic}_ms")) for r in single_ops])
     predictor.fit(train)
     metrics = predictor.evaluate(heldout)
     predictor.meta = replace(predictor.meta, heldout_metrics=metrics)

@@ -16,12 +16,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from toolchain.errors import ToolchainError
 from toolchain.targets import Runner
 
 # Host clocks, in seconds. `thread_cpu` counts only the CPU time of the calling thread: on a shared machine
 # it leaves out the time other processes hold the core, which wall-clock time cannot. It is valid only where
 # the whole inference runs on the calling thread (cpu target, 1 thread, onnxruntime or torch).
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread_cpu": time.thread_time}
+# The number that stands for "the latency" of a measurement. `median` is the default; `min` is the robust
+# choice on a shared machine, where interference only ever adds time (on this project's 2-vCPU host the
+# same configuration re-measured agrees far more often by its minimum than by its median; BENCHMARKS.md).
+STATISTICS = ("median", "min")
+
+
+def check_statistic(statistic: str) -> str:
+    if statistic not in STATISTICS:
+        raise ToolchainError(f"unknown latency statistic {statistic!r}; valid: {', '.join(STATISTICS)}")
+    return statistic
 
 
 @contextmanager
@@ -55,6 +66,10 @@ class Measurement:
     samples_ms: tuple[float, ...]  # the per-run times of the kept attempt
     attempts: int
     stable: bool
+
+    def value(self, statistic: str = "median") -> float:
+        """The latency in ms by `statistic` (a name in STATISTICS)."""
+        return getattr(self, f"{check_statistic(statistic)}_ms")
 
     @property
     def relative_iqr(self) -> float:

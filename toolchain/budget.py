@@ -267,6 +267,7 @@ class TargetSpec:
     backend: str | None = None
     threads: int = 1
     clock: str = "wall"  # "thread_cpu": CPU time of the timing thread (1-thread CPU targets, loaded machines)
+    statistic: str = "median"  # latency of a measurement: median, or min of the timed runs (shared machines)
     warmup_runs: int = 5
     timed_runs: int = 25
     profile_samples: int = 100  # configurations measured when a predictor is built on the fly
@@ -309,7 +310,8 @@ class measurement_lock:
 
 
 def target_measure(spec: TargetSpec) -> MeasureFn:
-    """A `measure_ms(model, x)` timing on the target (median ms), compiled on one torch thread, under the lock."""
+    """A `measure_ms(model, x)` timing on the target (ms by `spec.statistic`), compiled on one torch thread,
+    under the lock."""
     from latency_models.measure import MeasureConfig, measure, torch_threads
 
     target = resolve_target(spec)
@@ -319,7 +321,7 @@ def target_measure(spec: TargetSpec) -> MeasureFn:
         with torch_threads(1):
             runner = target.prepare(model.eval(), example_input)
         with measurement_lock(spec.lock_path):
-            return measure(runner, config).median_ms
+            return measure(runner, config).value(spec.statistic)
 
     return measure_ms
 
@@ -330,7 +332,8 @@ def _slug(text: str) -> str:
 
 def default_predictor_path(model_spec: str, input_shape: tuple[int, ...], spec: TargetSpec) -> str:
     shape = "x".join(map(str, input_shape))
-    return f"{PREDICTOR_DIR}/{_slug(model_spec)}-{shape}-{_slug(spec.where)}-{spec.clock}-lpnet"
+    statistic = "" if spec.statistic == "median" else f"-{spec.statistic}"
+    return f"{PREDICTOR_DIR}/{_slug(model_spec)}-{shape}-{_slug(spec.where)}-{spec.clock}{statistic}-lpnet"
 
 
 def profile_db_for(spec: TargetSpec, db_path: str) -> str:
@@ -359,6 +362,9 @@ def find_or_build_predictor(model_spec: str, dense: nn.Module, input_shape: tupl
     if predictor.name != "lpnet":
         raise ToolchainError(f"{path} is a {predictor.name!r} predictor; budgets need an lpnet artifact "
                              "(differentiable, per group); fit one with `toolchain fit --predictor lpnet`")
+    if predictor.meta.statistic != spec.statistic:
+        raise ToolchainError(f"{path} predicts {predictor.meta.statistic} latency, but the target measures "
+                             f"{spec.statistic}; use --statistic {predictor.meta.statistic} or another predictor")
     trained_shape = predictor.meta.input_shapes.get(model_spec)
     if trained_shape is not None and tuple(trained_shape) != tuple(input_shape):
         raise ToolchainError(f"{path} was trained at input shape {tuple(trained_shape)}, not {tuple(input_shape)}")
@@ -389,7 +395,8 @@ def _build_predictor(model_spec, dense, input_shape, spec: TargetSpec, path: str
         raise ToolchainError(f"profiling failed for {len(report.failed)} configurations: {report.failed[0]}")
     step("fitting the lpnet latency predictor")
     predictor = fit_predictor(FitConfig(db_path=db_path, predictor="lpnet", models=(model_spec,),
-                                        target=target.name, backend=target.backend, threads=target.threads))
+                                        target=target.name, backend=target.backend, threads=target.threads,
+                                        statistic=spec.statistic))
     predictor.save(path)
 
 
@@ -412,5 +419,6 @@ class BudgetJob:
         result = prune_to_budget(dense, example_input, self.budget, info, target_measure(self.target), data,
                                  self.saliency, step)
         result.manifest["latency_target"] = {"label": self.target.where, "clock": self.target.clock,
+                                             "statistic": self.target.statistic,
                                              "timed_runs": self.target.timed_runs}
         return result

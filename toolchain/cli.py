@@ -146,6 +146,8 @@ def _budget_options(func):
         click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True),
         click.option("--clock", type=click.Choice(["wall", "thread_cpu"]), default="wall", show_default=True,
                      help="thread_cpu: CPU time of the timing thread (1-thread CPU targets on a shared machine)"),
+        click.option("--statistic", type=click.Choice(["median", "min"]), default="median", show_default=True,
+                     help="a measurement's latency: median, or min of the timed runs (robust on a shared machine)"),
         click.option("--budget-ms", type=float, help="latency budget in ms on the target (replaces --ratio)"),
         click.option("--budget-ratio", type=float, help="budget as a share of the dense model's measured latency"),
         click.option("--criterion", type=click.Choice(list_criteria()), default="taylor", show_default=True),
@@ -166,7 +168,7 @@ def _budget_options(func):
 @model_options
 @_pipeline_options
 @_budget_options
-def prune_cmd(target, backend, threads, clock, budget_ms, budget_ratio, criterion, allocator, predictor,
+def prune_cmd(target, backend, threads, clock, statistic, budget_ms, budget_ratio, criterion, allocator, predictor,
               profile_samples, finetune_steps, shapley_samples, **kwargs) -> None:
     """Physically remove channels and write a verified pruned-model folder.
 
@@ -182,7 +184,7 @@ def prune_cmd(target, backend, threads, clock, budget_ms, budget_ratio, criterio
         job = BudgetJob(
             BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
                          round_to=kwargs["round_to"], finetune_steps=finetune_steps, protect=tuple(kwargs["protect"])),
-            TargetSpec(target, backend, threads, clock, profile_samples=profile_samples), predictor,
+            TargetSpec(target, backend, threads, clock, statistic, profile_samples=profile_samples), predictor,
             SaliencyConfig(shapley_samples=shapley_samples), on_progress=_progress_bar(kwargs["as_json"]))
     _run_pipeline(**kwargs, target=target, budget=job)
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from latency_models.features import LayerSpec, layer_specs, spec_from_dict, total_macs
+from latency_models.measure import check_statistic
 from latency_models.metrics import accuracy_metrics
 from latency_models.predictors.artifact import ArtifactMeta, read_artifact, save_artifact
 from toolchain.errors import ToolchainError
@@ -49,14 +50,14 @@ class LatencyQuery:
         return cls(model_spec, tuple(input_shape), widths, tuple(layers))
 
     @classmethod
-    def from_row(cls, row) -> LatencyQuery:
-        """A training sample from a `latency_models.store.MeasurementRow`."""
+    def from_row(cls, row, statistic: str = "median") -> LatencyQuery:
+        """A training sample from a `latency_models.store.MeasurementRow`, its latency taken by `statistic`."""
         return cls(
             row.model,
             tuple(row.input_shape),
             dict(row.widths),
             tuple(spec_from_dict(d) for d in row.layers),
-            row.median_ms,
+            getattr(row, f"{check_statistic(statistic)}_ms"),
             row.config_key,
         )
 

@@ -40,6 +40,7 @@ class ArtifactMeta:
     n_single_ops: int = 0  # single-op measurements trained on (layerwise)
     heldout_metrics: dict = field(default_factory=dict)
     created_at: str = ""
+    statistic: str = "median"  # which per-configuration latency it was trained on and predicts (median, min)
     artifact_version: int = ARTIFACT_VERSION
 
     @property

@@ -1,9 +1,18 @@
 """`lpnet`: the latency-prediction network of W-Gates (Li et al., 2020), one per architecture and target.
 
 An MLP maps the normalised per-group width vector (width / dense width, in the artifact's group order) to
-latency. It predicts the log of the ratio to a reference latency, so training weighs relative errors and the
-output stays positive; `LPNet.forward` is differentiable in the widths, which is what a gradient-based width
-allocator needs.
+latency. `LPNet.forward` is differentiable in the widths, which is what a gradient-based width allocator
+needs.
+
+On top of the paper's MLP it carries a structured prior, because an MLP alone over 20-odd widths overfits a
+few hundred measurements (held-out error 3-4x the training error on this project's benchmark): latency is
+close to a non-negative sum over the model's layers of work terms (MACs, output elements), each split by
+whether its channel counts are aligned to the kernels' vector width (unaligned channels fall off the fast
+NCHWc / packed-GEMM paths). Each layer's channel counts are a linear function of the group widths, learnt
+exactly from the measured configurations (identity, a multiple after a flatten, a sum after a concat, or
+a constant), so the prior is a closed-form function of the width vector. The prior's weights are solved by
+non-negative least squares on relative error; the MLP ensemble then learns the log-ratio between
+measurement and prior (interactions the sum cannot express), with weight decay keeping it small.
 
 Example:
     >>> predictor = load_predictor("latency_models/artifacts/resnet18-cpu-onnxruntime-lpnet")
@@ -14,24 +23,29 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 
+import numpy as np
 import torch
+from scipy.optimize import nnls
 from torch import nn
 
+from latency_models.features import COMPUTE_OPS
 from latency_models.measure import torch_threads
-from latency_models.predictors import (
-    LatencyPredictor,
-    LatencyQuery,
-    register_predictor,
-)
+from latency_models.predictors import LatencyPredictor, LatencyQuery, register_predictor
 from toolchain.errors import ToolchainError
 
 HIDDEN_UNITS = 64
 ENSEMBLE_SIZE = 3
-ALIGNMENT_PERIODS = (8,)  # channel multiples the target's kernels favour (NCHWc8 on AVX2 CPUs)
+ALIGNMENT_PERIOD = 8  # channel multiple the target's kernels favour (NCHWc8 on AVX2 CPUs)
+GATE_SHARPNESS = 16  # gate = ((1 + cos(2*pi*c/p)) / 2) ** sharpness: 1 at multiples of p, < 0.08 one channel off
 LEARNING_RATE = 3e-3
-WEIGHT_DECAY = 1e-2
+WEIGHT_DECAY = 1e-1
+SIDES = ("in_channels", "out_channels", "groups")
+VALIDATION_EVERY = 5  # every 5th training configuration checks the residual MLP (early stopping)
+N_PRIOR_TERMS = 8  # per-layer terms of `LPNet.prior_features`
+CHECK_EVERY = 25  # optimiser steps between checks
 
 
 def _mlp(n_inputs: int, hidden_units: int) -> nn.Sequential:
@@ -44,46 +58,108 @@ def _mlp(n_inputs: int, hidden_units: int) -> nn.Sequential:
     )
 
 
-class LPNet(nn.Module):
-    """Normalised widths [..., n_groups] -> latency in ms [...].
+def alignment_gate(channels: torch.Tensor, period: float = ALIGNMENT_PERIOD) -> torch.Tensor:
+    """Smooth, differentiable indicator of `channels` being a multiple of `period`.
 
-    Besides the widths the MLP reads, per group and alignment period p, (1 + cos(2*pi*channels/p)) / 2: a
-    smooth, differentiable signal that is 1 where the channel count is a multiple of p. Without it an MLP on
-    widths alone cannot see that kernels are markedly faster at aligned channel counts (see
-    BENCHMARKS.md). A few MLPs trained from different seeds
-    are averaged in log space, which steadies predictions between the measured configurations.
+    >>> [round(float(v), 3) for v in alignment_gate(torch.tensor([8.0, 9.0, 12.0]))]
+    [1.0, 0.076, 0.0]
+    """
+    return ((1 + torch.cos(2 * math.pi * channels / period)) / 2) ** GATE_SHARPNESS
+
+
+def fit_channel_maps(queries: list[LatencyQuery], dense_widths: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Per layer and side (in/out channels, conv groups), the affine map from group widths to channels.
+
+    Least squares over the measured configurations: `channels = offset + coef @ group_widths` holds exactly
+    for identity, flatten (a multiple), concat (a sum) and unpruned layers (a constant).
+    """
+    n_layers = {len(q.layers) for q in queries}
+    if len(n_layers) != 1:
+        raise ToolchainError(f"lpnet needs one layer list per architecture; the measurements have {sorted(n_layers)}")
+    widths = np.array([[q.widths[name] for name in q.widths] for q in queries], dtype=np.float64)
+    if widths.shape[1] != len(dense_widths):
+        raise ToolchainError(f"measured configurations name {widths.shape[1]} groups, "
+                             f"the model has {len(dense_widths)}")
+    design = np.concatenate([np.ones((len(queries), 1)), widths], axis=1)
+    maps = {}
+    for side in SIDES:
+        channels = np.array([[getattr(layer, side) for layer in q.layers] for q in queries], dtype=np.float64)
+        solution = np.linalg.lstsq(design, channels, rcond=None)[0]  # [1 + groups, layers]
+        solution[np.abs(solution) < 1e-6] = 0.0
+        maps[f"{side}_offset"] = torch.tensor(solution[0], dtype=torch.float32)
+        maps[f"{side}_coef"] = torch.tensor(solution[1:].T, dtype=torch.float32)  # [layers, groups]
+    layers = queries[0].layers
+    maps["kernel_area"] = torch.tensor([layer.kernel**2 for layer in layers], dtype=torch.float32)
+    maps["in_area"] = torch.tensor([layer.in_h * layer.in_w for layer in layers], dtype=torch.float32)
+    maps["out_area"] = torch.tensor([layer.out_h * layer.out_w for layer in layers], dtype=torch.float32)
+    maps["is_compute"] = torch.tensor([layer.op in COMPUTE_OPS for layer in layers], dtype=torch.float32)
+    return maps
+
+
+class LPNet(nn.Module):
+    """Normalised widths [..., n_groups] -> latency in ms [...]: structured prior x exp(MLP ensemble).
+
+    The MLPs read the widths and each group's alignment gate; members trained from different seeds are
+    averaged in log space, which steadies predictions between the measured configurations.
     """
 
-    def __init__(
-        self,
-        dense_widths: tuple[int, ...],
-        reference_ms: float = 1.0,
-        hidden_units: int = HIDDEN_UNITS,
-        periods: tuple[int, ...] = ALIGNMENT_PERIODS,
-        ensemble_size: int = ENSEMBLE_SIZE,
-    ):
+    def __init__(self, dense_widths: tuple[int, ...], n_layers: int, hidden_units: int = HIDDEN_UNITS,
+                 ensemble_size: int = ENSEMBLE_SIZE):
         super().__init__()
-        n_inputs = len(dense_widths) * (1 + len(periods))
+        n_groups = len(dense_widths)
         self.register_buffer("dense_widths", torch.tensor(dense_widths, dtype=torch.float32))
-        self.register_buffer("periods", torch.tensor(periods, dtype=torch.float32))
-        self.register_buffer("log_reference_ms", torch.tensor(math.log(reference_ms)))
-        self.members = nn.ModuleList(_mlp(n_inputs, hidden_units) for _ in range(ensemble_size))
+        for side in SIDES:
+            self.register_buffer(f"{side}_offset", torch.zeros(n_layers))
+            self.register_buffer(f"{side}_coef", torch.zeros(n_layers, n_groups))
+        for name in ("kernel_area", "in_area", "out_area", "is_compute"):
+            self.register_buffer(name, torch.zeros(n_layers))
+        self.register_buffer("prior_weights", torch.zeros(N_PRIOR_TERMS * n_layers + 1))
+        self.members = nn.ModuleList(_mlp(2 * n_groups, hidden_units) for _ in range(ensemble_size))
 
-    def features(self, normalised_widths: torch.Tensor) -> torch.Tensor:
-        channels = (normalised_widths * self.dense_widths).unsqueeze(-1)
-        alignment = (1 + torch.cos(2 * math.pi * channels / self.periods)) / 2
-        return torch.cat([normalised_widths, alignment.flatten(-2)], dim=-1)
+    def channels(self, group_channels: torch.Tensor, side: str) -> torch.Tensor:
+        return getattr(self, f"{side}_offset") + group_channels @ getattr(self, f"{side}_coef").T
+
+    def prior_features(self, normalised_widths: torch.Tensor) -> torch.Tensor:
+        """[..., N_PRIOR_TERMS * n_layers + 1], per layer: MACs; MACs with input / output channels off a
+        multiple of the vector width, and off twice the vector width; output elements, those unaligned;
+        unaligned input elements (layout reorders). Then a constant. Scaled to O(1) numbers for the solver."""
+        group_channels = normalised_widths * self.dense_widths
+        c_in, c_out = self.channels(group_channels, "in_channels"), self.channels(group_channels, "out_channels")
+        c_groups = self.channels(group_channels, "groups").clamp_min(1.0)
+        macs = self.is_compute * c_in * c_out / c_groups * self.kernel_area * self.out_area / 1e6
+        outputs, inputs = c_out * self.out_area / 1e4, c_in * self.in_area / 1e4
+        off_in, off_out = 1 - alignment_gate(c_in), 1 - alignment_gate(c_out)
+        off2_in = 1 - alignment_gate(c_in, 2 * ALIGNMENT_PERIOD)
+        off2_out = 1 - alignment_gate(c_out, 2 * ALIGNMENT_PERIOD)
+        terms = [macs, macs * off_in, macs * off_out, macs * off2_in, macs * off2_out, outputs, outputs * off_out,
+                 inputs * off_in]
+        return torch.cat([*terms, torch.ones_like(normalised_widths[..., :1])], dim=-1)
+
+    def prior_ms(self, normalised_widths: torch.Tensor) -> torch.Tensor:
+        return (self.prior_features(normalised_widths) @ self.prior_weights).clamp_min(1e-6)
+
+    def mlp_inputs(self, normalised_widths: torch.Tensor) -> torch.Tensor:
+        gates = alignment_gate(normalised_widths * self.dense_widths)
+        return torch.cat([normalised_widths, gates], dim=-1)
 
     def member_log_ms(self, normalised_widths: torch.Tensor) -> torch.Tensor:
         """[ensemble, ...] log-latency of each member."""
-        features = self.features(normalised_widths)
-        return torch.stack([mlp(features).squeeze(-1) for mlp in self.members]) + self.log_reference_ms
+        inputs = self.mlp_inputs(normalised_widths)
+        residual = torch.stack([mlp(inputs).squeeze(-1) for mlp in self.members])
+        return torch.log(self.prior_ms(normalised_widths)) + residual
 
     def log_ms(self, normalised_widths: torch.Tensor) -> torch.Tensor:
         return self.member_log_ms(normalised_widths).mean(0)
 
     def forward(self, normalised_widths: torch.Tensor) -> torch.Tensor:
         return torch.exp(self.log_ms(normalised_widths))
+
+
+def _zero_last_layers(net: LPNet) -> None:
+    """Start every member at residual 0 (the prior alone)."""
+    for mlp in net.members:
+        nn.init.zeros_(mlp[-1].weight)
+        nn.init.zeros_(mlp[-1].bias)
 
 
 @register_predictor
@@ -94,7 +170,7 @@ class LPNetPredictor(LatencyPredictor):
 
     def __init__(self, meta):
         super().__init__(meta)
-        self.module = LPNet(tuple(meta.dense_widths) or (1,))
+        self.module = LPNet(tuple(meta.dense_widths) or (1,), n_layers=1)
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -127,22 +203,57 @@ class LPNetPredictor(LatencyPredictor):
         if not self.group_names:
             raise ToolchainError("lpnet needs the model's group names; the measurement database has none")
         inputs = self._inputs(train)
-        target_log_ms = torch.log(torch.tensor([q.measured_ms for q in train], dtype=torch.float32))
+        ordered = [LatencyQuery(q.model, q.input_shape, {n: q.widths.get(n, d) for n, d in
+                                                        zip(self.group_names, self.meta.dense_widths)},
+                                q.layers, q.measured_ms, q.config_key) for q in train]
+        measured_ms = torch.tensor([q.measured_ms for q in train], dtype=torch.float64)
         with torch_threads(1):
-            self._train(inputs, target_log_ms)
+            torch.manual_seed(0)
+            self.module = LPNet(self.meta.dense_widths, n_layers=len(train[0].layers))
+            for name, tensor in fit_channel_maps(ordered, self.meta.dense_widths).items():
+                getattr(self.module, name).copy_(tensor)
+            self._fit_prior(inputs, measured_ms)
+            self._train_residual(inputs, torch.log(measured_ms).float())
 
-    def _train(self, inputs: torch.Tensor, target_log_ms: torch.Tensor) -> None:
-        torch.manual_seed(0)
-        self.module = LPNet(self.meta.dense_widths, reference_ms=float(target_log_ms.exp().median()))
-        optimizer = torch.optim.AdamW(self.module.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    def _fit_prior(self, inputs: torch.Tensor, measured_ms: torch.Tensor) -> None:
+        """Non-negative least squares on relative error: rows divided by the measurement, target 1."""
+        with torch.no_grad():
+            features = self.module.prior_features(inputs).double()
+        relative = (features / measured_ms[:, None]).numpy()
+        weights, _ = nnls(relative, np.ones(len(measured_ms)), maxiter=50 * relative.shape[1])
+        self.module.prior_weights.copy_(torch.tensor(weights, dtype=torch.float32))
+
+    def _train_residual(self, inputs: torch.Tensor, target_log_ms: torch.Tensor) -> None:
+        """Train the MLPs on the log-ratio to the prior, with early stopping on a fifth of the training
+        configurations held back: the residual is kept only as far as it helps configurations it did not see
+        (on a noisy machine it mostly does not, and stays at zero)."""
+        _zero_last_layers(self.module)
+        validation = torch.arange(len(inputs)) % VALIDATION_EVERY == 0
+        with torch.no_grad():
+            log_prior = torch.log(self.module.prior_ms(inputs))
+            mlp_inputs = self.module.mlp_inputs(inputs)
+
+        def member_losses(rows: torch.Tensor) -> torch.Tensor:
+            residual = torch.stack([mlp(mlp_inputs[rows]).squeeze(-1) for mlp in self.module.members])
+            return torch.mean((log_prior[rows] + residual - target_log_ms[rows]) ** 2)
+
+        optimizer = torch.optim.AdamW(self.module.members.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.train_steps)
-        for _ in range(self.train_steps):
+        best_loss, best_state = float("inf"), None
+        for step in range(self.train_steps + 1):
+            if step % CHECK_EVERY == 0 or step == self.train_steps:
+                with torch.no_grad():
+                    validation_loss = float(member_losses(validation))
+                if validation_loss < best_loss:
+                    best_loss, best_state = validation_loss, copy.deepcopy(self.module.members.state_dict())
+            if step == self.train_steps:
+                break
             optimizer.zero_grad()
             # Each member fits the data on its own (mean of the members' losses, not loss of the mean).
-            loss = torch.mean((self.module.member_log_ms(inputs) - target_log_ms) ** 2)
-            loss.backward()
+            member_losses(~validation).backward()
             optimizer.step()
             schedule.step()
+        self.module.members.load_state_dict(best_state)
         self.module.eval()
 
     def predict_many(self, queries: list[LatencyQuery]) -> list[float]:
@@ -155,15 +266,18 @@ class LPNetPredictor(LatencyPredictor):
     def params(self) -> dict:
         return {
             "hidden_units": HIDDEN_UNITS,
-            "alignment_periods": list(ALIGNMENT_PERIODS),
+            "alignment_period": ALIGNMENT_PERIOD,
             "ensemble_size": len(self.module.members),
+            "n_layers": int(self.module.kernel_area.numel()),
         }
 
     def load_state(self, params: dict, tensors: dict[str, torch.Tensor]) -> None:
+        if "n_layers" not in params:
+            raise ToolchainError("this lpnet artifact predates the structured prior; refit it with `toolchain fit`")
         self.module = LPNet(
             self.meta.dense_widths,
+            n_layers=params["n_layers"],
             hidden_units=params["hidden_units"],
-            periods=tuple(params["alignment_periods"]),
             ensemble_size=params["ensemble_size"],
         )
         self.module.load_state_dict(tensors)

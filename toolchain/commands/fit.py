@@ -7,6 +7,7 @@ import json
 import click
 
 from latency_models.fitting import FitConfig, fit_predictor
+from latency_models.measure import STATISTICS
 from latency_models.predictors import list_predictors
 
 
@@ -18,10 +19,13 @@ from latency_models.predictors import list_predictors
 @click.option("--backend", default="onnxruntime", show_default=True)
 @click.option("--threads", default=1, show_default=True, type=int)
 @click.option("--heldout-fraction", default=0.2, show_default=True, type=float)
+@click.option("--statistic", type=click.Choice(STATISTICS), default="median", show_default=True,
+              help="per-configuration latency to learn: median, or min (robust on a shared machine)")
 @click.option("--max-train", default=0, show_default=True, type=int, help="cap on training configurations")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
-def fit(db_path, predictor_name, models, target, backend, threads, heldout_fraction, max_train, out_dir, as_json):
+def fit(db_path, predictor_name, models, target, backend, threads, heldout_fraction, statistic, max_train, out_dir,
+        as_json):
     """Fit a predictor and save it as an artifact folder (predictor.json + weights.safetensors)."""
     config = FitConfig(
         db_path=db_path,
@@ -32,6 +36,7 @@ def fit(db_path, predictor_name, models, target, backend, threads, heldout_fract
         threads=threads,
         heldout_fraction=heldout_fraction,
         max_train=max_train,
+        statistic=statistic,
     )
     predictor = fit_predictor(config)
     predictor.save(out_dir)
@@ -41,7 +46,7 @@ def fit(db_path, predictor_name, models, target, backend, threads, heldout_fract
         return
     click.echo(
         f"{predictor_name} for {', '.join(predictor.meta.models)} on {predictor.meta.target_label}: "
-        f"trained on {predictor.meta.n_train}, held out {metrics['n']}"
+        f"trained on {predictor.meta.n_train}, held out {metrics['n']} ({statistic} latency per configuration)"
     )
     click.echo(
         f"  MAPE {metrics['mape_pct']:.2f}%  within ±5% {metrics['within_5pct']:.1%}  "

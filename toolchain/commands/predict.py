@@ -60,6 +60,7 @@ def predict(artifact, pruned_dir, model_spec, input_shape, target, backend, thre
             json.dumps(
                 {
                     "predicted_ms": predicted_ms,
+                    "statistic": meta.statistic,
                     "predictor": meta.predictor,
                     "artifact": artifact,
                     "model": query.model,
@@ -75,7 +76,8 @@ def predict(artifact, pruned_dir, model_spec, input_shape, target, backend, thre
         return
     within = meta.heldout_metrics.get("within_10pct")
     quality = f"; held-out within ±10%: {within:.0%}" if within is not None else ""
-    click.echo(f"{predicted_ms:.3f} ms  ({meta.predictor} for {meta.target_label}{quality})")
+    click.echo(f"{predicted_ms:.3f} ms predicted ({meta.statistic} latency; {meta.predictor} for {meta.target_label}"
+               f"{quality})")
 
 
 if __name__ == "__main__":

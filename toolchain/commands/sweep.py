@@ -26,6 +26,8 @@ def _names(text: str, valid: list[str], what: str) -> tuple[str, ...]:
 @click.option("--backend", default=None, help="default: the target's default backend")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--clock", type=click.Choice(["wall", "thread_cpu"]), default="wall", show_default=True)
+@click.option("--statistic", type=click.Choice(["median", "min"]), default="median", show_default=True,
+              help="a measurement's latency: median, or min of the timed runs (robust on a shared machine)")
 @click.option("--budgets", default="0.3:0.9:0.1", show_default=True,
               help="shares of the dense measured latency: start:stop:step or a comma list")
 @click.option("--criteria", default="l1,taylor,shapley,composite", show_default=True)
@@ -38,7 +40,7 @@ def _names(text: str, valid: list[str], what: str) -> tuple[str, ...]:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="processes (one criterion each); measurements never overlap")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-def sweep(model, weights, input_shape, data, target, backend, threads, clock, budgets, criteria, allocators,
+def sweep(model, weights, input_shape, data, target, backend, threads, clock, statistic, budgets, criteria, allocators,
           finetune_steps, shapley_samples, profile_samples, predictor, workers, out) -> None:
     """Run every budget x criterion x allocator point; rows go to OUT/rows.csv and OUT/rows.json."""
     from toolchain.allocate import list_allocators
@@ -51,7 +53,7 @@ def sweep(model, weights, input_shape, data, target, backend, threads, clock, bu
         model=model, out=out, budgets=parse_budgets(budgets),
         criteria=_names(criteria, list_criteria(), "criterion"),
         allocators=_names(allocators, list_allocators(), "allocator"),
-        target=TargetSpec(target, backend, threads, clock, profile_samples=profile_samples),
+        target=TargetSpec(target, backend, threads, clock, statistic, profile_samples=profile_samples),
         data=data, weights=weights, input_shape=parse_shape(None, None, input_shape),
         finetune_steps=finetune_steps, workers=workers, predictor=predictor,
         saliency=SaliencyConfig(shapley_samples=shapley_samples))
