@@ -132,22 +132,13 @@ def test_budget_deploy_profiles_fits_prunes_and_measures_on_the_board_through_rp
         spec = TargetSpec("cpu", rpc=cluster.endpoint, profile_samples=12, warmup_runs=1, timed_runs=5)
         job = BudgetJob(BudgetConfig(budget_ratio=0.7, criterion="l2", allocator="uniform", max_iterations=2),
                         spec, predictor=str(tmp_path / "predictor"), db_path=str(db))
-        try:
-            manifest = write_bundle(BundleConfig(device="cpu", rpc=cluster.endpoint),
-                                    PipelineConfig(model="zoo:demo", out=tmp_path / "b", budget=job))
-        except ToolchainError as exc:
-            # Untuned TVM CPU builds can be width-insensitive (seen here: ~96 ms dense and narrowest): then the
-            # loop must say so, naming what it measured on the board, and write nothing.
-            manifest = None
-            assert "unreachable on this target: the narrowest allowed model measures" in str(exc)
-            assert not (tmp_path / "b").exists()
+        manifest = write_bundle(BundleConfig(device="cpu", rpc=cluster.endpoint),
+                                PipelineConfig(model="zoo:demo", out=tmp_path / "b", budget=job))
     board_db = tmp_path / "runs" / "latency-rpc-board.db"
     assert board_db.is_file() and not db.exists(), "the board's rows live in their own database"
     with MeasurementStore(str(board_db)) as store:
         rows = store.rows()
     assert len(rows) >= 12 and all(r.fingerprint["device"] == "rpc:board" for r in rows)
-    if manifest is None:
-        return
     assert manifest["latency_target"]["label"].endswith("@rpc-board")
-    assert manifest["measured_latency_ms"] > 0 and manifest["dense_latency_ms"] > 0
+    assert 0 < manifest["measured_latency_ms"] <= manifest["budget_ms"] < manifest["dense_latency_ms"]
     assert "budget loop on cpu/tvm/1t@rpc-board" in manifest["latency"]["source"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from latency_models.campaign import CampaignConfig, run_campaign
-from latency_models.measure import MeasureConfig
+from latency_models.measure import MeasureConfig, measure
 from latency_models.rpc import DeviceLostError, with_retries
 from latency_models.store import MeasurementStore
 from toolchain.targets import RpcEndpoint
@@ -60,6 +60,25 @@ def test_profiling_through_rpc_gives_the_same_rows_as_a_local_run(tmp_path):
     assert _rows(remote.db_path) == _rows(local.db_path)
     with MeasurementStore(remote.db_path) as store:
         assert all(r.fingerprint["device"] == "rpc:loopback-test" and r.median_ms > 0 for r in store.rows())
+
+
+def test_each_model_timed_in_one_session_is_the_model_uploaded(tmp_path):
+    """Regression: libraries uploaded under one file name were dlopen()ed once, so every later model in the
+    session was timed as the first one (a pruned model measured as slow as the dense one)."""
+    import torch
+
+    from toolchain.models import resolve_model
+    from toolchain.pruning import PruneConfig, prune
+    from toolchain.targets import get_target
+
+    dense, shape = resolve_model("zoo:demo")
+    x = torch.randn(*shape)
+    narrow = prune(dense, x, PruneConfig(ratio=0.9)).model
+    with loopback_cluster(key="same-session", tracker_port=9690) as cluster:
+        target = get_target("cpu", "tvm", 1, rpc=cluster.endpoint)
+        dense_ms = measure(target.prepare(dense.eval(), x), QUICK).median_ms
+        narrow_ms = measure(target.prepare(narrow.eval(), x), QUICK).median_ms
+    assert narrow_ms < 0.5 * dense_ms  # 0.9 of the channels removed: about 1/40 of the work
 
 
 def test_device_that_disappears_is_retried_then_reported_and_rows_are_kept(tmp_path):

@@ -3,6 +3,7 @@ remote device through a TVM RPC tracker (cross-compiling with the endpoint's tar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import time
@@ -119,10 +120,14 @@ class _TvmBackend:
         with tempfile.TemporaryDirectory() as tmp:
             library = Path(tmp) / "model.tar"
             executable.export_library(str(library))
-            session.upload(str(library))
+            # One name per library content: the server dlopen()s the extracted shared object, and dlopen
+            # hands back the library already loaded under a path, so a reused name would time the first
+            # model uploaded in this session again instead of the new one.
+            remote_name = f"model-{hashlib.sha256(library.read_bytes()).hexdigest()[:16]}.tar"
+            session.upload(str(library), remote_name)
         session.get_function("runtime.config_threadpool")(0, target.threads)
         device = session.cpu() if self.device_kind == "cpu" else session.cuda()
-        return TvmRunner(session.load_module("model.tar"), device, example_input, session=session)
+        return TvmRunner(session.load_module(remote_name), device, example_input, session=session)
 
 
 @register_backend("cpu", "tvm")
