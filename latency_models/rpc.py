@@ -124,3 +124,27 @@ def parse_tracker(address: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ToolchainError(f"--rpc-tracker must be HOST:PORT, got {address!r}")
     return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m latency_models.rpc --key K [--port P]`: a loopback tracker and one device server on this
+    machine, for rehearsing `make deploy RPC_TRACKER=127.0.0.1:P RPC_KEY=K` without a board (Ctrl-C stops)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--key", default="loopback")
+    parser.add_argument("--port", type=int, default=9190, help="first tracker port to try")
+    args = parser.parse_args(argv)
+    with loopback_cluster(key=args.key, tracker_port=args.port) as cluster:
+        endpoint = cluster.endpoint
+        print(f"tracker {endpoint.tracker_host}:{endpoint.tracker_port}, device key {endpoint.key!r} "
+              f"(this machine's CPU); Ctrl-C stops", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -146,3 +146,21 @@ def test_cli_prune_rejects_bad_budgets_in_one_line(tmp_path, capsys, fake_budget
                  "--out", str(tmp_path / "p"), "--json", *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_a_miss_is_refined_next_to_the_measured_model_and_lands_in_the_band(demo):
+    """The target's latency is not proportional to the prediction (a power law): the first try, aimed through
+    the dense model's calibration, lands below the band; the next is the measured model with a few groups
+    stepped up (calibrated at that point), not a fresh allocation, and lands in the band."""
+    model, x = demo
+    base_measure, _ = fake_target(fixed_ms=0.3)
+
+    def measure_ms(m, example_input):
+        return 1.6 * base_measure(m, example_input) ** 1.2
+
+    result = prune_to_budget(model, x, BudgetConfig(budget_ratio=0.6, criterion="l1", allocator="knapsack"),
+                             predictor(0.1), measure_ms)
+    manifest = result.manifest
+    assert 0.9 * manifest["budget_ms"] <= manifest["measured_latency_ms"] <= manifest["budget_ms"]
+    assert manifest["iterations"][0]["measured_ms"] < 0.9 * manifest["budget_ms"]
+    assert [i.get("refined", False) for i in manifest["iterations"]] == [False, True]
