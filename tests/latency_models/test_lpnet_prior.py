@@ -81,3 +81,13 @@ def test_measurement_value_by_statistic():
     assert measurement.value("median") == 2.5 and measurement.value("min") == 1.0
     with pytest.raises(ToolchainError, match="valid: median, min"):
         measurement.value("p99")
+
+
+def test_a_budget_refuses_a_predictor_fitted_on_another_statistic(synthetic_db, tmp_path):
+    from toolchain.budget import TargetSpec, find_or_build_predictor
+
+    artifact = fit_predictor(FitConfig(db_path=str(synthetic_db), predictor="lpnet", train_steps=10)).save(
+        tmp_path / "lpnet")
+    with pytest.raises(ToolchainError, match="predicts median latency, but the target measures min"):
+        find_or_build_predictor("synthetic:net", torch.nn.Identity(), INPUT_SHAPE,
+                                TargetSpec("cpu", "onnxruntime", statistic="min"), artifact=str(artifact))
