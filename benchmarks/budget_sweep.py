@@ -127,12 +127,12 @@ def summarise(rows: list[dict]) -> dict:
     summary["mean_accuracy_by_allocator"] = {
         a: {"no_finetune": _mean(v["acc"]), "finetuned": _mean(v["acc_ft"]),
             "mean_measured_latency_ratio": _mean(v["ratio"])} for a, v in by_allocator.items()}
-    weights: dict = {}
+    choices: dict = {}
     for r in measured:
-        if r.get("proposal_weight") is not None:
-            weights.setdefault(r["allocator"], []).append(r["proposal_weight"])
-    summary["calibration_check_proposal_weight"] = {  # 1.0: the allocator's own proposal won; 0.0: uniform
-        a: {str(w): v.count(w) for w in sorted(set(v))} for a, v in weights.items()}
+        if r.get("calibration_choice") is not None:
+            choices.setdefault(r["allocator"], []).append(r["calibration_choice"])
+    # "1.0": the allocator's own proposal won; "0.0": uniform; between: a blend; "global": a global threshold
+    summary["calibration_choice"] = {a: {c: v.count(c) for c in sorted(set(v))} for a, v in choices.items()}
     by_criterion: dict = {}
     for r in measured:
         entry = by_criterion.setdefault(r["criterion"], {"acc": [], "seconds": set()})

@@ -101,6 +101,9 @@ def test_with_data_the_manifest_has_accuracies_and_recovery(demo):
     assert 0.0 <= manifest["accuracy"] <= 1.0 and manifest["finetune_steps"] == 2
     check = manifest["iterations"][-1]["calibration_check"]
     assert check["refined_loss"] <= min(check["losses"].values())
+    # Candidates: the proposal, uniform, their blends, and one global score threshold; the lowest loss won.
+    assert set(check["losses"]) == {"1.0", "0.75", "0.5", "0.25", "0.0", "global"}
+    assert check["losses"][check["chosen"]] == min(check["losses"].values())
     assert manifest["saliency"]["criterion"] == "taylor"
     assert set(manifest["wall_s"]) >= {"saliency", "allocate_and_measure", "recover"}
 

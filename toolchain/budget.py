@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from toolchain.allocate import AllocationProblem, BudgetConfig, LatencyModel, allocate, build_problem, greedy_repair
+from toolchain.allocate.macs import global_ranking
 from toolchain.errors import ToolchainError
 from toolchain.evaluate import accuracy
 from toolchain.graph import PruningGraph, count_macs_params
@@ -68,24 +69,31 @@ def _macs_counter(dense: nn.Module, example_input: torch.Tensor, protect: tuple[
 # Allocators whose proposal is checked against blends with the uniform allocation on calibration loss.
 CHECKED_ALLOCATORS = ("lpnet", "knapsack")
 BLENDS = (1.0, 0.75, 0.5, 0.25, 0.0)  # weight of the allocator's proposal; 0.0 is the uniform allocation
+GLOBAL = "global"  # the candidate kept by one global score threshold
 
 
 def _calibration_check(problem: AllocationProblem, proposal: dict[str, int], target_ms: float,
                        joint_loss: Callable[[dict[str, int]], float],
                        refine_rounds: int) -> tuple[dict[str, int], dict]:
     """The allocators optimise a per-group (additive) loss model; pruning all groups at once interacts.
-    Proposal, uniform allocation and blends of the two (each fitted to the prediction) are scored by the
-    joint calibration loss; the lowest wins and is refined by `_exchange`. Returns it and the losses."""
+    Proposal, uniform allocation, blends of the two and a global score threshold (each fitted to the
+    prediction) are scored by the joint calibration loss; the lowest wins and is refined by `_exchange`.
+    Returns it and the losses."""
     uniform = allocate("uniform", problem, target_ms)
-    candidates: dict[float, dict[str, int]] = {}
+    candidates: dict[str, dict[str, int]] = {}
     for weight in BLENDS:
         blend = {g.name: g.round(weight * proposal[g.name] + (1 - weight) * uniform[g.name]) for g in problem.groups}
-        candidates[weight] = greedy_repair(problem, blend, target_ms, fill=False)
-    losses = {weight: joint_loss(widths) for weight, widths in candidates.items()}
-    best = min(losses, key=lambda w: (losses[w], -w))
+        candidates[str(weight)] = greedy_repair(problem, blend, target_ms, fill=False)
+    # One global score threshold fitted to the predicted latency: the latency-aware form of what a
+    # global-pruning tool does, so the choice is never worse on calibration loss than that habit either.
+    candidates[GLOBAL] = greedy_repair(problem, global_ranking(problem, lambda w: problem.predicted_ms(w) <= target_ms),
+                                       target_ms, fill=True)
+    losses = {name: joint_loss(widths) for name, widths in candidates.items()}
+    best = min(losses, key=lambda name: (losses[name], name == GLOBAL, -float(name) if name != GLOBAL else 0.0))
     refined, refined_loss, exchanges = _exchange(problem, candidates[best], losses[best], target_ms, joint_loss,
                                                  refine_rounds)
-    return refined, {"proposal_weight": best, "losses": {str(w): round(v, 4) for w, v in losses.items()},
+    return refined, {"proposal_weight": float(best) if best != GLOBAL else None, "chosen": best,
+                     "losses": {name: round(v, 4) for name, v in losses.items()},
                      "exchanges": exchanges, "refined_loss": round(refined_loss, 4)}
 
 

@@ -34,7 +34,7 @@ ROWS = "rows.jsonl"
 COLUMNS = ("key", "model", "budget_ratio", "budget_ms", "criterion", "allocator", "predicted_latency_ms",
            "measured_latency_ms", "dense_latency_ms", "within_band", "budget_met", "macs", "dense_macs", "params",
            "dense_params", "dense_accuracy", "accuracy_before_recovery", "accuracy_after_bn_recalibration",
-           "accuracy_finetuned", "finetune_steps", "iterations", "proposal_weight", "saliency_s", "saliency_cost",
+           "accuracy_finetuned", "finetune_steps", "iterations", "calibration_choice", "saliency_s", "saliency_cost",
            "allocate_and_measure_s", "recover_s", "point_s", "error")
 
 
@@ -122,14 +122,16 @@ def _row(config: SweepConfig, budget_ratio: float, criterion: str, allocator: st
         return row
     wall = manifest.get("wall_s", {})
     measured, budget = manifest["measured_latency_ms"], manifest["budget_ms"]
-    checks = [it["calibration_check"]["proposal_weight"] for it in manifest["iterations"] if "calibration_check" in it]
+    # Which candidate the calibration check kept: a blend weight of the allocator's proposal with the uniform
+    # allocation ("1.0" = the proposal, "0.0" = uniform) or "global" (one global score threshold).
+    checks = [it["calibration_check"]["chosen"] for it in manifest["iterations"] if "calibration_check" in it]
     row.update({k: manifest.get(k) for k in ("budget_ms", "predicted_latency_ms", "measured_latency_ms",
                                               "dense_latency_ms", "budget_met", "macs", "dense_macs", "params",
                                               "dense_params", "dense_accuracy", "accuracy_before_recovery",
                                               "accuracy_after_bn_recalibration", "finetune_steps")})
     row.update({"within_band": config.lower_ratio * budget <= measured <= budget,
                 "accuracy_finetuned": manifest.get("accuracy") if manifest.get("finetune_steps") else None,
-                "iterations": len(manifest["iterations"]), "proposal_weight": checks[-1] if checks else None,
+                "iterations": len(manifest["iterations"]), "calibration_choice": checks[-1] if checks else None,
                 "saliency_s": round(wall.get("saliency", 0.0), 2), "saliency_cost": manifest["saliency"],
                 "allocate_and_measure_s": round(wall.get("allocate_and_measure", 0.0), 2),
                 "recover_s": round(wall.get("recover", 0.0), 2), "per_layer_widths": manifest["per_layer_widths"],

@@ -5,6 +5,8 @@ the dense predicted latency. The latency predictor is used only for that fractio
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from toolchain.allocate import AllocationProblem, register_allocator
@@ -18,12 +20,9 @@ def _widths_above(problem: AllocationProblem, normalised: dict[str, torch.Tensor
             for g in problem.groups}
 
 
-@register_allocator("macs")
-def macs(problem: AllocationProblem, budget_ms: float) -> dict[str, int]:
-    if problem.macs is None:
-        raise ToolchainError("the macs allocator needs a MAC counter for the model")
-    fraction = budget_ms / problem.predicted_ms(problem.dense())
-    dense_macs = problem.macs(problem.dense())
+def global_ranking(problem: AllocationProblem, fits: Callable[[dict[str, int]], bool]) -> dict[str, int]:
+    """Keep the channels whose normalised score is above one global threshold: the lowest threshold (most
+    channels kept) whose widths `fits`, found by bisection; the narrowest allowed model if none does."""
     normalised = {}
     for g in problem.groups:
         score = problem.scores[g.name].float()[: g.dense_width]
@@ -31,11 +30,20 @@ def macs(problem: AllocationProblem, budget_ms: float) -> dict[str, int]:
         normalised[g.name] = score / score.mean().clamp_min(1e-12)
     low, high = 0.0, max(float(v.max()) for v in normalised.values()) + 1.0
     best = problem.narrowest()
-    for _ in range(BISECTION_STEPS):  # the smallest threshold (most channels kept) within the MAC fraction
+    for _ in range(BISECTION_STEPS):
         middle = (low + high) / 2
         widths = _widths_above(problem, normalised, middle)
-        if problem.macs(widths) <= fraction * dense_macs:
+        if fits(widths):
             best, high = widths, middle
         else:
             low = middle
     return best
+
+
+@register_allocator("macs")
+def macs(problem: AllocationProblem, budget_ms: float) -> dict[str, int]:
+    if problem.macs is None:
+        raise ToolchainError("the macs allocator needs a MAC counter for the model")
+    fraction = budget_ms / problem.predicted_ms(problem.dense())
+    dense_macs = problem.macs(problem.dense())
+    return global_ranking(problem, lambda widths: problem.macs(widths) <= fraction * dense_macs)
