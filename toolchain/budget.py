@@ -30,7 +30,7 @@ from torch import nn
 
 from toolchain.allocate import AllocationProblem, BudgetConfig, LatencyModel, allocate, build_problem, greedy_repair
 from toolchain.allocate.macs import global_ranking
-from toolchain.errors import ToolchainError
+from toolchain.errors import OutdatedArtifactError, ToolchainError
 from toolchain.evaluate import accuracy
 from toolchain.graph import PruningGraph, count_macs_params
 from toolchain.pruning import PruneConfig, PruneResult, prune
@@ -402,7 +402,14 @@ def find_or_build_predictor(model_spec: str, dense: nn.Module, input_shape: tupl
     path = artifact or default_predictor_path(model_spec, input_shape, spec)
     if not (Path(path) / "predictor.json").is_file():
         _build_predictor(model_spec, dense, input_shape, spec, path, profile_db_for(spec, db_path), on_progress, step)
-    predictor = load_predictor(path, target.name, target.backend, target.threads)
+    try:
+        predictor = load_predictor(path, target.name, target.backend, target.threads)
+    except OutdatedArtifactError:
+        if artifact is not None:  # the user's own artifact: say so rather than overwrite it
+            raise
+        step(f"{path} was written by an older version: refitting it (stored measurements are reused)")
+        _build_predictor(model_spec, dense, input_shape, spec, path, profile_db_for(spec, db_path), on_progress, step)
+        predictor = load_predictor(path, target.name, target.backend, target.threads)
     if predictor.name != "lpnet":
         raise ToolchainError(f"{path} is a {predictor.name!r} predictor; budgets need an lpnet artifact "
                              "(differentiable, per group); fit one with `toolchain fit --predictor lpnet`")

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,15 +58,27 @@ def training_data_hash(config_keys_and_ms: list[tuple[str, float]]) -> str:
 
 
 def save_artifact(out_dir: str | Path, meta: ArtifactMeta, params: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write the artifact into a temporary folder next to `out_dir`, then swap it in: a reader never sees a
+    half-written artifact, and an existing folder that is not a predictor artifact is never replaced."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    document = {"meta": asdict(meta), "params": params}
-    (out / META_FILE).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
-    weights = out / WEIGHTS_FILE
-    if tensors:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(weights))
-    elif weights.exists():
-        weights.unlink()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META_FILE).is_file())):
+        raise ToolchainError(f"{out} exists and is not a predictor artifact; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        document = {"meta": asdict(meta), "params": params}
+        (tmp / META_FILE).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+        if tensors:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE))
+        tmp.chmod(0o755)
+        old = out.with_name(f".{out.name}.old")
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

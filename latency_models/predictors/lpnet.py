@@ -34,7 +34,7 @@ from torch import nn
 from latency_models.features import COMPUTE_OPS
 from latency_models.measure import torch_threads
 from latency_models.predictors import LatencyPredictor, LatencyQuery, register_predictor
-from toolchain.errors import ToolchainError
+from toolchain.errors import OutdatedArtifactError, ToolchainError
 
 HIDDEN_UNITS = 64
 ENSEMBLE_SIZE = 3
@@ -273,7 +273,8 @@ class LPNetPredictor(LatencyPredictor):
 
     def load_state(self, params: dict, tensors: dict[str, torch.Tensor]) -> None:
         if "n_layers" not in params:
-            raise ToolchainError("this lpnet artifact predates the structured prior; refit it with `toolchain fit`")
+            raise OutdatedArtifactError("this lpnet artifact predates the structured prior; refit it with "
+                                        "`toolchain fit`")
         self.module = LPNet(
             self.meta.dense_widths,
             n_layers=params["n_layers"],

@@ -91,3 +91,51 @@ def test_a_budget_refuses_a_predictor_fitted_on_another_statistic(synthetic_db, 
     with pytest.raises(ToolchainError, match="predicts median latency, but the target measures min"):
         find_or_build_predictor("synthetic:net", torch.nn.Identity(), INPUT_SHAPE,
                                 TargetSpec("cpu", "onnxruntime", statistic="min"), artifact=str(artifact))
+
+
+def _outdated_lpnet(synthetic_db, folder):
+    """An lpnet artifact as the previous version wrote it (no structured prior in its parameters)."""
+    import json
+
+    artifact = fit_predictor(FitConfig(db_path=str(synthetic_db), predictor="lpnet", train_steps=10)).save(folder)
+    document = json.loads((artifact / "predictor.json").read_text())
+    del document["params"]["n_layers"]
+    (artifact / "predictor.json").write_text(json.dumps(document))
+    return artifact
+
+
+def test_an_outdated_default_predictor_is_refitted_and_a_users_own_is_not_touched(synthetic_db, tmp_path,
+                                                                                    monkeypatch):
+    from toolchain import budget
+    from toolchain.errors import OutdatedArtifactError
+
+    spec = budget.TargetSpec("cpu", "onnxruntime")
+    default = budget.default_predictor_path("synthetic:net", INPUT_SHAPE, spec)
+    monkeypatch.chdir(tmp_path)
+    _outdated_lpnet(synthetic_db, tmp_path / default)
+    with pytest.raises(OutdatedArtifactError):
+        load_predictor(tmp_path / default)
+    rebuilt = []
+
+    def rebuild(*args, **kwargs):
+        rebuilt.append(args[4])
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(budget, "_build_predictor", rebuild)
+    with pytest.raises(RuntimeError, match="stop here"):
+        budget.find_or_build_predictor("synthetic:net", torch.nn.Identity(), INPUT_SHAPE, spec)
+    assert rebuilt == [default]
+    with pytest.raises(OutdatedArtifactError, match="refit it with `toolchain fit`"):
+        budget.find_or_build_predictor("synthetic:net", torch.nn.Identity(), INPUT_SHAPE, spec,
+                                       artifact=str(tmp_path / default))
+
+
+def test_an_artifact_never_replaces_a_folder_of_other_files(synthetic_db, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    predictor = fit_predictor(FitConfig(db_path=str(synthetic_db), predictor="macs"))
+    with pytest.raises(ToolchainError, match="is not a predictor artifact; choose another --out"):
+        predictor.save(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    first = predictor.save(tmp_path / "artifact")
+    assert predictor.save(first) == first and sorted(p.name for p in first.iterdir()) == ["predictor.json"]
