@@ -45,7 +45,11 @@ WEIGHT_DECAY = 1e-1
 SIDES = ("in_channels", "out_channels", "groups")
 VALIDATION_EVERY = 5  # every 5th training configuration checks the residual MLP (early stopping)
 N_PRIOR_TERMS = 8  # per-layer terms of `LPNet.prior_features`
-CHECK_EVERY = 25  # optimiser steps between checks
+CHECK_EVERY = 25
+# The residual replaces the prior alone only where it cuts the validation loss by this share: a smaller gain on
+# one fifth of a few hundred configurations is as likely chance as signal (on the benchmark it did not carry
+# over to the held-out configurations).
+RESIDUAL_MIN_GAIN = 0.10  # optimiser steps between checks
 
 
 def _mlp(n_inputs: int, hidden_units: int) -> nn.Sequential:
@@ -225,8 +229,8 @@ class LPNetPredictor(LatencyPredictor):
 
     def _train_residual(self, inputs: torch.Tensor, target_log_ms: torch.Tensor) -> None:
         """Train the MLPs on the log-ratio to the prior, with early stopping on a fifth of the training
-        configurations held back: the residual is kept only as far as it helps configurations it did not see
-        (on a noisy machine it mostly does not, and stays at zero)."""
+        configurations held back: the residual is kept only as far as it clearly helps configurations it did
+        not see (on this project's CPU benchmarks it did not, and stayed at zero: the prior alone predicts)."""
         _zero_last_layers(self.module)
         validation = torch.arange(len(inputs)) % VALIDATION_EVERY == 0
         with torch.no_grad():
@@ -244,7 +248,7 @@ class LPNetPredictor(LatencyPredictor):
             if step % CHECK_EVERY == 0 or step == self.train_steps:
                 with torch.no_grad():
                     validation_loss = float(member_losses(validation))
-                if validation_loss < best_loss:
+                if validation_loss < best_loss * (1 - RESIDUAL_MIN_GAIN if step > 0 else 1):
                     best_loss, best_state = validation_loss, copy.deepcopy(self.module.members.state_dict())
             if step == self.train_steps:
                 break
