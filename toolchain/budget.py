@@ -362,10 +362,26 @@ def target_measure(spec: TargetSpec) -> MeasureFn:
     config = MeasureConfig(warmup_runs=spec.warmup_runs, timed_runs=spec.timed_runs, clock=spec.clock)
 
     def measure_ms(model: nn.Module, example_input: torch.Tensor) -> float:
+        if spec.rpc is not None:
+            return _measure_on_board(model, example_input)
         with torch_threads(1):
             runner = target.prepare(model.eval(), example_input)
         with measurement_lock(spec.lock_path):
             return measure(runner, config).value(spec.statistic)
+
+    def _measure_on_board(model: nn.Module, example_input: torch.Tensor) -> float:
+        # Compile, upload and time inside the lock and with retries: a session opened before waiting for
+        # the lock can expire while it waits, and a board that drops is reconnected (DeviceLostError after
+        # the retries, one line).
+        from latency_models.rpc import with_retries
+
+        def timed() -> float:
+            with torch_threads(1):
+                runner = target.prepare(model.eval(), example_input)
+            return measure(runner, config).value(spec.statistic)
+
+        with measurement_lock(spec.lock_path):
+            return with_retries(timed, spec.rpc, "timing a pruned model")
 
     return measure_ms
 

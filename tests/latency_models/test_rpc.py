@@ -81,6 +81,25 @@ def test_each_model_timed_in_one_session_is_the_model_uploaded(tmp_path):
     assert narrow_ms < 0.5 * dense_ms  # 0.9 of the channels removed: about 1/40 of the work
 
 
+def test_sessions_are_renewed_before_the_server_would_expire_them(monkeypatch):
+    import torch
+
+    from toolchain.models import resolve_model
+    from toolchain.targets import get_target
+    from toolchain.targets.backends import tvm_backend
+
+    monkeypatch.setattr(tvm_backend, "RENEW_AFTER_S", 0.0)  # every use renews
+    model, shape = resolve_model("zoo:demo")
+    x = torch.randn(*shape)
+    with loopback_cluster(key="renewed", tracker_port=9890) as cluster:
+        target = get_target("cpu", "tvm", 1, rpc=cluster.endpoint)
+        measure(target.prepare(model.eval(), x), QUICK)
+        first_opened_at = tvm_backend._remote_sessions[cluster.endpoint][1]  # no reference to the session kept
+        second = measure(target.prepare(model.eval(), x), QUICK)
+        assert tvm_backend._remote_sessions[cluster.endpoint][1] > first_opened_at
+    assert second.median_ms > 0
+
+
 def test_device_that_disappears_is_retried_then_reported_and_rows_are_kept(tmp_path):
     with loopback_cluster(key="flaky", tracker_port=9490) as cluster:
         config = CampaignConfig(

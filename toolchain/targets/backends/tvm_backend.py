@@ -3,6 +3,7 @@ remote device through a TVM RPC tracker (cross-compiling with the endpoint's tar
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import tempfile
@@ -19,6 +20,7 @@ from toolchain.targets.backends._onnx import onnx_bytes_for_timing
 
 HOST_TVM_TARGET = {"kind": "llvm"}
 RPC_SESSION_TIMEOUT_S = 600
+RENEW_AFTER_S = 0.8 * RPC_SESSION_TIMEOUT_S
 FREE_DEVICE_WAIT_S = 30.0
 
 
@@ -54,17 +56,20 @@ class TvmRunner:
         return [seconds * 1e3 for seconds in evaluator(self.input).results]
 
 
-_remote_sessions: dict[RpcEndpoint, object] = {}
+_remote_sessions: dict[RpcEndpoint, tuple[object, float]] = {}  # endpoint -> (session, opened at)
 
 
 def _wait_for_free_device(tracker, endpoint: RpcEndpoint, wait_s: float) -> None:
     """Return when the tracker has a free server for the key; raise at once when it has none at all."""
     deadline = time.monotonic() + wait_s
     while True:
-        queue = tracker.summary().get("queue_info", {}).get(endpoint.key, {})
+        queues = tracker.summary().get("queue_info", {})
+        queue = queues.get(endpoint.key, {})
         if queue.get("free", 0) > 0:
             return
-        if queue.get("total", 0) == 0 or time.monotonic() > deadline:
+        # A key the tracker has never seen has no device to wait for; a busy one (a session just released
+        # re-registers within a second or two) is waited for until the deadline.
+        if endpoint.key not in queues or time.monotonic() > deadline:
             raise ConnectionError(
                 f"tracker {endpoint.tracker_host}:{endpoint.tracker_port} has no free device "
                 f"with key {endpoint.key!r} ({queue or 'none registered'})"
@@ -73,16 +78,22 @@ def _wait_for_free_device(tracker, endpoint: RpcEndpoint, wait_s: float) -> None
 
 
 def remote_session(endpoint: RpcEndpoint):
-    """The open RPC session for `endpoint` (one per campaign), requested from the tracker on first use."""
-    if endpoint not in _remote_sessions:
+    """The open RPC session for `endpoint`, requested from the tracker on first use and renewed before the
+    server's session timeout can end it in the middle of a timing."""
+    session, opened_at = _remote_sessions.get(endpoint, (None, 0.0))
+    if session is not None and time.monotonic() - opened_at > RENEW_AFTER_S:
+        drop_remote_session(endpoint)
+        del session  # the server serves one session at a time: release it before asking for the next
+        gc.collect()
+        session = None
+    if session is None:
         from tvm import rpc
 
         tracker = rpc.connect_tracker(endpoint.tracker_host, endpoint.tracker_port)
         _wait_for_free_device(tracker, endpoint, FREE_DEVICE_WAIT_S)
-        _remote_sessions[endpoint] = tracker.request(
-            endpoint.key, priority=1, session_timeout=RPC_SESSION_TIMEOUT_S, max_retry=1
-        )
-    return _remote_sessions[endpoint]
+        session = tracker.request(endpoint.key, priority=1, session_timeout=RPC_SESSION_TIMEOUT_S, max_retry=1)
+        _remote_sessions[endpoint] = (session, time.monotonic())
+    return session
 
 
 def drop_remote_session(endpoint: RpcEndpoint) -> None:
