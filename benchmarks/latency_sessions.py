@@ -1,6 +1,9 @@
 """Session-to-session noise: the same configurations measured in two campaigns (two databases).
 
-python benchmarks/latency_sessions.py runs/latency-bench.db runs/latency.db --model zoo:resnet18
+python benchmarks/latency_sessions.py runs/latency-bench.db runs/latency.db --model zoo:resnet18 [--statistic min]
+
+With `--lpnet ARTIFACT` it also scores that predictor (fitted on the first database's session) on every
+configuration of the second session: held-out across sessions, the way a deployment meets it.
 """
 
 from __future__ import annotations
@@ -18,18 +21,31 @@ def main() -> None:
     parser.add_argument("first_db")
     parser.add_argument("second_db")
     parser.add_argument("--model", required=True)
+    parser.add_argument("--statistic", default="median", choices=("median", "min"))
+    parser.add_argument("--lpnet", help="predictor artifact to score on the second session's configurations")
     args = parser.parse_args()
-    medians = []
+    sessions, rows = [], []
     for path in (args.first_db, args.second_db):
         with MeasurementStore(path, create=False) as store:
-            medians.append({r.config_key: r.median_ms for r in store.rows(args.model) if r.replicate == 0})
-    common = sorted(set(medians[0]) & set(medians[1]))
-    ratio = np.array([medians[1][k] / medians[0][k] for k in common])
+            found = [r for r in store.rows(args.model) if r.replicate == 0 and r.kind == "model"]
+        rows.append(found)
+        sessions.append({r.config_key: getattr(r, f"{args.statistic}_ms") for r in found})
+    common = sorted(set(sessions[0]) & set(sessions[1]))
+    ratio = np.array([sessions[1][k] / sessions[0][k] for k in common])
     deviation = np.abs(ratio - 1)
+    scored = {}
+    if args.lpnet:
+        from latency_models.predictors import LatencyQuery, load_predictor
+
+        predictor = load_predictor(args.lpnet)
+        queries = [LatencyQuery.from_row(r, args.statistic) for r in rows[1]]
+        scored = {"predictor": args.lpnet, "on_second_session": predictor.evaluate(queries)}
     print(
         json.dumps(
             {
                 "model": args.model,
+                "statistic": args.statistic,
+                **scored,
                 "configurations": len(common),
                 "median_ratio_second_over_first": float(np.median(ratio)),
                 "median_abs_dev_pct": float(100 * np.median(deviation)),
