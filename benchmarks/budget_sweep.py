@@ -279,7 +279,8 @@ def main() -> None:
                              criteria=tuple(criteria.split(",")), allocators=tuple(args.allocators.split(",")),
                              target=spec, data=data_spec, weights=str(weights) if weights else None,
                              input_shape=shape, finetune_steps=args.finetune_steps, refine_rounds=args.refine_rounds,
-                             workers=args.workers, saliency=SaliencyConfig(shapley_samples=args.shapley_samples))
+                             workers=args.workers, saliency=SaliencyConfig(shapley_samples=args.shapley_samples),
+                             db_path=str(Path("runs") / f"latency-sweep-{environment}.db"))
         rows = run_sweep(config, lambda message, n=name: print(f"[{n}] {message}", flush=True))
         rows_by_model[name] = rows
         meta = json.loads((out / f"{name}{args.tag}" / "sweep.json").read_text())

@@ -397,11 +397,12 @@ def default_predictor_path(model_spec: str, input_shape: tuple[int, ...], spec: 
 
 
 def profile_db_for(spec: TargetSpec, db_path: str) -> str:
-    """A board's measurements live in their own database: rows of a remote device never mix with this host's."""
-    if spec.rpc is None:
-        return db_path
+    """A board's measurements live in their own database, and so do those timed with another clock: rows of
+    a remote device or of the thread-CPU clock never mix with this host's wall-clock rows."""
     path = Path(db_path)
-    return str(path.with_name(f"{path.stem}-rpc-{_slug(spec.rpc.key)}{path.suffix}"))
+    suffix = (f"-rpc-{_slug(spec.rpc.key)}" if spec.rpc is not None else "") + \
+        (f"-{spec.clock}" if spec.clock != "wall" else "")
+    return str(path.with_name(f"{path.stem}{suffix}{path.suffix}")) if suffix else db_path
 
 
 def find_or_build_predictor(model_spec: str, dense: nn.Module, input_shape: tuple[int, ...], spec: TargetSpec,

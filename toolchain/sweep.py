@@ -26,7 +26,14 @@ from pathlib import Path
 import torch
 
 from toolchain.allocate import BudgetConfig
-from toolchain.budget import PredictorInfo, TargetSpec, find_or_build_predictor, prune_to_budget, score_model
+from toolchain.budget import (
+    PROFILE_DB,
+    PredictorInfo,
+    TargetSpec,
+    find_or_build_predictor,
+    prune_to_budget,
+    score_model,
+)
 from toolchain.errors import ToolchainError
 from toolchain.saliency import SaliencyConfig
 
@@ -55,6 +62,7 @@ class SweepConfig:
     predictor: str | None = None
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     lower_ratio: float = 0.90  # the hit band is [lower_ratio, 1] x budget
+    db_path: str = PROFILE_DB  # measurement database for a predictor built on the fly
 
 
 def parse_budgets(text: str) -> tuple[float, ...]:
@@ -190,7 +198,7 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None,
     if predictor is None:
         step("finding or building the latency predictor")
         predictor = find_or_build_predictor(config.model, dense, tuple(shape), config.target, config.predictor,
-                                            step=step)
+                                            db_path=config.db_path, step=step)
         config = replace(config, predictor=predictor.artifact)
     dense_ms = json.loads(meta_path.read_text()).get("dense_latency_ms") if meta_path.is_file() else None
     if dense_ms is None:
