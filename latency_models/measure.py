@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread_cpu
 # choice on a shared machine, where interference only ever adds time (on this project's 2-vCPU host the
 # same configuration re-measured agrees far more often by its minimum than by its median; BENCHMARKS.md).
 STATISTICS = ("median", "min")
+MAX_TIMED_RUNS = 2000
 
 
 def check_statistic(statistic: str) -> str:
@@ -54,6 +56,9 @@ class MeasureConfig:
     max_relative_iqr: float = 0.05
     max_attempts: int = 3
     clock: str = "wall"  # a key of CLOCKS; devices with their own timer ignore it
+    # Timed runs go on until they span at least this many ms (at most MAX_TIMED_RUNS): a sub-ms model's
+    # 25 runs last a few ms, short enough for one burst of interference to cover all of them.
+    min_timed_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,12 +105,17 @@ def summarize(samples_ms: Sequence[float], attempts: int = 1, max_relative_iqr: 
     )
 
 
-def _timed_runs_ms(runner: Runner, repeats: int, clock: Callable[[], float]) -> list[float]:
+def _timed_runs_ms(runner: Runner, repeats: int, clock: Callable[[], float], min_timed_ms: float = 0.0) -> list[float]:
     device_times = runner.device_times_ms(repeats)
     if device_times is not None:
-        return list(device_times)
+        times_ms = list(device_times)
+        while sum(times_ms) < min_timed_ms and len(times_ms) < MAX_TIMED_RUNS:
+            mean_ms = max(sum(times_ms) / len(times_ms), 1e-6)
+            more = min(MAX_TIMED_RUNS - len(times_ms), max(1, math.ceil((min_timed_ms - sum(times_ms)) / mean_ms)))
+            times_ms += list(runner.device_times_ms(more))
+        return times_ms
     times_ms = []
-    for _ in range(repeats):
+    while len(times_ms) < repeats or (sum(times_ms) < min_timed_ms and len(times_ms) < MAX_TIMED_RUNS):
         start_s = clock()
         runner.run()
         times_ms.append((clock() - start_s) * 1e3)
@@ -125,7 +135,8 @@ def measure(
     for attempt in range(1, config.max_attempts + 1):
         for _ in range(config.warmup_runs):
             runner.run()
-        current = summarize(_timed_runs_ms(runner, config.timed_runs, clock), attempt, config.max_relative_iqr)
+        current = summarize(_timed_runs_ms(runner, config.timed_runs, clock, config.min_timed_ms), attempt,
+                            config.max_relative_iqr)
         if best is None or current.relative_iqr < best.relative_iqr:
             best = current
         if best.stable:

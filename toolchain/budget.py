@@ -314,6 +314,7 @@ class TargetSpec:
     statistic: str = "median"  # latency of a measurement: median, or min of the timed runs (shared machines)
     warmup_runs: int = 5
     timed_runs: int = 25
+    min_timed_ms: float = 100.0  # timed runs span at least this long (more runs for sub-ms models)
     profile_samples: int = 100  # configurations measured when a predictor is built on the fly
     lock_path: str = MEASUREMENT_LOCK
     # A board behind a TVM RPC tracker: profiled, fitted and measured there (backend tvm) instead of here.
@@ -359,7 +360,8 @@ def target_measure(spec: TargetSpec) -> MeasureFn:
     from latency_models.measure import MeasureConfig, measure, torch_threads
 
     target = resolve_target(spec)
-    config = MeasureConfig(warmup_runs=spec.warmup_runs, timed_runs=spec.timed_runs, clock=spec.clock)
+    config = MeasureConfig(warmup_runs=spec.warmup_runs, timed_runs=spec.timed_runs, clock=spec.clock,
+                           min_timed_ms=spec.min_timed_ms)
 
     def measure_ms(model: nn.Module, example_input: torch.Tensor) -> float:
         if spec.rpc is not None:
@@ -456,7 +458,7 @@ def _build_predictor(model_spec, dense, input_shape, spec: TargetSpec, path: str
     campaign = CampaignConfig(model=model_spec, db_path=db_path, target=target.name, backend=target.backend,
                               threads=target.threads, samples=spec.profile_samples, input_shape=tuple(input_shape),
                               measure=MeasureConfig(warmup_runs=spec.warmup_runs, timed_runs=spec.timed_runs,
-                                                    clock=spec.clock), rpc=spec.rpc)
+                                                    clock=spec.clock, min_timed_ms=spec.min_timed_ms), rpc=spec.rpc)
     with measurement_lock(spec.lock_path):
         report = run_campaign(campaign, on_progress)
     if report.failed:
@@ -488,5 +490,6 @@ class BudgetJob:
                                  self.saliency, step)
         result.manifest["latency_target"] = {"label": self.target.where, "clock": self.target.clock,
                                              "statistic": self.target.statistic,
-                                             "timed_runs": self.target.timed_runs}
+                                             "timed_runs": self.target.timed_runs,
+                                             "min_timed_ms": self.target.min_timed_ms}
         return result

@@ -76,3 +76,25 @@ def test_device_timer_is_used_instead_of_the_host_clock():
     clock = FakeClock()
     result = measure(DeviceTimed(), MeasureConfig(warmup_runs=1, timed_runs=5), clock=clock)
     assert result.median_ms == 2.0 and len(result.samples_ms) == 5
+
+
+def test_short_runs_go_on_until_they_span_the_minimum_time():
+    clock = FakeClock()
+    runner = ScriptedRunner(clock, [0.5])  # a 0.5 ms model
+    result = measure(runner, MeasureConfig(warmup_runs=0, timed_runs=5, min_timed_ms=20.0), clock=clock)
+    assert len(result.samples_ms) == 40  # 40 x 0.5 ms = 20 ms
+    slow = ScriptedRunner(FakeClock(), [10.0])
+    assert len(measure(slow, MeasureConfig(warmup_runs=0, timed_runs=5, min_timed_ms=20.0),
+                       clock=slow.clock).samples_ms) == 5  # already longer than 20 ms: timed_runs decides
+
+
+def test_device_timed_runs_also_span_the_minimum_time():
+    class DeviceTimed:
+        def run(self):
+            pass
+
+        def device_times_ms(self, repeats):
+            return [0.25] * repeats
+
+    result = measure(DeviceTimed(), MeasureConfig(warmup_runs=0, timed_runs=4, min_timed_ms=10.0), clock=FakeClock())
+    assert len(result.samples_ms) == 40 and sum(result.samples_ms) == pytest.approx(10.0)
