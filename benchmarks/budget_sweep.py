@@ -242,8 +242,8 @@ def main() -> None:
     parser.add_argument("--shapley-samples", type=int, default=2)
     parser.add_argument("--profile-samples", type=int, default=60)
     parser.add_argument("--refine-rounds", type=int, default=1)
-    # One process by default: on a 2-vCPU machine whose vCPUs share a core, a second worker's scoring and
-    # evaluation slow the other's measurements by 20-30% even though measurements never overlap.
+    # One process by default: on a 2-vCPU machine a second worker's scoring and evaluation run beside the
+    # other's measurements (measurements never overlap each other, but they do overlap other work).
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--clock", default="thread_cpu")
     parser.add_argument("--statistic", default="min", choices=("median", "min"),
