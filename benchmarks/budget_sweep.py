@@ -200,7 +200,7 @@ def markdown(report: dict, rows_by_model: dict[str, list[dict]]) -> str:
                     r = next((r for r in rows if (r["budget_ratio"], r["criterion"], r["allocator"]) ==
                               (budget, criterion, allocator)), None)
                     cells.append(_cell(r))
-                lines.append(f"| {budget:.1f} | " + " | ".join(cells) + " |")
+                lines.append(f"| {budget:g} | " + " | ".join(cells) + " |")
     for name, m in report["models"].items():
         if len(m["criteria"]) > 1:
             lines += ["", f"**{name}: criteria (no fine-tuning)**", "",
