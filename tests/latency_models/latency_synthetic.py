@@ -65,3 +65,14 @@ def synthetic_rows(n: int, seed: int = 0, model: str = "synthetic:net", fingerpr
             )
         )
     return rows
+
+
+def write_synthetic_db(path, rows):
+    """A measurement database at `path` holding `rows` and the synthetic architecture's groups."""
+    from latency_models.store import MeasurementStore
+
+    with MeasurementStore(path) as store:
+        store.save_groups("synthetic:net", INPUT_SHAPE, list(GROUPS))
+        for row in rows:
+            store.insert(row)
+    return path

@@ -4,14 +4,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from latency_synthetic import GROUPS, INPUT_SHAPE, synthetic_rows
+from latency_synthetic import INPUT_SHAPE, synthetic_rows, write_synthetic_db
 
 from latency_models.features import LayerSpec
 from latency_models.fitting import FitConfig, fit_predictor
 from latency_models.measure import summarize
 from latency_models.predictors import LatencyQuery, load_predictor
 from latency_models.predictors.lpnet import alignment_gate, fit_channel_maps
-from latency_models.store import MeasurementStore
 from toolchain.errors import ToolchainError
 
 
@@ -52,12 +51,8 @@ def test_lpnet_prior_is_nearly_exact_when_latency_is_a_sum_of_layer_work(synthet
 @pytest.fixture(scope="module")
 def min_below_median_db(tmp_path_factory):
     """Rows whose minimum is 80% of their median, as on a machine where other jobs add time to some runs."""
-    path = tmp_path_factory.mktemp("statistic") / "latency.db"
-    with MeasurementStore(path) as store:
-        store.save_groups("synthetic:net", INPUT_SHAPE, list(GROUPS))
-        for row in synthetic_rows(80):
-            store.insert(replace(row, min_ms=0.8 * row.median_ms))
-    return path
+    rows = [replace(row, min_ms=0.8 * row.median_ms) for row in synthetic_rows(80)]
+    return write_synthetic_db(tmp_path_factory.mktemp("statistic") / "latency.db", rows)
 
 
 def test_statistic_chooses_what_is_learnt_and_is_recorded(min_below_median_db, tmp_path):
