@@ -74,8 +74,8 @@ def _method(connection: sqlite3.Connection, configs: list[ModelConfig], replicat
     return Method(
         warmup_runs=None,
         timed_runs=runs[0] if len(runs) == 1 else None,
-        statistic=f"median of the timed runs (IQR and MAD stored){stable_text}"
-                  + (f"; timed runs per row {runs}" if len(runs) > 1 else ""),
+        statistic=f"median and minimum of the timed runs (IQR and MAD stored){stable_text}"
+                  + (f"; {runs[0]} to {runs[-1]} timed runs per row" if len(runs) > 1 else ""),
         clock=", ".join(clocks) if clocks else None,
         noise_floor=noise,
     )
