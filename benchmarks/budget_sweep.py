@@ -28,6 +28,7 @@ import torch
 from torch.nn import functional
 from torch.utils.data import TensorDataset
 
+from latency_models.measure import STATISTICS
 from toolchain.data import DataSplits, load_mnist5k
 from toolchain.models import create_model
 
@@ -246,7 +247,7 @@ def main() -> None:
     # other's measurements (measurements never overlap each other, but they do overlap other work).
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--clock", default="thread_cpu")
-    parser.add_argument("--statistic", default="min", choices=("median", "min"),
+    parser.add_argument("--statistic", default="min", choices=STATISTICS,
                         help="a measurement's latency (min: robust to the other jobs on a shared machine)")
     parser.add_argument("--tag", default="", help="suffix of each model's folder and of summary/plot names")
     parser.add_argument("--out", type=Path, default=None)

@@ -23,7 +23,7 @@ import torch
 from latency_models.campaign import CampaignConfig, run_campaign
 from latency_models.fingerprint import fingerprint_id, machine_fingerprint
 from latency_models.fitting import FitConfig, fit_predictor, load_rows, split_queries
-from latency_models.measure import MeasureConfig, measure, torch_threads
+from latency_models.measure import STATISTICS, MeasureConfig, latency_ms, measure, torch_threads
 from latency_models.predictors import LatencyQuery
 from latency_models.store import MeasurementStore
 from toolchain.targets import get_target
@@ -36,12 +36,9 @@ def noise_floor(db_path: str, model: str, target, statistic: str = "median") -> 
     each measurement's latency taken by `statistic` (median or min of its timed runs)."""
     with MeasurementStore(db_path) as store:
         rows = store.rows(model, target.name, target.backend, target.threads)
-    def value(row) -> float:
-        return getattr(row, f"{statistic}_ms")
-
-    first = {json.dumps(r.widths, sort_keys=True): value(r) for r in rows if r.replicate == 0}
+    first = {json.dumps(r.widths, sort_keys=True): latency_ms(r, statistic) for r in rows if r.replicate == 0}
     deviations = [
-        abs(value(r) / first[key] - 1)
+        abs(latency_ms(r, statistic) / first[key] - 1)
         for r in rows
         if r.replicate > 0
         if (key := json.dumps(r.widths, sort_keys=True)) in first
@@ -292,7 +289,7 @@ def main() -> None:
     parser.add_argument(
         "--statistic",
         default="median",
-        choices=["median", "min"],
+        choices=STATISTICS,
         help="each measurement's latency for fitting and scoring (min: robust on a shared machine)",
     )
     parser.add_argument("--db", default="runs/latency-bench.db")

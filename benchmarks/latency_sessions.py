@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 
+from latency_models.measure import STATISTICS, latency_ms
 from latency_models.store import MeasurementStore
 
 
@@ -22,7 +23,7 @@ def main() -> None:
     parser.add_argument("first_db")
     parser.add_argument("second_db")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--statistic", default="median", choices=("median", "min"))
+    parser.add_argument("--statistic", default="median", choices=STATISTICS)
     parser.add_argument("--lpnet", help="predictor artifact to score on the second session's configurations")
     args = parser.parse_args()
     sessions, rows = [], []
@@ -30,7 +31,7 @@ def main() -> None:
         with MeasurementStore(path, create=False) as store:
             found = [r for r in store.rows(args.model) if r.replicate == 0 and r.kind == "model"]
         rows.append(found)
-        sessions.append({r.config_key: getattr(r, f"{args.statistic}_ms") for r in found})
+        sessions.append({r.config_key: latency_ms(r, args.statistic) for r in found})
     common = sorted(set(sessions[0]) & set(sessions[1]))
     ratio = np.array([sessions[1][k] / sessions[0][k] for k in common])
     deviation = np.abs(ratio - 1)

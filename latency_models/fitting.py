@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from latency_models.features import spec_from_dict
+from latency_models.measure import latency_ms
 from latency_models.predictors import LatencyPredictor, LatencyQuery, create_predictor, predictor_class
 from latency_models.predictors.artifact import ArtifactMeta, training_data_hash
 from latency_models.store import MeasurementRow, MeasurementStore, now_utc
@@ -139,7 +140,7 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
     if config.train_steps:
         predictor.train_steps = config.train_steps
     if hasattr(predictor, "set_table"):
-        predictor.set_table([(spec_from_dict(r.widths), getattr(r, f"{config.statistic}_ms")) for r in single_ops])
+        predictor.set_table([(spec_from_dict(r.widths), latency_ms(r, config.statistic)) for r in single_ops])
     predictor.fit(train)
     metrics = predictor.evaluate(heldout)
     predictor.meta = replace(predictor.meta, heldout_metrics=metrics)

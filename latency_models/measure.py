@@ -37,6 +37,11 @@ def check_statistic(statistic: str) -> str:
     return statistic
 
 
+def latency_ms(record, statistic: str = "median") -> float:
+    """The latency in ms by `statistic` of anything with `median_ms` / `min_ms` (a Measurement, a stored row)."""
+    return getattr(record, f"{check_statistic(statistic)}_ms")
+
+
 @contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """Run the block with `count` torch threads (builds and training on a busy 2-core machine use 1)."""
@@ -74,7 +79,7 @@ class Measurement:
 
     def value(self, statistic: str = "median") -> float:
         """The latency in ms by `statistic` (a name in STATISTICS)."""
-        return getattr(self, f"{check_statistic(statistic)}_ms")
+        return latency_ms(self, statistic)
 
     @property
     def relative_iqr(self) -> float:

@@ -89,7 +89,7 @@ def _calibration_check(problem: AllocationProblem, proposal: dict[str, int], tar
     candidates[GLOBAL] = greedy_repair(problem, global_ranking(problem, lambda w: problem.predicted_ms(w) <= target_ms),
                                        target_ms, fill=True)
     losses = {name: joint_loss(widths) for name, widths in candidates.items()}
-    best = min(losses, key=lambda name: (losses[name], name == GLOBAL, -float(name) if name != GLOBAL else 0.0))
+    best = min(losses, key=losses.get)  # ties: the first inserted, i.e. the most of the proposal, global last
     refined, refined_loss, exchanges = _exchange(problem, candidates[best], losses[best], target_ms, joint_loss,
                                                  refine_rounds)
     return refined, {"proposal_weight": float(best) if best != GLOBAL else None, "chosen": best,

@@ -137,6 +137,7 @@ def _summary(manifest: dict, out: Path) -> None:
 
 
 def _budget_options(func):
+    from latency_models.measure import STATISTICS
     from toolchain.allocate import list_allocators
     from toolchain.saliency import list_criteria
 
@@ -146,7 +147,7 @@ def _budget_options(func):
         click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True),
         click.option("--clock", type=click.Choice(["wall", "thread_cpu"]), default="wall", show_default=True,
                      help="thread_cpu: CPU time of the timing thread (1-thread CPU targets on a shared machine)"),
-        click.option("--statistic", type=click.Choice(["median", "min"]), default="median", show_default=True,
+        click.option("--statistic", type=click.Choice(STATISTICS), default="median", show_default=True,
                      help="a measurement's latency: median, or min of the timed runs (robust on a shared machine)"),
         click.option("--budget-ms", type=float, help="latency budget in ms on the target (replaces --ratio)"),
         click.option("--budget-ratio", type=float, help="budget as a share of the dense model's measured latency"),

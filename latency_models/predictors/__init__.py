@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from latency_models.features import LayerSpec, layer_specs, spec_from_dict, total_macs
-from latency_models.measure import check_statistic
+from latency_models.measure import latency_ms
 from latency_models.metrics import accuracy_metrics
 from latency_models.predictors.artifact import ArtifactMeta, read_artifact, save_artifact
 from toolchain.errors import ToolchainError
@@ -57,7 +57,7 @@ class LatencyQuery:
             tuple(row.input_shape),
             dict(row.widths),
             tuple(spec_from_dict(d) for d in row.layers),
-            getattr(row, f"{check_statistic(statistic)}_ms"),
+            latency_ms(row, statistic),
             row.config_key,
         )
 

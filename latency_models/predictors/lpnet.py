@@ -71,7 +71,8 @@ def alignment_gate(channels: torch.Tensor, period: float = ALIGNMENT_PERIOD) -> 
     return ((1 + torch.cos(2 * math.pi * channels / period)) / 2) ** GATE_SHARPNESS
 
 
-def fit_channel_maps(queries: list[LatencyQuery], dense_widths: tuple[int, ...]) -> dict[str, torch.Tensor]:
+def fit_channel_maps(queries: list[LatencyQuery], group_names: tuple[str, ...],
+                     dense_widths: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """Per layer and side (in/out channels, conv groups), the affine map from group widths to channels.
 
     Least squares over the measured configurations: `channels = offset + coef @ group_widths` holds exactly
@@ -80,10 +81,8 @@ def fit_channel_maps(queries: list[LatencyQuery], dense_widths: tuple[int, ...])
     n_layers = {len(q.layers) for q in queries}
     if len(n_layers) != 1:
         raise ToolchainError(f"lpnet needs one layer list per architecture; the measurements have {sorted(n_layers)}")
-    widths = np.array([[q.widths[name] for name in q.widths] for q in queries], dtype=np.float64)
-    if widths.shape[1] != len(dense_widths):
-        raise ToolchainError(f"measured configurations name {widths.shape[1]} groups, "
-                             f"the model has {len(dense_widths)}")
+    widths = np.array([[q.widths.get(name, dense) for name, dense in zip(group_names, dense_widths, strict=True)]
+                       for q in queries], dtype=np.float64)
     design = np.concatenate([np.ones((len(queries), 1)), widths], axis=1)
     maps = {}
     for side in SIDES:
@@ -207,14 +206,11 @@ class LPNetPredictor(LatencyPredictor):
         if not self.group_names:
             raise ToolchainError("lpnet needs the model's group names; the measurement database has none")
         inputs = self._inputs(train)
-        ordered = [LatencyQuery(q.model, q.input_shape, {n: q.widths.get(n, d) for n, d in
-                                                        zip(self.group_names, self.meta.dense_widths)},
-                                q.layers, q.measured_ms, q.config_key) for q in train]
         measured_ms = torch.tensor([q.measured_ms for q in train], dtype=torch.float64)
         with torch_threads(1):
             torch.manual_seed(0)
             self.module = LPNet(self.meta.dense_widths, n_layers=len(train[0].layers))
-            for name, tensor in fit_channel_maps(ordered, self.meta.dense_widths).items():
+            for name, tensor in fit_channel_maps(train, self.group_names, self.meta.dense_widths).items():
                 getattr(self.module, name).copy_(tensor)
             self._fit_prior(inputs, measured_ms)
             self._train_residual(inputs, torch.log(measured_ms).float())

@@ -25,7 +25,7 @@ def _query(a: int, b: int) -> LatencyQuery:
 
 def test_channel_maps_recover_identity_multiple_concat_and_constant():
     queries = [_query(a, b) for a, b in [(4, 8), (16, 8), (9, 24), (32, 5), (7, 7)]]
-    maps = fit_channel_maps(queries, (32, 24))
+    maps = fit_channel_maps(queries, ("a", "b"), (32, 24))
     assert maps["in_channels_offset"].tolist() == pytest.approx([3, 0, 0], abs=1e-4)
     assert torch.allclose(maps["in_channels_coef"], torch.tensor([[0.0, 0], [0, 2], [1, 1]]), atol=1e-4)
     assert torch.allclose(maps["out_channels_coef"], torch.tensor([[1.0, 0], [0, 0], [1, 1]]), atol=1e-4)

@@ -27,6 +27,19 @@ class ScriptedRunner:
         return None
 
 
+class DeviceTimed:
+    """A device with its own timer: every run takes `run_ms`."""
+
+    def __init__(self, run_ms: float):
+        self.run_ms = run_ms
+
+    def run(self) -> None:
+        pass
+
+    def device_times_ms(self, repeats):
+        return [self.run_ms] * repeats
+
+
 def test_summary_statistics():
     stats = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
     assert stats.median_ms == 3.0
@@ -66,15 +79,8 @@ def test_always_noisy_runner_is_reported_unstable_after_max_attempts():
 
 
 def test_device_timer_is_used_instead_of_the_host_clock():
-    class DeviceTimed:
-        def run(self):
-            pass
-
-        def device_times_ms(self, repeats):
-            return [2.0] * repeats
-
     clock = FakeClock()
-    result = measure(DeviceTimed(), MeasureConfig(warmup_runs=1, timed_runs=5), clock=clock)
+    result = measure(DeviceTimed(2.0), MeasureConfig(warmup_runs=1, timed_runs=5), clock=clock)
     assert result.median_ms == 2.0 and len(result.samples_ms) == 5
 
 
@@ -89,12 +95,6 @@ def test_short_runs_go_on_until_they_span_the_minimum_time():
 
 
 def test_device_timed_runs_also_span_the_minimum_time():
-    class DeviceTimed:
-        def run(self):
-            pass
-
-        def device_times_ms(self, repeats):
-            return [0.25] * repeats
-
-    result = measure(DeviceTimed(), MeasureConfig(warmup_runs=0, timed_runs=4, min_timed_ms=10.0), clock=FakeClock())
+    config = MeasureConfig(warmup_runs=0, timed_runs=4, min_timed_ms=10.0)
+    result = measure(DeviceTimed(0.25), config, clock=FakeClock())
     assert len(result.samples_ms) == 40 and sum(result.samples_ms) == pytest.approx(10.0)

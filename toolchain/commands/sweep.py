@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from latency_models.measure import STATISTICS
 from toolchain.errors import ToolchainError
 
 
@@ -26,7 +27,7 @@ def _names(text: str, valid: list[str], what: str) -> tuple[str, ...]:
 @click.option("--backend", default=None, help="default: the target's default backend")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--clock", type=click.Choice(["wall", "thread_cpu"]), default="wall", show_default=True)
-@click.option("--statistic", type=click.Choice(["median", "min"]), default="median", show_default=True,
+@click.option("--statistic", type=click.Choice(STATISTICS), default="median", show_default=True,
               help="a measurement's latency: median, or min of the timed runs (robust on a shared machine)")
 @click.option("--budgets", default="0.3:0.9:0.1", show_default=True,
               help="shares of the dense measured latency: start:stop:step or a comma list")
