@@ -109,7 +109,8 @@ def profile(args, model: str, samples: int, target, layer_levels: int, noise_con
         samples=samples,
         layer_levels=layer_levels,
         noise_configs=noise_configs,
-        measure=MeasureConfig(args.warmup, args.runs, clock=args.clock),
+        measure=MeasureConfig(args.warmup, args.runs, clock=args.clock, statistic=args.statistic,
+                              min_timed_ms=args.min_timed_ms),
     )
     start_s = time.perf_counter()
 
@@ -280,6 +281,8 @@ def main() -> None:
     parser.add_argument("--noise-configs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--min-timed-ms", type=float, default=50.0,
+                        help="each attempt's timed runs span at least this long")
     parser.add_argument(
         "--clock",
         default="wall",

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,9 +23,10 @@ from torch import nn
 
 from latency_models.features import COMPUTE_OPS, LayerSpec, layer_specs, total_macs
 from latency_models.fingerprint import fingerprint_id, machine_fingerprint
-from latency_models.measure import CLOCKS, MeasureConfig, Measurement, measure, torch_threads
+from latency_models.measure import CLOCKS, MeasureConfig, Measurement, latency_ms, measure, torch_threads
 from latency_models.rpc import with_retries
 from latency_models.sampling import layer_grid_ratios, sample_width_configs
+from latency_models.sentinel import SentinelCheck, time_chunk
 from latency_models.store import MeasurementRow, MeasurementStore, config_key
 from toolchain.errors import ToolchainError
 from toolchain.targets import RpcEndpoint, Target, get_target
@@ -45,6 +47,12 @@ class CampaignConfig:
     noise_configs: int = 0  # re-measure this many configurations (replicates) for the noise floor
     noise_replicates: int = 3
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    # Configurations timed in rounds together (see measure_interleaved), with the dense model as sentinel
+    # (latency_models.sentinel): a chunk whose sentinel ran more than `quiet_tolerance` slower than its best
+    # is timed again later, at most `max_retimes` times. Remote devices time one at a time, no sentinel.
+    interleave: int = 16
+    quiet_tolerance: float = 0.05
+    max_retimes: int = 2
     rpc: RpcEndpoint | None = None
 
 
@@ -62,6 +70,7 @@ class CampaignReport:
     measured: int = 0
     skipped: int = 0  # already in the database
     failed: list[str] = field(default_factory=list)
+    retimed: int = 0  # rows replaced by a re-timing in a quieter spell
 
 
 def build_variant(model: nn.Module, example_input: torch.Tensor, widths: dict[str, int]) -> nn.Module:
@@ -201,17 +210,11 @@ def _run(config: CampaignConfig, target: Target, on_progress) -> CampaignReport:
         done_keys = store.existing_keys()
         pending = [job for key, job in jobs_by_key.items() if key not in done_keys]
         report.planned, report.skipped = len(jobs), len(jobs) - len(pending)
-        for index, job in enumerate(pending):
-            if on_progress:
-                on_progress(index, len(pending), f"{job.kind} {job.tag}")
-            try:
-                row = _measure_job(job, config, target, model, example_input, fingerprint, machine_id)
-            except ToolchainError:
-                raise
-            except Exception as error:  # noqa: BLE001 - reported per configuration, campaign goes on
-                report.failed.append(f"{job.kind} {job.tag} {job.widths}: {type(error).__name__}: {error}")
-                continue
-            report.measured += int(store.insert(row))
+        context = _RowContext(config, target, input_shape, fingerprint, machine_id)
+        if config.rpc:
+            _run_remote(pending, context, store, report, model, example_input, on_progress)
+        else:
+            _run_local(pending, context, store, report, model, example_input, on_progress)
         if on_progress:
             on_progress(len(pending), len(pending), "done")
     return report
@@ -223,40 +226,138 @@ def _job_key(job: Job, model: str, input_shape, target: Target) -> str:
     )
 
 
-def _measure_job(
-    job: Job,
-    config: CampaignConfig,
-    target: Target,
+def _variant(job: Job, model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    if job.kind == "model":
+        return build_variant(model, example_input, job.widths), example_input
+    return single_op(LayerSpec(**job.widths))
+
+
+@dataclass(frozen=True)
+class _RowContext:
+    config: CampaignConfig
+    target: Target
+    input_shape: tuple[int, ...]  # the model's, also for single-op rows
+    fingerprint: dict
+    machine_id: str
+
+
+def _build(jobs: list[Job], target: Target, model: nn.Module, example_input: torch.Tensor):
+    """Each job's variant and compiled runner; (prepared, failed)."""
+    prepared, failed = [], []
+    for job in jobs:
+        try:
+            variant, variant_input = _variant(job, model, example_input)
+            prepared.append((job, variant, variant_input, target.prepare(variant, variant_input)))
+        except Exception as error:  # noqa: BLE001 - reported per configuration
+            failed.append((job, error))
+    return prepared, failed
+
+
+def _failure(job: Job, error: Exception) -> str:
+    if isinstance(error, ToolchainError):
+        raise error
+    return f"{job.kind} {job.tag} {job.widths}: {type(error).__name__}: {error}"
+
+
+def _run_local(
+    pending: list[Job],
+    context: _RowContext,
+    store: MeasurementStore,
+    report: CampaignReport,
     model: nn.Module,
     example_input: torch.Tensor,
-    fingerprint: dict,
-    machine_id: str,
+    on_progress,
+) -> None:
+    """Chunks of `interleave` jobs timed next to the dense model; chunks timed in a slow spell go to the back
+    of the queue, and rows stored before the sentinel's best was known are re-timed at the end."""
+    config = context.config
+    statistic = config.measure.statistic
+    sentinel = context.target.prepare(model, example_input)
+    check = SentinelCheck(config.quiet_tolerance)
+    queue = deque((job, 0) for job in pending)
+    stored: dict[str, tuple[Job, int, float, float]] = {}  # key -> (job, retimes, sentinel ms, latency ms)
+    settled = 0
+    while queue:
+        batch = [queue.popleft() for _ in range(min(max(1, config.interleave), len(queue)))]
+        if on_progress:
+            on_progress(settled, settled + len(batch) + len(queue), f"{batch[0][0].kind} {batch[0][0].tag}")
+        retimes = {id(job): count for job, count in batch}
+        prepared, failed = _build([job for job, _ in batch], context.target, model, example_input)
+        report.failed += [_failure(job, error) for job, error in failed]
+        results, sentinel_ms = time_chunk(sentinel, [runner for *_, runner in prepared], config.measure)
+        quiet = check.observe(sentinel_ms)
+        for (job, variant, variant_input, _), result in zip(prepared, results, strict=True):
+            count = retimes[id(job)]
+            if isinstance(result, Exception):
+                report.failed.append(_failure(job, result))
+                continue
+            if not quiet and count < config.max_retimes:
+                queue.append((job, count + 1))
+                continue
+            row = _row(job, context, variant, variant_input, result)
+            value = latency_ms(row, statistic)
+            previous = stored.get(row.config_key)
+            if previous is None:
+                report.measured += int(store.insert(row))
+            elif value < previous[3]:  # a re-timing that found the machine quieter supersedes the row
+                store.insert(row, replace=True)
+                report.retimed += 1
+            stored[row.config_key] = (job, count, sentinel_ms, min(value, previous[3]) if previous else value)
+            settled += 1
+        if not queue:  # rows stored before a quieter sentinel was seen: time them again
+            for key, (job, count, seen_ms, _value) in stored.items():
+                if not check.is_quiet(seen_ms) and count < config.max_retimes:
+                    queue.append((job, count + 1))
+                    stored[key] = (job, config.max_retimes, seen_ms, _value)  # once is enough
+
+
+def _run_remote(
+    pending: list[Job],
+    context: _RowContext,
+    store: MeasurementStore,
+    report: CampaignReport,
+    model: nn.Module,
+    example_input: torch.Tensor,
+    on_progress,
+) -> None:
+    """One at a time, compile + upload + time inside the retries (a board that drops is reconnected)."""
+    config = context.config
+    for index, job in enumerate(pending):
+        if on_progress:
+            on_progress(index, len(pending), f"{job.kind} {job.tag}")
+        try:
+            variant, variant_input = _variant(job, model, example_input)
+
+            def timed() -> Measurement:
+                return measure(context.target.prepare(variant, variant_input), config.measure)  # noqa: B023
+
+            result = with_retries(timed, config.rpc, f"{job.kind} {job.tag}")
+        except Exception as error:  # noqa: BLE001 - reported per configuration (ToolchainError stops the run)
+            report.failed.append(_failure(job, error))
+            continue
+        report.measured += int(store.insert(_row(job, context, variant, variant_input, result)))
+
+
+def _row(
+    job: Job, context: _RowContext, variant: nn.Module, variant_input: torch.Tensor, result: Measurement
 ) -> MeasurementRow:
-    if job.kind == "model":
-        variant = build_variant(model, example_input, job.widths)
-        variant_input = example_input
-    else:
-        variant, variant_input = single_op(LayerSpec(**job.widths))
+    """The database row of one settled job."""
+    config, target = context.config, context.target
     layers = layer_specs(variant, variant_input)
-
-    def timed() -> Measurement:
-        return measure(target.prepare(variant, variant_input), config.measure)
-
-    result = with_retries(timed, config.rpc, f"{job.kind} {job.tag}") if config.rpc else timed()
     return MeasurementRow(
         kind=job.kind,
         model=config.model,
         widths=job.widths,
         layers=[layer.to_dict() for layer in layers],
-        input_shape=tuple(example_input.shape),
+        input_shape=tuple(context.input_shape),
         target=target.name,
         backend=target.backend,
         threads=target.threads,
         replicate=job.replicate,
         sample_tag=job.tag,
         macs=total_macs(layers),
-        fingerprint_id=machine_id,
-        fingerprint=fingerprint,
+        fingerprint_id=context.machine_id,
+        fingerprint=context.fingerprint,
         median_ms=result.median_ms,
         iqr_ms=result.iqr_ms,
         mad_ms=result.mad_ms,

@@ -57,9 +57,15 @@ def torch_threads(count: int) -> Iterator[None]:
 class MeasureConfig:
     warmup_runs: int = 5
     timed_runs: int = 25
-    # An attempt is stable when IQR / median is at most this; otherwise measure again.
+    # Which latency the measurement is for (a name in STATISTICS); it decides when to stop re-measuring.
+    # `median`: an attempt is done when its IQR / median is at most `max_relative_iqr`.
+    # `min`: done when the two smallest attempt minima agree within `min_agreement` (relative). A burst of
+    # interference that covers a whole attempt leaves its runs evenly slow (a small IQR), so only a second
+    # attempt that agrees shows the minimum is the machine's and not the burst's.
+    statistic: str = "median"
     max_relative_iqr: float = 0.05
-    max_attempts: int = 3
+    min_agreement: float = 0.03
+    max_attempts: int = 4
     clock: str = "wall"  # a key of CLOCKS; devices with their own timer ignore it
     # Timed runs go on until they span at least this many ms (at most MAX_TIMED_RUNS): a sub-ms model's
     # 25 runs last a few ms, short enough for one burst of interference to cover all of them.
@@ -127,23 +133,77 @@ def _timed_runs_ms(runner: Runner, repeats: int, clock: Callable[[], float], min
     return times_ms
 
 
+def _minima_agree(attempts: list[Measurement], tolerance: float) -> bool:
+    if len(attempts) < 2:
+        return False
+    lowest, second = sorted(a.min_ms for a in attempts)[:2]
+    return second <= lowest * (1.0 + tolerance)
+
+
+def measure_attempt(runner: Runner, config: MeasureConfig, clock: Callable[[], float], attempt: int) -> Measurement:
+    """One attempt: warm-up runs, then timed runs (at least `timed_runs`, spanning `min_timed_ms`)."""
+    for _ in range(config.warmup_runs):
+        runner.run()
+    return summarize(
+        _timed_runs_ms(runner, config.timed_runs, clock, config.min_timed_ms), attempt, config.max_relative_iqr
+    )
+
+
+def settle(attempts: list[Measurement], config: MeasureConfig) -> tuple[Measurement, bool]:
+    """What the attempts so far amount to, and whether they are conclusive (see MeasureConfig.statistic)."""
+    if config.statistic == "min":
+        best, done = min(attempts, key=lambda a: a.min_ms), _minima_agree(attempts, config.min_agreement)
+    else:
+        best = min(attempts, key=lambda a: a.relative_iqr)
+        done = best.stable
+    return Measurement(**{**best.__dict__, "attempts": len(attempts), "stable": done}), done
+
+
+def measure_interleaved(
+    runners: Sequence[Runner],
+    config: MeasureConfig = MeasureConfig(),
+    clock: Callable[[], float] | None = None,
+    on_done: Callable[[int, Measurement], None] | None = None,
+    on_error: Callable[[int, Exception], None] | None = None,
+) -> list[Measurement | None]:
+    """Time several runners in rounds: attempt k of each unfinished runner before attempt k+1 of any.
+
+    A runner's attempts are then seconds apart, so two of them agreeing is evidence about the machine's
+    quiet speed and not about one slow spell (on a shared host such spells last seconds and slow every run
+    evenly). `on_done(i, m)` is called as soon as runner i is settled; a runner that raises is dropped and
+    reported to `on_error(i, error)` (re-raised without it) and its result is None.
+    """
+    check_statistic(config.statistic)
+    clock = clock or CLOCKS[config.clock]
+    attempts: dict[int, list[Measurement]] = {i: [] for i in range(len(runners))}
+    results: list[Measurement | None] = [None] * len(runners)
+    for attempt in range(1, config.max_attempts + 1):
+        for i in list(attempts):
+            try:
+                attempts[i].append(measure_attempt(runners[i], config, clock, attempt))
+            except Exception as error:
+                if on_error is None:
+                    raise
+                del attempts[i]
+                on_error(i, error)
+                continue
+            result, done = settle(attempts[i], config)
+            if done or attempt == config.max_attempts:
+                results[i] = result
+                del attempts[i]
+                if on_done:
+                    on_done(i, result)
+    return results
+
+
 def measure(
     runner: Runner, config: MeasureConfig = MeasureConfig(), clock: Callable[[], float] | None = None
 ) -> Measurement:
-    """Time `runner`; up to `max_attempts` attempts, keeping the one with the smallest relative IQR.
+    """Time `runner` in up to `max_attempts` attempts (each: warm-up, then timed runs).
 
-    `clock` returns seconds (default: `config.clock`); tests pass a fake one. Devices with their own
-    timer (CUDA events, TVM's evaluator) report per-run times themselves and the clock is not used.
+    Statistic `median` keeps the attempt with the smallest relative IQR and stops at the first stable one;
+    `min` keeps the attempt with the smallest minimum and stops once two attempts' minima agree (`stable`
+    then means they did). `clock` returns seconds (default: `config.clock`); tests pass a fake one. Devices
+    with their own timer (CUDA events, TVM's evaluator) report per-run times themselves.
     """
-    clock = clock or CLOCKS[config.clock]
-    best: Measurement | None = None
-    for attempt in range(1, config.max_attempts + 1):
-        for _ in range(config.warmup_runs):
-            runner.run()
-        current = summarize(_timed_runs_ms(runner, config.timed_runs, clock, config.min_timed_ms), attempt,
-                            config.max_relative_iqr)
-        if best is None or current.relative_iqr < best.relative_iqr:
-            best = current
-        if best.stable:
-            break
-    return Measurement(**{**best.__dict__, "attempts": attempt})
+    return measure_interleaved([runner], config, clock)[0]

@@ -181,8 +181,9 @@ class MeasurementStore:
     def close(self) -> None:
         self.connection.close()
 
-    def insert(self, row: MeasurementRow) -> bool:
-        """Write and commit one row; False when its configuration is already stored (nothing changes)."""
+    def insert(self, row: MeasurementRow, replace: bool = False) -> bool:
+        """Write and commit one row; False when its configuration is already stored (nothing changes),
+        unless `replace` (a re-timing that supersedes the stored row)."""
         values = asdict(row)
         values["created_at"] = row.created_at or now_utc()
         record = {
@@ -218,7 +219,8 @@ class MeasurementStore:
         try:
             with self.connection:
                 cursor = self.connection.execute(
-                    f"INSERT OR IGNORE INTO measurements ({columns}) VALUES ({placeholders})",
+                    f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO measurements ({columns}) "
+                    f"VALUES ({placeholders})",
                     list(record.values()),
                 )
         except sqlite3.Error as error:

@@ -320,6 +320,13 @@ class TargetSpec:
     # A board behind a TVM RPC tracker: profiled, fitted and measured there (backend tvm) instead of here.
     rpc: object | None = field(default=None, compare=False)  # toolchain.targets.RpcEndpoint
 
+    def measure_config(self):
+        """How every timing of this target is taken (profiling and budget checks alike)."""
+        from latency_models.measure import MeasureConfig
+
+        return MeasureConfig(warmup_runs=self.warmup_runs, timed_runs=self.timed_runs, clock=self.clock,
+                             statistic=self.statistic, min_timed_ms=self.min_timed_ms)
+
     @property
     def where(self) -> str:
         """The label used for predictor and database names: target label, plus the board's key over RPC."""
@@ -357,11 +364,10 @@ class measurement_lock:
 def target_measure(spec: TargetSpec) -> MeasureFn:
     """A `measure_ms(model, x)` timing on the target (ms by `spec.statistic`), compiled on one torch thread,
     under the lock."""
-    from latency_models.measure import MeasureConfig, measure, torch_threads
+    from latency_models.measure import measure, torch_threads
 
     target = resolve_target(spec)
-    config = MeasureConfig(warmup_runs=spec.warmup_runs, timed_runs=spec.timed_runs, clock=spec.clock,
-                           min_timed_ms=spec.min_timed_ms)
+    config = spec.measure_config()
 
     def measure_ms(model: nn.Module, example_input: torch.Tensor) -> float:
         if spec.rpc is not None:
@@ -449,7 +455,6 @@ def _build_predictor(model_spec, dense, input_shape, spec: TargetSpec, path: str
 
     from latency_models.campaign import CampaignConfig, run_campaign
     from latency_models.fitting import FitConfig, fit_predictor
-    from latency_models.measure import MeasureConfig
 
     target = resolve_target(spec)
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
@@ -457,8 +462,7 @@ def _build_predictor(model_spec, dense, input_shape, spec: TargetSpec, path: str
          f"configurations into {db_path}")
     campaign = CampaignConfig(model=model_spec, db_path=db_path, target=target.name, backend=target.backend,
                               threads=target.threads, samples=spec.profile_samples, input_shape=tuple(input_shape),
-                              measure=MeasureConfig(warmup_runs=spec.warmup_runs, timed_runs=spec.timed_runs,
-                                                    clock=spec.clock, min_timed_ms=spec.min_timed_ms), rpc=spec.rpc)
+                              measure=spec.measure_config(), rpc=spec.rpc)
     with measurement_lock(spec.lock_path):
         report = run_campaign(campaign, on_progress)
     if report.failed:

@@ -98,3 +98,31 @@ def test_device_timed_runs_also_span_the_minimum_time():
     config = MeasureConfig(warmup_runs=0, timed_runs=4, min_timed_ms=10.0)
     result = measure(DeviceTimed(0.25), config, clock=FakeClock())
     assert len(result.samples_ms) == 40 and sum(result.samples_ms) == pytest.approx(10.0)
+
+
+def test_min_statistic_remeasures_until_two_attempt_minima_agree():
+    clock = FakeClock()
+    # Attempt 1 lies wholly inside a burst (evenly slow: a small IQR), attempt 2 is quiet, attempt 3 agrees.
+    burst, quiet = [15.0, 15.2, 15.1, 15.0], [10.0, 10.4, 10.2, 10.1]
+    runner = ScriptedRunner(clock, burst + quiet + quiet)
+    config = MeasureConfig(warmup_runs=0, timed_runs=4, statistic="min", max_attempts=5)
+    result = measure(runner, config, clock=clock)
+    assert result.attempts == 3 and result.stable
+    assert result.min_ms == pytest.approx(10.0)
+    # By the median rule the burst's even attempt would have been accepted at once.
+    other = ScriptedRunner(FakeClock(), burst + quiet)
+    median_rule = measure(other, MeasureConfig(warmup_runs=0, timed_runs=4), clock=other.clock)
+    assert median_rule.attempts == 1 and median_rule.median_ms == pytest.approx(15.05)
+
+
+def test_min_statistic_reports_unstable_when_minima_never_agree():
+    clock = FakeClock()
+    runner = ScriptedRunner(clock, [10.0] * 4 + [20.0] * 4 + [40.0] * 4)
+    config = MeasureConfig(warmup_runs=0, timed_runs=4, statistic="min", max_attempts=3)
+    result = measure(runner, config, clock=clock)
+    assert result.attempts == 3 and not result.stable and result.min_ms == pytest.approx(10.0)
+
+
+def test_unknown_statistic_is_refused():
+    with pytest.raises(Exception, match="unknown latency statistic 'mean'"):
+        measure(DeviceTimed(1.0), MeasureConfig(statistic="mean"), clock=FakeClock())

@@ -15,7 +15,7 @@ from rich.progress import (
 )
 
 from latency_models.campaign import CampaignConfig, run_campaign
-from latency_models.measure import MeasureConfig
+from latency_models.measure import STATISTICS, MeasureConfig
 from latency_models.rpc import parse_tracker
 from toolchain.shapes import parse_shape
 from toolchain.targets import RpcEndpoint, get_target
@@ -70,6 +70,11 @@ def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str |
     type=click.Choice(["wall", "thread_cpu"]),
     help="thread_cpu: CPU time of the timing thread (1-thread cpu targets on a shared machine)",
 )
+@click.option("--statistic", default="median", show_default=True, type=click.Choice(STATISTICS),
+              help="the latency the measurements are for: median re-measures wide spreads, min re-measures "
+                   "until two attempts' minima agree (shared machines)")
+@click.option("--min-timed-ms", default=0.0, show_default=True, type=float,
+              help="timed runs of an attempt span at least this long (more runs for small models)")
 @click.option("--rpc-tracker", default=None, help="HOST:PORT of a TVM RPC tracker (needs --backend tvm)")
 @click.option("--rpc-key", default=None, help="device key registered with the tracker")
 @click.option("--rpc-target", default="", help='TVM target of the device as JSON, e.g. {"kind": "llvm", ...}')
@@ -91,6 +96,8 @@ def profile(
     warmup,
     runs,
     clock,
+    statistic,
+    min_timed_ms,
     rpc_tracker,
     rpc_key,
     rpc_target,
@@ -118,7 +125,8 @@ def profile(
         min_ratio=min_ratio,
         layer_levels=layer_levels,
         noise_configs=noise_configs,
-        measure=MeasureConfig(warmup_runs=warmup, timed_runs=runs, clock=clock),
+        measure=MeasureConfig(warmup_runs=warmup, timed_runs=runs, clock=clock, statistic=statistic,
+                              min_timed_ms=min_timed_ms),
         rpc=rpc,
     )
     get_target(target, backend, threads, rpc=rpc)  # bad names fail before the progress bar appears
