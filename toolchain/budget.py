@@ -244,6 +244,12 @@ def prune_to_budget(dense: nn.Module, example_input: torch.Tensor, config: Budge
         step(f"measuring the pruned model (iteration {iteration + 1})")
         widths_key = tuple(sorted(candidate.widths.items()))
         measured_ms = min(measure_ms(candidate.model, example_input), fastest_seen.get(widths_key, float("inf")))
+        if widths == problem.narrowest() and measured_ms > budget_ms:
+            # One disturbed timing must not declare a budget unreachable (in a sweep, ResNet-56's narrowest
+            # model once timed 0.33 ms, 40% above its timings in the sweep before); the error below rests
+            # on the lower of two timings.
+            step("the narrowest model measured over budget: timing it again")
+            measured_ms = min(measured_ms, measure_ms(candidate.model, example_input))
         fastest_seen[widths_key] = measured_ms
         iterations.append({"target_predicted_ms": round(target_ms / scale, 4), "predicted_ms": round(predicted_ms, 4),
                            "measured_ms": round(measured_ms, 4), **({"calibration_check": check} if check else {}),
