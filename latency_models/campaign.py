@@ -210,11 +210,10 @@ def _run(config: CampaignConfig, target: Target, on_progress) -> CampaignReport:
         done_keys = store.existing_keys()
         pending = [job for key, job in jobs_by_key.items() if key not in done_keys]
         report.planned, report.skipped = len(jobs), len(jobs) - len(pending)
-        context = _RowContext(config, target, input_shape, fingerprint, machine_id)
-        if config.rpc:
-            _run_remote(pending, context, store, report, model, example_input, on_progress)
-        else:
-            _run_local(pending, context, store, report, model, example_input, on_progress)
+        run = _Run(
+            config, target, input_shape, fingerprint, machine_id, model, example_input, store, report, on_progress
+        )
+        (_run_remote if config.rpc else _run_local)(pending, run)
         if on_progress:
             on_progress(len(pending), len(pending), "done")
     return report
@@ -233,12 +232,19 @@ def _variant(job: Job, model: nn.Module, example_input: torch.Tensor) -> tuple[n
 
 
 @dataclass(frozen=True)
-class _RowContext:
+class _Run:
+    """One campaign run: what it measures, where, and where the rows go."""
+
     config: CampaignConfig
     target: Target
     input_shape: tuple[int, ...]  # the model's, also for single-op rows
     fingerprint: dict
     machine_id: str
+    model: nn.Module
+    example_input: torch.Tensor
+    store: MeasurementStore
+    report: CampaignReport
+    on_progress: Callable[[int, int, str], None] | None
 
 
 def _build(jobs: list[Job], target: Target, model: nn.Module, example_input: torch.Tensor):
@@ -259,20 +265,12 @@ def _failure(job: Job, error: Exception) -> str:
     return f"{job.kind} {job.tag} {job.widths}: {type(error).__name__}: {error}"
 
 
-def _run_local(
-    pending: list[Job],
-    context: _RowContext,
-    store: MeasurementStore,
-    report: CampaignReport,
-    model: nn.Module,
-    example_input: torch.Tensor,
-    on_progress,
-) -> None:
+def _run_local(pending: list[Job], run: _Run) -> None:
     """Chunks of `interleave` jobs timed next to the dense model; chunks timed in a slow spell go to the back
     of the queue, and rows stored before the sentinel's best was known are re-timed at the end."""
-    config = context.config
+    config, store, report, on_progress = run.config, run.store, run.report, run.on_progress
     statistic = config.measure.statistic
-    sentinel = context.target.prepare(model, example_input)
+    sentinel = run.target.prepare(run.model, run.example_input)
     check = SentinelCheck(config.quiet_tolerance)
     queue = deque((job, 0) for job in pending)
     stored: dict[str, tuple[Job, int, float, float]] = {}  # key -> (job, retimes, sentinel ms, latency ms)
@@ -282,7 +280,7 @@ def _run_local(
         if on_progress:
             on_progress(settled, settled + len(batch) + len(queue), f"{batch[0][0].kind} {batch[0][0].tag}")
         retimes = {id(job): count for job, count in batch}
-        prepared, failed = _build([job for job, _ in batch], context.target, model, example_input)
+        prepared, failed = _build([job for job, _ in batch], run.target, run.model, run.example_input)
         report.failed += [_failure(job, error) for job, error in failed]
         results, sentinel_ms = time_chunk(sentinel, [runner for *_, runner in prepared], config.measure)
         quiet = check.observe(sentinel_ms)
@@ -294,7 +292,7 @@ def _run_local(
             if not quiet and count < config.max_retimes:
                 queue.append((job, count + 1))
                 continue
-            row = _row(job, context, variant, variant_input, result)
+            row = _row(job, run, variant, variant_input, result)
             value = latency_ms(row, statistic)
             previous = stored.get(row.config_key)
             if previous is None:
@@ -311,53 +309,43 @@ def _run_local(
                     stored[key] = (job, config.max_retimes, seen_ms, _value)  # once is enough
 
 
-def _run_remote(
-    pending: list[Job],
-    context: _RowContext,
-    store: MeasurementStore,
-    report: CampaignReport,
-    model: nn.Module,
-    example_input: torch.Tensor,
-    on_progress,
-) -> None:
+def _run_remote(pending: list[Job], run: _Run) -> None:
     """One at a time, compile + upload + time inside the retries (a board that drops is reconnected)."""
-    config = context.config
+    config = run.config
     for index, job in enumerate(pending):
-        if on_progress:
-            on_progress(index, len(pending), f"{job.kind} {job.tag}")
+        if run.on_progress:
+            run.on_progress(index, len(pending), f"{job.kind} {job.tag}")
         try:
-            variant, variant_input = _variant(job, model, example_input)
+            variant, variant_input = _variant(job, run.model, run.example_input)
 
             def timed() -> Measurement:
-                return measure(context.target.prepare(variant, variant_input), config.measure)  # noqa: B023
+                return measure(run.target.prepare(variant, variant_input), config.measure)  # noqa: B023
 
             result = with_retries(timed, config.rpc, f"{job.kind} {job.tag}")
         except Exception as error:  # noqa: BLE001 - reported per configuration (ToolchainError stops the run)
-            report.failed.append(_failure(job, error))
+            run.report.failed.append(_failure(job, error))
             continue
-        report.measured += int(store.insert(_row(job, context, variant, variant_input, result)))
+        run.report.measured += int(run.store.insert(_row(job, run, variant, variant_input, result)))
 
 
-def _row(
-    job: Job, context: _RowContext, variant: nn.Module, variant_input: torch.Tensor, result: Measurement
-) -> MeasurementRow:
+def _row(job: Job, run: _Run, variant: nn.Module, variant_input: torch.Tensor, result: Measurement) -> MeasurementRow:
     """The database row of one settled job."""
-    config, target = context.config, context.target
+    config, target = run.config, run.target
     layers = layer_specs(variant, variant_input)
     return MeasurementRow(
         kind=job.kind,
         model=config.model,
         widths=job.widths,
         layers=[layer.to_dict() for layer in layers],
-        input_shape=tuple(context.input_shape),
+        input_shape=tuple(run.input_shape),
         target=target.name,
         backend=target.backend,
         threads=target.threads,
         replicate=job.replicate,
         sample_tag=job.tag,
         macs=total_macs(layers),
-        fingerprint_id=context.machine_id,
-        fingerprint=context.fingerprint,
+        fingerprint_id=run.machine_id,
+        fingerprint=run.fingerprint,
         median_ms=result.median_ms,
         iqr_ms=result.iqr_ms,
         mad_ms=result.mad_ms,

@@ -218,9 +218,12 @@ class MeasurementStore:
         placeholders = ", ".join("?" for _ in record)
         try:
             with self.connection:
+                # A replacement updates the row in place: it keeps its id, so rows stay in measurement order.
+                on_conflict = ("DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in record if c != "config_key")
+                               if replace else "DO NOTHING")
                 cursor = self.connection.execute(
-                    f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO measurements ({columns}) "
-                    f"VALUES ({placeholders})",
+                    f"INSERT INTO measurements ({columns}) VALUES ({placeholders}) "
+                    f"ON CONFLICT (config_key) {on_conflict}",
                     list(record.values()),
                 )
         except sqlite3.Error as error:

@@ -1,30 +1,9 @@
 """Harness statistics on a fake clock: no real timing happens here."""
 
 import pytest
+from timing_fakes import FakeClock, ScriptedRunner
 
 from latency_models.measure import MeasureConfig, measure, summarize
-
-
-class FakeClock:
-    def __init__(self):
-        self.now_s = 0.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
-class ScriptedRunner:
-    """Each run advances the fake clock by the next scripted duration (ms)."""
-
-    def __init__(self, clock: FakeClock, durations_ms):
-        self.clock, self.durations_ms, self.runs = clock, list(durations_ms), 0
-
-    def run(self) -> None:
-        self.clock.now_s += self.durations_ms[self.runs % len(self.durations_ms)] / 1e3
-        self.runs += 1
-
-    def device_times_ms(self, repeats):
-        return None
 
 
 class DeviceTimed:

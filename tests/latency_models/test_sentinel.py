@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from timing_fakes import FakeClock, ScriptedRunner
 
 import latency_models.campaign as campaign
 from latency_models.campaign import CampaignConfig, run_campaign
@@ -11,30 +12,6 @@ from latency_models.sentinel import SentinelCheck, time_chunk
 from latency_models.store import MeasurementStore
 
 TINY = str(Path(__file__).with_name("tiny_model.py")) + ":factory"
-
-
-class FakeClock:
-    def __init__(self):
-        self.now_s = 0.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
-class Scripted:
-    """Each run advances the shared fake clock by the next scripted duration (ms); `fail` raises instead."""
-
-    def __init__(self, clock: FakeClock, durations_ms, fail: bool = False):
-        self.clock, self.durations_ms, self.fail, self.runs = clock, list(durations_ms), fail, 0
-
-    def run(self) -> None:
-        if self.fail:
-            raise RuntimeError("device fault")
-        self.clock.now_s += self.durations_ms[min(self.runs, len(self.durations_ms) - 1)] / 1e3
-        self.runs += 1
-
-    def device_times_ms(self, repeats):
-        return None
 
 
 def test_check_judges_each_chunk_against_the_best_sentinel_so_far():
@@ -48,10 +25,10 @@ def test_check_judges_each_chunk_against_the_best_sentinel_so_far():
 def test_time_chunk_interleaves_attempts_and_reports_the_sentinel_and_errors():
     clock = FakeClock()
     config = MeasureConfig(warmup_runs=0, timed_runs=2, statistic="min", max_attempts=3)
-    sentinel = Scripted(clock, [5.0])
-    quick = Scripted(clock, [2.0])
-    settling = Scripted(clock, [4.0, 4.0, 3.0, 3.0, 3.0, 3.0])  # attempt 1 slow, attempts 2 and 3 agree
-    broken = Scripted(clock, [1.0], fail=True)
+    sentinel = ScriptedRunner(clock, [5.0])
+    quick = ScriptedRunner(clock, [2.0])
+    settling = ScriptedRunner(clock, [4.0, 4.0, 3.0, 3.0, 3.0, 3.0])  # attempt 1 slow, attempts 2 and 3 agree
+    broken = ScriptedRunner(clock, [1.0], fail=True)
     results, sentinel_ms = time_chunk(sentinel, [quick, settling, broken], config, clock)
     assert sentinel_ms == pytest.approx(5.0)
     assert results[0].min_ms == pytest.approx(2.0) and results[0].attempts == 2

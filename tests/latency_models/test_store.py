@@ -1,6 +1,7 @@
 """The measurement database: WAL, schema version, no duplicates, clear errors."""
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 from latency_synthetic import GROUPS, INPUT_SHAPE, synthetic_rows
@@ -28,6 +29,16 @@ def test_same_configuration_is_not_stored_twice(tmp_path):
         assert store.insert(row) is True
         assert store.insert(row) is False
         assert len(store.rows()) == 1
+
+
+def test_a_replacement_updates_the_row_in_place(tmp_path):
+    first, second = synthetic_rows(2)
+    with MeasurementStore(tmp_path / "m.db") as store:
+        store.insert(first), store.insert(second)
+        assert store.insert(replace(first, min_ms=first.min_ms / 2), replace=True) is True
+        rows = store.rows()
+        assert [r.widths for r in rows] == [first.widths, second.widths]  # same place, same id
+        assert rows[0].min_ms == pytest.approx(first.min_ms / 2)
 
 
 def test_groups_keep_their_order(tmp_path):
