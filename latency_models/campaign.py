@@ -247,13 +247,13 @@ class _Run:
     on_progress: Callable[[int, int, str], None] | None
 
 
-def _build(jobs: list[Job], target: Target, model: nn.Module, example_input: torch.Tensor):
-    """Each job's variant and compiled runner; (prepared, failed)."""
+def _build(batch: list[tuple[Job, int]], target: Target, model: nn.Module, example_input: torch.Tensor):
+    """Each (job, re-timings so far)'s variant and compiled runner; (prepared, failed)."""
     prepared, failed = [], []
-    for job in jobs:
+    for job, count in batch:
         try:
             variant, variant_input = _variant(job, model, example_input)
-            prepared.append((job, variant, variant_input, target.prepare(variant, variant_input)))
+            prepared.append((job, count, variant, variant_input, target.prepare(variant, variant_input)))
         except Exception as error:  # noqa: BLE001 - reported per configuration
             failed.append((job, error))
     return prepared, failed
@@ -279,13 +279,11 @@ def _run_local(pending: list[Job], run: _Run) -> None:
         batch = [queue.popleft() for _ in range(min(max(1, config.interleave), len(queue)))]
         if on_progress:
             on_progress(settled, settled + len(batch) + len(queue), f"{batch[0][0].kind} {batch[0][0].tag}")
-        retimes = {id(job): count for job, count in batch}
-        prepared, failed = _build([job for job, _ in batch], run.target, run.model, run.example_input)
+        prepared, failed = _build(batch, run.target, run.model, run.example_input)
         report.failed += [_failure(job, error) for job, error in failed]
         results, sentinel_ms = time_chunk(sentinel, [runner for *_, runner in prepared], config.measure)
         quiet = check.observe(sentinel_ms)
-        for (job, variant, variant_input, _), result in zip(prepared, results, strict=True):
-            count = retimes[id(job)]
+        for (job, count, variant, variant_input, _), result in zip(prepared, results, strict=True):
             if isinstance(result, Exception):
                 report.failed.append(_failure(job, result))
                 continue

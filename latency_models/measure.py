@@ -163,15 +163,14 @@ def measure_interleaved(
     runners: Sequence[Runner],
     config: MeasureConfig = MeasureConfig(),
     clock: Callable[[], float] | None = None,
-    on_done: Callable[[int, Measurement], None] | None = None,
     on_error: Callable[[int, Exception], None] | None = None,
 ) -> list[Measurement | None]:
     """Time several runners in rounds: attempt k of each unfinished runner before attempt k+1 of any.
 
     A runner's attempts are then seconds apart, so two of them agreeing is evidence about the machine's
     quiet speed and not about one slow spell (on a shared host such spells last seconds and slow every run
-    evenly). `on_done(i, m)` is called as soon as runner i is settled; a runner that raises is dropped and
-    reported to `on_error(i, error)` (re-raised without it) and its result is None.
+    evenly). A runner that raises is dropped and reported to `on_error(i, error)` (re-raised without it);
+    its result is None.
     """
     check_statistic(config.statistic)
     clock = clock or CLOCKS[config.clock]
@@ -191,8 +190,6 @@ def measure_interleaved(
             if done or attempt == config.max_attempts:
                 results[i] = result
                 del attempts[i]
-                if on_done:
-                    on_done(i, result)
     return results
 
 

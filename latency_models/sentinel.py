@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from latency_models.measure import MeasureConfig, Measurement, latency_ms, measure_interleaved
 from toolchain.targets import Runner
@@ -28,11 +28,9 @@ class SentinelCheck:
 
     tolerance: float = 0.05
     best_ms: float | None = None
-    history: list[float] = field(default_factory=list)
 
     def observe(self, sentinel_ms: float) -> bool:
         """Record one chunk's sentinel latency; True when the chunk ran at (near) the quiet speed."""
-        self.history.append(sentinel_ms)
         self.best_ms = sentinel_ms if self.best_ms is None else min(self.best_ms, sentinel_ms)
         return self.is_quiet(sentinel_ms)
 
