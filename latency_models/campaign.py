@@ -153,13 +153,32 @@ def plan_jobs(config: CampaignConfig, groups, dense_layers: list[LayerSpec], inp
     return jobs
 
 
+AUTO_CLOCK = "auto"  # the CLI's default: `resolve_clock` picks the clock for the target
+
+
+def runs_on_timing_thread(target: Target) -> bool:
+    """The whole inference runs on the calling thread, so that thread's CPU clock is the inference's time."""
+    return target.name == "cpu" and target.threads == 1 and target.backend in ("onnxruntime", "torch") \
+        and target.rpc is None
+
+
+def resolve_clock(clock: str, target: Target) -> str:
+    """`auto`: the thread-CPU clock where the inference runs on the timing thread (time other processes hold
+    the core is not counted, so timings on a shared machine repeat), the wall clock everywhere else.
+
+    >>> resolve_clock("auto", get_target("cpu")), resolve_clock("auto", get_target("cpu", threads=2))
+    ('thread_cpu', 'wall')
+    """
+    if clock != AUTO_CLOCK:
+        return clock
+    return "thread_cpu" if runs_on_timing_thread(target) else "wall"
+
+
 def check_clock(config: CampaignConfig, target: Target) -> None:
     """The thread-CPU clock is only meaningful when the whole inference runs on the calling thread."""
     if config.measure.clock not in CLOCKS:
         raise ToolchainError(f"unknown clock {config.measure.clock!r}; valid: {', '.join(CLOCKS)}")
-    if config.measure.clock == "thread_cpu" and (
-        target.name != "cpu" or target.threads != 1 or target.backend not in ("onnxruntime", "torch")
-    ):
+    if config.measure.clock == "thread_cpu" and not runs_on_timing_thread(target):
         raise ToolchainError(
             f"--clock thread_cpu needs the cpu target with --threads 1 and backend onnxruntime "
             f"or torch (the inference must run on the timing thread), not {target.label}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -137,18 +138,16 @@ def _summary(manifest: dict, out: Path) -> None:
 
 
 def _budget_options(func):
-    from latency_models.measure import STATISTICS
     from toolchain.allocate import list_allocators
+    from toolchain.commands.timing_options import clock_option, statistic_option
     from toolchain.saliency import list_criteria
 
     for option in reversed([
         click.option("--target", default="cpu", show_default=True, help="where latency is measured (with a budget)"),
         click.option("--backend", default=None, help="default: the target's default backend"),
         click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option("--clock", type=click.Choice(["wall", "thread_cpu"]), default="wall", show_default=True,
-                     help="thread_cpu: CPU time of the timing thread (1-thread CPU targets on a shared machine)"),
-        click.option("--statistic", type=click.Choice(STATISTICS), default="median", show_default=True,
-                     help="a measurement's latency: median, or min of the timed runs (robust on a shared machine)"),
+        clock_option,
+        statistic_option,
         click.option("--budget-ms", type=float, help="latency budget in ms on the target (replaces --ratio)"),
         click.option("--budget-ratio", type=float, help="budget as a share of the dense model's measured latency"),
         click.option("--criterion", type=click.Choice(list_criteria()), default="taylor", show_default=True),
@@ -178,10 +177,13 @@ def prune_cmd(target, backend, threads, clock, statistic, budget_ms, budget_rati
     """
     job = None
     if budget_ms is not None or budget_ratio is not None:
+        from latency_models.campaign import resolve_clock
         from toolchain.allocate import BudgetConfig
         from toolchain.budget import BudgetJob, TargetSpec
         from toolchain.saliency import SaliencyConfig
+        from toolchain.targets import get_target
 
+        clock = resolve_clock(clock, get_target(target, backend, threads))
         job = BudgetJob(
             BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
                          round_to=kwargs["round_to"], finetune_steps=finetune_steps, protect=tuple(kwargs["protect"])),
@@ -255,13 +257,20 @@ def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, targ
             raise ToolchainError(f"a latency budget is met by measuring on the target; for {device.name} give the "
                                  "board with --rpc-tracker/--rpc-key (RPC_TRACKER/RPC_KEY), or use --ratio (the "
                                  "bundle then labels its latency as predicted)")
+        from latency_models.campaign import resolve_clock
         from toolchain.allocate import BudgetConfig
-        from toolchain.budget import BudgetJob, TargetSpec
+        from toolchain.budget import BudgetJob, TargetSpec, resolve_target
+        from toolchain.commands.timing_options import DEFAULT_STATISTIC
 
+        # Timed as the benchmarks time: the thread-CPU clock here (wall on a board) and the minimum of agreeing
+        # attempts. With the wall clock and the median, the on-the-fly predictor learnt the host's slow spells
+        # and the final model's accuracy swung between fresh clones (26-71% on the demo).
+        spec = TargetSpec("cpu", rpc=rpc, statistic=DEFAULT_STATISTIC)
+        spec = replace(spec, clock=resolve_clock("auto", resolve_target(spec)))
         job = BudgetJob(BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion,
                                      allocator=allocator, round_to=round_to, finetune_steps=finetune_steps,
                                      protect=tuple(protect)),
-                        TargetSpec("cpu", rpc=rpc), None, on_progress=_progress_bar(as_json))
+                        spec, None, on_progress=_progress_bar(as_json))
     pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, data=data,
                               prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)),
                               target=device.name, budget=job)

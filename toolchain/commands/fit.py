@@ -7,8 +7,8 @@ import json
 import click
 
 from latency_models.fitting import FitConfig, fit_predictor
-from latency_models.measure import STATISTICS
 from latency_models.predictors import list_predictors
+from toolchain.commands.timing_options import statistic_option
 
 
 @click.command("fit")
@@ -19,8 +19,7 @@ from latency_models.predictors import list_predictors
 @click.option("--backend", default="onnxruntime", show_default=True)
 @click.option("--threads", default=1, show_default=True, type=int)
 @click.option("--heldout-fraction", default=0.2, show_default=True, type=float)
-@click.option("--statistic", type=click.Choice(STATISTICS), default="median", show_default=True,
-              help="per-configuration latency to learn: median, or min (robust on a shared machine)")
+@statistic_option
 @click.option("--max-train", default=0, show_default=True, type=int, help="cap on training configurations")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")

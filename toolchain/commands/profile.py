@@ -14,9 +14,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from latency_models.campaign import CampaignConfig, run_campaign
-from latency_models.measure import STATISTICS, MeasureConfig
+from latency_models.campaign import CampaignConfig, resolve_clock, run_campaign
+from latency_models.measure import MeasureConfig
 from latency_models.rpc import parse_tracker
+from toolchain.commands.timing_options import clock_option, statistic_option
 from toolchain.shapes import parse_shape
 from toolchain.targets import RpcEndpoint, get_target
 
@@ -63,16 +64,8 @@ def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str |
 )
 @click.option("--warmup", default=5, show_default=True, type=int, help="warm-up runs per attempt")
 @click.option("--runs", default=25, show_default=True, type=int, help="timed runs per attempt")
-@click.option(
-    "--clock",
-    default="wall",
-    show_default=True,
-    type=click.Choice(["wall", "thread_cpu"]),
-    help="thread_cpu: CPU time of the timing thread (1-thread cpu targets on a shared machine)",
-)
-@click.option("--statistic", default="median", show_default=True, type=click.Choice(STATISTICS),
-              help="the latency the measurements are for: median re-measures wide spreads, min re-measures "
-                   "until two attempts' minima agree (shared machines)")
+@clock_option
+@statistic_option
 @click.option("--min-timed-ms", default=0.0, show_default=True, type=float,
               help="timed runs of an attempt span at least this long (more runs for small models)")
 @click.option("--rpc-tracker", default=None, help="HOST:PORT of a TVM RPC tracker (needs --backend tvm)")
@@ -113,6 +106,8 @@ def profile(
         host, port = parse_tracker(rpc_tracker)
         rpc = RpcEndpoint(host, port, rpc_key, rpc_target)
         backend = backend or "tvm"
+    # Bad names fail before the progress bar appears.
+    clock = resolve_clock(clock, get_target(target, backend, threads, rpc=rpc))
     config = CampaignConfig(
         model=model_spec,
         input_shape=input_shape,
@@ -129,7 +124,6 @@ def profile(
                               min_timed_ms=min_timed_ms),
         rpc=rpc,
     )
-    get_target(target, backend, threads, rpc=rpc)  # bad names fail before the progress bar appears
     columns = (
         TextColumn("{task.description}", markup=False),
         BarColumn(),

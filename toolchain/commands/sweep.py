@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from latency_models.measure import STATISTICS
+from toolchain.commands.timing_options import clock_option, statistic_option
 from toolchain.errors import ToolchainError
 
 
@@ -26,9 +26,8 @@ def _names(text: str, valid: list[str], what: str) -> tuple[str, ...]:
 @click.option("--target", default="cpu", show_default=True)
 @click.option("--backend", default=None, help="default: the target's default backend")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--clock", type=click.Choice(["wall", "thread_cpu"]), default="wall", show_default=True)
-@click.option("--statistic", type=click.Choice(STATISTICS), default="median", show_default=True,
-              help="a measurement's latency: median, or min of the timed runs (robust on a shared machine)")
+@clock_option
+@statistic_option
 @click.option("--budgets", default="0.3:0.9:0.1", show_default=True,
               help="shares of the dense measured latency: start:stop:step or a comma list")
 @click.option("--criteria", default="l1,taylor,shapley,composite", show_default=True)
@@ -44,12 +43,15 @@ def _names(text: str, valid: list[str], what: str) -> tuple[str, ...]:
 def sweep(model, weights, input_shape, data, target, backend, threads, clock, statistic, budgets, criteria, allocators,
           finetune_steps, shapley_samples, profile_samples, predictor, workers, out) -> None:
     """Run every budget x criterion x allocator point; rows go to OUT/rows.csv and OUT/rows.json."""
+    from latency_models.campaign import resolve_clock
     from toolchain.allocate import list_allocators
     from toolchain.budget import TargetSpec
     from toolchain.cli import Steps, parse_shape
     from toolchain.saliency import SaliencyConfig, list_criteria
     from toolchain.sweep import SweepConfig, parse_budgets, run_sweep
+    from toolchain.targets import get_target
 
+    clock = resolve_clock(clock, get_target(target, backend, threads))
     config = SweepConfig(
         model=model, out=out, budgets=parse_budgets(budgets),
         criteria=_names(criteria, list_criteria(), "criterion"),
