@@ -79,6 +79,39 @@ def test_budget_in_ms_is_met(demo, allocator):
     assert result.manifest["measured_latency_ms"] <= 3.0
 
 
+def test_once_measurements_bracket_the_band_the_next_try_lies_between_them(demo):
+    """With a power-law target the MACs baseline alternates between global thresholds above and below the band
+    (1.01 and 0.44 x budget: re-allocating for a rescaled target never lands between them); walking from the
+    lower measured model toward the upper one does."""
+    model, x = demo
+    base_measure, _ = fake_target(fixed_ms=0.3)
+
+    def measure_ms(m, example_input):
+        return 1.6 * base_measure(m, example_input) ** 1.2
+
+    result = prune_to_budget(model, x, BudgetConfig(budget_ratio=0.35, criterion="l1", allocator="macs"),
+                             predictor(0.1), measure_ms)
+    manifest = result.manifest
+    assert 0.9 * manifest["budget_ms"] <= manifest["measured_latency_ms"] <= manifest["budget_ms"]
+    assert manifest["iterations"][-1].get("bracketed") is True
+
+
+def test_the_walk_between_measured_models_interpolates_one_group_step_at_a_time():
+    from toolchain.allocate import AllocationProblem, GroupChoice
+    from toolchain.budget import _between_measured
+
+    groups = (GroupChoice("a", 64, 8, 8), GroupChoice("b", 32, 8, 8))
+    problem = AllocationProblem(groups, curves={}, latency=None)
+    low, high = {"a": 16, "b": 8}, {"a": 48, "b": 24}  # a: 4 steps up, b: 2 steps up
+    config = BudgetConfig(budget_ms=1.0)
+    between = _between_measured(problem, config, 1.0, [(0.8, 0.0, low), (1.2, 0.0, high)])
+    # aim 0.95 ms is 37.5% of the way from 0.8 to 1.2 ms: 2 of the 6 steps, one of each group (b's first step
+    # sits at a quarter of the path, a's first at an eighth)
+    assert between == {"a": 24, "b": 16}
+    assert _between_measured(problem, config, 1.0, [(0.8, 0.0, low)]) is None  # nothing above the band yet
+    assert _between_measured(problem, config, 1.0, [(0.8, 0.0, low), (1.2, 0.0, {"a": 24, "b": 8})]) is None
+
+
 def test_unreachable_budget_names_the_narrowest_measured_latency(demo):
     model, x = demo
     measure_ms, _ = fake_target(fixed_ms=1.0)

@@ -44,7 +44,7 @@ class BudgetConfig:
     round_to: int = 8  # kept widths are multiples of this (hardware multiple)
     min_keep_ratio: float = 0.1  # per-layer limit: no group keeps less than this share (never zero)
     sensitive_keep_ratio: float = 0.3  # floor of the most loss-sensitive group (others scaled down to min)
-    max_iterations: int = 5  # measure -> tighten -> re-prune rounds
+    max_iterations: int = 8  # measure -> tighten -> re-prune rounds
     lower_ratio: float = 0.90  # a measured latency in [lower_ratio, 1] x budget is accepted
     aim_ratio: float = 0.95  # first aim, as a share of the budget
     refine_rounds: int = 2  # lpnet/knapsack: exchange rounds on the joint calibration loss (0: none)
