@@ -108,6 +108,10 @@ def test_the_walk_between_measured_models_interpolates_one_group_step_at_a_time(
     # aim 0.95 ms is 37.5% of the way from 0.8 to 1.2 ms: 2 of the 6 steps, one of each group (b's first step
     # sits at a quarter of the path, a's first at an eighth)
     assert between == {"a": 24, "b": 16}
+    # a disturbed timing of the secant's point (1.5 ms, above the band) does not end the walk: the untried
+    # point nearest to it comes next
+    disturbed = [(0.8, 0.0, low), (1.2, 0.0, high), (1.5, 0.0, between)]
+    assert _between_measured(problem, config, 1.0, disturbed) == {"a": 24, "b": 8}
     assert _between_measured(problem, config, 1.0, [(0.8, 0.0, low)]) is None  # nothing above the band yet
     assert _between_measured(problem, config, 1.0, [(0.8, 0.0, low), (1.2, 0.0, {"a": 24, "b": 8})]) is None
 
@@ -223,3 +227,26 @@ def test_a_miss_is_refined_next_to_the_measured_model_and_lands_in_the_band(demo
     assert 0.9 * manifest["budget_ms"] <= manifest["measured_latency_ms"] <= manifest["budget_ms"]
     assert manifest["iterations"][0]["measured_ms"] < 0.9 * manifest["budget_ms"]
     assert [i.get("refined", False) for i in manifest["iterations"]] == [False, True]
+
+
+def test_baselines_are_refined_only_once_measurements_bracket_the_band():
+    from toolchain.allocate import AllocationProblem, GroupChoice
+    from toolchain.budget import _refinement
+
+    groups = (GroupChoice("stem.0", 32, 8, 8), GroupChoice("layer1.0.conv1", 32, 8, 8))
+    curves = {g.name: torch.linspace(1.0, 0.0, g.dense_width + 1) for g in groups}
+
+    class TwoGroupLatency:
+        differentiable = True
+
+        def ms_batch(self, widths):
+            return 0.1 + widths @ torch.tensor([0.02, 0.005])
+
+    problem = AllocationProblem(groups, curves, TwoGroupLatency())
+    config = BudgetConfig(budget_ms=1.0, allocator="macs")
+    # below the band at 16/16 (0.50 ms predicted), above it at 24/16 (0.66 ms): adjacent, nothing between
+    measured = [(0.85, 0.50, {"stem.0": 16, "layer1.0.conv1": 16}), (1.1, 0.66, {"stem.0": 24, "layer1.0.conv1": 16})]
+    assert _refinement(problem, config, 1.0, measured) is None  # a baseline keeps its own rule...
+    refined = _refinement(problem, config, 1.0, measured, bracketed=True)  # ...until the bracket is exhausted
+    # calibrated at the measured 0.85 ms, the aim (0.95 ms) is 0.559 predicted ms: one step of the cheap group
+    assert refined == {"stem.0": 16, "layer1.0.conv1": 24}

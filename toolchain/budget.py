@@ -129,13 +129,14 @@ def _exchange(problem: AllocationProblem, widths: dict[str, int], loss: float, t
     return widths, loss, exchanges
 
 
-# Allocators whose misses are corrected by local refinement (the toolchain's own; the baselines keep their
-# allocation rule so that they stay what a latency-unaware tool would produce).
+# Allocators whose misses are corrected by local refinement from the first miss on (the toolchain's own). The
+# baselines keep their allocation rule until measurements bracket the band and nothing measured-untried lies
+# between the bracketing models; refinement then finishes their search too (it only makes them stronger).
 REFINED_ALLOCATORS = ("lpnet", "knapsack")
 
 
 def _refinement(problem: AllocationProblem, config: BudgetConfig, budget_ms: float,
-                measured: list[tuple[float, float, dict[str, int]]]) -> dict[str, int] | None:
+                measured: list[tuple[float, float, dict[str, int]]], bracketed: bool = False) -> dict[str, int] | None:
     """Widths for the next try, found next to the measured model closest to the aim instead of re-allocated.
 
     `measured` holds (measured ms, predictor ms, widths) of the earlier tries. Re-allocating from scratch
@@ -144,7 +145,7 @@ def _refinement(problem: AllocationProblem, config: BudgetConfig, budget_ms: flo
     (`greedy_repair`: down by least importance per ms saved, then up by most importance per ms spent) until
     the calibrated prediction reaches `aim_ratio` x budget. None when that gives nothing new to measure.
     """
-    if config.allocator not in REFINED_ALLOCATORS:
+    if config.allocator not in REFINED_ALLOCATORS and not bracketed:
         return None
     aim_ms = config.aim_ratio * budget_ms
     measured_ms, predictor_ms, widths = min(measured, key=lambda m: abs(math.log(m[0] / aim_ms)))
@@ -164,7 +165,8 @@ def _between_measured(problem: AllocationProblem, config: BudgetConfig, budget_m
     the lower model to the upper one moves one group one allowed step at a time, each group's steps spread
     evenly over the path (an interpolation of the two width vectors at the finest granularity); the next try
     is where the straight line through the two measurements meets the aim, at least one step from either
-    end, so every try narrows the bracket. None while nothing brackets the band or nothing lies between.
+    end, so every try narrows the bracket (or the untried point nearest to it). None while nothing brackets
+    the band or every point between has been tried.
     (Lower model measured at 0.8 ms, upper at 1.2 ms, band [0.9, 1.0] ms, aim 0.95 ms: 38% of the way up.)
     """
     below = [m for m in measured if m[0] < config.lower_ratio * budget_ms]
@@ -185,11 +187,17 @@ def _between_measured(problem: AllocationProblem, config: BudgetConfig, budget_m
     if len(steps) < 2:
         return None
     share = (config.aim_ratio * budget_ms - low_ms) / (high_ms - low_ms)
-    n_taken = min(max(round(share * len(steps)), 1), len(steps) - 1)
-    widths = dict(low)
-    for _, _, name, width in steps[:n_taken]:
-        widths[name] = width
-    return None if any(widths == w for _, _, w in measured) else widths
+    aim_taken = min(max(round(share * len(steps)), 1), len(steps) - 1)
+    tried = [w for _, _, w in measured]
+    # The secant's point, or the untried point of the path nearest to it (a disturbed timing of one point
+    # must not end the walk).
+    for n_taken in sorted(range(1, len(steps)), key=lambda n: abs(n - aim_taken)):
+        widths = dict(low)
+        for _, _, name, width in steps[:n_taken]:
+            widths[name] = width
+        if widths not in tried:
+            return widths
+    return None
 
 
 @dataclass(frozen=True)
@@ -310,7 +318,10 @@ def prune_to_budget(dense: nn.Module, example_input: torch.Tensor, config: Budge
         target_ms = ((too_low_ms * too_high_ms) ** 0.5 if too_low_ms > 0 and too_high_ms < float("inf")
                      else rescaled_ms)
         between = _between_measured(problem, config, budget_ms, measured_widths)
-        refined = None if between is not None else _refinement(problem, config, budget_ms, measured_widths)
+        bracketed = (any(m[0] > budget_ms for m in measured_widths)
+                     and any(m[0] < config.lower_ratio * budget_ms for m in measured_widths))
+        refined = None if between is not None else _refinement(problem, config, budget_ms, measured_widths,
+                                                               bracketed)
         planned = (between, "bracketed") if between is not None else (refined, "refined") if refined else None
     wall_s["allocate_and_measure"] = time.perf_counter() - clock
     within = [c for c in candidates if c[0] <= budget_ms]
