@@ -43,6 +43,18 @@ def fake_target(fixed_ms: float):
     return measure_ms, calls
 
 
+def power_law_manifest_in_band(demo, budget_ratio: float, allocator: str) -> dict:
+    """Prune on a target whose latency is not proportional to the linear prediction (1.6 x fake ** 1.2);
+    the manifest, after checking that the measured latency landed in [0.9, 1] x budget."""
+    model, x = demo
+    base_measure, _ = fake_target(fixed_ms=0.3)
+    result = prune_to_budget(model, x, BudgetConfig(budget_ratio=budget_ratio, criterion="l1", allocator=allocator),
+                             predictor(0.1), lambda m, example_input: 1.6 * base_measure(m, example_input) ** 1.2)
+    manifest = result.manifest
+    assert 0.9 * manifest["budget_ms"] <= manifest["measured_latency_ms"] <= manifest["budget_ms"]
+    return manifest
+
+
 @pytest.fixture(scope="module")
 def demo():
     model, shape = resolve_model("zoo:demo")
@@ -83,16 +95,7 @@ def test_once_measurements_bracket_the_band_the_next_try_lies_between_them(demo)
     """With a power-law target the MACs baseline alternates between global thresholds above and below the band
     (1.01 and 0.44 x budget: re-allocating for a rescaled target never lands between them); walking from the
     lower measured model toward the upper one does."""
-    model, x = demo
-    base_measure, _ = fake_target(fixed_ms=0.3)
-
-    def measure_ms(m, example_input):
-        return 1.6 * base_measure(m, example_input) ** 1.2
-
-    result = prune_to_budget(model, x, BudgetConfig(budget_ratio=0.35, criterion="l1", allocator="macs"),
-                             predictor(0.1), measure_ms)
-    manifest = result.manifest
-    assert 0.9 * manifest["budget_ms"] <= manifest["measured_latency_ms"] <= manifest["budget_ms"]
+    manifest = power_law_manifest_in_band(demo, budget_ratio=0.35, allocator="macs")
     assert manifest["iterations"][-1].get("bracketed") is True
 
 
@@ -215,16 +218,7 @@ def test_a_miss_is_refined_next_to_the_measured_model_and_lands_in_the_band(demo
     """The target's latency is not proportional to the prediction (a power law): the first try, aimed through
     the dense model's calibration, lands below the band; the next is the measured model with a few groups
     stepped up (calibrated at that point), not a fresh allocation, and lands in the band."""
-    model, x = demo
-    base_measure, _ = fake_target(fixed_ms=0.3)
-
-    def measure_ms(m, example_input):
-        return 1.6 * base_measure(m, example_input) ** 1.2
-
-    result = prune_to_budget(model, x, BudgetConfig(budget_ratio=0.6, criterion="l1", allocator="knapsack"),
-                             predictor(0.1), measure_ms)
-    manifest = result.manifest
-    assert 0.9 * manifest["budget_ms"] <= manifest["measured_latency_ms"] <= manifest["budget_ms"]
+    manifest = power_law_manifest_in_band(demo, budget_ratio=0.6, allocator="knapsack")
     assert manifest["iterations"][0]["measured_ms"] < 0.9 * manifest["budget_ms"]
     assert [i.get("refined", False) for i in manifest["iterations"]] == [False, True]
 
