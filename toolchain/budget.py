@@ -164,9 +164,9 @@ def _between_measured(problem: AllocationProblem, config: BudgetConfig, budget_m
     small inputs, and a width step of a baseline can move the latency by more than the band). The path from
     the lower model to the upper one moves one group one allowed step at a time, each group's steps spread
     evenly over the path (an interpolation of the two width vectors at the finest granularity); the next try
-    is where the straight line through the two measurements meets the aim, at least one step from either
-    end, so every try narrows the bracket (or the untried point nearest to it). None while nothing brackets
-    the band or every point between has been tried.
+    is the point where the straight line through the two measurements meets the aim (at least one step from
+    either end, so every try narrows the bracket), or the untried point nearest to it. None while nothing
+    brackets the band or every point between has been tried.
     (Lower model measured at 0.8 ms, upper at 1.2 ms, band [0.9, 1.0] ms, aim 0.95 ms: 38% of the way up.)
     """
     below = [m for m in measured if m[0] < config.lower_ratio * budget_ms]
