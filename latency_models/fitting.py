@@ -84,6 +84,8 @@ def split_queries(rows: list[MeasurementRow], heldout_fraction: float,
                   statistic: str = "median") -> tuple[list[LatencyQuery], list[LatencyQuery]]:
     train, heldout = [], []
     for row in rows:
+        if latency_ms(row, statistic) <= 0:  # not a measurement of a model (databases before the summarize fix)
+            continue
         query = LatencyQuery.from_row(row, statistic)
         (heldout if is_heldout(row.config_key, heldout_fraction) else train).append(query)
     return train, heldout

@@ -105,3 +105,23 @@ def test_min_statistic_reports_unstable_when_minima_never_agree():
 def test_unknown_statistic_is_refused():
     with pytest.raises(Exception, match="unknown latency statistic 'mean'"):
         measure(DeviceTimed(1.0), MeasureConfig(statistic="mean"), clock=FakeClock())
+
+
+def test_a_run_the_clock_did_not_see_never_sets_the_minimum():
+    """Seen in a fresh clone: one run of 135 timed at 0.0 ms with the thread-CPU clock."""
+    stats = summarize([0.76, 0.0, 0.75, 0.78, 0.74])
+    assert stats.min_ms == 0.74
+    assert stats.samples_ms[1] == 0.0  # kept in the record
+
+
+def test_fitting_skips_stored_rows_with_no_latency():
+    from dataclasses import replace
+
+    from latency_models.fitting import split_queries
+    from latency_models.store import MeasurementRow
+
+    row = MeasurementRow("model", "zoo:demo", {"stem.0": 8}, [], (1, 1, 28, 28), "cpu", "onnxruntime", 1, 0, "sobol",
+                         1000, "f", {}, 0.75, 0.01, 0.01, 0.74, 25, 2, True)
+    broken = replace(row, widths={"stem.0": 16}, min_ms=0.0)
+    train, heldout = split_queries([row, broken], heldout_fraction=0.0, statistic="min")
+    assert [q.measured_ms for q in train + heldout] == [0.74]
