@@ -145,3 +145,12 @@ def test_thread_cpu_clock_is_refused_where_work_leaves_the_timing_thread(tmp_pat
     )
     with pytest.raises(ToolchainError, match="thread_cpu needs the cpu target with --threads 1"):
         run_campaign(config)
+
+
+def test_the_auto_clock_is_thread_cpu_only_where_the_inference_runs_on_the_timing_thread():
+    from latency_models.campaign import resolve_clock
+    from toolchain.targets import get_target
+
+    assert resolve_clock("auto", get_target("cpu")) == "thread_cpu"  # onnxruntime, 1 intra-op thread
+    assert resolve_clock("auto", get_target("cpu", threads=2)) == "wall"  # other threads do part of the work
+    assert resolve_clock("wall", get_target("cpu")) == "wall"  # an explicit choice stands
