@@ -28,6 +28,7 @@ from latency_models.rpc import with_retries
 from latency_models.sampling import layer_grid_ratios, sample_width_configs
 from latency_models.sentinel import SentinelCheck, time_chunk
 from latency_models.store import MeasurementRow, MeasurementStore, config_key
+from latency_models.variants import BuiltVariant, VariantBuilder, build_here, job_input
 from toolchain.errors import ToolchainError
 from toolchain.targets import RpcEndpoint, Target, get_target
 
@@ -53,6 +54,9 @@ class CampaignConfig:
     interleave: int = 16
     quiet_tolerance: float = 0.05
     max_retimes: int = 2
+    # Processes that build a chunk's variants before it is timed (targets compiling to bytes; see
+    # latency_models.variants). 1: build in this process.
+    build_workers: int = 2
     rpc: RpcEndpoint | None = None
 
 
@@ -71,38 +75,6 @@ class CampaignReport:
     skipped: int = 0  # already in the database
     failed: list[str] = field(default_factory=list)
     retimed: int = 0  # rows replaced by a re-timing in a quieter spell
-
-
-def build_variant(model: nn.Module, example_input: torch.Tensor, widths: dict[str, int]) -> nn.Module:
-    """A physically pruned copy of `model` with exactly `widths` channels per group."""
-    from toolchain.graph import PruningGraph
-
-    variant = copy.deepcopy(model)
-    PruningGraph(variant, example_input).shrink(widths)
-    return variant.eval()
-
-
-def single_op(layer: LayerSpec) -> tuple[nn.Module, torch.Tensor]:
-    """A one-layer model and its input, shaped like `layer` (the unit of the lookup table)."""
-    if layer.op in ("conv", "dwconv"):
-        module = nn.Conv2d(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel,
-            layer.stride,
-            padding=layer.kernel // 2,
-            groups=layer.groups,
-            bias=False,
-        )
-        return module.eval(), torch.randn(layer.batch, layer.in_channels, layer.in_h, layer.in_w)
-    if layer.op == "linear":
-        shape = (
-            (layer.batch, layer.in_channels)
-            if layer.in_h * layer.in_w == 1
-            else (layer.batch, layer.in_h, layer.in_channels)
-        )
-        return nn.Linear(layer.in_channels, layer.out_channels).eval(), torch.randn(*shape)
-    raise ValueError(f"no single-op builder for {layer.op!r}")
 
 
 def layer_grid(layers: list[LayerSpec], input_channels: int, levels: int) -> list[LayerSpec]:
@@ -244,12 +216,6 @@ def _job_key(job: Job, model: str, input_shape, target: Target) -> str:
     )
 
 
-def _variant(job: Job, model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
-    if job.kind == "model":
-        return build_variant(model, example_input, job.widths), example_input
-    return single_op(LayerSpec(**job.widths))
-
-
 @dataclass(frozen=True)
 class _Run:
     """One campaign run: what it measures, where, and where the rows go."""
@@ -266,13 +232,15 @@ class _Run:
     on_progress: Callable[[int, int, str], None] | None
 
 
-def _build(batch: list[tuple[Job, int]], target: Target, model: nn.Module, example_input: torch.Tensor):
-    """Each (job, re-timings so far)'s variant and compiled runner; (prepared, failed)."""
+def _build(batch: list[tuple[Job, int]], run: _Run, builder: VariantBuilder):
+    """Each (job, re-timings so far)'s built variant, input and runner; (prepared, failed)."""
     prepared, failed = [], []
-    for job, count in batch:
+    for (job, count), built in zip(batch, builder.build([(job.kind, job.widths) for job, _ in batch]), strict=True):
         try:
-            variant, variant_input = _variant(job, model, example_input)
-            prepared.append((job, count, variant, variant_input, target.prepare(variant, variant_input)))
+            if isinstance(built, Exception):
+                raise built
+            variant_input = job_input(job.kind, job.widths, run.example_input)
+            prepared.append((job, count, built, built.runner(run.target, variant_input)))
         except Exception as error:  # noqa: BLE001 - reported per configuration
             failed.append((job, error))
     return prepared, failed
@@ -287,10 +255,17 @@ def _failure(job: Job, error: Exception) -> str:
 def _run_local(pending: list[Job], run: _Run) -> None:
     """Chunks of `interleave` jobs timed next to the dense model; chunks timed in a slow spell go to the back
     of the queue, and rows stored before the sentinel's best was known are re-timed at the end."""
-    config, store, report, on_progress = run.config, run.store, run.report, run.on_progress
-    statistic = config.measure.statistic
+    config = run.config
     sentinel = run.target.prepare(run.model, run.example_input)
     check = SentinelCheck(config.quiet_tolerance)
+    with VariantBuilder(config.model, run.input_shape, run.model, run.example_input, run.target,
+                        config.build_workers) as builder:
+        _time_queue(pending, run, sentinel, check, builder)
+
+
+def _time_queue(pending: list[Job], run: _Run, sentinel, check: SentinelCheck, builder: VariantBuilder) -> None:
+    config, store, report, on_progress = run.config, run.store, run.report, run.on_progress
+    statistic = config.measure.statistic
     queue = deque((job, 0) for job in pending)
     stored: dict[str, tuple[Job, int, float, float]] = {}  # key -> (job, retimes, sentinel ms, latency ms)
     settled = 0
@@ -298,18 +273,18 @@ def _run_local(pending: list[Job], run: _Run) -> None:
         batch = [queue.popleft() for _ in range(min(max(1, config.interleave), len(queue)))]
         if on_progress:
             on_progress(settled, settled + len(batch) + len(queue), f"{batch[0][0].kind} {batch[0][0].tag}")
-        prepared, failed = _build(batch, run.target, run.model, run.example_input)
+        prepared, failed = _build(batch, run, builder)
         report.failed += [_failure(job, error) for job, error in failed]
         results, sentinel_ms = time_chunk(sentinel, [runner for *_, runner in prepared], config.measure)
         quiet = check.observe(sentinel_ms)
-        for (job, count, variant, variant_input, _), result in zip(prepared, results, strict=True):
+        for (job, count, built, _), result in zip(prepared, results, strict=True):
             if isinstance(result, Exception):
                 report.failed.append(_failure(job, result))
                 continue
             if not quiet and count < config.max_retimes:
                 queue.append((job, count + 1))
                 continue
-            row = _row(job, run, variant, variant_input, result)
+            row = _row(job, run, built, result)
             value = latency_ms(row, statistic)
             previous = stored.get(row.config_key)
             if previous is None:
@@ -333,27 +308,28 @@ def _run_remote(pending: list[Job], run: _Run) -> None:
         if run.on_progress:
             run.on_progress(index, len(pending), f"{job.kind} {job.tag}")
         try:
-            variant, variant_input = _variant(job, run.model, run.example_input)
+            built = build_here(job.kind, job.widths, run.model, run.example_input)
+            variant_input = job_input(job.kind, job.widths, run.example_input)
 
             def timed() -> Measurement:
-                return measure(run.target.prepare(variant, variant_input), config.measure)  # noqa: B023
+                return measure(built.runner(run.target, variant_input), config.measure)  # noqa: B023
 
             result = with_retries(timed, config.rpc, f"{job.kind} {job.tag}")
         except Exception as error:  # noqa: BLE001 - reported per configuration (ToolchainError stops the run)
             run.report.failed.append(_failure(job, error))
             continue
-        run.report.measured += int(run.store.insert(_row(job, run, variant, variant_input, result)))
+        run.report.measured += int(run.store.insert(_row(job, run, built, result)))
 
 
-def _row(job: Job, run: _Run, variant: nn.Module, variant_input: torch.Tensor, result: Measurement) -> MeasurementRow:
+def _row(job: Job, run: _Run, built: BuiltVariant, result: Measurement) -> MeasurementRow:
     """The database row of one settled job."""
     config, target = run.config, run.target
-    layers = layer_specs(variant, variant_input)
+    layers = [LayerSpec(**layer) for layer in built.layers]
     return MeasurementRow(
         kind=job.kind,
         model=config.model,
         widths=job.widths,
-        layers=[layer.to_dict() for layer in layers],
+        layers=list(built.layers),
         input_shape=tuple(run.input_shape),
         target=target.name,
         backend=target.backend,

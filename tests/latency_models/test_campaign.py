@@ -58,6 +58,38 @@ def test_campaign_stores_model_single_op_and_noise_rows(tmp_path):
     assert again.measured == 0 and again.skipped == report.planned
 
 
+def test_variants_built_in_worker_processes_give_the_rows_built_here(tmp_path):
+    rows = {}
+    for workers in (1, 2):
+        config = CampaignConfig(model=TINY, input_shape=TINY_SHAPE, db_path=str(tmp_path / f"w{workers}.db"),
+                                samples=5, layer_levels=2, build_workers=workers, measure=QUICK)
+        report = run_campaign(config)
+        assert report.failed == [] and report.measured == report.planned
+        with MeasurementStore(config.db_path) as store:
+            rows[workers] = {r.config_key: (r.kind, r.layers, r.macs)
+                             for kind in ("model", "layer") for r in store.rows(kind=kind)}
+    assert len(rows[2]) > 5 and rows[2] == rows[1]
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_sampled_widths_cover_small_and_aligned_configurations():
     class Group:
         def __init__(self, name, dense_width):
@@ -116,9 +148,14 @@ def test_campaign_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_pat
     deadline = time.monotonic() + 120
     while _count_rows(db) < 5 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
+    workers = _children(process.pid)  # the processes building variants (onnxruntime compiles to bytes)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     rows_before = _count_rows(db)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert workers and not any(_alive(pid) for pid in workers), "build workers outlived the killed campaign"
     assert 5 <= rows_before < 30, "the campaign should have been killed part-way"
     with MeasurementStore(db) as store:
         kept = {r.config_key: r.median_ms for r in store.rows()}

@@ -68,6 +68,8 @@ def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str |
 @statistic_option
 @click.option("--min-timed-ms", default=0.0, show_default=True, type=float,
               help="timed runs of an attempt span at least this long (more runs for small models)")
+@click.option("--build-workers", default=2, show_default=True, type=click.IntRange(min=1),
+              help="processes building each chunk's variants before it is timed (never while timing)")
 @click.option("--rpc-tracker", default=None, help="HOST:PORT of a TVM RPC tracker (needs --backend tvm)")
 @click.option("--rpc-key", default=None, help="device key registered with the tracker")
 @click.option("--rpc-target", default="", help='TVM target of the device as JSON, e.g. {"kind": "llvm", ...}')
@@ -91,6 +93,7 @@ def profile(
     clock,
     statistic,
     min_timed_ms,
+    build_workers,
     rpc_tracker,
     rpc_key,
     rpc_target,
@@ -122,6 +125,7 @@ def profile(
         noise_configs=noise_configs,
         measure=MeasureConfig(warmup_runs=warmup, timed_runs=runs, clock=clock, statistic=statistic,
                               min_timed_ms=min_timed_ms),
+        build_workers=build_workers,
         rpc=rpc,
     )
     columns = (

@@ -57,6 +57,11 @@ class Backend(Protocol):
 
     def prepare(self, model: nn.Module, example_input: torch.Tensor, target: Target) -> Runner: ...
 
+    # Optional, for backends whose compiled form is plain bytes (ONNX Runtime): `compile` may then run in
+    # another process and `load` bind its result here (a profiling campaign builds variants in parallel).
+    # def compile(self, model, example_input, target) -> bytes
+    # def load(self, compiled: bytes, example_input, target) -> Runner
+
 
 @dataclass(frozen=True)
 class Target:
@@ -75,6 +80,19 @@ class Target:
     def prepare(self, model: nn.Module, example_input: torch.Tensor) -> Runner:
         """Compile `model` for this target and bind `example_input`; the returned runner only runs."""
         return _backend_impl(self).prepare(model, example_input, self)
+
+    @property
+    def compiles_to_bytes(self) -> bool:
+        """Whether `compile` gives bytes that `load` can bind in another process (see Backend)."""
+        return hasattr(_backend_impl(self), "compile") and self.rpc is None
+
+    def compile(self, model: nn.Module, example_input: torch.Tensor) -> bytes:
+        """The compiled model as bytes (only where `compiles_to_bytes`); `load` turns it into a runner."""
+        return _backend_impl(self).compile(model, example_input, self)
+
+    def load(self, compiled: bytes, example_input: torch.Tensor) -> Runner:
+        """A runner for bytes from `compile` (which may have run in another process) bound to `example_input`."""
+        return _backend_impl(self).load(compiled, example_input, self)
 
     def versions(self) -> dict[str, str]:
         """Library versions of the backend (they go into the measurement fingerprint)."""

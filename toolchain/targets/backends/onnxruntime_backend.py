@@ -46,5 +46,10 @@ class OnnxRuntimeBackend:
         return {"onnxruntime": metadata.version("onnxruntime"), "torch": torch.__version__}
 
     def prepare(self, model: nn.Module, example_input: torch.Tensor, target: Target) -> OnnxRuntimeRunner:
-        onnx_model = onnx_bytes_for_timing(model, example_input)
-        return OnnxRuntimeRunner(onnx_model, example_input.detach().cpu().numpy(), target.threads)
+        return self.load(self.compile(model, example_input, target), example_input, target)
+
+    def compile(self, model: nn.Module, example_input: torch.Tensor, target: Target) -> bytes:
+        return onnx_bytes_for_timing(model, example_input)
+
+    def load(self, compiled: bytes, example_input: torch.Tensor, target: Target) -> OnnxRuntimeRunner:
+        return OnnxRuntimeRunner(compiled, example_input.detach().cpu().numpy(), target.threads)
