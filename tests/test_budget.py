@@ -74,7 +74,8 @@ def test_misses_are_tightened_until_the_measured_latency_meets_the_budget(demo):
     assert 0.9 * manifest["budget_ms"] <= manifest["measured_latency_ms"] <= manifest["budget_ms"]
     assert manifest["budget_met"] is True
     assert len(manifest["iterations"]) >= 2  # the first aim missed and was tightened
-    assert len(calls) == 1 + len(manifest["iterations"])
+    over_budget = sum(it["measured_ms"] > manifest["budget_ms"] for it in manifest["iterations"])
+    assert len(calls) == 1 + len(manifest["iterations"]) + over_budget  # the dense model, each try, re-timings
     for key in ("budget_ms", "predicted_latency_ms", "measured_latency_ms", "dense_latency_ms", "criterion",
                 "allocator", "per_layer_widths", "predictor"):
         assert key in manifest
@@ -101,22 +102,63 @@ def test_once_measurements_bracket_the_band_the_next_try_lies_between_them(demo)
 
 def test_the_walk_between_measured_models_interpolates_one_group_step_at_a_time():
     from toolchain.allocate import AllocationProblem, GroupChoice
-    from toolchain.budget import _between_measured
+    from toolchain.budget_search import between_measured
 
     groups = (GroupChoice("a", 64, 8, 8), GroupChoice("b", 32, 8, 8))
     problem = AllocationProblem(groups, curves={}, latency=None)
     low, high = {"a": 16, "b": 8}, {"a": 48, "b": 24}  # a: 4 steps up, b: 2 steps up
     config = BudgetConfig(budget_ms=1.0)
-    between = _between_measured(problem, config, 1.0, [(0.8, 0.0, low), (1.2, 0.0, high)])
+    between = between_measured(problem, config, 1.0, [(0.8, 0.0, low), (1.2, 0.0, high)])
     # aim 0.95 ms is 37.5% of the way from 0.8 to 1.2 ms: 2 of the 6 steps, one of each group (b's first step
     # sits at a quarter of the path, a's first at an eighth)
     assert between == {"a": 24, "b": 16}
     # a disturbed timing of the secant's point (1.5 ms, above the band) does not end the walk: the untried
     # point nearest to it comes next
     disturbed = [(0.8, 0.0, low), (1.2, 0.0, high), (1.5, 0.0, between)]
-    assert _between_measured(problem, config, 1.0, disturbed) == {"a": 24, "b": 8}
-    assert _between_measured(problem, config, 1.0, [(0.8, 0.0, low)]) is None  # nothing above the band yet
-    assert _between_measured(problem, config, 1.0, [(0.8, 0.0, low), (1.2, 0.0, {"a": 24, "b": 8})]) is None
+    assert between_measured(problem, config, 1.0, disturbed) == {"a": 24, "b": 8}
+    assert between_measured(problem, config, 1.0, [(0.8, 0.0, low)]) is None  # nothing above the band yet
+    assert between_measured(problem, config, 1.0, [(0.8, 0.0, low), (1.2, 0.0, {"a": 24, "b": 8})]) is None
+
+
+def test_the_nearest_untried_neighbour_pays_for_a_step_up_with_a_step_down():
+    from toolchain.allocate import AllocationProblem, GroupChoice
+    from toolchain.budget_search import nearest_untried
+
+    class Linear:
+        differentiable = True
+
+        def ms_batch(self, widths):
+            return widths @ torch.tensor([0.02, 0.005])
+
+    groups = (GroupChoice("a", 64, 8, 8), GroupChoice("b", 32, 8, 8))
+    problem = AllocationProblem(groups, curves={"a": torch.zeros(65), "b": torch.zeros(33)}, latency=Linear())
+    config = BudgetConfig(budget_ms=1.0)
+    # predicted 0.72 ms, measured 0.85 (calibration x1.18): a up one step overshoots (1.04 ms), b up one step
+    # falls short (0.897 ms); a up and b down lands in the band (0.99 ms)
+    measured = [(0.85, 0.72, {"a": 32, "b": 16})]
+    assert nearest_untried(problem, config, 1.0, measured) == {"a": 40, "b": 8}
+    # once that was measured (and missed), the untried neighbour predicted nearest the aim (0.95 ms)
+    measured.append((0.85, 0.84, {"a": 40, "b": 8}))
+    assert nearest_untried(problem, config, 1.0, measured) == {"a": 32, "b": 24}
+
+
+def test_a_model_measured_over_budget_is_timed_again_before_the_miss_counts(demo):
+    model, x = demo
+    quiet_ms, calls = fake_target(fixed_ms=0.1)  # the predictor is exact: the first allocation lands in band
+    seen = set()
+
+    def first_timing_disturbed(m, example_input):
+        ms = quiet_ms(m, example_input)
+        if ms not in seen:
+            seen.add(ms)
+            return 1.5 * ms if len(seen) > 1 else ms  # the dense model is timed quietly
+        return ms
+
+    result = prune_to_budget(model, x, BudgetConfig(budget_ratio=0.5, criterion="l1", allocator="knapsack"),
+                             predictor(0.1), first_timing_disturbed)
+    manifest = result.manifest
+    assert 0.9 * manifest["budget_ms"] <= manifest["measured_latency_ms"] <= manifest["budget_ms"]
+    assert len(manifest["iterations"]) == 1 and len(calls) == 3  # dense, the try, its second timing
 
 
 def test_unreachable_budget_names_the_narrowest_measured_latency(demo):
@@ -225,7 +267,7 @@ def test_a_miss_is_refined_next_to_the_measured_model_and_lands_in_the_band(demo
 
 def test_baselines_are_refined_only_once_measurements_bracket_the_band():
     from toolchain.allocate import AllocationProblem, GroupChoice
-    from toolchain.budget import _refinement
+    from toolchain.budget_search import refinement
 
     groups = (GroupChoice("stem.0", 32, 8, 8), GroupChoice("layer1.0.conv1", 32, 8, 8))
     curves = {g.name: torch.linspace(1.0, 0.0, g.dense_width + 1) for g in groups}
@@ -240,7 +282,7 @@ def test_baselines_are_refined_only_once_measurements_bracket_the_band():
     config = BudgetConfig(budget_ms=1.0, allocator="macs")
     # below the band at 16/16 (0.50 ms predicted), above it at 24/16 (0.66 ms): adjacent, nothing between
     measured = [(0.85, 0.50, {"stem.0": 16, "layer1.0.conv1": 16}), (1.1, 0.66, {"stem.0": 24, "layer1.0.conv1": 16})]
-    assert _refinement(problem, config, 1.0, measured) is None  # a baseline keeps its own rule...
-    refined = _refinement(problem, config, 1.0, measured, bracketed=True)  # ...until the bracket is exhausted
+    assert refinement(problem, config, 1.0, measured) is None  # a baseline keeps its own rule...
+    refined = refinement(problem, config, 1.0, measured, bracketed=True)  # ...until the bracket is exhausted
     # calibrated at the measured 0.85 ms, the aim (0.95 ms) is 0.559 predicted ms: one step of the cheap group
     assert refined == {"stem.0": 16, "layer1.0.conv1": 24}
