@@ -75,6 +75,7 @@ class CampaignReport:
     skipped: int = 0  # already in the database
     failed: list[str] = field(default_factory=list)
     retimed: int = 0  # rows replaced by a re-timing in a quieter spell
+    build_workers: int = 1  # processes that built the variants (1: this one)
 
 
 def layer_grid(layers: list[LayerSpec], input_channels: int, levels: int) -> list[LayerSpec]:
@@ -125,6 +126,9 @@ def plan_jobs(config: CampaignConfig, groups, dense_layers: list[LayerSpec], inp
     return jobs
 
 
+# Starting a worker (a fresh interpreter importing torch and building the model) costs seconds; below this
+# many configurations to measure, building them here is as quick.
+MIN_JOBS_FOR_BUILD_WORKERS = 32
 AUTO_CLOCK = "auto"  # the CLI's default: `resolve_clock` picks the clock for the target
 
 
@@ -258,9 +262,11 @@ def _run_local(pending: list[Job], run: _Run) -> None:
     config = run.config
     sentinel = run.target.prepare(run.model, run.example_input)
     check = SentinelCheck(config.quiet_tolerance)
+    workers = config.build_workers if len(pending) >= MIN_JOBS_FOR_BUILD_WORKERS else 1
     with VariantBuilder(config.model, run.input_shape, run.model, run.example_input, run.target,
-                        config.build_workers) as builder:
+                        workers) as builder:
         _time_queue(pending, run, sentinel, check, builder)
+        run.report.build_workers = workers if builder.parallel else 1  # 1 also when the pool broke
 
 
 def _time_queue(pending: list[Job], run: _Run, sentinel, check: SentinelCheck, builder: VariantBuilder) -> None:

@@ -116,6 +116,10 @@ def test_the_walk_between_measured_models_interpolates_one_group_step_at_a_time(
     # point nearest to it comes next
     disturbed = [(0.8, 0.0, low), (1.2, 0.0, high), (1.5, 0.0, between)]
     assert between_measured(problem, config, 1.0, disturbed) == {"a": 24, "b": 8}
+    # a point of the walk measured below its lower end becomes the new lower end (latency is not monotone
+    # along a walk; keeping the slower end made walks stall next to their first secant point)
+    dipped = [(0.8, 0.0, low), (1.2, 0.0, high), (0.7, 0.0, {"a": 24, "b": 16})]
+    assert between_measured(problem, config, 1.0, dipped) == {"a": 40, "b": 16}
     assert between_measured(problem, config, 1.0, [(0.8, 0.0, low)]) is None  # nothing above the band yet
     assert between_measured(problem, config, 1.0, [(0.8, 0.0, low), (1.2, 0.0, {"a": 24, "b": 8})]) is None
 
@@ -161,12 +165,21 @@ def test_a_model_measured_over_budget_is_timed_again_before_the_miss_counts(demo
     assert len(manifest["iterations"]) == 1 and len(calls) == 3  # dense, the try, its second timing
 
 
-def test_unreachable_budget_names_the_narrowest_measured_latency(demo):
+def test_unreachable_budget_names_the_narrowest_measured_latency(demo, monkeypatch):
+    monkeypatch.setattr("toolchain.budget.UNREACHABLE_PAUSE_S", 0.0)
     model, x = demo
     measure_ms, _ = fake_target(fixed_ms=1.0)
+    timed = []  # the widths of every model timed
+
+    def recording(m, example_input):
+        timed.append(tuple(m.get_submodule(name).out_channels for name in COST_MS_PER_CHANNEL))
+        return measure_ms(m, example_input)
+
     with pytest.raises(ToolchainError, match=r"unreachable.*narrowest allowed model measures \d+\.\d+ ms"):
         prune_to_budget(model, x, BudgetConfig(budget_ms=1.2, criterion="l1", allocator="knapsack"),
-                        predictor(0.1), measure_ms)
+                        predictor(0.1), recording)
+    # the verdict rests on four timings of the narrowest model: the first, one at once, two after pauses
+    assert len(set(timed[-4:])) == 1 and timed[-5] != timed[-1]
 
 
 def test_one_disturbed_timing_of_the_narrowest_model_does_not_make_a_budget_unreachable(demo):

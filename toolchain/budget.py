@@ -67,6 +67,9 @@ def _macs_counter(dense: nn.Module, example_input: torch.Tensor, protect: tuple[
     return macs
 
 
+# Extra timings, each after a pause, before the narrowest model measured over budget makes a budget unreachable.
+UNREACHABLE_RETIMINGS = 2
+UNREACHABLE_PAUSE_S = 2.0
 # Allocators whose proposal is checked against blends with the uniform allocation on calibration loss.
 CHECKED_ALLOCATORS = ("lpnet", "knapsack")
 BLENDS = (1.0, 0.75, 0.5, 0.25, 0.0)  # weight of the allocator's proposal; 0.0 is the uniform allocation
@@ -231,6 +234,15 @@ def prune_to_budget(dense: nn.Module, example_input: torch.Tensor, config: Budge
             # model measured over budget counts by the lower of two timings.
             step("the pruned model measured over budget: timing it again")
             measured_ms = min(measured_ms, measure_ms(candidate.model, example_input))
+        for _ in range(UNREACHABLE_RETIMINGS if widths == problem.narrowest() else 0):
+            if measured_ms <= budget_ms:
+                break
+            # "Unreachable" ends the run, so it rests on timings seconds apart: a slow spell of the host can
+            # outlast two timings back to back (a sweep's ResNet-56 narrowest model timed 0.319 ms twice in a
+            # row, and 0.238-0.241 ms in the three points after it).
+            step("the narrowest model measured over budget: timing it again after a pause")
+            time.sleep(UNREACHABLE_PAUSE_S)
+            measured_ms = min(measured_ms, measure_ms(candidate.model, example_input))
         iterations.append({"target_predicted_ms": round(target_ms / scale, 4), "predicted_ms": round(predicted_ms, 4),
                            "measured_ms": round(measured_ms, 4), **({"calibration_check": check} if check else {}),
                            **({planned[1]: True} if planned is not None else {})})
@@ -251,7 +263,7 @@ def prune_to_budget(dense: nn.Module, example_input: torch.Tensor, config: Budge
         target_ms = ((too_low_ms * too_high_ms) ** 0.5 if too_low_ms > 0 and too_high_ms < float("inf")
                      else rescaled_ms)
         between = between_measured(problem, config, budget_ms, measured_widths)
-        bracketed = bracket(config, budget_ms, measured_widths) is not None
+        bracketed = bracket(problem, config, budget_ms, measured_widths) is not None
         refined = None if between is not None else refinement(problem, config, budget_ms, measured_widths,
                                                               bracketed)
         planned = (between, "bracketed") if between is not None else (refined, "refined") if refined else None

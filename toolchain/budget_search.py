@@ -48,19 +48,33 @@ def refinement(problem: AllocationProblem, config: BudgetConfig, budget_ms: floa
     return None if any(refined == w for _, _, w in measured) else refined
 
 
-def bracket(config: BudgetConfig, budget_ms: float, measured: Measured):
-    """((ms, widths) of the widest model measured below the band, (ms, widths) of the narrowest measured above
-    it), or None while the measurements lie on one side only."""
+def steps_between(problem: AllocationProblem, a: dict[str, int], b: dict[str, int]) -> int:
+    """How many single-group width steps lead from `a` to `b`."""
+    allowed = {g.name: g.allowed() for g in problem.groups}
+    return sum(abs(allowed[n].index(a[n]) - allowed[n].index(b[n])) for n in problem.names)
+
+
+def bracket(problem: AllocationProblem, config: BudgetConfig, budget_ms: float, measured: Measured):
+    """((ms, widths) of the narrowest model measured above the band, and of the model measured below it that
+    is fewest width steps from that one), the two ends of the walk; None while the measurements lie on one
+    side only.
+
+    The lower end is the nearest below-band model, not the slowest: latency is not monotone along a walk
+    (alignment; sweeps measured points of a walk below its lower end), and a point measured below the band
+    must still shorten the walk, or the walk stalls next to its first secant point.
+    """
     below = [(ms, w) for ms, _, w in measured if ms < config.lower_ratio * budget_ms]
     above = [(ms, w) for ms, _, w in measured if ms > budget_ms]
     if not below or not above:
         return None
-    return max(below, key=lambda m: m[0]), min(above, key=lambda m: m[0])
+    high = min(above, key=lambda m: m[0])
+    low = min(below, key=lambda m: (steps_between(problem, m[1], high[1]), -m[0]))
+    return low, high
 
 
 def between_measured(problem: AllocationProblem, config: BudgetConfig, budget_ms: float,
                       measured: Measured) -> dict[str, int] | None:
-    """Widths between the widest model measured below the band and the narrowest measured above it.
+    """Widths between the two ends found by `bracket`: a model measured below the band and one above it.
 
     Once two measurements bracket the band, they say more than the predictor (held-out errors of 10-15% on
     small inputs, and a width step of a baseline can move the latency by more than the band). The path from
@@ -71,7 +85,7 @@ def between_measured(problem: AllocationProblem, config: BudgetConfig, budget_ms
     brackets the band or every point between has been tried.
     (Lower model measured at 0.8 ms, upper at 1.2 ms, band [0.9, 1.0] ms, aim 0.95 ms: 38% of the way up.)
     """
-    found = bracket(config, budget_ms, measured)
+    found = bracket(problem, config, budget_ms, measured)
     if found is None:
         return None
     (low_ms, low), (high_ms, high) = found

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from latency_models.campaign import CampaignConfig, layer_grid, run_campaign
+from latency_models.campaign import MIN_JOBS_FOR_BUILD_WORKERS, CampaignConfig, layer_grid, run_campaign
 from latency_models.features import LayerSpec
 from latency_models.measure import MeasureConfig
 from latency_models.sampling import sample_width_configs
@@ -62,13 +62,14 @@ def test_variants_built_in_worker_processes_give_the_rows_built_here(tmp_path):
     rows = {}
     for workers in (1, 2):
         config = CampaignConfig(model=TINY, input_shape=TINY_SHAPE, db_path=str(tmp_path / f"w{workers}.db"),
-                                samples=5, layer_levels=2, build_workers=workers, measure=QUICK)
+                                samples=MIN_JOBS_FOR_BUILD_WORKERS, layer_levels=2, build_workers=workers,
+                                measure=QUICK)
         report = run_campaign(config)
-        assert report.failed == [] and report.measured == report.planned
+        assert report.failed == [] and report.measured == report.planned and report.build_workers == workers
         with MeasurementStore(config.db_path) as store:
             rows[workers] = {r.config_key: (r.kind, r.layers, r.macs)
                              for kind in ("model", "layer") for r in store.rows(kind=kind)}
-    assert len(rows[2]) > 5 and rows[2] == rows[1]
+    assert len(rows[2]) > MIN_JOBS_FOR_BUILD_WORKERS and rows[2] == rows[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -136,7 +137,7 @@ def test_campaign_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_pat
         "--input-shape",
         "1,3,16,16",
         "--samples",
-        "40",
+        "60",  # 42 distinct configurations: enough for the build workers (MIN_JOBS_FOR_BUILD_WORKERS)
         "--db",
         str(db),
         "--warmup",

@@ -151,6 +151,7 @@ def profile(
                 "measured": report.measured,
                 "already_stored": report.skipped,
                 "failed": len(report.failed),
+                "build_workers": report.build_workers,
             }
         )
     )
