@@ -120,6 +120,9 @@ def test_the_walk_between_measured_models_interpolates_one_group_step_at_a_time(
     # along a walk; keeping the slower end made walks stall next to their first secant point)
     dipped = [(0.8, 0.0, low), (1.2, 0.0, high), (0.7, 0.0, {"a": 24, "b": 16})]
     assert between_measured(problem, config, 1.0, dipped) == {"a": 40, "b": 16}
+    # and a point measured above the band, but slower than the upper end, becomes the new upper end
+    peaked = [(0.8, 0.0, low), (1.2, 0.0, high), (1.25, 0.0, {"a": 32, "b": 16})]
+    assert between_measured(problem, config, 1.0, peaked) == {"a": 24, "b": 8}
     assert between_measured(problem, config, 1.0, [(0.8, 0.0, low)]) is None  # nothing above the band yet
     assert between_measured(problem, config, 1.0, [(0.8, 0.0, low), (1.2, 0.0, {"a": 24, "b": 8})]) is None
 

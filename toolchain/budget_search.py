@@ -55,21 +55,21 @@ def steps_between(problem: AllocationProblem, a: dict[str, int], b: dict[str, in
 
 
 def bracket(problem: AllocationProblem, config: BudgetConfig, budget_ms: float, measured: Measured):
-    """((ms, widths) of the narrowest model measured above the band, and of the model measured below it that
-    is fewest width steps from that one), the two ends of the walk; None while the measurements lie on one
-    side only.
+    """The two ends of the walk: ((ms, widths) measured below the band, (ms, widths) measured above it), the
+    pair fewest width steps apart (ties: the pair measured closest together); None while the measurements
+    lie on one side only.
 
-    The lower end is the nearest below-band model, not the slowest: latency is not monotone along a walk
-    (alignment; sweeps measured points of a walk below its lower end), and a point measured below the band
-    must still shorten the walk, or the walk stalls next to its first secant point.
+    Fewest steps, not slowest-below and fastest-above: latency is not monotone along a walk (alignment; sweeps
+    measured walk points below the walk's lower end and, on the demo, five points in a row just above 0.72 ms
+    with the upper end at 0.721 ms), and every point of a walk lies fewer steps from both ends, so whichever
+    side it lands on the next walk is shorter: a bisection that cannot stall.
     """
     below = [(ms, w) for ms, _, w in measured if ms < config.lower_ratio * budget_ms]
     above = [(ms, w) for ms, _, w in measured if ms > budget_ms]
     if not below or not above:
         return None
-    high = min(above, key=lambda m: m[0])
-    low = min(below, key=lambda m: (steps_between(problem, m[1], high[1]), -m[0]))
-    return low, high
+    return min(((low, high) for low in below for high in above),
+               key=lambda pair: (steps_between(problem, pair[0][1], pair[1][1]), pair[1][0] - pair[0][0]))
 
 
 def between_measured(problem: AllocationProblem, config: BudgetConfig, budget_ms: float,
