@@ -240,9 +240,10 @@ def _build(batch: list[tuple[Job, int]], run: _Run, builder: VariantBuilder):
     """Each (job, re-timings so far)'s built variant, input and runner; (prepared, failed)."""
     prepared, failed = [], []
     for (job, count), built in zip(batch, builder.build([(job.kind, job.widths) for job, _ in batch]), strict=True):
+        if isinstance(built, Exception):
+            failed.append((job, built))
+            continue
         try:
-            if isinstance(built, Exception):
-                raise built
             variant_input = job_input(job.kind, job.widths, run.example_input)
             prepared.append((job, count, built, built.runner(run.target, variant_input)))
         except Exception as error:  # noqa: BLE001 - reported per configuration

@@ -91,9 +91,14 @@ class BuiltVariant:
         return target.prepare(self.module, example_input)
 
 
-def build_here(kind: str, widths: dict, model: nn.Module, example_input: torch.Tensor) -> BuiltVariant:
+def build_here(kind: str, widths: dict, model: nn.Module, example_input: torch.Tensor,
+               compile_for: Target | None = None) -> BuiltVariant:
+    """A job's variant built in this process: the module, or its bytes compiled for `compile_for`."""
     variant, variant_input = variant_of(kind, widths, model, example_input)
-    return BuiltVariant(tuple(layer.to_dict() for layer in layer_specs(variant, variant_input)), module=variant)
+    layers = tuple(layer.to_dict() for layer in layer_specs(variant, variant_input))
+    if compile_for is not None:
+        return BuiltVariant(layers, compiled=compile_for.compile(variant, variant_input))
+    return BuiltVariant(layers, module=variant)
 
 
 # -- worker processes -----------------------------------------------------------------------------------------
@@ -122,9 +127,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def _build_in_worker(kind: str, widths: dict) -> BuiltVariant:
-    variant, variant_input = variant_of(kind, widths, _WORKER["model"], _WORKER["example_input"])
-    layers = tuple(layer.to_dict() for layer in layer_specs(variant, variant_input))
-    return BuiltVariant(layers, compiled=_WORKER["target"].compile(variant, variant_input))
+    return build_here(kind, widths, _WORKER["model"], _WORKER["example_input"], compile_for=_WORKER["target"])
 
 
 class VariantBuilder:

@@ -27,6 +27,11 @@ Measured = list[tuple[float, float, dict[str, int]]]
 REFINED_ALLOCATORS = ("lpnet", "knapsack")
 
 
+def _closest_to_aim(config: BudgetConfig, budget_ms: float, measured: Measured) -> tuple[float, float, dict[str, int]]:
+    aim_ms = config.aim_ratio * budget_ms
+    return min(measured, key=lambda m: abs(math.log(m[0] / aim_ms)))
+
+
 def refinement(problem: AllocationProblem, config: BudgetConfig, budget_ms: float,
                 measured: Measured, bracketed: bool = False) -> dict[str, int] | None:
     """Widths for the next try, found next to the measured model closest to the aim instead of re-allocated.
@@ -39,9 +44,8 @@ def refinement(problem: AllocationProblem, config: BudgetConfig, budget_ms: floa
     """
     if config.allocator not in REFINED_ALLOCATORS and not bracketed:
         return None
-    aim_ms = config.aim_ratio * budget_ms
-    measured_ms, predictor_ms, widths = min(measured, key=lambda m: abs(math.log(m[0] / aim_ms)))
-    local_target_ms = aim_ms * predictor_ms / measured_ms
+    measured_ms, predictor_ms, widths = _closest_to_aim(config, budget_ms, measured)
+    local_target_ms = config.aim_ratio * budget_ms * predictor_ms / measured_ms
     narrowest = problem.narrowest()
     refined = (narrowest if local_target_ms < problem.predicted_ms(narrowest)
                else greedy_repair(problem, widths, local_target_ms, fill=True))
@@ -112,11 +116,6 @@ def between_measured(problem: AllocationProblem, config: BudgetConfig, budget_ms
         if widths not in tried:
             return widths
     return None
-
-
-def _closest_to_aim(config: BudgetConfig, budget_ms: float, measured: Measured) -> tuple[float, float, dict[str, int]]:
-    aim_ms = config.aim_ratio * budget_ms
-    return min(measured, key=lambda m: abs(math.log(m[0] / aim_ms)))
 
 
 def nearest_untried(problem: AllocationProblem, config: BudgetConfig, budget_ms: float,
