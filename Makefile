@@ -20,12 +20,15 @@ TEST_WORKERS ?= 2
 
 venv: $(STAMP)
 
-# torch is installed first and pinned: any unpinned request pulls CUDA wheels on CPU machines.
+# torch and torchvision are installed first as one exact pair (a mismatched torchvision does not import);
+# any unpinned request would pull another multi-GB build. On x86_64 + Python 3.11 this pair is read from the
+# machine's local wheel store (~5.5 GB in the venv: a CUDA build that runs on the CPU).
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,tvm]'
+	$(BIN)/python -m pip install -q $(TORCH_PAIR)
+	$(BIN)/python -m pip install -q -e '.[dev,tvm,models]'
 	@touch $(STAMP)
 
 # TARGET: a device from the device table (`toolchain targets` lists them; jetson = jetson-orin).

@@ -28,6 +28,7 @@ import torch_pruning as tp
 from torch import nn
 
 from toolchain.errors import ToolchainError
+from toolchain.inputs import ModelInputs, call_model, flatten_outputs, output_shapes
 
 # Relative error allowed between the shrunk model and the dense model with the removed channels
 # zeroed: float32 summation order differs between the two, nothing else may.
@@ -82,7 +83,7 @@ class PruningGraph:
     def __init__(
         self,
         model: nn.Module,
-        example_input: torch.Tensor,
+        example_input: ModelInputs,
         protect: tuple[str, ...] = (),
         dense_widths: dict[str, int] | None = None,
     ):
@@ -97,9 +98,10 @@ class PruningGraph:
         model.eval()
         try:
             with torch.no_grad():
-                self._dense_output_shapes = _output_shapes(model(example_input))
+                self._dense_output_shapes = output_shapes(call_model(model, example_input))
             with torch.enable_grad(), _recording_op_owners(model) as self._op_owners:
-                self._dg = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
+                self._dg = tp.DependencyGraph().build_dependency(
+                    model, example_input, forward_fn=call_model, output_transform=flatten_outputs, verbose=False)
         except ToolchainError:
             raise
         except Exception as exc:
@@ -279,7 +281,7 @@ class PruningGraph:
                  for m, c in masks.items()]
         try:
             with torch.no_grad():
-                return _flat_outputs(self.model.eval()(self.example_input))
+                return flatten_outputs(call_model(self.model.eval(), self.example_input))
         finally:
             for hook in hooks:
                 hook.remove()
@@ -340,7 +342,7 @@ class PruningGraph:
                 hooks.append(module.register_forward_hook(leave))
         try:
             with torch.no_grad():
-                outputs = self.model(self.example_input)
+                outputs = call_model(self.model, self.example_input)
         except Exception as exc:
             where = running[-1] if running else "the model's own forward"
             kind = type(self.model.get_submodule(where)).__name__ if running else type(self.model).__name__
@@ -353,12 +355,12 @@ class PruningGraph:
             for hook in hooks:
                 hook.remove()
             self.model.train(was_training)
-        shapes = _output_shapes(outputs)
+        shapes = output_shapes(outputs)
         if shapes != self._dense_output_shapes:
             raise ToolchainError(f"pruning changed the model's output shapes from {self._dense_output_shapes} "
                                  f"to {shapes}; refusing to return a wrong model")
         if reference is not None:
-            for expected, got in zip(reference, _flat_outputs(outputs)):
+            for expected, got in zip(reference, flatten_outputs(outputs)):
                 scale = float(expected.abs().max()) or 1.0
                 error = float((expected - got).abs().max()) / scale
                 if error > EQUIVALENCE_TOLERANCE:
@@ -400,20 +402,6 @@ def _check_score_length(name: str, score: torch.Tensor, expected: int) -> None:
         raise ToolchainError(f"scores for group {name!r} contain NaN or inf")
 
 
-def _flat_outputs(output) -> list[torch.Tensor]:
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        return [t for k in sorted(output) for t in _flat_outputs(output[k])]
-    if isinstance(output, (list, tuple)):
-        return [t for item in output for t in _flat_outputs(item)]
-    return []
-
-
-def _output_shapes(output) -> list[tuple[int, ...]]:
-    return [tuple(t.shape) for t in _flat_outputs(output)]
-
-
 def round_width(width: float, dense_width: int, multiple: int = 8, unit: int = 1) -> int:
     """Round a wanted width to the hardware multiple (or whole heads), never below one unit.
 
@@ -438,7 +426,7 @@ def widths_for_ratio(graph: PruningGraph, ratio: float, round_to: int = 8) -> di
     }
 
 
-def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+def count_macs_params(model: nn.Module, example_input: ModelInputs) -> tuple[int, int]:
     """Multiply-accumulates of one forward pass and the parameter count (Torch-Pruning's counter)."""
     was_training = model.training
     model.eval()

@@ -16,6 +16,7 @@ from torch import nn
 
 from toolchain.errors import ToolchainError
 from toolchain.graph import PruningGraph, count_macs_params, round_width, widths_for_ratio
+from toolchain.inputs import ModelInputs, call_model, input_tensors
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,21 @@ def toolchain_version() -> str:
         return "0+unknown"
 
 
-def check_runs(model: nn.Module, example_input: torch.Tensor) -> None:
+def check_runs(model: nn.Module, example_input: ModelInputs) -> None:
     """Fail with a one-line message if the model rejects the example input."""
     try:
         with torch.no_grad():
-            model.eval()(example_input)
+            call_model(model.eval(), example_input)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ToolchainError(
-            f"the model rejects input shape {tuple(example_input.shape)}: {first_line}"
+            f"the model rejects input shape {_describe(example_input)}: {first_line}"
         ) from exc
+
+
+def _describe(inputs: ModelInputs) -> str:
+    shapes = [tuple(t.shape) for t in input_tensors(inputs)]
+    return str(shapes[0]) if len(shapes) == 1 else ", ".join(map(str, shapes))
 
 
 def resolve_widths(graph: PruningGraph, config: PruneConfig) -> dict[str, int]:
@@ -73,7 +79,7 @@ def resolve_widths(graph: PruningGraph, config: PruneConfig) -> dict[str, int]:
     return widths
 
 
-def prune(model: nn.Module, example_input: torch.Tensor, config: PruneConfig | None = None,
+def prune(model: nn.Module, example_input: ModelInputs, config: PruneConfig | None = None,
           scores: dict[str, torch.Tensor] | None = None, **overrides) -> PruneResult:
     """Return a physically shrunk copy of `model` (the input is left untouched) and its manifest.
 
@@ -88,7 +94,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, config: PruneConfig | N
     graph.shrink(widths, scores)
     macs, params = count_macs_params(pruned, example_input)
     manifest = {
-        "input_shape": list(example_input.shape),
+        "input_shape": list(input_tensors(example_input)[0].shape),
         "dense_params": dense_params,
         "params": params,
         "dense_macs": dense_macs,
