@@ -7,7 +7,13 @@ import os
 import pytest
 import torch
 
-from toolchain.models import get_model_spec
+# Without a GPU the Triton kernels run through Triton's CPU interpreter, which must be switched on before
+# triton is first imported: importing toolchain does that (Torch-Pruning imports torch._dynamo, which
+# imports triton), so it is set here, before the first toolchain import of the test session.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from toolchain.models import get_model_spec  # noqa: E402
 
 # Reduced spatial sizes for the ImageNet-sized models: the zoo models are fully convolutional
 # up to global pooling, so pruning and export behave the same at 64x64 as at 224x224.

@@ -1,16 +1,12 @@
 """Kernel tests: without a GPU the Triton kernels run on CPU through the interpreter.
 
-``TRITON_INTERPRET`` must be set before any Triton kernel module is imported, hence here.
+``TRITON_INTERPRET`` must be set before triton is first imported: the root conftest sets it.
 """
-
-import os
 
 import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture
