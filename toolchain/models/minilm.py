@@ -108,9 +108,15 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(str(model_dir()), local_files_only=True)
 
 
-def tokenize(sentences: list[str], sequence_length: int = SEQUENCE_LENGTH) -> dict[str, torch.Tensor]:
-    """Token ids and attention mask, padded and truncated to `sequence_length` (int64)."""
-    batch = load_tokenizer()(list(sentences), padding="max_length", truncation=True, max_length=sequence_length,
+def tokenize(sentences: list[str], sequence_length: int = SEQUENCE_LENGTH,
+             pad_to_longest: bool = False) -> dict[str, torch.Tensor]:
+    """Token ids and attention mask (int64), truncated to `sequence_length`.
+
+    Padded to `sequence_length` (the fixed export shape) or, for evaluation and training, only to the
+    batch's longest sentence: padding is masked out of attention and pooling, so the embeddings agree.
+    """
+    padding = "longest" if pad_to_longest else "max_length"
+    batch = load_tokenizer()(list(sentences), padding=padding, truncation=True, max_length=sequence_length,
                              return_tensors="pt")
     return {"input_ids": batch["input_ids"].long(), "attention_mask": batch["attention_mask"].long()}
 
@@ -140,6 +146,6 @@ def embed(model: nn.Module, sentences: list[str], batch_size: int = 64,
           sequence_length: int = SEQUENCE_LENGTH) -> torch.Tensor:
     """Sentence embeddings (one row per sentence) of any model with the zoo entry's signature."""
     model.eval()
-    rows = [model(**tokenize(sentences[i:i + batch_size], sequence_length)) for i in range(0, len(sentences),
-                                                                                           batch_size)]
+    rows = [model(**tokenize(sentences[i:i + batch_size], sequence_length, pad_to_longest=True))
+            for i in range(0, len(sentences), batch_size)]
     return torch.cat(rows) if rows else torch.empty(0, EMBEDDING_DIM)
