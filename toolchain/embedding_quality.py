@@ -89,7 +89,7 @@ def distill_embeddings(student: nn.Module, teacher_embeddings: torch.Tensor, sen
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             steps += 1
             if steps >= config.max_steps or time.monotonic() - start >= config.seconds:
                 break
