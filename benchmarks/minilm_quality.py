@@ -20,7 +20,7 @@ import json
 import platform
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -35,7 +35,16 @@ from toolchain.graph import PruningGraph
 from toolchain.models import create_model, model_example_inputs
 from toolchain.models.minilm import SEQUENCE_LENGTH, embed, tokenize
 from toolchain.named_input_latency import NamedInputRunner, onnx_bytes, verify_runner
-from toolchain.transformer_pruning import TransformerPruneConfig, attention_head_groups, prune_transformer
+from toolchain.transformer_pruning import (
+    CRITERIA,
+    BudgetSearchConfig,
+    TransformerPruneConfig,
+    attention_head_groups,
+    prune_transformer,
+    prune_transformer_to_budget,
+)
+
+CALIBRATION_SENTENCES = 128  # training sentences the activation criterion reads (4 batches of 32)
 
 
 def _cpu_model() -> str:
@@ -61,15 +70,16 @@ def measured_latency(model, inputs, config: MeasureConfig) -> dict:
             "onnx_max_rel_error": onnx_error}
 
 
-def run_point(dense, inputs, config: TransformerPruneConfig, dense_eval, corpus, dense_train, args,
+def run_point(dense, inputs, config: TransformerPruneConfig, dense_eval, corpus, dense_train, calibration, args,
               measure_config: MeasureConfig) -> dict:
     started = time.monotonic()
     with torch_threads(1):
-        pruned = prune_transformer(dense, inputs, config)
+        pruned = prune_transformer(dense, inputs, config, calibration)
     manifest = pruned.manifest
     feed_forward = manifest["transformer_prune"]["feed_forward_groups"]
     heads = manifest["transformer_prune"]["head_groups"]
     row = {
+        "criterion": config.criterion,
         "feed_forward_ratio": config.feed_forward_ratio,
         "head_ratio": config.head_ratio,
         "feed_forward_widths": sorted({manifest["per_group_widths"][g] for g in feed_forward}),
@@ -111,21 +121,29 @@ def markdown_report(result: dict) -> str:
         f"(batch {result['batch_size']}, lr {result['lr']}, loss 1 - cosine). Source: {result['corpus']}.",
         f"Pruned: {result['pruned_dims']}",
         "",
-        "| FFN ratio | head ratio | FFN width | params (M) | MACs (G) | latency (ms) | speed-up | cos mean / min | "
-        "top-1 NN | distilled: cos mean / min | distilled: top-1 NN | distill steps |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| criterion | FFN ratio | head ratio | FFN width | params (M) | MACs (G) | latency (ms) | speed-up "
+        "| cos mean / min | top-1 NN | distilled: cos mean / min | distilled: top-1 NN | distill steps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     dense_ms = result["rows"][0]["latency_ms"]
     for row in result["rows"]:
         quality, distilled = row["quality"], row.get("quality_distilled")
         lines.append(
-            f"| {row['feed_forward_ratio']} | {row['head_ratio']} | {'/'.join(map(str, row['feed_forward_widths']))} "
+            f"| {row['criterion']} | {row['feed_forward_ratio']} | {row['head_ratio']} "
+            f"| {'/'.join(map(str, row['feed_forward_widths']))} "
             f"| {row['params'] / 1e6:.2f} | {row['macs'] / 1e9:.2f} | {row['latency_ms']:.2f} "
             f"| {dense_ms / row['latency_ms']:.2f}x | {quality['mean_cosine']:.4f} / {quality['min_cosine']:.4f} "
             f"| {_pct(quality['top1_neighbour_agreement'])} "
             + (f"| {distilled['mean_cosine']:.4f} / {distilled['min_cosine']:.4f} "
                f"| {_pct(distilled['top1_neighbour_agreement'])} | {row['distillation']['steps']} |"
                if distilled else "| – | – | – |"))
+    for search in result["budget_searches"]:
+        tries = ", ".join(f"{t['feed_forward_ratio']} -> {t['measured_latency_ms']:.2f} ms"
+                          for t in search["tries"])
+        found = (f"FFN ratio {search['found_feed_forward_ratio']} at {search['measured_latency_ms']:.2f} ms"
+                 if search["found_feed_forward_ratio"] is not None else "nothing within the budget")
+        lines += ["", f"Budget {search['budget_ms']:.2f} ms ({search['budget_fraction']} x dense, criterion "
+                      f"{search['criterion']}): {found}; tries (FFN ratio -> measured): {tries}."]
     for note in result["notes"]:
         lines += ["", note]
     return "\n".join(lines) + "\n"
@@ -135,9 +153,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--feed-forward-ratios", default="0,0.25,0.5,0.75")
     parser.add_argument("--head-ratios", default="0", help="share of heads removed per layer (needs head groups)")
+    parser.add_argument("--criteria", default="magnitude,activation", help=f"from {', '.join(CRITERIA)}")
+    parser.add_argument("--budget-fractions", default="",
+                        help="latency budgets as fractions of the dense measured latency, e.g. 0.8,0.7 "
+                             "(bisection on measured latency, activation criterion)")
+    parser.add_argument("--budget-tries", type=int, default=6)
     parser.add_argument("--distill-seconds", type=float, default=90.0)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--statistic", choices=STATISTICS, default="min")
     parser.add_argument("--clock", choices=list(CLOCKS), default="thread_cpu")
     parser.add_argument("--machine-note", default="2-vCPU shared development machine, loaded by other jobs")
@@ -152,6 +175,8 @@ def main() -> None:
     with torch_threads(1):
         dense_eval = embed(dense, corpus.evaluation)
         dense_train = embed(dense, corpus.training)
+    calibration = [tokenize(list(corpus.training[i:i + 32]), SEQUENCE_LENGTH, pad_to_longest=True)
+                   for i in range(0, CALIBRATION_SENTENCES, 32)]
     notes = []
     head_ratios = [float(r) for r in args.head_ratios.split(",")]
     if not attention_head_groups(PruningGraph(copy.deepcopy(dense), inputs)) and any(r > 0 for r in head_ratios):
@@ -159,13 +184,41 @@ def main() -> None:
                      "BERT attention yet; only feed-forward widths were pruned.")
         head_ratios = [0.0]
     rows = []
-    for head_ratio in head_ratios:
-        for feed_forward_ratio in (float(r) for r in args.feed_forward_ratios.split(",")):
-            config = TransformerPruneConfig(feed_forward_ratio=feed_forward_ratio, head_ratio=head_ratio)
-            try:
-                rows.append(run_point(dense, inputs, config, dense_eval, corpus, dense_train, args, measure_config))
-            except ToolchainError as error:
-                notes.append(f"FFN ratio {feed_forward_ratio}, head ratio {head_ratio}: refused: {error}")
+    feed_forward_ratios = [float(r) for r in args.feed_forward_ratios.split(",")]
+    for criterion in args.criteria.split(","):
+        for head_ratio in head_ratios:
+            for feed_forward_ratio in feed_forward_ratios:
+                if rows and feed_forward_ratio == 0 and head_ratio == 0:
+                    continue  # the dense model is measured once
+                config = TransformerPruneConfig(feed_forward_ratio, head_ratio, criterion=criterion)
+                try:
+                    rows.append(run_point(dense, inputs, config, dense_eval, corpus, dense_train, calibration, args,
+                                          measure_config))
+                except ToolchainError as error:
+                    notes.append(f"{criterion}, FFN ratio {feed_forward_ratio}, head ratio {head_ratio}: refused: "
+                                 f"{error}")
+    budget_searches = []
+    dense_rows = [r for r in rows if r["feed_forward_ratio"] == 0 and r["head_ratio"] == 0]
+    for fraction in (float(f) for f in args.budget_fractions.split(",") if f):
+        budget_ms = fraction * dense_rows[0]["latency_ms"]
+
+        def measure_ms(model) -> float:
+            return measured_latency(model, inputs, measure_config)["latency_ms"]
+
+        base = TransformerPruneConfig(criterion="activation")
+        with torch_threads(1):
+            search = prune_transformer_to_budget(dense, inputs, BudgetSearchConfig(budget_ms, args.budget_tries),
+                                                 measure_ms, base, calibration)
+        found = search.result.manifest["transformer_prune"]["feed_forward_ratio"] if search.result else None
+        entry = {"budget_fraction": fraction, "budget_ms": budget_ms, "criterion": base.criterion,
+                 "found_feed_forward_ratio": found, "measured_latency_ms": search.measured_latency_ms,
+                 "tries": search.tries}
+        print(json.dumps(entry), flush=True)
+        if found is not None:
+            entry["row"] = run_point(dense, inputs, replace(base, feed_forward_ratio=found), dense_eval, corpus,
+                                     dense_train, calibration, args, measure_config)
+            rows.append(entry["row"])
+        budget_searches.append(entry)
     versions = {name: metadata.version(name) for name in ("torch", "onnxruntime", "transformers", "torch-pruning")}
     environment = {"cpu_model": _cpu_model(), **versions}
     pruned_dims = "feed-forward widths (intermediate.dense -> output.dense) of all 6 layers" + (
@@ -184,7 +237,10 @@ def main() -> None:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "pruned_dims": pruned_dims,
+        "criteria": args.criteria.split(","),
+        "calibration_sentences": CALIBRATION_SENTENCES,
         "rows": rows,
+        "budget_searches": budget_searches,
         "notes": notes,
     }
     name = (f"minilm-quality-{_slug(environment['cpu_model'])}-ort{versions['onnxruntime']}"

@@ -19,8 +19,10 @@ The hidden (residual) width is never pruned: it reaches the output and every Lay
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+import torch
 from torch import nn
 
 from toolchain.errors import ToolchainError
@@ -36,11 +38,19 @@ class TransformerPruneConfig:
     feed_forward_ratio: float = 0.5
     head_ratio: float = 0.0
     round_to: int = 8  # feed-forward widths are kept at multiples of this (heads are whole by construction)
+    # Which feed-forward channels are kept: "magnitude" (the graph's L2 over the group's weights) or
+    # "activation" (mean |activation| on calibration text x the norm of the weights reading it; needs data).
+    criterion: str = "magnitude"
 
     def __post_init__(self):
         for name in ("feed_forward_ratio", "head_ratio"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ToolchainError(f"{name} {getattr(self, name)} is outside [0, 1)")
+        if self.criterion not in CRITERIA:
+            raise ToolchainError(f"unknown criterion {self.criterion!r}; valid: {', '.join(CRITERIA)}")
+
+
+CRITERIA = ("magnitude", "activation")
 
 
 def feed_forward_groups(graph: PruningGraph) -> list[ChannelGroup]:
@@ -69,14 +79,58 @@ def transformer_widths(graph: PruningGraph, config: TransformerPruneConfig) -> d
     return widths
 
 
+@torch.no_grad()
+def feed_forward_activation_scores(model: nn.Module, graph: PruningGraph,
+                                   calibration: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per feed-forward channel: mean |activation| over real tokens x L2 norm of the weights that read it.
+
+    That product is the size of the channel's contribution to the block's output; weight magnitude
+    alone ignores how strongly text actually drives each channel.
+    """
+    # group paths are the same in `model` as in the copy the graph was built on
+    consumers = {g.name: model.get_submodule(next(p for p in g.layers if p != g.name))
+                 for g in feed_forward_groups(graph)}
+    sums = {name: torch.zeros(consumer.in_features) for name, consumer in consumers.items()}
+    token_mask: list[torch.Tensor] = []
+
+    def accumulate(name: str):
+        def hook(_module, args) -> None:
+            mask = token_mask[0].unsqueeze(-1).to(args[0].dtype)
+            sums[name] += (args[0].abs() * mask).sum(dim=(0, 1))
+        return hook
+
+    hooks = [consumer.register_forward_pre_hook(accumulate(name)) for name, consumer in consumers.items()]
+    tokens = 0
+    try:
+        model.eval()
+        for batch in calibration:
+            token_mask[:] = [batch["attention_mask"]]
+            model(**batch)
+            tokens += int(batch["attention_mask"].sum())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: sums[name] / max(tokens, 1) * consumer.weight.norm(dim=0) for name, consumer in consumers.items()}
+
+
 def prune_transformer(model: nn.Module, example_input: ModelInputs, config: TransformerPruneConfig,
+                      calibration: list[dict[str, torch.Tensor]] | None = None,
                       protect: tuple[str, ...] = ()) -> PruneResult:
-    """A pruned copy of `model` (the input is untouched), verified by the graph's check after shrinking."""
+    """A pruned copy of `model` (the input is untouched), verified by the graph's check after shrinking.
+
+    `calibration` (batches of named inputs with an `attention_mask`) is read by the "activation" criterion.
+    """
     graph = PruningGraph(copy.deepcopy(model).eval(), example_input, protect=protect)
     widths = transformer_widths(graph, config)
+    scores = None
+    if config.criterion == "activation":
+        if not calibration:
+            raise ToolchainError("the activation criterion needs calibration batches")
+        scores = feed_forward_activation_scores(model, graph, calibration)
     result = prune(model, example_input, PruneConfig(ratio=0.0, round_to=config.round_to, protect=protect,
-                                                     widths=widths))
+                                                     widths=widths), scores=scores)
     result.manifest["transformer_prune"] = {
+        "criterion": config.criterion,
         "feed_forward_ratio": config.feed_forward_ratio,
         "head_ratio": config.head_ratio,
         "feed_forward_groups": [g.name for g in feed_forward_groups(graph)],
@@ -84,3 +138,47 @@ def prune_transformer(model: nn.Module, example_input: ModelInputs, config: Tran
     }
     return result
 
+
+
+@dataclass(frozen=True)
+class BudgetSearchConfig:
+    """Bisection over the feed-forward ratio, each try pruned and measured on the target."""
+
+    budget_ms: float
+    max_tries: int = 6
+    max_ratio: float = 0.95
+
+
+@dataclass
+class BudgetSearchResult:
+    result: PruneResult | None  # the least-pruned model measured within the budget; None if none was
+    measured_latency_ms: float | None
+    tries: list[dict]  # every try: feed_forward_ratio, measured_latency_ms, within_budget
+
+
+def prune_transformer_to_budget(model: nn.Module, example_input: ModelInputs, search: BudgetSearchConfig,
+                                measure_ms: Callable[[nn.Module], float], config: TransformerPruneConfig,
+                                calibration: list[dict[str, torch.Tensor]] | None = None) -> BudgetSearchResult:
+    """The smallest feed-forward ratio whose pruned model's MEASURED latency is within `budget_ms`.
+
+    Latency falls with the ratio, so bisection on measurements needs no latency predictor; the price is
+    one prune + export + timing per try (seconds for MiniLM), which is why the tries are bounded.
+    `config` supplies everything but the ratio (criterion, head ratio, rounding).
+    """
+    low, high = 0.0, search.max_ratio  # low: known over budget (or untried); high: the most we prune
+    best: tuple[PruneResult, float] | None = None
+    tries = []
+    for _ in range(search.max_tries):
+        ratio = high if best is None else (low + high) / 2
+        pruned = prune_transformer(model, example_input, replace(config, feed_forward_ratio=ratio), calibration)
+        latency_ms = measure_ms(pruned.model)
+        within = latency_ms <= search.budget_ms
+        tries.append({"feed_forward_ratio": round(ratio, 4), "measured_latency_ms": latency_ms,
+                      "within_budget": within})
+        if within:
+            best, high = (pruned, latency_ms), ratio
+        elif best is None:
+            break  # even the most pruned model is over budget: unreachable by feed-forward widths alone
+        else:
+            low = ratio
+    return BudgetSearchResult(best[0] if best else None, best[1] if best else None, tries)
