@@ -129,7 +129,8 @@ def markdown_report(result: dict) -> str:
     for row in result["rows"]:
         quality, distilled = row["quality"], row.get("quality_distilled")
         lines.append(
-            f"| {row['criterion']} | {row['feed_forward_ratio']} | {row['head_ratio']} "
+            f"| {row['criterion'] if row['feed_forward_ratio'] or row['head_ratio'] else 'dense'} "
+            f"| {row['feed_forward_ratio']} | {row['head_ratio']} "
             f"| {'/'.join(map(str, row['feed_forward_widths']))} "
             f"| {row['params'] / 1e6:.2f} | {row['macs'] / 1e9:.2f} | {row['latency_ms']:.2f} "
             f"| {dense_ms / row['latency_ms']:.2f}x | {quality['mean_cosine']:.4f} / {quality['min_cosine']:.4f} "
