@@ -30,6 +30,7 @@ def test_example_inputs_are_token_ids_and_mask_at_length_128():
     assert all(t.dtype == torch.int64 and tuple(t.shape) == (1, SEQUENCE_LENGTH) for t in inputs.values())
 
 
+@pytest.mark.slow  # importing sentence-transformers takes ~10-20 s here
 def test_embeddings_are_unit_384d_and_match_sentence_transformers(dense):
     ours = embed(dense, SENTENCES)
     assert ours.shape == (2, EMBEDDING_DIM)
