@@ -184,7 +184,39 @@ def main() -> None:
         notes.append("Head ratios > 0 were asked for but the graph offers no whole-head groups for Hugging Face "
                      "BERT attention yet; only feed-forward widths were pruned.")
         head_ratios = [0.0]
-    rows = []
+    versions = {name: metadata.version(name) for name in ("torch", "onnxruntime", "transformers", "torch-pruning")}
+    environment = {"cpu_model": _cpu_model(), **versions}
+    rows, budget_searches = [], []
+    result = {
+        "environment": environment,
+        "sequence_length": SEQUENCE_LENGTH,
+        "statistic": args.statistic,
+        "clock": args.clock,
+        "machine_note": args.machine_note,
+        "corpus": corpus.source,
+        "evaluation_sentences": len(corpus.evaluation),
+        "training_sentences": len(corpus.training),
+        "distill_seconds": args.distill_seconds,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "pruned_dims": "feed-forward widths (intermediate.dense -> output.dense) of all 6 layers" + (
+            " and whole attention heads" if any(r > 0 for r in head_ratios) else
+            "; attention heads and the 384-d hidden width kept"),
+        "criteria": args.criteria.split(","),
+        "calibration_sentences": CALIBRATION_SENTENCES,
+        "rows": rows,
+        "budget_searches": budget_searches,
+        "notes": notes,
+    }
+    name = (f"minilm-quality-{_slug(environment['cpu_model'])}-ort{versions['onnxruntime']}"
+            f"-torch{versions['torch']}-1t-{args.clock}-{args.statistic}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every row: a long run cut short keeps what it measured
+        (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / f"{name}.md").write_text(markdown_report(result))
+
     feed_forward_ratios = [float(r) for r in args.feed_forward_ratios.split(",")]
     for criterion in args.criteria.split(","):
         for head_ratio in head_ratios:
@@ -198,7 +230,7 @@ def main() -> None:
                 except ToolchainError as error:
                     notes.append(f"{criterion}, FFN ratio {feed_forward_ratio}, head ratio {head_ratio}: refused: "
                                  f"{error}")
-    budget_searches = []
+                save()
     dense_rows = [r for r in rows if r["feed_forward_ratio"] == 0 and r["head_ratio"] == 0]
     for fraction in (float(f) for f in args.budget_fractions.split(",") if f):
         budget_ms = fraction * dense_rows[0]["latency_ms"]
@@ -215,43 +247,13 @@ def main() -> None:
                  "found_feed_forward_ratio": found, "measured_latency_ms": search.measured_latency_ms,
                  "tries": search.tries}
         print(json.dumps(entry), flush=True)
-        if found is not None:
-            entry["row"] = run_point(dense, inputs, replace(base, feed_forward_ratio=found), dense_eval, corpus,
-                                     dense_train, calibration, args, measure_config)
-            rows.append(entry["row"])
         budget_searches.append(entry)
-    versions = {name: metadata.version(name) for name in ("torch", "onnxruntime", "transformers", "torch-pruning")}
-    environment = {"cpu_model": _cpu_model(), **versions}
-    pruned_dims = "feed-forward widths (intermediate.dense -> output.dense) of all 6 layers" + (
-        " and whole attention heads" if any(r > 0 for r in head_ratios) else
-        "; attention heads and the 384-d hidden width kept")
-    result = {
-        "environment": environment,
-        "sequence_length": SEQUENCE_LENGTH,
-        "statistic": args.statistic,
-        "clock": args.clock,
-        "machine_note": args.machine_note,
-        "corpus": corpus.source,
-        "evaluation_sentences": len(corpus.evaluation),
-        "training_sentences": len(corpus.training),
-        "distill_seconds": args.distill_seconds,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "pruned_dims": pruned_dims,
-        "criteria": args.criteria.split(","),
-        "calibration_sentences": CALIBRATION_SENTENCES,
-        "rows": rows,
-        "budget_searches": budget_searches,
-        "notes": notes,
-    }
-    name = (f"minilm-quality-{_slug(environment['cpu_model'])}-ort{versions['onnxruntime']}"
-            f"-torch{versions['torch']}-1t-{args.clock}-{args.statistic}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"{name}.md").write_text(markdown_report(result))
+        if found is not None:
+            rows.append(run_point(dense, inputs, replace(base, feed_forward_ratio=found), dense_eval, corpus,
+                                  dense_train, calibration, args, measure_config))
+        save()
+    save()
     print(f"wrote {out / name}.json and .md")
-
 
 if __name__ == "__main__":
     main()
