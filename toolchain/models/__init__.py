@@ -8,8 +8,15 @@ what a user typed (`zoo:NAME` or `path/to/file.py:factory`) into a module and it
 (1, 1, 28, 28)
 """
 
-from toolchain.models import densenet, mobilenet, resnet, unet, vgg, vit  # noqa: F401  (fill the registry)
-from toolchain.models._registry import ModelSpec, create_model, get_model_spec, list_models, register_model
+from toolchain.models import densenet, minilm, mobilenet, resnet, unet, vgg, vit  # noqa: F401  (fill the registry)
+from toolchain.models._registry import (
+    ModelSpec,
+    create_model,
+    get_model_spec,
+    list_models,
+    model_example_inputs,
+    register_model,
+)
 from toolchain.models.loading import DEMO_WEIGHTS, load_factory, load_weights, resolve_model
 
 __all__ = [
@@ -20,6 +27,7 @@ __all__ = [
     "list_models",
     "load_factory",
     "load_weights",
+    "model_example_inputs",
     "register_model",
     "resolve_model",
 ]
