@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from toolchain.errors import ToolchainError
+from toolchain.output_folder import atomic_folder
 
 ARTIFACT_VERSION = 1
 META_FILE = "predictor.json"
@@ -59,26 +57,13 @@ def training_data_hash(config_keys_and_ms: list[tuple[str, float]]) -> str:
 
 def save_artifact(out_dir: str | Path, meta: ArtifactMeta, params: dict, tensors: dict[str, torch.Tensor]) -> Path:
     """Write the artifact into a temporary folder next to `out_dir`, then swap it in: a reader never sees a
-    half-written artifact, and an existing folder that is not a predictor artifact is never replaced."""
+    half-written artifact, and a folder the toolchain did not write is never replaced (see output_folder)."""
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META_FILE).is_file())):
-        raise ToolchainError(f"{out} exists and is not a predictor artifact; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_folder(out, marker=META_FILE) as tmp:
         document = {"meta": asdict(meta), "params": params}
         (tmp / META_FILE).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
         if tensors:
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE))
-        tmp.chmod(0o755)
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -26,6 +26,11 @@ from toolchain.commands.timing_options import statistic_option
 def fit(db_path, predictor_name, models, target, backend, threads, heldout_fraction, statistic, max_train, out_dir,
         as_json):
     """Fit a predictor and save it as an artifact folder (predictor.json + weights.safetensors)."""
+    from pathlib import Path
+
+    from toolchain.output_folder import check_output_folder
+
+    check_output_folder(Path(out_dir))  # before fitting: a wrong --out costs nothing
     config = FitConfig(
         db_path=db_path,
         predictor=predictor_name,

@@ -91,7 +91,10 @@ def sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: tu
              sparsity: float | None, out: Path | None, as_json: bool) -> None:
     """Replace eligible layers with sparse kernels and check them against the masked dense model."""
     from toolchain.errors import ToolchainError
+    from toolchain.output_folder import check_output_folder
 
+    if out is not None:
+        check_output_folder(out)  # before the model work
     try:
         report, masked = run_sparsify(pattern, model_spec, weights, input_shape, sparsity)
     except ValueError as error:
@@ -99,9 +102,9 @@ def sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: tu
     if out is not None:
         from safetensors.torch import save_file
 
-        from toolchain.deploy import atomic_folder, write_json
+        from toolchain.output_folder import atomic_folder, write_json
 
-        with atomic_folder(out) as tmp:
+        with atomic_folder(out, marker="sparsify.json") as tmp:
             state = {key: value.detach().contiguous() for key, value in masked.state_dict().items()}
             save_file(state, str(tmp / "masked.safetensors"))
             write_json(tmp / "sparsify.json", report)
