@@ -14,11 +14,11 @@ import torch
 
 from toolchain.archive import write_arch_and_weights
 from toolchain.budget import BudgetJob
-from toolchain.data import resolve_data
+from toolchain.data import check_data_fits, resolve_data
 from toolchain.evaluate import accuracy
 from toolchain.export.onnx import export_onnx, verify_onnx
 from toolchain.models import resolve_model
-from toolchain.output_folder import atomic_folder, check_output_folder, write_json
+from toolchain.output_folder import atomic_folder, check_output_folder, stamp_of, write_json
 from toolchain.pruning import PruneConfig, check_runs, prune
 from toolchain.recover import recalibrate_batchnorm
 
@@ -57,6 +57,8 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
     example_input = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     check_runs(dense, example_input)
     data = resolve_data(config.data, config.model)
+    if data is not None:
+        check_data_fits(dense, data, config.data or "mnist5k")
     dense_accuracy = None
     if data is not None:
         step("evaluating the dense model")
@@ -88,4 +90,5 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
         if extend is not None:
             extend(tmp, result.model, example_input, data, manifest, step)
         write_json(tmp / MANIFEST, manifest)
+    manifest.update(stamp_of(config.out / MANIFEST))  # as written: the CLI prints what the folder holds
     return manifest

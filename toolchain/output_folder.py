@@ -44,6 +44,12 @@ def stamp(files: list[str]) -> dict:
     return {"written_by": WRITTEN_BY, "toolchain_version": toolchain_version(), "written_files": sorted(files)}
 
 
+def stamp_of(marker_path: Path) -> dict:
+    """The stamp fields of a marker file just written by `atomic_folder` (to report them with the manifest)."""
+    document = json.loads(Path(marker_path).read_text())
+    return {key: document[key] for key in ("written_by", "toolchain_version", "written_files")}
+
+
 def owned_files(folder: Path) -> set[str] | None:
     """The names the toolchain wrote into `folder` (by its stamp), or None when the folder is not its own."""
     for name in MARKER_FILES:
