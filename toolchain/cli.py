@@ -11,16 +11,11 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from toolchain.commands.validation import FRACTION_BELOW_ONE, POSITIVE_MS, ROUND_TO, SHARE, THREADS
 from toolchain.errors import ToolchainError
 from toolchain.shapes import parse_shape
 
 stderr = Console(stderr=True)
-
-
-def parse_ratio(_ctx, _param, value: float) -> float:
-    if not 0.0 <= value < 1.0:
-        raise click.BadParameter(f"ratio {value} is outside [0, 1)")
-    return value
 
 
 def model_options(func):
@@ -91,9 +86,9 @@ def targets_cmd(as_json: bool) -> None:
 
 def _pipeline_options(func):
     for option in reversed([
-        click.option("--ratio", type=float, default=0.5, show_default=True, callback=parse_ratio,
+        click.option("--ratio", type=FRACTION_BELOW_ONE, default=0.5, show_default=True,
                      help="share of channels removed from every prunable group"),
-        click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
+        click.option("--round-to", type=ROUND_TO, default=8, show_default=True,
                      help="keep channel counts on multiples of this"),
         click.option("--protect", multiple=True, help="layer (module path) whose outputs are never pruned"),
         click.option("--data", help="mnist5k, cifar10:DIR, or file.py:function (default: mnist5k for zoo:demo)"),
@@ -145,11 +140,11 @@ def _budget_options(func):
     for option in reversed([
         click.option("--target", default="cpu", show_default=True, help="where latency is measured (with a budget)"),
         click.option("--backend", default=None, help="default: the target's default backend"),
-        click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option("--threads", type=THREADS, default=1, show_default=True),
         clock_option,
         statistic_option,
-        click.option("--budget-ms", type=float, help="latency budget in ms on the target (replaces --ratio)"),
-        click.option("--budget-ratio", type=float, help="budget as a share of the dense model's measured latency"),
+        click.option("--budget-ms", type=POSITIVE_MS, help="latency budget in ms on the target (replaces --ratio)"),
+        click.option("--budget-ratio", type=SHARE, help="budget as a share of the dense model's measured latency"),
         click.option("--criterion", type=click.Choice(list_criteria()), default="taylor", show_default=True),
         click.option("--allocator", type=click.Choice(list_allocators()), default="lpnet", show_default=True),
         click.option("--predictor", help="lpnet artifact folder (default: found or built under runs/predictors)"),
@@ -215,9 +210,9 @@ def _progress_bar(quiet: bool):
 
 @cli.command("deploy")
 @model_options
-@click.option("--ratio", type=float, default=0.5, show_default=True, callback=parse_ratio,
+@click.option("--ratio", type=FRACTION_BELOW_ONE, default=0.5, show_default=True,
               help="share of channels removed from every prunable group")
-@click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--round-to", type=ROUND_TO, default=8, show_default=True)
 @click.option("--protect", multiple=True, help="layer (module path) whose outputs are never pruned")
 @click.option("--data", help="mnist5k, cifar10:DIR, or file.py:function (default: mnist5k for zoo:demo)")
 @click.option("--target", default="cpu", show_default=True, help="device from the device table (jetson = jetson-orin)")
@@ -226,8 +221,8 @@ def _progress_bar(quiet: bool):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="default: dist/<target>/<model>")
 @click.option("--rpc-tracker", help="HOST:PORT of the TVM RPC tracker the board is registered with")
 @click.option("--rpc-key", help="the board's key at the tracker (e.g. jetson-orin)")
-@click.option("--budget-ms", type=float, help="latency budget in ms, measured on this host (target cpu)")
-@click.option("--budget-ratio", type=float, help="budget as a share of the dense model's measured latency (cpu)")
+@click.option("--budget-ms", type=POSITIVE_MS, help="latency budget in ms, measured on this host (target cpu)")
+@click.option("--budget-ratio", type=SHARE, help="budget as a share of the dense model's measured latency (cpu)")
 @click.option("--criterion", default="taylor", show_default=True, help="saliency criterion (with a budget)")
 @click.option("--allocator", default="lpnet", show_default=True, help="width allocator (with a budget)")
 @click.option("--finetune-steps", type=click.IntRange(min=0), default=0, show_default=True)

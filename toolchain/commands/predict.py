@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from latency_models.predictors import LatencyQuery, load_predictor
+from toolchain.commands.validation import THREADS
 from toolchain.shapes import parse_shape
 
 
@@ -45,7 +46,7 @@ def _dense_query(model_spec: str, input_shape: tuple[int, ...] | None) -> Latenc
 @click.option("--input-shape", callback=parse_shape, help="with --model: e.g. 1,3,224,224 (default: the zoo's)")
 @click.option("--target", default=None, help="refuse unless the predictor was trained for this target")
 @click.option("--backend", default=None)
-@click.option("--threads", default=None, type=int)
+@click.option("--threads", default=None, type=THREADS)
 @click.option("--json", "as_json", is_flag=True)
 def predict(artifact, pruned_dir, model_spec, input_shape, target, backend, threads, as_json):
     """Print the predicted latency in ms, to hold against your own measurement."""
