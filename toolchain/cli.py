@@ -29,6 +29,11 @@ def model_options(func):
     return func
 
 
+trust_model_file_option = click.option(
+    "--trust-model-file", is_flag=True,
+    help="with --pruned: import the file.py:factory its arch.json names (runs that file's code; off by default)")
+
+
 class Steps:
     """Prints each long step as it starts (to stderr, so `--json` output stays clean)."""
 
@@ -284,12 +289,13 @@ def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, targ
 @cli.command("export")
 @click.option("--pruned", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="a folder written by `toolchain prune`")
-@click.option("--model", help="or a dense model: zoo:NAME or path/to/file.py:factory")
+@click.option("--model", help="or a dense model: zoo:NAME or path/to/file.py:factory (with --pruned: its factory)")
 @click.option("--weights", type=click.Path(dir_okay=False))
 @click.option("--input-shape", callback=parse_shape)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="the .onnx file")
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True)
-def export_cmd(pruned, model, weights, input_shape, out, opset) -> None:
+@trust_model_file_option
+def export_cmd(pruned, model, weights, input_shape, out, opset, trust_model_file) -> None:
     """Export a pruned folder (or a dense model) to ONNX and verify it against PyTorch."""
     import torch
 
@@ -297,10 +303,10 @@ def export_cmd(pruned, model, weights, input_shape, out, opset) -> None:
     from toolchain.export.onnx import export_onnx, verify_onnx
     from toolchain.models import resolve_model
 
-    if (pruned is None) == (model is None):
-        raise ToolchainError("give exactly one of --pruned DIR or --model SPEC")
+    if pruned is None and model is None:
+        raise ToolchainError("give --pruned DIR or --model SPEC")
     if pruned is not None:
-        module, arch = load_pruned(pruned)
+        module, arch = load_pruned(pruned, model, trust_model_file)
         shape = tuple(arch["input_shape"])
     else:
         module, shape = resolve_model(model, weights, input_shape)
