@@ -74,16 +74,37 @@ def read_artifact(path: str | Path) -> tuple[ArtifactMeta, dict, dict[str, torch
         raise ToolchainError(f"{folder} is not a predictor artifact (no {META_FILE}); make one with `toolchain fit`")
     try:
         document = json.loads(meta_path.read_text())
-        raw = document["meta"]
-    except (json.JSONDecodeError, KeyError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ToolchainError(f"predictor artifact {meta_path} is unreadable: {error}") from error
+    raw = document.get("meta") if isinstance(document, dict) else None
+    if not isinstance(raw, dict):
+        raise ToolchainError(f"predictor artifact {meta_path} is unreadable: no 'meta' object; refit it with "
+                             "`toolchain fit`")
     if raw.get("artifact_version") != ARTIFACT_VERSION:
         raise ToolchainError(
             f"predictor artifact {folder} has version {raw.get('artifact_version')}, "
             f"this toolchain reads version {ARTIFACT_VERSION}"
         )
-    for name in ("models", "group_names", "dense_widths"):
-        raw[name] = tuple(raw[name])
-    weights = folder / WEIGHTS_FILE
-    tensors = load_file(str(weights)) if weights.is_file() else {}
-    return ArtifactMeta(**raw), document.get("params", {}), tensors
+    try:
+        for name in ("models", "group_names", "dense_widths"):
+            raw[name] = tuple(raw[name])
+        meta = ArtifactMeta(**raw)
+    except (KeyError, TypeError) as error:
+        raise ToolchainError(f"predictor artifact {meta_path} has damaged metadata ({type(error).__name__}: "
+                             f"{error}); refit it with `toolchain fit`") from error
+    params = document.get("params", {})
+    if not isinstance(params, dict):
+        raise ToolchainError(f"predictor artifact {meta_path} has damaged parameters; refit it with `toolchain fit`")
+    return meta, params, _read_weights(folder / WEIGHTS_FILE)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The artifact's tensors ({} when it has none); a truncated or foreign file is one error line."""
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise ToolchainError(f"predictor artifact weights {path} are unreadable ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}); refit it with `toolchain fit`"
+                             ) from error
