@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
@@ -61,6 +62,18 @@ CREATE TABLE IF NOT EXISTS architectures (
 );
 CREATE INDEX IF NOT EXISTS measurements_by_target ON measurements (model, target, backend, threads, kind);
 """
+
+
+@functools.cache
+def _expected_columns() -> dict[str, set[str]]:
+    """The columns of each table as `_SCHEMA` creates them (read from a scratch in-memory database)."""
+    scratch = sqlite3.connect(":memory:")
+    try:
+        scratch.executescript(_SCHEMA)
+        tables = [name for (name,) in scratch.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {table: {row[1] for row in scratch.execute(f"PRAGMA table_info({table})")} for table in tables}
+    finally:
+        scratch.close()
 
 
 @dataclass(frozen=True)
@@ -163,7 +176,14 @@ class MeasurementStore:
     def _check_schema(self) -> None:
         with self.connection:
             self.connection.executescript(_SCHEMA)
+            self._check_columns()
             versions = [row[0] for row in self.connection.execute("SELECT version FROM schema_version")]
+            stored = self.connection.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+            if not versions and stored:  # a version row deleted by hand: the rows' schema is unknown
+                raise ToolchainError(
+                    f"measurement database {self.path} holds {stored} measurements but no schema version "
+                    "(the schema_version row was deleted?); move it aside and profile again"
+                )
             if not versions:
                 self.connection.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             elif versions != [SCHEMA_VERSION]:
@@ -171,6 +191,15 @@ class MeasurementStore:
                     f"measurement database {self.path} has schema version {versions}, "
                     f"this toolchain reads version {SCHEMA_VERSION}"
                 )
+
+    def _check_columns(self) -> None:
+        """Every table has the columns this version reads (a dropped column would fail every read later)."""
+        for table, expected in _expected_columns().items():
+            present = {row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")}
+            missing = sorted(expected - present)
+            if missing:
+                raise ToolchainError(f"measurement database {self.path}: table {table} lacks column(s) "
+                                     f"{', '.join(missing)}; move it aside and profile again")
 
     def __enter__(self) -> MeasurementStore:
         return self
