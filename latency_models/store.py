@@ -1,8 +1,10 @@
 """The measurement database: SQLite in WAL mode, one row per measured configuration, schema versioned.
 
 Each row has a unique `config_key` (hash of what was measured and where), so a resumed campaign skips what
-is already there and never duplicates; every row is committed on its own, so a killed campaign loses at most
-the configuration it was timing. A locked or corrupt file raises ToolchainError, never an empty result.
+is already there and never duplicates; every row is committed on its own as soon as it is settled. A campaign
+times its configurations in chunks (`CampaignConfig.interleave`, 16 by default; one at a time on a remote
+device) whose rows settle together, so a killed campaign redoes at most the chunk it was timing. A locked or
+corrupt file raises ToolchainError, never an empty result.
 
 Example:
     >>> with MeasurementStore("runs/latency.db") as store:
