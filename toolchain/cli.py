@@ -351,7 +351,23 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
+    except (MemoryError, RuntimeError) as exc:
+        if not _is_allocation_failure(exc):
+            raise
+        click.echo(f"error: out of memory ({_first_line(exc)}); use a smaller --input-shape or batch", err=True)
+        return 2
     return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    """MemoryError, or torch's RuntimeError for a tensor too large to allocate (an input shape out of reach)."""
+    return isinstance(exc, MemoryError) or any(
+        marker in str(exc) for marker in ("can't allocate memory", "DefaultCPUAllocator", "out of memory"))
 
 
 if __name__ == "__main__":
