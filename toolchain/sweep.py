@@ -178,13 +178,15 @@ def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float
                    predictor: PredictorInfo | None = None, measure_ms: Callable | None = None) -> int:
     """All points of one criterion (scores computed once); returns the number of rows written."""
     from toolchain.budget import target_measure
-    from toolchain.data import resolve_data
+    from toolchain.data import check_data_fits, resolve_data
     from toolchain.models import resolve_model
 
     torch.set_num_threads(1)
     dense, shape = resolve_model(config.model, config.weights, config.input_shape)
     example_input = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     data = resolve_data(config.data, config.model)
+    if data is not None:
+        check_data_fits(dense, data, config.data or "mnist5k")
     if predictor is None:
         predictor = find_or_build_predictor(config.model, dense, tuple(shape), config.target, config.predictor)
     measure_ms = measure_ms or target_measure(config.target)
