@@ -104,3 +104,13 @@ def test_stale_temporaries_of_killed_runs_are_removed_and_live_ones_kept(tmp_pat
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_report_folder_on_a_read_only_place_is_refused_first(tmp_path, monkeypatch):
+    from toolchain import output_folder
+    from toolchain.report import build_report
+
+    monkeypatch.setattr(output_folder, "_writable", lambda folder: False)
+    with pytest.raises(ToolchainError, match="cannot write into"):
+        build_report([tmp_path / "does-not-matter"], tmp_path / "report")
+    assert not (tmp_path / "report").exists()

@@ -92,7 +92,13 @@ def check_output_folder(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and owned_files(out) is None:
         raise ToolchainError(f"--out {out} exists and is not a toolchain output folder (no toolchain stamp in a "
                              f"{' / '.join(MARKER_FILES)}); choose another path")
-    for folder in ([out] if out.is_dir() else []) + [_nearest_existing(resolved.parent)]:
+    check_writable(out)
+
+
+def check_writable(out: Path) -> None:
+    """Refuse an `--out` folder whose files could not be created (read-only filesystem, no permission)."""
+    out = Path(out)
+    for folder in ([out] if out.is_dir() else []) + [_nearest_existing(out.resolve().parent)]:
         if not _writable(folder):
             raise ToolchainError(f"--out {out}: cannot write into {folder} (read-only or no permission)")
 

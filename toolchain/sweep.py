@@ -35,6 +35,7 @@ from toolchain.budget import (
     score_model,
 )
 from toolchain.errors import ToolchainError
+from toolchain.output_folder import check_writable
 from toolchain.saliency import SaliencyConfig
 
 ROWS = "rows.jsonl"
@@ -215,6 +216,7 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None,
     from toolchain.models import resolve_model
 
     out = Path(config.out)
+    check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     identity = {"model": config.model, "weights": config.weights, "input_shape": config.input_shape,
                 "target": asdict(config.target), "data": config.data}

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from toolchain.errors import ToolchainError
-from toolchain.output_folder import WRITTEN_BY, stamp, write_json
+from toolchain.output_folder import WRITTEN_BY, check_writable, stamp, write_json
 from toolchain.report.document import Document, Figure, Section
 from toolchain.report.html import render_html
 from toolchain.report.layers import pruned_model_section
@@ -132,6 +132,7 @@ def build_report(inputs: Sequence[str | Path] | RunInputs, out_dir: str | Path,
 
     Raises `ToolchainError` for a path that does not exist or a result file given directly that cannot be read.
     """
+    check_writable(Path(out_dir))  # before reading and rendering everything
     if not isinstance(inputs, RunInputs):
         inputs = read_inputs([Path(p) for p in inputs])
     document = build_document(inputs, bundle)
