@@ -92,15 +92,18 @@ def test_stale_temporaries_of_killed_runs_are_removed_and_live_ones_kept(tmp_pat
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         stale = tmp_path / f".dist.{dead.pid}.abc123_x.tmp"
+        stale_old = tmp_path / f".dist.{dead.pid}.abc123_y.old"
         running = tmp_path / f".dist.{alive.pid}.def456_y.tmp"
         legacy = tmp_path / ".dist.k2j3h4g5.tmp"
         other = tmp_path / f".other.{dead.pid}.abc123_x.tmp"
-        for folder in (stale, running, legacy, other):
+        users_own = tmp_path / ".dist.backup.old"  # a user's hidden folder: never the toolchain's to remove
+        for folder in (stale, stale_old, running, legacy, other, users_own):
             folder.mkdir()
         day_old = time.time() - 2 * 24 * 3600
-        os.utime(legacy, (day_old, day_old))
-        assert sorted(remove_stale_temporaries(out)) == sorted([stale, legacy])
-        assert running.is_dir() and other.is_dir()
+        for folder in (legacy, users_own):
+            os.utime(folder, (day_old, day_old))
+        assert sorted(remove_stale_temporaries(out)) == sorted([stale, stale_old, legacy])
+        assert running.is_dir() and other.is_dir() and users_own.is_dir()
     finally:
         alive.kill()
         alive.wait()

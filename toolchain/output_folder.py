@@ -63,7 +63,8 @@ def owned_files(folder: Path) -> set[str] | None:
         if not isinstance(document, dict) or document.get("written_by") != WRITTEN_BY:
             continue
         files = document.get("written_files")
-        if isinstance(files, list) and all(isinstance(f, str) and "/" not in f for f in files):
+        if isinstance(files, list) and all(isinstance(f, str) and "/" not in f and f not in ("", ".", "..")
+                                           for f in files):
             return set(files) | {name}
     return None
 
@@ -103,7 +104,8 @@ def check_writable(out: Path) -> None:
             raise ToolchainError(f"--out {out}: cannot write into {folder} (read-only or no permission)")
 
 
-_TMP_NAME = r"^\.{name}\.(?:(?P<pid>\d+)\.)?[A-Za-z0-9_]+\.(?:tmp|old)$"
+# mkdtemp's names: `.NAME.PID.` + 8 of [a-z0-9_] + `.tmp`/`.old`; before pids were recorded, `.NAME.` + 8 + `.tmp`.
+_TMP_NAME = r"^\.{name}\.(?:(?P<pid>\d+)\.[a-z0-9_]{{8}}\.(?:tmp|old)|[a-z0-9_]{{8}}\.tmp)$"
 
 
 def _pid_alive(pid: int) -> bool:
