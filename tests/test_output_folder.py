@@ -117,3 +117,21 @@ def test_a_report_folder_on_a_read_only_place_is_refused_first(tmp_path, monkeyp
     with pytest.raises(ToolchainError, match="cannot write into"):
         build_report([tmp_path / "does-not-matter"], tmp_path / "report")
     assert not (tmp_path / "report").exists()
+
+
+def test_an_output_of_a_version_before_the_stamp_is_replaced_only_when_it_holds_nothing_else(tmp_path):
+    legacy = tmp_path / "dist"
+    legacy.mkdir()
+    (legacy / "manifest.json").write_text(json.dumps({"toolchain_version": "0.1", "per_group_widths": {}}))
+    (legacy / "model.onnx").write_text("old")
+    _write_output(legacy, {"model.onnx": "new"})
+    assert (legacy / "model.onnx").read_text() == "new"
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "manifest.json").write_text(json.dumps({"toolchain_version": "0.1", "per_group_widths": {}}))
+    (mixed / "photo.jpg").write_bytes(b"\xff\xd8 not the toolchain's")
+    before = _snapshot(mixed)
+    with pytest.raises(ToolchainError, match="not a toolchain output folder"):
+        _write_output(mixed, {"model.onnx": "new"})
+    assert _snapshot(mixed) == before

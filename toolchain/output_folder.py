@@ -50,6 +50,27 @@ def stamp_of(marker_path: Path) -> dict:
     return {key: document[key] for key in ("written_by", "toolchain_version", "written_files")}
 
 
+# Outputs written before the stamp existed: recognised by fields their marker always had, and only when the
+# folder holds nothing but the files such an output has, so that replacing it can lose nothing else.
+_LEGACY_OUTPUTS = {
+    "manifest.json": (lambda doc: "toolchain_version" in doc and "per_group_widths" in doc,
+                      re.compile(r"^(model\.onnx|arch\.json|weights\.safetensors|manifest\.json|README\.md|"
+                                 r"build_engine\.sh|run\.py|calib\.cache|model\.[A-Za-z0-9_-]+\.so)$")),
+    "predictor.json": (lambda doc: isinstance(doc.get("meta"), dict) and "artifact_version" in doc["meta"],
+                       re.compile(r"^(predictor\.json|weights\.safetensors)$")),
+    "sparsify.json": (lambda doc: "replaced_layers" in doc and "pattern" in doc,
+                      re.compile(r"^(sparsify\.json|masked\.safetensors)$")),
+}
+
+
+def _legacy_owned(folder: Path, marker: str, document: dict) -> set[str] | None:
+    recognised, file_names = _LEGACY_OUTPUTS[marker]
+    names = {p.name for p in folder.iterdir()}
+    if recognised(document) and all(file_names.match(name) for name in names):
+        return names
+    return None
+
+
 def owned_files(folder: Path) -> set[str] | None:
     """The names the toolchain wrote into `folder` (by its stamp), or None when the folder is not its own."""
     for name in MARKER_FILES:
@@ -60,7 +81,13 @@ def owned_files(folder: Path) -> set[str] | None:
             document = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if not isinstance(document, dict) or document.get("written_by") != WRITTEN_BY:
+        if not isinstance(document, dict):
+            continue
+        if "written_by" not in document:
+            legacy = _legacy_owned(folder, name, document)
+            if legacy is not None:
+                return legacy
+        if document.get("written_by") != WRITTEN_BY:
             continue
         files = document.get("written_files")
         if isinstance(files, list) and all(isinstance(f, str) and "/" not in f and f not in ("", ".", "..")
