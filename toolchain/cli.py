@@ -302,9 +302,11 @@ def export_cmd(pruned, model, weights, input_shape, out, opset, trust_model_file
     from toolchain.archive import load_pruned
     from toolchain.export.onnx import export_onnx, verify_onnx
     from toolchain.models import resolve_model
+    from toolchain.output_folder import check_writable
 
     if pruned is None and model is None:
         raise ToolchainError("give --pruned DIR or --model SPEC")
+    check_writable(out)  # before the model is built and exported
     if pruned is not None:
         module, arch = load_pruned(pruned, model, trust_model_file)
         shape = tuple(arch["input_shape"])

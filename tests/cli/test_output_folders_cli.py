@@ -87,3 +87,12 @@ def test_an_input_too_large_for_memory_is_one_line(tmp_path, capsys, monkeypatch
     assert main(["export", "--model", "zoo:demo", "--input-shape", "1,1,280,280", "--out", str(out)]) == 2
     assert "out of memory" in _one_error_line(capsys)
     assert not out.exists()
+
+
+def test_export_to_a_read_only_place_is_refused_first(tmp_path, capsys, monkeypatch):
+    from toolchain import output_folder
+
+    monkeypatch.setattr(output_folder, "_writable", lambda folder: False)
+    assert main(["export", "--model", "zoo:demo", "--out", str(tmp_path / "ro" / "m.onnx")]) == 2
+    assert "cannot write into" in _one_error_line(capsys)
+    assert not (tmp_path / "ro").exists()
