@@ -29,6 +29,13 @@ def make():
 def exits():
     sys.exit(0)
 
+class ExitsInForward(nn.Module):
+    def forward(self, x):
+        sys.exit(0)
+
+def exits_in_forward():
+    return ExitsInForward()
+
 def _split(n=8, fill=None, shape=(3, 8, 8)):
     x = torch.randn(n, *shape)
     if fill is not None:
@@ -56,6 +63,8 @@ def wrong_shape():
 
 ENDINGS = {
     "factory calls sys.exit(0)": (["--model", "{d}/user.py:exits"], r"factory .*exits failed: called sys.exit\(0\)"),
+    "forward calls sys.exit(0)": (["--model", "{d}/user.py:exits_in_forward"],
+                                  r"model rejects input shape \(1, 3, 8, 8\): called sys.exit\(0\)"),
     "import calls sys.exit(0)": (["--model", "{d}/exits_on_import.py:make"],
                                  r"importing .*exits_on_import.py failed: called sys.exit\(0\)"),
     "NaN calibration data": (["--data", "{d}/user.py:nan_calibration"], "calib split .* NaN or infinite inputs"),
