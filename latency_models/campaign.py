@@ -2,8 +2,9 @@
 (random or given weights, timing does not care), measure it on the target, store one row per configuration.
 
 Resumable by construction: the configuration list depends only on (model, seed, samples), every row is
-committed as soon as it is measured, and a configuration already in the database is skipped. Killing the
-campaign loses at most the configuration being timed. On a remote device (TVM RPC) a failing device is
+committed as soon as its chunk is timed, and a configuration already in the database is skipped. Killing the
+campaign loses at most the chunk being timed (`interleave` configurations, timed together in rounds next to
+the sentinel; on a remote device, one configuration). On a remote device (TVM RPC) a failing device is
 retried, then reported; what was measured stays.
 
 Example:

@@ -126,25 +126,53 @@ def parse_tracker(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def main(argv: list[str] | None = None) -> None:
+class Terminated(BaseException):
+    """SIGTERM, raised where the main thread is so that `loopback_cluster` stops its tracker and server.
+
+    Without it SIGTERM ends the process at once and the two children live on (parent pid 1), still listening.
+    A BaseException, so that no `except Exception` on the way swallows it.
+    """
+
+
+def _raise_terminated(signum, _frame) -> None:
+    raise Terminated(signum)
+
+
+def main(argv: list[str] | None = None) -> int:
     """`python -m latency_models.rpc --key K [--port P]`: a loopback tracker and one device server on this
     machine, for rehearsing `make deploy RPC_TRACKER=127.0.0.1:P RPC_KEY=K` without a board (Ctrl-C stops)."""
     import argparse
+    import signal
+    import sys
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     parser.add_argument("--key", default="loopback")
     parser.add_argument("--port", type=int, default=9190, help="first tracker port to try")
     args = parser.parse_args(argv)
-    with loopback_cluster(key=args.key, tracker_port=args.port) as cluster:
-        endpoint = cluster.endpoint
-        print(f"tracker {endpoint.tracker_host}:{endpoint.tracker_port}, device key {endpoint.key!r} "
-              f"(this machine's CPU); Ctrl-C stops", flush=True)
-        try:
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    ready = False
+    try:
+        with loopback_cluster(key=args.key, tracker_port=args.port) as cluster:
+            endpoint = cluster.endpoint
+            ready = True
+            print(f"tracker {endpoint.tracker_host}:{endpoint.tracker_port}, device key {endpoint.key!r} "
+                  f"(this machine's CPU); Ctrl-C stops", flush=True)
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    except (KeyboardInterrupt, Terminated) as stop:
+        # The cluster's children are stopped by now (loopback_cluster's finally). Stopping a running cluster is
+        # the normal way to end it; stopping it while it starts is reported on one line.
+        if not ready:
+            print("error: stopped while the tracker and device server were starting; nothing left running",
+                  file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else (0 if ready else 130)
+    except ToolchainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

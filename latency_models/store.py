@@ -1,8 +1,10 @@
 """The measurement database: SQLite in WAL mode, one row per measured configuration, schema versioned.
 
 Each row has a unique `config_key` (hash of what was measured and where), so a resumed campaign skips what
-is already there and never duplicates; every row is committed on its own, so a killed campaign loses at most
-the configuration it was timing. A locked or corrupt file raises ToolchainError, never an empty result.
+is already there and never duplicates; every row is committed on its own as soon as it is settled. A campaign
+times its configurations in chunks (`CampaignConfig.interleave`, 16 by default; one at a time on a remote
+device) whose rows settle together, so a killed campaign redoes at most the chunk it was timing. A locked or
+corrupt file raises ToolchainError, never an empty result.
 
 Example:
     >>> with MeasurementStore("runs/latency.db") as store:
@@ -12,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
@@ -61,6 +64,18 @@ CREATE TABLE IF NOT EXISTS architectures (
 );
 CREATE INDEX IF NOT EXISTS measurements_by_target ON measurements (model, target, backend, threads, kind);
 """
+
+
+@functools.cache
+def _expected_columns() -> dict[str, set[str]]:
+    """The columns of each table as `_SCHEMA` creates them (read from a scratch in-memory database)."""
+    scratch = sqlite3.connect(":memory:")
+    try:
+        scratch.executescript(_SCHEMA)
+        tables = [name for (name,) in scratch.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {table: {row[1] for row in scratch.execute(f"PRAGMA table_info({table})")} for table in tables}
+    finally:
+        scratch.close()
 
 
 @dataclass(frozen=True)
@@ -163,7 +178,14 @@ class MeasurementStore:
     def _check_schema(self) -> None:
         with self.connection:
             self.connection.executescript(_SCHEMA)
+            self._check_columns()
             versions = [row[0] for row in self.connection.execute("SELECT version FROM schema_version")]
+            stored = self.connection.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+            if not versions and stored:  # a version row deleted by hand: the rows' schema is unknown
+                raise ToolchainError(
+                    f"measurement database {self.path} holds {stored} measurements but no schema version "
+                    "(the schema_version row was deleted?); move it aside and profile again"
+                )
             if not versions:
                 self.connection.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             elif versions != [SCHEMA_VERSION]:
@@ -171,6 +193,15 @@ class MeasurementStore:
                     f"measurement database {self.path} has schema version {versions}, "
                     f"this toolchain reads version {SCHEMA_VERSION}"
                 )
+
+    def _check_columns(self) -> None:
+        """Every table has the columns this version reads (a dropped column would fail every read later)."""
+        for table, expected in _expected_columns().items():
+            present = {row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")}
+            missing = sorted(expected - present)
+            if missing:
+                raise ToolchainError(f"measurement database {self.path}: table {table} lacks column(s) "
+                                     f"{', '.join(missing)}; move it aside and profile again")
 
     def __enter__(self) -> MeasurementStore:
         return self

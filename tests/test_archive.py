@@ -41,3 +41,22 @@ def test_arch_for_another_model_is_refused(tmp_path):
     write_arch_and_weights(tmp_path, result.model, dense, "zoo:resnet56_cifar", (1, 3, 32, 32), result.widths)
     with pytest.raises(ToolchainError):
         load_pruned(tmp_path)
+
+
+def test_a_model_file_named_in_arch_json_is_imported_only_when_asked(tmp_path):
+    factory = tmp_path / "theirs.py"
+    marker = tmp_path / "ran"
+    factory.write_text("import torch.nn as nn\n"
+                       f"open({str(marker)!r}, 'w').write('code ran')\n"
+                       "def make():\n    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))\n")
+    folder = tmp_path / "received"
+    folder.mkdir()
+    (folder / "arch.json").write_text(json.dumps({"format_version": 1, "model": f"{factory}:make",
+                                                  "input_shape": [1, 4], "per_group_widths": {}, "layers": {}}))
+    marker.unlink(missing_ok=True)
+    with pytest.raises(ToolchainError, match="names the model file .*theirs.py:make.*--trust-model-file"):
+        load_pruned(folder)
+    assert not marker.exists(), "the file's code did not run"
+    with pytest.raises(ToolchainError, match="weights"):  # past the refusal: the factory was imported
+        load_pruned(folder, trust_model_file=True)
+    assert marker.exists()

@@ -260,7 +260,7 @@ def test_cli_prune_with_a_budget_writes_the_latency_fields(tmp_path, capsys, fak
 
 @pytest.mark.parametrize("args, message", [
     (["--budget-ms", "1", "--budget-ratio", "0.5"], "exactly one of --budget-ms or --budget-ratio"),
-    (["--budget-ratio", "1.5"], "--budget-ratio must be in (0, 1]"),
+    (["--budget-ratio", "1.5"], "'--budget-ratio': 1.5 is not in the range 0.0<x<=1.0"),
     (["--budget-ms", "0.05"], "unreachable"),
 ])
 def test_cli_prune_rejects_bad_budgets_in_one_line(tmp_path, capsys, fake_budget_backend, args, message):

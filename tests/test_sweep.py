@@ -57,6 +57,23 @@ def test_sweep_resumes_after_an_interruption(tmp_path):
         assert {"predicted_latency_ms", "macs", "params", "saliency_s", "recover_s"} <= set(row)
 
 
+@pytest.mark.parametrize("cut_at", ["mid-row", "before the newline"])
+def test_a_row_torn_by_a_kill_is_repaired_and_the_resumed_sweep_appends_cleanly(tmp_path, cut_at):
+    measure_ms, _ = fake_target(fixed_ms=0.1)
+    run_sweep(_config(tmp_path), predictor=predictor(0.1), measure_ms=measure_ms)
+    path = tmp_path / "rows.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    last = lines[-1]
+    torn = last[: len(last) // 2] if cut_at == "mid-row" else last[:-1]
+    path.write_bytes(b"".join(lines[:-1]) + torn)
+    notes = []
+    rows = run_sweep(_config(tmp_path), predictor=predictor(0.1), measure_ms=measure_ms, step=notes.append)
+    assert len(rows) == 8 and all(row["error"] is None for row in rows)
+    assert all(json.loads(line) for line in path.read_text().splitlines()), "every line is a whole row"
+    assert len(path.read_text().splitlines()) == 8
+    assert any("rows.jsonl" in note and ("dropped" if cut_at == "mid-row" else "line end") in note for note in notes)
+
+
 def test_sweep_refuses_another_model_in_the_same_folder(tmp_path):
     measure_ms, _ = fake_target(fixed_ms=0.1)
     config = SweepConfig(model="zoo:demo", out=tmp_path, budgets=(0.8,), criteria=("l1",), allocators=("uniform",),

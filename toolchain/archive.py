@@ -99,11 +99,33 @@ def write_arch_and_weights(folder: Path, pruned: nn.Module, dense: nn.Module, mo
     save_file(state, str(folder / "weights.safetensors"))
 
 
-def load_pruned(folder: str | Path, model: str | nn.Module | None = None) -> tuple[nn.Module, dict]:
+def names_a_model_file(spec) -> bool:
+    """Whether a model spec is `path/to/file.py:factory` (importing it runs that file), not a zoo or library name."""
+    return isinstance(spec, str) and spec.rpartition(":")[0].endswith(".py")
+
+
+def _model_source(arch: dict, arch_path: Path, model, trust_model_file: bool):
+    """What to build the dense model from: the caller's model, or the one arch.json names when that is safe.
+
+    A folder may come from someone else; its arch.json naming `their.py:make` must not run their code unless
+    the user names the file (`model`, `--model`) or says they trust the folder (`trust_model_file`).
+    """
+    if model is not None:
+        return model
+    spec = arch["model"]
+    if names_a_model_file(spec) and not trust_model_file:
+        raise ToolchainError(f"{arch_path} names the model file {spec}; loading it would run that file's code. "
+                             f"Name it yourself (--model {spec}) or pass --trust-model-file if you trust the folder")
+    return spec
+
+
+def load_pruned(folder: str | Path, model: str | nn.Module | None = None,
+                trust_model_file: bool = False) -> tuple[nn.Module, dict]:
     """Rebuild a pruned model from `arch.json` + `weights.safetensors` (eval mode).
 
     `model` overrides the factory recorded in arch.json (pass a dense module for models that
-    came in as Python objects).
+    came in as Python objects). A `file.py:factory` recorded in arch.json is only imported with
+    `trust_model_file=True`: a received folder never runs code the caller did not ask for.
     """
     folder = Path(folder)
     arch_path = folder / "arch.json"
@@ -111,11 +133,12 @@ def load_pruned(folder: str | Path, model: str | nn.Module | None = None) -> tup
         raise ToolchainError(f"{folder} is not a pruned-model folder: arch.json is missing")
     try:
         arch = json.loads(arch_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ToolchainError(f"{arch_path} is not valid JSON: {exc}") from exc
-    if arch.get("format_version") != ARCH_VERSION:
-        raise ToolchainError(f"{arch_path} has format version {arch.get('format_version')}, expected {ARCH_VERSION}")
-    source = model if model is not None else arch["model"]
+    if not isinstance(arch, dict) or arch.get("format_version") != ARCH_VERSION:
+        version = arch.get("format_version") if isinstance(arch, dict) else None
+        raise ToolchainError(f"{arch_path} has format version {version}, expected {ARCH_VERSION}")
+    source = _model_source(arch, arch_path, model, trust_model_file)
     dense, _ = resolve_model(source, input_shape=tuple(arch["input_shape"]))
     apply_architecture(dense, arch["layers"])
     load_weights(dense, folder / "weights.safetensors")

@@ -11,16 +11,11 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from toolchain.commands.validation import FRACTION_BELOW_ONE, POSITIVE_MS, ROUND_TO, SHARE, THREADS
 from toolchain.errors import ToolchainError
 from toolchain.shapes import parse_shape
 
 stderr = Console(stderr=True)
-
-
-def parse_ratio(_ctx, _param, value: float) -> float:
-    if not 0.0 <= value < 1.0:
-        raise click.BadParameter(f"ratio {value} is outside [0, 1)")
-    return value
 
 
 def model_options(func):
@@ -32,6 +27,11 @@ def model_options(func):
     ]):
         func = option(func)
     return func
+
+
+trust_model_file_option = click.option(
+    "--trust-model-file", is_flag=True,
+    help="with --pruned: import the file.py:factory its arch.json names (runs that file's code; off by default)")
 
 
 class Steps:
@@ -91,9 +91,9 @@ def targets_cmd(as_json: bool) -> None:
 
 def _pipeline_options(func):
     for option in reversed([
-        click.option("--ratio", type=float, default=0.5, show_default=True, callback=parse_ratio,
+        click.option("--ratio", type=FRACTION_BELOW_ONE, default=0.5, show_default=True,
                      help="share of channels removed from every prunable group"),
-        click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True,
+        click.option("--round-to", type=ROUND_TO, default=8, show_default=True,
                      help="keep channel counts on multiples of this"),
         click.option("--protect", multiple=True, help="layer (module path) whose outputs are never pruned"),
         click.option("--data", help="mnist5k, cifar10:DIR, or file.py:function (default: mnist5k for zoo:demo)"),
@@ -145,11 +145,11 @@ def _budget_options(func):
     for option in reversed([
         click.option("--target", default="cpu", show_default=True, help="where latency is measured (with a budget)"),
         click.option("--backend", default=None, help="default: the target's default backend"),
-        click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option("--threads", type=THREADS, default=1, show_default=True),
         clock_option,
         statistic_option,
-        click.option("--budget-ms", type=float, help="latency budget in ms on the target (replaces --ratio)"),
-        click.option("--budget-ratio", type=float, help="budget as a share of the dense model's measured latency"),
+        click.option("--budget-ms", type=POSITIVE_MS, help="latency budget in ms on the target (replaces --ratio)"),
+        click.option("--budget-ratio", type=SHARE, help="budget as a share of the dense model's measured latency"),
         click.option("--criterion", type=click.Choice(list_criteria()), default="taylor", show_default=True),
         click.option("--allocator", type=click.Choice(list_allocators()), default="lpnet", show_default=True),
         click.option("--predictor", help="lpnet artifact folder (default: found or built under runs/predictors)"),
@@ -215,9 +215,9 @@ def _progress_bar(quiet: bool):
 
 @cli.command("deploy")
 @model_options
-@click.option("--ratio", type=float, default=0.5, show_default=True, callback=parse_ratio,
+@click.option("--ratio", type=FRACTION_BELOW_ONE, default=0.5, show_default=True,
               help="share of channels removed from every prunable group")
-@click.option("--round-to", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--round-to", type=ROUND_TO, default=8, show_default=True)
 @click.option("--protect", multiple=True, help="layer (module path) whose outputs are never pruned")
 @click.option("--data", help="mnist5k, cifar10:DIR, or file.py:function (default: mnist5k for zoo:demo)")
 @click.option("--target", default="cpu", show_default=True, help="device from the device table (jetson = jetson-orin)")
@@ -226,8 +226,8 @@ def _progress_bar(quiet: bool):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="default: dist/<target>/<model>")
 @click.option("--rpc-tracker", help="HOST:PORT of the TVM RPC tracker the board is registered with")
 @click.option("--rpc-key", help="the board's key at the tracker (e.g. jetson-orin)")
-@click.option("--budget-ms", type=float, help="latency budget in ms, measured on this host (target cpu)")
-@click.option("--budget-ratio", type=float, help="budget as a share of the dense model's measured latency (cpu)")
+@click.option("--budget-ms", type=POSITIVE_MS, help="latency budget in ms, measured on this host (target cpu)")
+@click.option("--budget-ratio", type=SHARE, help="budget as a share of the dense model's measured latency (cpu)")
 @click.option("--criterion", default="taylor", show_default=True, help="saliency criterion (with a budget)")
 @click.option("--allocator", default="lpnet", show_default=True, help="width allocator (with a budget)")
 @click.option("--finetune-steps", type=click.IntRange(min=0), default=0, show_default=True)
@@ -289,23 +289,26 @@ def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, targ
 @cli.command("export")
 @click.option("--pruned", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="a folder written by `toolchain prune`")
-@click.option("--model", help="or a dense model: zoo:NAME or path/to/file.py:factory")
+@click.option("--model", help="or a dense model: zoo:NAME or path/to/file.py:factory (with --pruned: its factory)")
 @click.option("--weights", type=click.Path(dir_okay=False))
 @click.option("--input-shape", callback=parse_shape)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="the .onnx file")
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True)
-def export_cmd(pruned, model, weights, input_shape, out, opset) -> None:
+@trust_model_file_option
+def export_cmd(pruned, model, weights, input_shape, out, opset, trust_model_file) -> None:
     """Export a pruned folder (or a dense model) to ONNX and verify it against PyTorch."""
     import torch
 
     from toolchain.archive import load_pruned
     from toolchain.export.onnx import export_onnx, verify_onnx
     from toolchain.models import resolve_model
+    from toolchain.output_folder import check_writable
 
-    if (pruned is None) == (model is None):
-        raise ToolchainError("give exactly one of --pruned DIR or --model SPEC")
+    if pruned is None and model is None:
+        raise ToolchainError("give --pruned DIR or --model SPEC")
+    check_writable(out)  # before the model is built and exported
     if pruned is not None:
-        module, arch = load_pruned(pruned)
+        module, arch = load_pruned(pruned, model, trust_model_file)
         shape = tuple(arch["input_shape"])
     else:
         module, shape = resolve_model(model, weights, input_shape)
@@ -350,7 +353,23 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
+    except (MemoryError, RuntimeError) as exc:
+        if not _is_allocation_failure(exc):
+            raise
+        click.echo(f"error: out of memory ({_first_line(exc)}); use a smaller --input-shape or batch", err=True)
+        return 2
     return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    """MemoryError, or torch's RuntimeError for a tensor too large to allocate (an input shape out of reach)."""
+    return isinstance(exc, MemoryError) or any(
+        marker in str(exc) for marker in ("can't allocate memory", "DefaultCPUAllocator", "out of memory"))
 
 
 if __name__ == "__main__":

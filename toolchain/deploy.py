@@ -6,12 +6,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,17 +14,15 @@ import torch
 
 from toolchain.archive import write_arch_and_weights
 from toolchain.budget import BudgetJob
-from toolchain.data import resolve_data
-from toolchain.errors import ToolchainError
+from toolchain.data import check_data_fits, resolve_data
 from toolchain.evaluate import accuracy
 from toolchain.export.onnx import export_onnx, verify_onnx
 from toolchain.models import resolve_model
+from toolchain.output_folder import atomic_folder, check_output_folder, stamp_of, write_json
 from toolchain.pruning import PruneConfig, check_runs, prune
 from toolchain.recover import recalibrate_batchnorm
 
 MANIFEST = "manifest.json"
-# Files that mark a folder as a toolchain output, which a later run may replace.
-OUTPUT_MARKERS = (MANIFEST, "sparsify.json")
 
 
 @dataclass(frozen=True)
@@ -52,55 +45,6 @@ Step = Callable[[str], None]
 Extension = Callable[[Path, torch.nn.Module, torch.Tensor, object, dict, Step], None]
 
 
-def _make_readable(folder: Path) -> None:
-    """mkdtemp (and some writers) create owner-only files; an output folder is meant to be shared."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [folder, *folder.rglob("*")]:
-        wanted = (0o777 if path.is_dir() else 0o666 | (path.stat().st_mode & 0o111)) & ~umask
-        path.chmod(path.stat().st_mode | wanted)
-
-
-def check_output_folder(out: Path) -> None:
-    """Refuse an `--out` that holds something other than an earlier toolchain output."""
-    out = Path(out)
-    is_ours = out.is_dir() and any((out / marker).is_file() for marker in OUTPUT_MARKERS)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_ours)):
-        raise ToolchainError(f"--out {out} exists and is not a toolchain output folder; choose another path")
-
-
-@contextmanager
-def atomic_folder(out: Path):
-    """Yield a temporary folder next to `out`; on success it replaces `out` in one rename.
-
-    An existing `out` is only replaced when it is a toolchain output (has a manifest.json), so a
-    wrong `--out` never destroys a user's data.
-    """
-    out = Path(out)
-    check_output_folder(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        _make_readable(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, extend: Extension | None = None) -> dict:
     """Prune, recover (BatchNorm re-calibration), export and verify; return the manifest.
 
@@ -113,6 +57,8 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
     example_input = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     check_runs(dense, example_input)
     data = resolve_data(config.data, config.model)
+    if data is not None:
+        check_data_fits(dense, data, config.data or "mnist5k")
     dense_accuracy = None
     if data is not None:
         step("evaluating the dense model")
@@ -144,4 +90,5 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
         if extend is not None:
             extend(tmp, result.model, example_input, data, manifest, step)
         write_json(tmp / MANIFEST, manifest)
+    manifest.update(stamp_of(config.out / MANIFEST))  # as written: the CLI prints what the folder holds
     return manifest

@@ -17,6 +17,7 @@ from torch import nn
 from toolchain.errors import ToolchainError
 from toolchain.graph import PruningGraph, count_macs_params, round_width, widths_for_ratio
 from toolchain.inputs import ModelInputs, call_model, input_tensors
+from toolchain.user_code import describe_exit
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,11 @@ def check_runs(model: nn.Module, example_input: ModelInputs) -> None:
     try:
         with torch.no_grad():
             call_model(model.eval(), example_input)
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (KeyboardInterrupt, ToolchainError):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a user's forward may even call sys.exit (see user_code)
         raise ToolchainError(
-            f"the model rejects input shape {_describe(example_input)}: {first_line}"
+            f"the model rejects input shape {_describe(example_input)}: {describe_exit(exc)}"
         ) from exc
 
 

@@ -35,6 +35,7 @@ from toolchain.budget import (
     score_model,
 )
 from toolchain.errors import ToolchainError
+from toolchain.output_folder import check_writable
 from toolchain.saliency import SaliencyConfig
 
 ROWS = "rows.jsonl"
@@ -102,6 +103,33 @@ def read_rows(out: Path) -> list[dict]:
     return list({row["key"]: row for row in rows}.values())
 
 
+def repair_rows(out: Path) -> str | None:
+    """Mend a `rows.jsonl` whose last line a kill cut mid-write; returns what was done (None: nothing to do).
+
+    Rows are appended whole, so only the last line can be torn. Left as it was, the next row would be
+    appended onto it and both would be unreadable. A fragment that still parses (only its newline was lost)
+    gets its newline; otherwise it is dropped, and its point runs again.
+    """
+    path = Path(out) / ROWS
+    if not path.is_file():
+        return None
+    with open(path, "r+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        data = handle.read()
+        if not data or data.endswith(b"\n"):
+            return None
+        cut = data.rfind(b"\n") + 1
+        fragment = data[cut:]
+        try:
+            json.loads(fragment)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            handle.truncate(cut)
+            return f"{path}: dropped a last row cut mid-write by an earlier kill ({len(fragment)} bytes); " \
+                   "that point runs again"
+        handle.write(b"\n")
+        return f"{path}: the last row had lost its line end (an earlier kill); added it"
+
+
 def _append_row(out: Path, row: dict) -> None:
     with open(Path(out) / ROWS, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -151,13 +179,15 @@ def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float
                    predictor: PredictorInfo | None = None, measure_ms: Callable | None = None) -> int:
     """All points of one criterion (scores computed once); returns the number of rows written."""
     from toolchain.budget import target_measure
-    from toolchain.data import resolve_data
+    from toolchain.data import check_data_fits, resolve_data
     from toolchain.models import resolve_model
 
     torch.set_num_threads(1)
     dense, shape = resolve_model(config.model, config.weights, config.input_shape)
     example_input = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     data = resolve_data(config.data, config.model)
+    if data is not None:
+        check_data_fits(dense, data, config.data or "mnist5k")
     if predictor is None:
         predictor = find_or_build_predictor(config.model, dense, tuple(shape), config.target, config.predictor)
     measure_ms = measure_ms or target_measure(config.target)
@@ -186,6 +216,7 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None,
     from toolchain.models import resolve_model
 
     out = Path(config.out)
+    check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     identity = {"model": config.model, "weights": config.weights, "input_shape": config.input_shape,
                 "target": asdict(config.target), "data": config.data}
@@ -208,6 +239,9 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None,
     meta_path.write_text(json.dumps({"identity": identity, "dense_latency_ms": dense_ms,
                                      "predictor": predictor.artifact, "heldout_error": predictor.heldout_error},
                                     indent=1) + "\n")
+    repaired = repair_rows(out)
+    if repaired:
+        step(repaired)
     done = {row["key"] for row in read_rows(out)}
     tasks: list[tuple[str, list[tuple[float, str]]]] = []
     for criterion in config.criteria:

@@ -152,7 +152,14 @@ def load_predictor(
     """Load an artifact written by `toolchain fit`; given a target, refuse an artifact for another one."""
     meta, params, tensors = read_artifact(path)
     predictor = create_predictor(meta.predictor, meta)
-    predictor.load_state(params, tensors)
+    try:
+        predictor.load_state(params, tensors)
+    except ToolchainError:
+        raise
+    except Exception as error:  # noqa: BLE001 - edited sizes, missing or mismatched tensors: a damaged artifact
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ToolchainError(f"predictor artifact {path} is damaged ({type(error).__name__}: {first_line}); "
+                             "refit it with `toolchain fit`") from error
     predictor.check_target(target, backend, threads)
     return predictor
 

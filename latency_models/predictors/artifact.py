@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from toolchain.errors import ToolchainError
+from toolchain.output_folder import atomic_folder
 
 ARTIFACT_VERSION = 1
 META_FILE = "predictor.json"
@@ -59,26 +57,13 @@ def training_data_hash(config_keys_and_ms: list[tuple[str, float]]) -> str:
 
 def save_artifact(out_dir: str | Path, meta: ArtifactMeta, params: dict, tensors: dict[str, torch.Tensor]) -> Path:
     """Write the artifact into a temporary folder next to `out_dir`, then swap it in: a reader never sees a
-    half-written artifact, and an existing folder that is not a predictor artifact is never replaced."""
+    half-written artifact, and a folder the toolchain did not write is never replaced (see output_folder)."""
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META_FILE).is_file())):
-        raise ToolchainError(f"{out} exists and is not a predictor artifact; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_folder(out, marker=META_FILE) as tmp:
         document = {"meta": asdict(meta), "params": params}
         (tmp / META_FILE).write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
         if tensors:
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE))
-        tmp.chmod(0o755)
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -89,16 +74,37 @@ def read_artifact(path: str | Path) -> tuple[ArtifactMeta, dict, dict[str, torch
         raise ToolchainError(f"{folder} is not a predictor artifact (no {META_FILE}); make one with `toolchain fit`")
     try:
         document = json.loads(meta_path.read_text())
-        raw = document["meta"]
-    except (json.JSONDecodeError, KeyError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ToolchainError(f"predictor artifact {meta_path} is unreadable: {error}") from error
+    raw = document.get("meta") if isinstance(document, dict) else None
+    if not isinstance(raw, dict):
+        raise ToolchainError(f"predictor artifact {meta_path} is unreadable: no 'meta' object; refit it with "
+                             "`toolchain fit`")
     if raw.get("artifact_version") != ARTIFACT_VERSION:
         raise ToolchainError(
             f"predictor artifact {folder} has version {raw.get('artifact_version')}, "
             f"this toolchain reads version {ARTIFACT_VERSION}"
         )
-    for name in ("models", "group_names", "dense_widths"):
-        raw[name] = tuple(raw[name])
-    weights = folder / WEIGHTS_FILE
-    tensors = load_file(str(weights)) if weights.is_file() else {}
-    return ArtifactMeta(**raw), document.get("params", {}), tensors
+    try:
+        for name in ("models", "group_names", "dense_widths"):
+            raw[name] = tuple(raw[name])
+        meta = ArtifactMeta(**raw)
+    except (KeyError, TypeError) as error:
+        raise ToolchainError(f"predictor artifact {meta_path} has damaged metadata ({type(error).__name__}: "
+                             f"{error}); refit it with `toolchain fit`") from error
+    params = document.get("params", {})
+    if not isinstance(params, dict):
+        raise ToolchainError(f"predictor artifact {meta_path} has damaged parameters; refit it with `toolchain fit`")
+    return meta, params, _read_weights(folder / WEIGHTS_FILE)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The artifact's tensors ({} when it has none); a truncated or foreign file is one error line."""
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise ToolchainError(f"predictor artifact weights {path} are unreadable ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}); refit it with `toolchain fit`"
+                             ) from error

@@ -76,8 +76,24 @@ def test_export_from_a_pruned_folder(tmp_path, capsys, user_models):
     out = tmp_path / "p"
     assert run_cli(["prune", "--model", f"{user_models}/good.py:make", "--input-shape", "1,3,16,16",
                     "--out", str(out)], capsys)[0] == 0
-    code, stdout, _ = run_cli(["export", "--pruned", str(out), "--out", str(tmp_path / "again.onnx")], capsys)
+    code, stdout, _ = run_cli(["export", "--pruned", str(out), "--model", f"{user_models}/good.py:make",
+                               "--out", str(tmp_path / "again.onnx")], capsys)
     assert code == 0 and (tmp_path / "again.onnx").is_file() and "max relative error" in stdout
+
+
+def test_a_received_folder_never_runs_the_model_file_its_arch_json_names(tmp_path, capsys, user_models):
+    out = tmp_path / "p"
+    assert run_cli(["prune", "--model", f"{user_models}/good.py:make", "--input-shape", "1,3,16,16",
+                    "--out", str(out)], capsys)[0] == 0
+    marker = tmp_path / "ran"
+    with open(user_models / "good.py", "a") as handle:  # the sender's file now does something on import
+        handle.write(f"\nopen({str(marker)!r}, 'w').write('code ran')\n")
+    code, _, err = run_cli(["export", "--pruned", str(out), "--out", str(tmp_path / "x.onnx")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--trust-model-file" in err
+    assert not marker.exists() and not (tmp_path / "x.onnx").exists()
+    code, _, _ = run_cli(["export", "--pruned", str(out), "--trust-model-file", "--out", str(tmp_path / "x.onnx")],
+                         capsys)
+    assert code == 0 and marker.exists()
 
 
 def _bad_weights(tmp_path):
@@ -106,8 +122,8 @@ BAD_INPUTS = {
                              "do not match the model"),
     "weights need pickle": (lambda d: ["--model", "zoo:demo", "--weights", str(_pickled_checkpoint(d))],
                             "needs pickle"),
-    "ratio out of range": (lambda d: ["--model", "zoo:demo", "--ratio", "1.0"], "outside \\[0, 1\\)"),
-    "negative ratio": (lambda d: ["--model", "zoo:demo", "--ratio", "-0.1"], "outside \\[0, 1\\)"),
+    "ratio out of range": (lambda d: ["--model", "zoo:demo", "--ratio", "1.0"], "not in the range 0.0<=x<1.0"),
+    "negative ratio": (lambda d: ["--model", "zoo:demo", "--ratio", "-0.1"], "not in the range 0.0<=x<1.0"),
     "input shape rejected": (lambda d: ["--model", "zoo:demo", "--input-shape", "1,3,28,28"],
                              "rejects input shape \\(1, 3, 28, 28\\)"),
     "malformed input shape": (lambda d: ["--model", "zoo:demo", "--input-shape", "1,a"], "not a shape"),

@@ -192,3 +192,24 @@ def test_the_auto_clock_is_thread_cpu_only_where_the_inference_runs_on_the_timin
     assert resolve_clock("auto", get_target("cpu")) == "thread_cpu"  # onnxruntime, 1 intra-op thread
     assert resolve_clock("auto", get_target("cpu", threads=2)) == "wall"  # other threads do part of the work
     assert resolve_clock("wall", get_target("cpu")) == "wall"  # an explicit choice stands
+
+
+def test_an_interrupted_campaign_loses_at_most_the_chunk_it_was_timing(tmp_path, monkeypatch):
+    """What the store's and the campaign's docstrings promise: every finished chunk is stored."""
+    from latency_models import campaign
+
+    chunks = []
+
+    def interrupted_on_the_third_chunk(sentinel, runners, measure_config):
+        chunks.append(len(runners))
+        if len(chunks) == 3:
+            raise KeyboardInterrupt
+        return real_time_chunk(sentinel, runners, measure_config)
+
+    real_time_chunk = campaign.time_chunk
+    monkeypatch.setattr(campaign, "time_chunk", interrupted_on_the_third_chunk)
+    config = CampaignConfig(model=TINY, input_shape=TINY_SHAPE, db_path=str(tmp_path / "m.db"), samples=12,
+                            interleave=3, build_workers=1, quiet_tolerance=1e9, measure=QUICK)
+    with pytest.raises(KeyboardInterrupt):
+        run_campaign(config)
+    assert _count_rows(tmp_path / "m.db") == sum(chunks[:2]) and chunks[2] <= config.interleave

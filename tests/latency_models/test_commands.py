@@ -130,7 +130,8 @@ def test_predict_pruned_folder_written_by_prune(tiny_artifact, tmp_path):
     write_arch_and_weights(folder, result.model, dense, TINY, shape, result.widths)
     for predictor in ("lpnet", "macs"):
         answer = CliRunner().invoke(
-            predict, ["--predictor", str(tiny_artifact.parent / predictor), "--pruned", str(folder), "--json"]
+            predict, ["--predictor", str(tiny_artifact.parent / predictor), "--pruned", str(folder), "--model", TINY,
+                      "--json"]
         )
         assert answer.exit_code == 0, answer.output
         assert json.loads(answer.output)["predicted_ms"] > 0 and json.loads(answer.output)["model"] == TINY

@@ -129,7 +129,7 @@ def test_an_artifact_never_replaces_a_folder_of_other_files(synthetic_db, tmp_pa
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     predictor = fit_predictor(FitConfig(db_path=str(synthetic_db), predictor="macs"))
-    with pytest.raises(ToolchainError, match="is not a predictor artifact; choose another --out"):
+    with pytest.raises(ToolchainError, match="is not a toolchain output folder"):
         predictor.save(tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     first = predictor.save(tmp_path / "artifact")

@@ -102,3 +102,54 @@ def test_unknown_predictor_names_valid_choices(synthetic_db):
 def test_not_an_artifact_is_a_clear_error(tmp_path):
     with pytest.raises(ToolchainError, match="is not a predictor artifact"):
         load_predictor(tmp_path)
+
+
+def _truncate_weights(folder):
+    path = folder / "weights.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _random_weights(folder):
+    (folder / "weights.safetensors").write_bytes(bytes(range(256)) * 8)
+
+
+def _edit_params(folder, **changes):
+    document = json.loads((folder / "predictor.json").read_text())
+    document["params"].update(changes)
+    (folder / "predictor.json").write_text(json.dumps(document))
+
+
+CORRUPTIONS = {
+    "truncated weights": _truncate_weights,
+    "random weights": _random_weights,
+    "missing weights": lambda folder: (folder / "weights.safetensors").unlink(),
+    "edited hidden_units": lambda folder: _edit_params(folder, hidden_units=7),
+    "predictor.json is []": lambda folder: (folder / "predictor.json").write_text("[]"),
+    "meta without a field": lambda folder: (folder / "predictor.json").write_text(
+        json.dumps({"meta": {"artifact_version": 1, "predictor": "lpnet"}})),
+    "params not an object": lambda folder: _edit_params_document(folder, params=[1, 2]),
+}
+
+
+def _edit_params_document(folder, **changes):
+    document = json.loads((folder / "predictor.json").read_text())
+    document.update(changes)
+    (folder / "predictor.json").write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_damaged_artifact_is_one_clear_error(fitted, tmp_path, corruption):
+    out = fitted["lpnet"].save(tmp_path / "lpnet")
+    CORRUPTIONS[corruption](out)
+    with pytest.raises(ToolchainError, match="predictor artifact"):
+        load_predictor(out)
+
+
+def test_a_damaged_predictor_during_a_budget_prune_is_one_clear_error(fitted, tmp_path):
+    from toolchain.budget import TargetSpec, find_or_build_predictor
+    from toolchain.models import create_model
+
+    out = fitted["lpnet"].save(tmp_path / "lpnet")
+    _truncate_weights(out)
+    with pytest.raises(ToolchainError, match="weights .* are unreadable"):
+        find_or_build_predictor("zoo:demo", create_model("demo"), (1, 1, 28, 28), TargetSpec(), str(out))

@@ -1,5 +1,6 @@
 """The TVM RPC path end to end on loopback: a real tracker and server (127.0.0.1 only)."""
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -139,3 +140,71 @@ def test_retries_recover_from_a_transient_failure():
 
     with pytest.raises(DeviceLostError, match="failed 2 times during timing: connection reset"):
         with_retries(always_fails, endpoint, "timing", attempts=2, sleep=lambda s: None)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (read from /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, of in parents.items() if of == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_tracker_and_device_server_too():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "latency_models.rpc", "--key", "sigterm", "--port", "19610"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "tracker 127.0.0.1:" in process.stdout.readline()
+        children = _descendants(process.pid)
+        assert children, "a tracker and a device server run as child processes"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 143
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in children), "children outlived the SIGTERMed parent"
+    finally:
+        process.kill()
+        process.wait()
+        for pid in _descendants(process.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_an_interrupt_while_the_cluster_starts_is_one_line(monkeypatch, capsys):
+    from contextlib import contextmanager
+
+    from latency_models import rpc
+
+    @contextmanager
+    def interrupted_while_starting(key, tracker_port):
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(rpc, "loopback_cluster", interrupted_while_starting)
+    assert rpc.main(["--port", "19620"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("error: stopped while") and err.count("\n") == 1

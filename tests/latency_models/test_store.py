@@ -81,3 +81,42 @@ def test_newer_schema_is_refused(tmp_path):
         connection.execute("UPDATE schema_version SET version = 99")
     with pytest.raises(ToolchainError, match="schema version"):
         MeasurementStore(path)
+
+
+def _stored(path, rows=3):
+    with MeasurementStore(path) as store:
+        for row in synthetic_rows(rows):
+            store.insert(row)
+
+
+def test_a_deleted_schema_version_row_is_refused_not_restamped(tmp_path):
+    path = tmp_path / "m.db"
+    _stored(path)
+    with sqlite3.connect(path) as connection:
+        connection.execute("DELETE FROM schema_version")
+    with pytest.raises(ToolchainError, match="holds 3 measurements but no schema version"):
+        MeasurementStore(path)
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0, "not re-stamped"
+
+
+def test_a_dropped_column_is_one_clear_error(tmp_path):
+    path = tmp_path / "m.db"
+    _stored(path)
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE measurements DROP COLUMN min_ms")
+    with pytest.raises(ToolchainError, match="table measurements lacks column\\(s\\) min_ms"):
+        MeasurementStore(path)
+
+
+def test_a_dropped_column_through_the_cli_is_one_line(tmp_path, capsys):
+    from toolchain.cli import main
+
+    path = tmp_path / "m.db"
+    _stored(path)
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE measurements DROP COLUMN min_ms")
+    assert main(["fit", "--db", str(path), "--predictor", "macs", "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "min_ms" in err
+    assert not (tmp_path / "p").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from toolchain.errors import ToolchainError
 from toolchain.report import build_report
 from toolchain.report.plots import pareto_front
 
@@ -101,12 +102,31 @@ def test_empty_folder_gives_a_report_of_missing_inputs(tmp_path: Path):
     assert any("deploy bundles" in m for m in result.missing)
 
 
-def test_rebuild_removes_stale_figures(partial_run: Path, tmp_path: Path):
-    stale = tmp_path / "out" / "images" / "old.png"
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"\x89PNG from an earlier report")
-    result = build_report([partial_run], tmp_path / "out")
-    assert not stale.exists() and not result.image_paths
+def test_rebuild_removes_the_figures_of_the_earlier_report(full_run: Path, partial_run: Path, tmp_path: Path):
+    first = build_report([full_run], tmp_path / "out")
+    assert first.image_paths
+    second = build_report([partial_run], tmp_path / "out")
+    assert not second.image_paths and not any(p.exists() for p in first.image_paths)
+
+
+def test_files_the_toolchain_did_not_write_are_kept_byte_for_byte(full_run: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    foreign_png = out / "images" / "holiday.png"
+    foreign_png.parent.mkdir(parents=True)
+    foreign_png.write_bytes(b"\x89PNG a user's own picture")
+    build_report([full_run], out)
+    build_report([full_run], out)  # a rebuild replaces its own figures, never the user's
+    assert foreign_png.read_bytes() == b"\x89PNG a user's own picture"
+
+
+def test_a_foreign_report_html_is_refused_before_anything_is_written(full_run: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.html").write_text("<p>someone else's page</p>")
+    with pytest.raises(ToolchainError, match="report.html, which the toolchain did not write"):
+        build_report([full_run], out)
+    assert (out / "report.html").read_text() == "<p>someone else's page</p>"
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"]
 
 
 @pytest.mark.parametrize("points, front", [

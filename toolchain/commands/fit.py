@@ -9,6 +9,7 @@ import click
 from latency_models.fitting import FitConfig, fit_predictor
 from latency_models.predictors import list_predictors
 from toolchain.commands.timing_options import statistic_option
+from toolchain.commands.validation import OPEN_FRACTION, THREADS, count
 
 
 @click.command("fit")
@@ -17,15 +18,20 @@ from toolchain.commands.timing_options import statistic_option
 @click.option("--model", "models", multiple=True, help="model spec(s) to train on (default: all in the database)")
 @click.option("--target", default="cpu", show_default=True)
 @click.option("--backend", default="onnxruntime", show_default=True)
-@click.option("--threads", default=1, show_default=True, type=int)
-@click.option("--heldout-fraction", default=0.2, show_default=True, type=float)
+@click.option("--threads", default=1, show_default=True, type=THREADS)
+@click.option("--heldout-fraction", default=0.2, show_default=True, type=OPEN_FRACTION)
 @statistic_option
-@click.option("--max-train", default=0, show_default=True, type=int, help="cap on training configurations")
+@click.option("--max-train", default=0, show_default=True, type=count(0), help="cap on training configurations")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
 def fit(db_path, predictor_name, models, target, backend, threads, heldout_fraction, statistic, max_train, out_dir,
         as_json):
     """Fit a predictor and save it as an artifact folder (predictor.json + weights.safetensors)."""
+    from pathlib import Path
+
+    from toolchain.output_folder import check_output_folder
+
+    check_output_folder(Path(out_dir))  # before fitting: a wrong --out costs nothing
     config = FitConfig(
         db_path=db_path,
         predictor=predictor_name,

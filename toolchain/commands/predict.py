@@ -8,14 +8,15 @@ from pathlib import Path
 import click
 
 from latency_models.predictors import LatencyQuery, load_predictor
+from toolchain.commands.validation import THREADS
 from toolchain.shapes import parse_shape
 
 
-def _pruned_query(folder: Path) -> LatencyQuery:
+def _pruned_query(folder: Path, model_spec: str | None, trust_model_file: bool) -> LatencyQuery:
     """A pruned folder written by `toolchain prune`: its arch.json names the model, shape and widths."""
     from toolchain.archive import load_pruned
 
-    model, arch = load_pruned(folder)
+    model, arch = load_pruned(folder, model_spec, trust_model_file)
     widths = {name: int(width) for name, width in arch["per_group_widths"].items()}
     return LatencyQuery.from_model(arch["model"], model, tuple(arch["input_shape"]), widths)
 
@@ -41,18 +42,22 @@ def _dense_query(model_spec: str, input_shape: tuple[int, ...] | None) -> Latenc
     type=click.Path(exists=True, file_okay=False),
     help="pruned model folder written by `toolchain prune`",
 )
-@click.option("--model", "model_spec", default=None, help="dense model spec instead of --pruned")
+@click.option("--model", "model_spec", default=None,
+              help="dense model spec instead of --pruned (with --pruned: the factory its arch.json names)")
 @click.option("--input-shape", callback=parse_shape, help="with --model: e.g. 1,3,224,224 (default: the zoo's)")
 @click.option("--target", default=None, help="refuse unless the predictor was trained for this target")
 @click.option("--backend", default=None)
-@click.option("--threads", default=None, type=int)
+@click.option("--threads", default=None, type=THREADS)
 @click.option("--json", "as_json", is_flag=True)
-def predict(artifact, pruned_dir, model_spec, input_shape, target, backend, threads, as_json):
+@click.option("--trust-model-file", is_flag=True,
+              help="with --pruned: import the file.py:factory its arch.json names (runs that file's code)")
+def predict(artifact, pruned_dir, model_spec, input_shape, target, backend, threads, as_json, trust_model_file):
     """Print the predicted latency in ms, to hold against your own measurement."""
-    if bool(pruned_dir) == bool(model_spec):
-        raise click.UsageError("give exactly one of --pruned DIR or --model SPEC")
+    if not pruned_dir and not model_spec:
+        raise click.UsageError("give --pruned DIR or --model SPEC")
     predictor = load_predictor(artifact, target, backend, threads)
-    query = _pruned_query(Path(pruned_dir)) if pruned_dir else _dense_query(model_spec, input_shape)
+    query = (_pruned_query(Path(pruned_dir), model_spec, trust_model_file) if pruned_dir
+             else _dense_query(model_spec, input_shape))
     predicted_ms = predictor.predict_ms(query)
     meta = predictor.meta
     if as_json:

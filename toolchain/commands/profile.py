@@ -18,6 +18,7 @@ from latency_models.campaign import CampaignConfig, resolve_clock, run_campaign
 from latency_models.measure import MeasureConfig
 from latency_models.rpc import parse_tracker
 from toolchain.commands.timing_options import clock_option, statistic_option
+from toolchain.commands.validation import NON_NEGATIVE_MS, SHARE, THREADS, count
 from toolchain.shapes import parse_shape
 from toolchain.targets import RpcEndpoint, get_target
 
@@ -43,30 +44,30 @@ def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str |
 @click.option("--input-shape", callback=parse_shape, help="e.g. 1,3,224,224 (default: the zoo's)")
 @click.option("--target", default="cpu", show_default=True)
 @click.option("--backend", default=None, help="default: the target's default backend")
-@click.option("--threads", default=1, show_default=True, type=int)
-@click.option("--samples", default=300, show_default=True, type=int, help="width configurations to measure")
+@click.option("--threads", default=1, show_default=True, type=THREADS)
+@click.option("--samples", default=300, show_default=True, type=count(1), help="width configurations to measure")
 @click.option("--db", "db_path", default="runs/latency.db", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--min-ratio", default=0.1, show_default=True, type=float, help="smallest width / dense width")
+@click.option("--seed", default=0, show_default=True, type=count(0, 2**32 - 1))
+@click.option("--min-ratio", default=0.1, show_default=True, type=SHARE, help="smallest width / dense width")
 @click.option(
     "--layer-levels",
     default=0,
     show_default=True,
-    type=int,
+    type=count(0, 64),
     help="single-op grid levels per channel axis for the lookup table (0 = none)",
 )
 @click.option(
     "--noise-configs",
     default=0,
     show_default=True,
-    type=int,
+    type=count(0),
     help="configurations re-measured (3 replicates each) to estimate the noise floor",
 )
-@click.option("--warmup", default=5, show_default=True, type=int, help="warm-up runs per attempt")
-@click.option("--runs", default=25, show_default=True, type=int, help="timed runs per attempt")
+@click.option("--warmup", default=5, show_default=True, type=count(0), help="warm-up runs per attempt")
+@click.option("--runs", default=25, show_default=True, type=count(1), help="timed runs per attempt")
 @clock_option
 @statistic_option
-@click.option("--min-timed-ms", default=0.0, show_default=True, type=float,
+@click.option("--min-timed-ms", default=0.0, show_default=True, type=NON_NEGATIVE_MS,
               help="timed runs of an attempt span at least this long (more runs for small models)")
 @click.option("--build-workers", default=2, show_default=True, type=click.IntRange(min=1),
               help="processes building each chunk's variants before it is timed (never while timing)")

@@ -16,6 +16,7 @@ import torch
 
 from kernels.patterns import Pattern
 from kernels.sparsify import SparsifyConfig, apply_pattern_, sparsify_
+from toolchain.commands.validation import FRACTION_BELOW_ONE
 from toolchain.shapes import parse_shape
 
 # Sparse vs masked-dense outputs (fp32): the kernels only reorder the sums.
@@ -82,7 +83,7 @@ def run_sparsify(pattern: str, model_spec: str, weights: str | None, input_shape
 @click.option("--weights", default=None, help="Weights file (safetensors) for the model.")
 @click.option("--input-shape", default=None, callback=parse_shape,
               help="Input shape like 1,3,224,224 (default: the model's).")
-@click.option("--sparsity", type=float, default=None,
+@click.option("--sparsity", type=FRACTION_BELOW_ONE, default=None,
               help="Share of zero blocks/stripes for block, stripe and unify (default 0.5).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for sparsify.json and the masked dense weights (masked.safetensors).")
@@ -91,7 +92,10 @@ def sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: tu
              sparsity: float | None, out: Path | None, as_json: bool) -> None:
     """Replace eligible layers with sparse kernels and check them against the masked dense model."""
     from toolchain.errors import ToolchainError
+    from toolchain.output_folder import check_output_folder
 
+    if out is not None:
+        check_output_folder(out)  # before the model work
     try:
         report, masked = run_sparsify(pattern, model_spec, weights, input_shape, sparsity)
     except ValueError as error:
@@ -99,9 +103,9 @@ def sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: tu
     if out is not None:
         from safetensors.torch import save_file
 
-        from toolchain.deploy import atomic_folder, write_json
+        from toolchain.output_folder import atomic_folder, write_json
 
-        with atomic_folder(out) as tmp:
+        with atomic_folder(out, marker="sparsify.json") as tmp:
             state = {key: value.detach().contiguous() for key, value in masked.state_dict().items()}
             save_file(state, str(tmp / "masked.safetensors"))
             write_json(tmp / "sparsify.json", report)

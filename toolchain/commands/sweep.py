@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 
 from toolchain.commands.timing_options import clock_option, statistic_option
+from toolchain.commands.validation import THREADS
 from toolchain.errors import ToolchainError
+from toolchain.shapes import parse_shape
 
 
 def _names(text: str, valid: list[str], what: str) -> tuple[str, ...]:
@@ -21,11 +23,11 @@ def _names(text: str, valid: list[str], what: str) -> tuple[str, ...]:
 @click.command("sweep")
 @click.option("--model", required=True, help="zoo:NAME or path/to/file.py:factory")
 @click.option("--weights", type=click.Path(dir_okay=False), help="safetensors or .pt (weights_only)")
-@click.option("--input-shape", help="e.g. 1,3,32,32 (default: the zoo's)")
+@click.option("--input-shape", callback=parse_shape, help="e.g. 1,3,32,32 (default: the zoo's)")
 @click.option("--data", help="mnist5k, cifar10:DIR, or file.py:function (default: mnist5k for zoo:demo)")
 @click.option("--target", default="cpu", show_default=True)
 @click.option("--backend", default=None, help="default: the target's default backend")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--threads", type=THREADS, default=1, show_default=True)
 @clock_option
 @statistic_option
 @click.option("--budgets", default="0.3:0.9:0.1", show_default=True,
@@ -46,7 +48,7 @@ def sweep(model, weights, input_shape, data, target, backend, threads, clock, st
     from latency_models.campaign import resolve_clock
     from toolchain.allocate import list_allocators
     from toolchain.budget import TargetSpec
-    from toolchain.cli import Steps, parse_shape
+    from toolchain.cli import Steps
     from toolchain.saliency import SaliencyConfig, list_criteria
     from toolchain.sweep import SweepConfig, parse_budgets, run_sweep
     from toolchain.targets import get_target
@@ -57,7 +59,7 @@ def sweep(model, weights, input_shape, data, target, backend, threads, clock, st
         criteria=_names(criteria, list_criteria(), "criterion"),
         allocators=_names(allocators, list_allocators(), "allocator"),
         target=TargetSpec(target, backend, threads, clock, statistic, profile_samples=profile_samples),
-        data=data, weights=weights, input_shape=parse_shape(None, None, input_shape),
+        data=data, weights=weights, input_shape=input_shape,
         finetune_steps=finetune_steps, workers=workers, predictor=predictor,
         saliency=SaliencyConfig(shapley_samples=shapley_samples))
     rows = run_sweep(config, Steps())

@@ -63,6 +63,14 @@ def max_relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.abs(reference - candidate).max()) / scale
 
 
+def check_finite_outputs(reference: np.ndarray, candidate: np.ndarray, label: str) -> None:
+    """NaN compared with NaN gives a relative error of 0 ("verified"); a model with non-finite outputs is not."""
+    for who, values in (("PyTorch", reference), (label, candidate)):
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            raise ToolchainError(f"cannot verify the {label}: the {who} outputs contain NaN or infinite values "
+                                 "(NaN calibration data or weights?)")
+
+
 def compare_with_pytorch(model: nn.Module, run: Callable[[np.ndarray], list[np.ndarray]], example_input: torch.Tensor,
                          label: str, n_random: int = 2, tolerance: float = MAX_REL_ERR_FP32, seed: int = 0) -> float:
     """Run a compiled model (`run`: input array -> output arrays) and PyTorch on the example and
@@ -81,6 +89,7 @@ def compare_with_pytorch(model: nn.Module, run: Callable[[np.ndarray], list[np.n
         for e, g in zip(expected, got, strict=True):
             if tuple(e.shape) != tuple(g.shape):
                 raise ToolchainError(f"{label} output shape {g.shape} differs from PyTorch {tuple(e.shape)}")
+            check_finite_outputs(e.numpy(), np.asarray(g), label)
             worst = max(worst, max_relative_error(e.numpy(), g))
     if worst > tolerance:
         raise ToolchainError(f"{label} output differs from PyTorch: max relative error {worst:.2e} > {tolerance:.0e}")

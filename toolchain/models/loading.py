@@ -14,6 +14,7 @@ from torch import nn
 
 from toolchain.errors import ToolchainError
 from toolchain.models._registry import create_model, get_model_spec
+from toolchain.user_code import call_user_code
 
 DEMO_WEIGHTS = Path(__file__).parent / "weights" / "demo.safetensors"
 
@@ -32,10 +33,7 @@ def load_factory(spec: str):
     loader_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[module_name] = module
-    try:
-        loader_spec.loader.exec_module(module)
-    except Exception as exc:  # a user's file can fail in any way; report it on one line
-        raise ToolchainError(f"could not import {path_text}: {type(exc).__name__}: {exc}") from exc
+    call_user_code(f"importing {path_text}", loader_spec.loader.exec_module, module)
     factory = getattr(module, func_name, None)
     if not callable(factory):
         raise ToolchainError(f"{path_text} has no function {func_name!r}")
@@ -59,10 +57,7 @@ def resolve_model(spec: str | nn.Module, weights: str | Path | None = None,
             weights = DEMO_WEIGHTS
     else:
         factory = load_factory(spec)
-        try:
-            model = factory()
-        except Exception as exc:
-            raise ToolchainError(f"factory {spec} failed: {type(exc).__name__}: {exc}") from exc
+        model = call_user_code(f"factory {spec}", factory)
         if not isinstance(model, nn.Module):
             raise ToolchainError(f"factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
         default_shape = None

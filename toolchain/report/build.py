@@ -9,12 +9,15 @@ Example:
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from toolchain.errors import ToolchainError
+from toolchain.output_folder import WRITTEN_BY, check_writable, stamp, write_json
 from toolchain.report.document import Document, Figure, Section
 from toolchain.report.html import render_html
 from toolchain.report.layers import pruned_model_section
@@ -31,6 +34,7 @@ from toolchain.report.sections import bundles_section, kernel_section, predictor
 
 HTML_NAME = "report.html"
 MARKDOWN_NAME = "report.md"
+REPORT_STAMP = ".toolchain-report.json"  # which files of the folder the toolchain wrote (and may replace)
 
 
 @dataclass(frozen=True)
@@ -88,30 +92,59 @@ def _unique_figure_names(sections: tuple[Section, ...]) -> tuple[Section, ...]:
     return tuple(result)
 
 
+def _previous_report_files(out_dir: Path) -> set[str]:
+    """The files an earlier report wrote into `out_dir`, by the toolchain's stamp (none without one)."""
+    try:
+        document = json.loads((out_dir / REPORT_STAMP).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return set()
+    if not isinstance(document, dict) or document.get("written_by") != WRITTEN_BY:
+        return set()
+    return {f for f in document.get("written_files", []) if isinstance(f, str) and ".." not in f.split("/")}
+
+
+def write_report_files(out_dir: Path, files: dict[str, bytes]) -> None:
+    """Write `files` (relative name -> bytes) into `out_dir`, replacing only what an earlier report wrote.
+
+    A file of the same name that the toolchain did not write (a user's own report.html or images/*.png) is
+    refused before anything is written; figures of an earlier report that this one no longer has are removed.
+    """
+    previous = _previous_report_files(out_dir)
+    foreign = sorted(name for name in files if (out_dir / name).exists() and name not in previous)
+    if foreign:
+        raise ToolchainError(f"--out {out_dir} holds {foreign[0]}, which the toolchain did not write; "
+                             "choose another --out")
+    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    # The stamp lists both reports' files while they are swapped, so a kill leaves nothing unaccounted for.
+    write_json(out_dir / REPORT_STAMP, stamp(sorted(previous | set(files))))
+    for name in sorted(previous - set(files)):  # figures of an earlier report
+        (out_dir / name).unlink(missing_ok=True)
+    for name, payload in files.items():
+        tmp = (out_dir / name).with_name(f".{Path(name).name}.tmp")
+        tmp.write_bytes(payload)
+        os.replace(tmp, out_dir / name)
+    write_json(out_dir / REPORT_STAMP, stamp(sorted(files)))
+
+
 def build_report(inputs: Sequence[str | Path] | RunInputs, out_dir: str | Path,
                  bundle: str | None = None) -> ReportResult:
     """Write the report of `inputs` (run folders / result files, or already-read inputs) to `out_dir`.
 
     Raises `ToolchainError` for a path that does not exist or a result file given directly that cannot be read.
     """
+    check_writable(Path(out_dir))  # before reading and rendering everything
     if not isinstance(inputs, RunInputs):
         inputs = read_inputs([Path(p) for p in inputs])
     document = build_document(inputs, bundle)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ToolchainError(f"--out {out_dir} is a file, not a folder")
-    images = out_dir / IMAGES_DIR
-    images.mkdir(parents=True, exist_ok=True)
-    for stale in images.glob("*.png"):  # figures of an earlier report in this folder
-        stale.unlink()
-    image_paths = []
-    for figure in document.figures:
-        path = images / figure.name
-        path.write_bytes(figure.png)
-        image_paths.append(path)
+    files = {HTML_NAME: render_html(document).encode("utf-8"),
+             MARKDOWN_NAME: render_markdown(document).encode("utf-8"),
+             **{f"{IMAGES_DIR}/{figure.name}": figure.png for figure in document.figures}}
+    write_report_files(out_dir, files)
     html_path, markdown_path = out_dir / HTML_NAME, out_dir / MARKDOWN_NAME
-    html_path.write_text(render_html(document), encoding="utf-8")
-    markdown_path.write_text(render_markdown(document), encoding="utf-8")
+    image_paths = [out_dir / name for name in files if name.startswith(f"{IMAGES_DIR}/")]
     return ReportResult(
         html_path=html_path,
         markdown_path=markdown_path,

@@ -131,7 +131,8 @@ def _walk(root: Path) -> Iterable[Path]:
         if path.is_dir() and not path.is_symlink():
             if path.name not in _SKIPPED_DIRS and not path.name.startswith("."):
                 yield from _walk(path)
-        elif path.is_file() and path.suffix.lower() in _SUFFIXES and path.name not in _KNOWN_UNUSED:
+        elif (path.is_file() and path.suffix.lower() in _SUFFIXES and path.name not in _KNOWN_UNUSED
+              and not path.name.startswith(".")):  # hidden: temporaries and the report's own stamp
             if not bundle or path.name == "manifest.json":
                 yield path
 
