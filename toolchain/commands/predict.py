@@ -13,18 +13,20 @@ from toolchain.shapes import parse_shape
 
 def _pruned_query(folder: Path) -> LatencyQuery:
     """A pruned folder written by `toolchain prune`: its arch.json names the model, shape and widths."""
-    from toolchain.archive import load_pruned
+    from toolchain.archive import arch_inputs, load_pruned
+    from toolchain.inputs import specs_key
 
     model, arch = load_pruned(folder)
     widths = {name: int(width) for name, width in arch["per_group_widths"].items()}
-    return LatencyQuery.from_model(arch["model"], model, tuple(arch["input_shape"]), widths)
+    return LatencyQuery.from_model(arch["model"], model, specs_key(arch_inputs(arch)), widths)
 
 
 def _dense_query(model_spec: str, input_shape: tuple[int, ...] | None) -> LatencyQuery:
+    from toolchain.inputs import specs_key
     from toolchain.models import resolve_model
 
-    model, shape = resolve_model(model_spec, input_shape=input_shape)
-    return LatencyQuery.from_model(model_spec, model, shape, widths={})
+    model, specs = resolve_model(model_spec, input_shape=input_shape)
+    return LatencyQuery.from_model(model_spec, model, specs_key(specs), widths={})
 
 
 @click.command("predict")
