@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import sys
@@ -119,7 +120,10 @@ def _run_pipeline(model, weights, input_shape, inputs, trust_pickle, ratio, roun
                             trust_pickle=trust_pickle, data=data,
                             prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)), target=target,
                             budget=budget)
-    manifest = write_pruned_folder(config, Steps(quiet=as_json))
+    # Libraries print on stdout (Torch-Pruning's batch-size warning for keyword inputs, Ultralytics' banners);
+    # stdout is for the manifest, so `--json` output stays parseable.
+    with contextlib.redirect_stdout(sys.stderr):
+        manifest = write_pruned_folder(config, Steps(quiet=as_json))
     if as_json:
         click.echo(json.dumps(manifest, indent=1))
     else:
@@ -283,8 +287,9 @@ def deploy_cmd(model, weights, input_shape, inputs, trust_pickle, ratio, round_t
                               trust_pickle=trust_pickle, data=data,
                               prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)),
                               target=device.name, budget=job)
-    manifest = write_bundle(BundleConfig(device=device.name, precision=precision, rpc=rpc), pipeline,
-                            Steps(quiet=as_json))
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is for the manifest
+        manifest = write_bundle(BundleConfig(device=device.name, precision=precision, rpc=rpc), pipeline,
+                                Steps(quiet=as_json))
     if as_json:
         click.echo(json.dumps(manifest, indent=1))
         return

@@ -54,11 +54,14 @@ def check_runs(model: nn.Module, example_input: ModelInputs) -> None:
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ToolchainError(
-            f"the model rejects input shape {_describe(example_input)}: {first_line}"
+            f"the model rejects {'inputs' if isinstance(example_input, dict) else 'input shape'} "
+            f"{_describe(example_input)}: {first_line}"
         ) from exc
 
 
 def _describe(inputs: ModelInputs) -> str:
+    if isinstance(inputs, dict):
+        return ", ".join(f"{name} {tuple(t.shape)}" for name, t in inputs.items())
     shapes = [tuple(t.shape) for t in input_tensors(inputs)]
     return str(shapes[0]) if len(shapes) == 1 else ", ".join(map(str, shapes))
 
