@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from toolchain.errors import ToolchainError
 from toolchain.inputs import InputSpec
 from toolchain.models.sources import SourcedModel, SourceOptions, register_source
@@ -18,7 +20,10 @@ def torchvision_model(name: str, options: SourceOptions) -> SourcedModel:
 
     if name not in torchvision.models.list_models():
         raise ToolchainError(f"torchvision has no model {name!r} (see torchvision.models.list_models())")
-    model = torchvision.models.get_model(name, weights=None)
+    builder = torchvision.models.get_model_builder(name)
+    # Segmentation and detection builders would otherwise download an ImageNet backbone.
+    offline = {"weights_backbone": None} if "weights_backbone" in inspect.signature(builder).parameters else {}
+    model = builder(weights=None, **offline)
     if name in torchvision.models.list_models(module=torchvision.models.video):
         shape = _VIDEO_SHAPE
     else:
