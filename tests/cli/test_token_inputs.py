@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,17 @@ def test_pickle_checkpoint_refused_without_the_flag(tmp_path, capsys):
     checkpoint.write_bytes(b"never unpickled")
     code, _, err = run_cli(["prune", "--model", f"ultralytics:{checkpoint}", "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "--trust-pickle" in one_error_line(err)
+
+
+@pytest.mark.slow
+def test_deploy_feeds_named_inputs_to_onnxruntime_and_tvm(tmp_path, capsys):
+    """The bundle's latency measurement (onnxruntime) and TVM library check take every named int64 input."""
+    pytest.importorskip("tvm", reason="apache-tvm is not installed")
+    factory = str(Path(__file__).parents[1] / "latency_models" / "token_model.py") + ":factory"
+    out = tmp_path / "bundle"
+    code, stdout, err = run_cli(["deploy", "--model", factory, "--input", "input_ids:int64:1,8",
+                                 "--input", "attention_mask:int64:1,8", "--out", str(out), "--json"], capsys)
+    assert code == 0, err
+    manifest = json.loads(stdout)
+    assert manifest["tvm"]["max_rel_err"] <= 1e-4 and manifest["latency"]
+    assert manifest["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": [1, 8]}
