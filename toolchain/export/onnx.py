@@ -87,13 +87,18 @@ def export_onnx(model: nn.Module, example_input: ModelInputs, path: str | Path, 
         try:
             written_opset = _export(model, example_input, tmp, opset)
         except Exception as exc:
-            raise ToolchainError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+            raise ToolchainError(f"ONNX export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
         max_rel_err = verify_onnx(model, tmp, example_input, n_random, tolerance)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
     return OnnxExport(path, written_opset, max_rel_err)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def onnx_session(path: str | Path, threads: int = 1):
@@ -147,7 +152,7 @@ def verify_onnx(model: nn.Module, path: str | Path, example_input: ModelInputs, 
     try:
         session = onnx_session(path)
     except Exception as exc:  # onnxruntime's own exception types; an unloadable file is never "exported"
-        raise ToolchainError(f"onnxruntime cannot load {Path(path).name}: {str(exc).strip().splitlines()[0]}") from exc
+        raise ToolchainError(f"onnxruntime cannot load {Path(path).name}: {_first_line(exc)}") from exc
     names = [i.name for i in session.get_inputs()]
 
     def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -156,7 +161,6 @@ def verify_onnx(model: nn.Module, path: str | Path, example_input: ModelInputs, 
         try:
             return session.run(None, dict(zip(names, arrays, strict=True)))
         except Exception as exc:
-            raise ToolchainError(f"onnxruntime cannot run {Path(path).name}: "
-                                 f"{str(exc).strip().splitlines()[0]}") from exc
+            raise ToolchainError(f"onnxruntime cannot run {Path(path).name}: {_first_line(exc)}") from exc
 
     return compare_with_pytorch(model, run, example_input, "ONNX model", n_random, tolerance, seed)
