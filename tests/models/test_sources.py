@@ -99,6 +99,17 @@ def test_ultralytics_yaml_builds_the_module_in_export_mode(yolo_config_dir, caps
 
 
 @needs("ultralytics")
+@pytest.mark.slow
+def test_ultralytics_checkpoint_loads_with_the_opt_in(yolo_config_dir, tmp_path):
+    from ultralytics import YOLO
+
+    YOLO("yolov8n.yaml").save(tmp_path / "yolo.pt")
+    model, _ = resolve_model(f"ultralytics:{tmp_path / 'yolo.pt'}", input_shape=(1, 3, 64, 64), trust_pickle=True)
+    assert type(model).__name__ == "DetectionModel" and not model.training
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@needs("ultralytics")
 def test_ultralytics_pickle_checkpoint_needs_the_opt_in(tmp_path):
     checkpoint = tmp_path / "best.pt"
     checkpoint.write_bytes(b"not read")
