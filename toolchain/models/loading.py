@@ -53,6 +53,8 @@ def resolve_model(spec: str | nn.Module, weights: str | Path | None = None,
     `nn.Module` object. `inputs` (named, typed) or `input_shape` (one float tensor) override the
     source's default inputs; user factories and modules need one of them.
     """
+    if inputs and input_shape:  # before any slow model building
+        raise ToolchainError("give --input or --input-shape, not both")
     default_inputs, default_weights = None, None
     if isinstance(spec, nn.Module):
         model = spec
@@ -67,8 +69,6 @@ def resolve_model(spec: str | nn.Module, weights: str | Path | None = None,
             raise ToolchainError(f"factory {spec} failed: {type(exc).__name__}: {exc}") from exc
         if not isinstance(model, nn.Module):
             raise ToolchainError(f"factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
-    if inputs and input_shape:
-        raise ToolchainError("give --input or --input-shape, not both")
     specs = tuple(inputs) or ((InputSpec.float_input(input_shape),) if input_shape else default_inputs)
     if not specs:
         raise ToolchainError(f"no example input known for {spec}; pass --input-shape, e.g. 1,3,224,224, "
