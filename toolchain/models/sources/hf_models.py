@@ -91,4 +91,8 @@ def hf_model(name: str, options: SourceOptions) -> SourcedModel:
             model = cls._from_config(config) if hasattr(cls, "_from_config") else cls.from_config(config)
     except OSError as exc:
         raise ToolchainError(f"hf:{name}: cannot load the weights offline: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # e.g. a config whose model class transformers does not have (remote code)
+        message = str(exc).strip().splitlines()
+        raise ToolchainError(f"hf:{name}: cannot build {cls.__name__}: {type(exc).__name__}: "
+                             f"{message[0] if message else ''}") from exc
     return SourcedModel(model, default_inputs(config))
