@@ -122,3 +122,21 @@ def test_deploy_feeds_named_inputs_to_onnxruntime_and_tvm(tmp_path, capsys):
     manifest = json.loads(stdout)
     assert manifest["tvm"]["max_rel_err"] <= 1e-4 and manifest["latency"]
     assert manifest["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": [1, 8]}
+
+
+@pytest.mark.slow
+def test_budget_prune_profiles_and_predicts_with_named_inputs(tmp_path, capsys, monkeypatch):
+    """Under a latency budget the on-the-fly campaign, the predictor and `predict --pruned` use the named inputs."""
+    monkeypatch.chdir(tmp_path)  # the profile database and predictor go under ./runs
+    factory = str(Path(__file__).parents[1] / "latency_models" / "token_model.py") + ":factory"
+    named = ["--input", "input_ids:int64:1,8", "--input", "attention_mask:int64:1,8"]
+    code, stdout, err = run_cli(["prune", "--model", factory, *named, "--budget-ms", "100", "--profile-samples", "10",
+                                 "--criterion", "l1", "--out", "out", "--json"], capsys)
+    assert code == 0, err
+    manifest = json.loads(stdout)
+    assert manifest["budget_met"] and manifest["inputs"][1]["name"] == "attention_mask"
+    [artifact] = (tmp_path / "runs" / "predictors").iterdir()
+    assert "input_ids-int64-1-8" in artifact.name  # the inputs key names the predictor
+    code, stdout, err = run_cli(["predict", "--predictor", str(artifact), "--pruned", "out", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["predicted_ms"] > 0
