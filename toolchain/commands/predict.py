@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from latency_models.predictors import LatencyQuery, load_predictor
+from toolchain.commands.input_options import input_option
+from toolchain.inputs import InputSpecs
 from toolchain.shapes import parse_shape
 
 
@@ -21,11 +23,11 @@ def _pruned_query(folder: Path) -> LatencyQuery:
     return LatencyQuery.from_model(arch["model"], model, specs_key(arch_inputs(arch)), widths)
 
 
-def _dense_query(model_spec: str, input_shape: tuple[int, ...] | None) -> LatencyQuery:
+def _dense_query(model_spec: str, input_shape: tuple[int, ...] | None, inputs: InputSpecs) -> LatencyQuery:
     from toolchain.inputs import specs_key
     from toolchain.models import resolve_model
 
-    model, specs = resolve_model(model_spec, input_shape=input_shape)
+    model, specs = resolve_model(model_spec, input_shape=input_shape, inputs=inputs)
     return LatencyQuery.from_model(model_spec, model, specs_key(specs), widths={})
 
 
@@ -44,17 +46,18 @@ def _dense_query(model_spec: str, input_shape: tuple[int, ...] | None) -> Latenc
     help="pruned model folder written by `toolchain prune`",
 )
 @click.option("--model", "model_spec", default=None, help="dense model spec instead of --pruned")
-@click.option("--input-shape", callback=parse_shape, help="with --model: e.g. 1,3,224,224 (default: the zoo's)")
+@click.option("--input-shape", callback=parse_shape, help="with --model: e.g. 1,3,224,224 (default: the source's)")
+@input_option
 @click.option("--target", default=None, help="refuse unless the predictor was trained for this target")
 @click.option("--backend", default=None)
 @click.option("--threads", default=None, type=int)
 @click.option("--json", "as_json", is_flag=True)
-def predict(artifact, pruned_dir, model_spec, input_shape, target, backend, threads, as_json):
+def predict(artifact, pruned_dir, model_spec, input_shape, inputs, target, backend, threads, as_json):
     """Print the predicted latency in ms, to hold against your own measurement."""
     if bool(pruned_dir) == bool(model_spec):
         raise click.UsageError("give exactly one of --pruned DIR or --model SPEC")
     predictor = load_predictor(artifact, target, backend, threads)
-    query = _pruned_query(Path(pruned_dir)) if pruned_dir else _dense_query(model_spec, input_shape)
+    query = _pruned_query(Path(pruned_dir)) if pruned_dir else _dense_query(model_spec, input_shape, inputs)
     predicted_ms = predictor.predict_ms(query)
     meta = predictor.meta
     if as_json:
