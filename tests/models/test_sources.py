@@ -80,6 +80,22 @@ def test_hf_vision_folder_gives_pixel_values_and_loads_saved_weights(tmp_path):
 
 
 @needs("transformers")
+def test_hf_speech_and_encoder_decoder_inputs_follow_forward(tmp_path):
+    import transformers
+
+    config = transformers.WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                        num_mel_bins=16, max_source_positions=20, max_target_positions=16,
+                                        vocab_size=60, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+                                        decoder_start_token_id=0)
+    transformers.WhisperModel(config).save_pretrained(tmp_path / "whisper")
+    model, inputs = resolve_model(f"hf:{tmp_path / 'whisper'}")
+    assert inputs == (InputSpec("input_features", "float32", (1, 16, 40)),
+                      InputSpec("decoder_input_ids", "int64", (1, 16)))
+    assert output_shapes(call_model(model, make_inputs(inputs, vocab_size_of(model))))[0] == (1, 16, 32)
+
+
+@needs("transformers")
 def test_hf_missing_folder_and_uncached_id_are_clear_errors(tmp_path):
     with pytest.raises(ToolchainError, match="neither a folder nor a model in the local Hugging Face cache"):
         resolve_model(f"hf:{tmp_path / 'absent'}")

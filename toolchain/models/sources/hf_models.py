@@ -2,12 +2,14 @@
 
 DIR holds `config.json` (and optionally `model.safetensors`; without it the weights are random). A hub
 id is read from the local cache only; nothing is ever downloaded. The class is the config's
-`architectures[0]` (the head it was saved with), else `AutoModel`. The example inputs follow the
-config's modality: token ids + attention mask for text, `pixel_values` for images.
+`architectures[0]` (the head it was saved with), else `AutoModel`. The example inputs follow what the
+model's `forward` takes (see `default_inputs`): token ids + attention mask for text, `pixel_values`
+for images, `input_features` for speech.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
@@ -58,18 +60,34 @@ def _has_weights(name: str) -> bool:
     return any(path.glob("*.safetensors"))
 
 
-def default_inputs(config) -> InputSpecs | None:
-    """Token ids + mask for text models, pixel_values for vision ones (the config's own sizes)."""
+def _sequence_length(config, *limits: str) -> int:
+    limit = next((getattr(config, name) for name in limits if getattr(config, name, None)), None)
+    return min(DEFAULT_SEQUENCE_LENGTH, limit) if limit else DEFAULT_SEQUENCE_LENGTH
+
+
+def default_inputs(config, model) -> InputSpecs | None:
+    """Example inputs from what `forward` takes, sized by the config: `pixel_values` at the image size,
+    Whisper-style `input_features` (mel bins x frames), token ids + attention mask at length 128 (or the
+    model's maximum), and decoder token ids for encoder-decoder models."""
+    takes = inspect.signature(model.forward).parameters
     vision = getattr(config, "vision_config", None) or config
-    if hasattr(vision, "num_channels") or hasattr(vision, "image_size"):
+    specs = []
+    if "pixel_values" in takes:
         size = getattr(vision, "image_size", DEFAULT_IMAGE_SIZE)
         height, width = (size, size) if isinstance(size, int) else tuple(size)
-        return (InputSpec("pixel_values", "float32", (1, getattr(vision, "num_channels", 3), height, width)),)
-    if getattr(config, "vocab_size", None):
-        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        length = min(DEFAULT_SEQUENCE_LENGTH, limit) if limit else DEFAULT_SEQUENCE_LENGTH
-        return (InputSpec("input_ids", "int64", (1, length)), InputSpec("attention_mask", "int64", (1, length)))
-    return None
+        specs.append(InputSpec("pixel_values", "float32", (1, getattr(vision, "num_channels", 3), height, width)))
+    if "input_features" in takes and getattr(config, "num_mel_bins", None):
+        frames = 2 * getattr(config, "max_source_positions", 1500)  # the encoder's two-stride convolutions
+        specs.append(InputSpec("input_features", "float32", (1, config.num_mel_bins, frames)))
+    if "input_ids" in takes and not specs and getattr(config, "vocab_size", None):
+        length = _sequence_length(config, "max_position_embeddings", "n_positions")
+        specs.append(InputSpec("input_ids", "int64", (1, length)))
+        if "attention_mask" in takes:
+            specs.append(InputSpec("attention_mask", "int64", (1, length)))
+    if "decoder_input_ids" in takes and getattr(config, "is_encoder_decoder", False):
+        length = _sequence_length(config, "max_target_positions", "max_position_embeddings")
+        specs.append(InputSpec("decoder_input_ids", "int64", (1, length)))
+    return tuple(specs) or None
 
 
 @register_source("hf", "hf:DIR", package="transformers")
@@ -95,4 +113,4 @@ def hf_model(name: str, options: SourceOptions) -> SourcedModel:
         message = str(exc).strip().splitlines()
         raise ToolchainError(f"hf:{name}: cannot build {cls.__name__}: {type(exc).__name__}: "
                              f"{message[0] if message else ''}") from exc
-    return SourcedModel(model, default_inputs(config))
+    return SourcedModel(model, default_inputs(config, model))
