@@ -62,7 +62,8 @@ def clock_check(model_spec: str, target, args) -> dict:
 
     from toolchain.models import resolve_model
 
-    model, input_shape = resolve_model(model_spec)
+    model, inputs = resolve_model(model_spec)
+    input_shape = inputs[0].shape
     with torch_threads(1):
         runner = target.prepare(model, torch.randn(*input_shape))
     result = {"model": model_spec, "load_average_1min": os.getloadavg()[0]}

@@ -19,7 +19,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from latency_models.features import COMPUTE_OPS, LayerSpec, layer_specs, total_macs
@@ -31,6 +30,7 @@ from latency_models.sentinel import SentinelCheck, time_chunk
 from latency_models.store import MeasurementRow, MeasurementStore, config_key
 from latency_models.variants import BuiltVariant, VariantBuilder, build_here, job_input
 from toolchain.errors import ToolchainError
+from toolchain.inputs import InputSpecs, ModelInputs, make_inputs, specs_from_key, specs_key, vocab_size_of
 from toolchain.targets import RpcEndpoint, Target, get_target
 
 
@@ -38,7 +38,8 @@ from toolchain.targets import RpcEndpoint, Target, get_target
 class CampaignConfig:
     model: str
     db_path: str
-    input_shape: tuple[int, ...] | None = None  # None: the zoo model's own; user factories need one
+    # An inputs key (`toolchain.inputs.specs_key`): a shape, or `name:dtype:shape` texts; None: the source's own.
+    input_shape: tuple | None = None
     target: str = "cpu"
     backend: str | None = None
     threads: int = 1
@@ -187,9 +188,11 @@ def _run(config: CampaignConfig, target: Target, on_progress) -> CampaignReport:
     from toolchain.graph import PruningGraph
     from toolchain.models import resolve_model
 
-    model, input_shape = resolve_model(config.model, input_shape=config.input_shape)
+    wanted = specs_from_key(config.input_shape) if config.input_shape else ()
+    model, specs = resolve_model(config.model, inputs=wanted)
     model = model.eval()
-    example_input = torch.randn(*input_shape)
+    input_shape = specs_key(specs)  # the stored key: a shape, or typed named inputs
+    example_input = make_inputs(specs, vocab_size_of(model))
     groups = PruningGraph(copy.deepcopy(model), example_input).groups
     dense_layers = layer_specs(model, example_input)
     fingerprint = {**machine_fingerprint(target), "clock": config.measure.clock}
@@ -200,7 +203,7 @@ def _run(config: CampaignConfig, target: Target, on_progress) -> CampaignReport:
         store.save_groups(config.model, input_shape, [(g.name, g.dense_width, g.unit) for g in groups])
         # Two samples can round to the same widths; each configuration is measured once.
         jobs_by_key = {}
-        for job in plan_jobs(config, groups, dense_layers, input_shape[1]):
+        for job in plan_jobs(config, groups, dense_layers, _input_channels(specs)):
             jobs_by_key.setdefault(_job_key(job, config.model, input_shape, target), job)
         jobs = list(jobs_by_key.values())
         done_keys = store.existing_keys()
@@ -213,6 +216,12 @@ def _run(config: CampaignConfig, target: Target, on_progress) -> CampaignReport:
         if on_progress:
             on_progress(len(pending), len(pending), "done")
     return report
+
+
+def _input_channels(specs: InputSpecs) -> int:
+    """Channels of an image input (dimension 1); token inputs have none (their width lives in the layers)."""
+    first = specs[0]
+    return first.shape[1] if first.torch_dtype.is_floating_point and len(first.shape) > 1 else 1
 
 
 def _job_key(job: Job, model: str, input_shape, target: Target) -> str:
@@ -231,7 +240,7 @@ class _Run:
     fingerprint: dict
     machine_id: str
     model: nn.Module
-    example_input: torch.Tensor
+    example_input: ModelInputs
     store: MeasurementStore
     report: CampaignReport
     on_progress: Callable[[int, int, str], None] | None

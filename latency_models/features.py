@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolchain.inputs import ModelInputs, call_model
+
 # Leaf module class -> op kind. Anything else with parameters or work becomes "other".
 _OP_OF_MODULE = {
     nn.Conv1d: "conv",
@@ -137,7 +139,7 @@ def _spec(module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> Laye
     )
 
 
-def layer_specs(model: nn.Module, example_input: torch.Tensor) -> list[LayerSpec]:
+def layer_specs(model: nn.Module, example_input: ModelInputs) -> list[LayerSpec]:
     """Leaf layers in execution order (a module called twice appears twice)."""
     specs: list[LayerSpec] = []
 
@@ -151,7 +153,7 @@ def layer_specs(model: nn.Module, example_input: torch.Tensor) -> list[LayerSpec
     handles = [m.register_forward_hook(hook) for m in leaves if not isinstance(m, (nn.Identity, nn.Dropout))]
     try:
         with torch.no_grad():
-            model.eval()(example_input)
+            call_model(model.eval(), example_input)
     finally:
         for handle in handles:
             handle.remove()

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from toolchain.errors import ToolchainError
+from toolchain.inputs import key_batch
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
@@ -107,7 +108,7 @@ class MeasurementRow:
 
     @property
     def batch(self) -> int:
-        return int(self.input_shape[0])
+        return key_batch(self.input_shape)
 
     @property
     def config_key(self) -> str:

@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 from latency_models.features import LayerSpec, layer_specs
+from toolchain.inputs import ModelInputs, make_inputs, specs_from_key, vocab_size_of
 from toolchain.targets import Runner, Target
 
 
-def build_variant(model: nn.Module, example_input: torch.Tensor, widths: dict[str, int]) -> nn.Module:
+def build_variant(model: nn.Module, example_input: ModelInputs, widths: dict[str, int]) -> nn.Module:
     """A physically pruned copy of `model` with exactly `widths` channels per group."""
     from toolchain.graph import PruningGraph
 
@@ -64,13 +65,13 @@ def single_op(layer: LayerSpec) -> tuple[nn.Module, torch.Tensor]:
     return module.eval(), single_op_input(layer)
 
 
-def job_input(kind: str, widths: dict, example_input: torch.Tensor) -> torch.Tensor:
+def job_input(kind: str, widths: dict, example_input: ModelInputs) -> ModelInputs:
     """The input a job's variant is timed on: the model's, or one shaped for the single op."""
     return example_input if kind == "model" else single_op_input(LayerSpec(**widths))
 
 
 def variant_of(kind: str, widths: dict, model: nn.Module,
-               example_input: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+               example_input: ModelInputs) -> tuple[nn.Module, ModelInputs]:
     """The module a job times and its input: a pruned copy of `model` ("model") or one layer ("layer")."""
     if kind == "model":
         return build_variant(model, example_input, widths), example_input
@@ -85,13 +86,13 @@ class BuiltVariant:
     compiled: bytes | None = None
     module: nn.Module | None = None
 
-    def runner(self, target: Target, example_input: torch.Tensor) -> Runner:
+    def runner(self, target: Target, example_input: ModelInputs) -> Runner:
         if self.compiled is not None:
             return target.load(self.compiled, example_input)
         return target.prepare(self.module, example_input)
 
 
-def build_here(kind: str, widths: dict, model: nn.Module, example_input: torch.Tensor,
+def build_here(kind: str, widths: dict, model: nn.Module, example_input: ModelInputs,
                compile_for: Target | None = None) -> BuiltVariant:
     """A job's variant built in this process: the module, or its bytes compiled for `compile_for`."""
     variant, variant_input = variant_of(kind, widths, model, example_input)
@@ -111,8 +112,8 @@ def _start_worker(model_spec: str, input_shape: tuple[int, ...], target: Target,
     _exit_with_parent(parent_pid)
     torch.set_num_threads(1)  # one core per worker; the campaign runs as many workers as it wants cores
     # The worker's copy has other random weights; structure, widths and so timing are the same.
-    model, _ = resolve_model(model_spec, input_shape=input_shape)
-    _WORKER.update(model=model.eval(), example_input=torch.randn(*input_shape), target=target)
+    model, specs = resolve_model(model_spec, inputs=specs_from_key(input_shape))
+    _WORKER.update(model=model.eval(), example_input=make_inputs(specs, vocab_size_of(model)), target=target)
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -137,7 +138,7 @@ class VariantBuilder:
     """
 
     def __init__(self, model_spec: str, input_shape: tuple[int, ...], model: nn.Module,
-                 example_input: torch.Tensor, target: Target, workers: int = 2):
+                 example_input: ModelInputs, target: Target, workers: int = 2):
         self.model, self.example_input = model, example_input
         self._pool = None
         if workers > 1 and target.compiles_to_bytes:

@@ -10,6 +10,7 @@ import torch
 from tests.conftest import example_input
 from toolchain import ToolchainError, create_model, load_pruned, prune
 from toolchain.archive import write_arch_and_weights
+from toolchain.inputs import InputSpec, specs_of
 
 
 @pytest.mark.parametrize("name", ["demo", "densenet121", "vit_tiny", "unet", "mobilenet_v2"])
@@ -17,7 +18,7 @@ def test_round_trip_gives_identical_outputs(name, tmp_path):
     dense = create_model(name)
     x = example_input(name)
     result = prune(dense, x, ratio=0.5)
-    write_arch_and_weights(tmp_path, result.model, dense, f"zoo:{name}", tuple(x.shape), result.widths)
+    write_arch_and_weights(tmp_path, result.model, dense, f"zoo:{name}", specs_of(x), result.widths)
     arch = json.loads((tmp_path / "arch.json").read_text())
     assert arch["layers"], "arch.json records the new shapes"
     assert all(set(layer) == {"type", "tensors", "attrs"} for layer in arch["layers"].values())
@@ -38,7 +39,8 @@ def test_arch_for_another_model_is_refused(tmp_path):
     dense = create_model("demo")
     x = example_input("demo")
     result = prune(dense, x, ratio=0.5)
-    write_arch_and_weights(tmp_path, result.model, dense, "zoo:resnet56_cifar", (1, 3, 32, 32), result.widths)
+    cifar_input = (InputSpec.float_input((1, 3, 32, 32)),)
+    write_arch_and_weights(tmp_path, result.model, dense, "zoo:resnet56_cifar", cifar_input, result.widths)
     with pytest.raises(ToolchainError):
         load_pruned(tmp_path)
 

@@ -57,8 +57,8 @@ def power_law_manifest_in_band(demo, budget_ratio: float, allocator: str) -> dic
 
 @pytest.fixture(scope="module")
 def demo():
-    model, shape = resolve_model("zoo:demo")
-    return model, torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    model, inputs = resolve_model("zoo:demo")
+    return model, torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(0))
 
 
 def predictor(fixed_ms: float = 0.1) -> PredictorInfo:

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from toolchain.errors import ToolchainError
+from toolchain.inputs import InputSpec, InputSpecs, specs_from_json, specs_to_json
 from toolchain.models import load_weights, resolve_model
 
 ARCH_VERSION = 1
@@ -85,18 +86,29 @@ def apply_architecture(model: nn.Module, layers: dict[str, dict]) -> nn.Module:
 
 
 def write_arch_and_weights(folder: Path, pruned: nn.Module, dense: nn.Module, model_spec: str,
-                           input_shape: tuple[int, ...], widths: dict[str, int]) -> None:
+                           inputs: InputSpecs, widths: dict[str, int]) -> None:
     """Write `arch.json` and `weights.safetensors` into an existing folder."""
     arch = {
         "format_version": ARCH_VERSION,
         "model": model_spec,
-        "input_shape": list(input_shape),
+        "input_shape": list(inputs[0].shape),  # the first input's, for readers of one-tensor models
+        "inputs": specs_to_json(inputs),
         "per_group_widths": widths,
         "layers": describe_architecture(pruned, dense),
     }
     (folder / "arch.json").write_text(json.dumps(arch, indent=1))
     state = {k: v.detach().contiguous().clone() for k, v in pruned.state_dict().items()}
     save_file(state, str(folder / "weights.safetensors"))
+
+
+def arch_inputs(arch: dict) -> InputSpecs:
+    """The example inputs an arch.json records (folders from before named inputs: one float tensor)."""
+    try:
+        if "inputs" in arch:
+            return specs_from_json(arch["inputs"])
+        return (InputSpec.float_input(tuple(arch["input_shape"])),)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ToolchainError(f"arch.json has malformed inputs: {exc}") from exc
 
 
 def names_a_model_file(spec) -> bool:
@@ -139,7 +151,7 @@ def load_pruned(folder: str | Path, model: str | nn.Module | None = None,
         version = arch.get("format_version") if isinstance(arch, dict) else None
         raise ToolchainError(f"{arch_path} has format version {version}, expected {ARCH_VERSION}")
     source = _model_source(arch, arch_path, model, trust_model_file)
-    dense, _ = resolve_model(source, input_shape=tuple(arch["input_shape"]))
+    dense, _ = resolve_model(source, inputs=arch_inputs(arch))
     apply_architecture(dense, arch["layers"])
     load_weights(dense, folder / "weights.safetensors")
     return dense.eval(), arch

@@ -34,6 +34,7 @@ from toolchain.budget_search import between_measured, bracket, nearest_untried, 
 from toolchain.errors import OutdatedArtifactError, ToolchainError
 from toolchain.evaluate import accuracy
 from toolchain.graph import PruningGraph, count_macs_params
+from toolchain.inputs import ModelInputs, make_inputs, specs_from_key, specs_key, specs_of, vocab_size_of
 from toolchain.pruning import PruneConfig, PruneResult, prune
 from toolchain.recover import distill, recalibrate_batchnorm
 from toolchain.saliency import SaliencyConfig, score_groups_report
@@ -53,7 +54,7 @@ class PredictorInfo:
     heldout_error: dict
 
 
-def _macs_counter(dense: nn.Module, example_input: torch.Tensor, protect: tuple[str, ...]):
+def _macs_counter(dense: nn.Module, example_input: ModelInputs, protect: tuple[str, ...]):
     cache: dict[tuple, int] = {}
 
     def macs(widths: dict[str, int]) -> int:
@@ -145,7 +146,7 @@ class ScoredModel:
     seconds: float
 
 
-def score_model(dense: nn.Module, example_input: torch.Tensor, criterion: str, protect: tuple[str, ...] = (),
+def score_model(dense: nn.Module, example_input: ModelInputs, criterion: str, protect: tuple[str, ...] = (),
                 data=None, saliency: SaliencyConfig | None = None) -> ScoredModel:
     """Score every group of `dense` by `criterion` and probe each group's sensitivity on calibration data."""
     start_s = time.perf_counter()
@@ -157,7 +158,7 @@ def score_model(dense: nn.Module, example_input: torch.Tensor, criterion: str, p
     return ScoredModel(model, graph, criterion, scores, report, sensitivity, time.perf_counter() - start_s)
 
 
-def prune_to_budget(dense: nn.Module, example_input: torch.Tensor, config: BudgetConfig, predictor: PredictorInfo,
+def prune_to_budget(dense: nn.Module, example_input: ModelInputs, config: BudgetConfig, predictor: PredictorInfo,
                     measure_ms: MeasureFn, data=None, saliency: SaliencyConfig | None = None,
                     step: Step = lambda _: None, scored: ScoredModel | None = None,
                     dense_latency_ms: float | None = None) -> PruneResult:
@@ -375,7 +376,7 @@ def target_measure(spec: TargetSpec) -> MeasureFn:
     target = resolve_target(spec)
     config = spec.measure_config()
 
-    def measure_ms(model: nn.Module, example_input: torch.Tensor) -> float:
+    def measure_ms(model: nn.Module, example_input: ModelInputs) -> float:
         if spec.rpc is not None:
             return _measure_on_board(model, example_input)
         with torch_threads(1):
@@ -383,7 +384,7 @@ def target_measure(spec: TargetSpec) -> MeasureFn:
         with measurement_lock(spec.lock_path):
             return measure(runner, config).value(spec.statistic)
 
-    def _measure_on_board(model: nn.Module, example_input: torch.Tensor) -> float:
+    def _measure_on_board(model: nn.Module, example_input: ModelInputs) -> float:
         # Compile, upload and time inside the lock and with retries: a session opened before waiting for
         # the lock can expire while it waits, and a board that drops is reconnected (DeviceLostError after
         # the retries, one line).
@@ -404,8 +405,8 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")
 
 
-def default_predictor_path(model_spec: str, input_shape: tuple[int, ...], spec: TargetSpec) -> str:
-    shape = "x".join(map(str, input_shape))
+def default_predictor_path(model_spec: str, input_shape: tuple, spec: TargetSpec) -> str:
+    shape = _slug("x".join(map(str, input_shape)))
     statistic = "" if spec.statistic == "median" else f"-{spec.statistic}"
     return f"{PREDICTOR_DIR}/{_slug(model_spec)}-{shape}-{_slug(spec.where)}-{spec.clock}{statistic}-lpnet"
 
@@ -419,11 +420,14 @@ def profile_db_for(spec: TargetSpec, db_path: str) -> str:
     return str(path.with_name(f"{path.stem}{suffix}{path.suffix}")) if suffix else db_path
 
 
-def find_or_build_predictor(model_spec: str, dense: nn.Module, input_shape: tuple[int, ...], spec: TargetSpec,
+def find_or_build_predictor(model_spec: str, dense: nn.Module, input_shape: tuple, spec: TargetSpec,
                             artifact: str | None = None, db_path: str = PROFILE_DB,
                             on_progress: Callable[[int, int, str], None] | None = None,
                             step: Step = lambda _: None) -> PredictorInfo:
-    """Load the lpnet artifact for this model and target, or profile the model and fit one (then reuse it)."""
+    """Load the lpnet artifact for this model and target, or profile the model and fit one (then reuse it).
+
+    `input_shape` is an inputs key (`toolchain.inputs.specs_key`): the shape of one float input, or
+    `name:dtype:shape` per named input."""
     from pathlib import Path
 
     from latency_models.predictors import load_predictor
@@ -450,7 +454,7 @@ def find_or_build_predictor(model_spec: str, dense: nn.Module, input_shape: tupl
     trained_shape = predictor.meta.input_shapes.get(model_spec)
     if trained_shape is not None and tuple(trained_shape) != tuple(input_shape):
         raise ToolchainError(f"{path} was trained at input shape {tuple(trained_shape)}, not {tuple(input_shape)}")
-    graph = PruningGraph(copy.deepcopy(dense), torch.randn(*input_shape))
+    graph = PruningGraph(copy.deepcopy(dense), make_inputs(specs_from_key(input_shape), vocab_size_of(dense)))
     return PredictorInfo(PredictorLatency(predictor, [g.name for g in graph.groups]), "lpnet", str(path),
                          dict(predictor.meta.heldout_metrics))
 
@@ -492,9 +496,9 @@ class BudgetJob:
     db_path: str = PROFILE_DB
     on_progress: Callable[[int, int, str], None] | None = field(default=None, compare=False)
 
-    def run(self, model_spec, dense: nn.Module, example_input: torch.Tensor, data, step: Step) -> PruneResult:
+    def run(self, model_spec, dense: nn.Module, example_input: ModelInputs, data, step: Step) -> PruneResult:
         spec = model_spec if isinstance(model_spec, str) else type(model_spec).__name__
-        info = find_or_build_predictor(spec, dense, tuple(example_input.shape), self.target, self.predictor,
+        info = find_or_build_predictor(spec, dense, specs_key(specs_of(example_input)), self.target, self.predictor,
                                        self.db_path, self.on_progress, step)
         result = prune_to_budget(dense, example_input, self.budget, info, target_measure(self.target), data,
                                  self.saliency, step)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import sys
@@ -11,19 +12,25 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from toolchain.commands.input_options import input_option, trust_pickle_option
 from toolchain.commands.validation import FRACTION_BELOW_ONE, POSITIVE_MS, ROUND_TO, SHARE, THREADS
 from toolchain.errors import ToolchainError
+from toolchain.models.sources import source_examples
 from toolchain.shapes import parse_shape
 
 stderr = Console(stderr=True)
+MODEL_HELP = source_examples()
 
 
 def model_options(func):
     """Options shared by every command that takes a model."""
     for option in reversed([
-        click.option("--model", required=True, help="zoo:NAME or path/to/file.py:factory"),
+        click.option("--model", required=True, help=MODEL_HELP),
         click.option("--weights", type=click.Path(dir_okay=False), help="safetensors or .pt (weights_only)"),
-        click.option("--input-shape", callback=parse_shape, help="e.g. 1,3,224,224 (default: the zoo's)"),
+        click.option("--input-shape", callback=parse_shape, help="one float input, e.g. 1,3,224,224 (default: the "
+                                                                  "source's)"),
+        input_option,
+        trust_pickle_option,
     ]):
         func = option(func)
     return func
@@ -104,15 +111,19 @@ def _pipeline_options(func):
     return func
 
 
-def _run_pipeline(model, weights, input_shape, ratio, round_to, protect, data, out, as_json, target="cpu",
-                  budget=None):
+def _run_pipeline(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, protect, data, out, as_json,
+                  target="cpu", budget=None):
     from toolchain.deploy import PipelineConfig, write_pruned_folder
     from toolchain.pruning import PruneConfig
 
-    config = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, data=data,
+    config = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, inputs=inputs,
+                            trust_pickle=trust_pickle, data=data,
                             prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)), target=target,
                             budget=budget)
-    manifest = write_pruned_folder(config, Steps(quiet=as_json))
+    # Libraries print on stdout (Torch-Pruning's batch-size warning for keyword inputs, Ultralytics' banners);
+    # stdout is for the manifest, so `--json` output stays parseable.
+    with contextlib.redirect_stdout(sys.stderr):
+        manifest = write_pruned_folder(config, Steps(quiet=as_json))
     if as_json:
         click.echo(json.dumps(manifest, indent=1))
     else:
@@ -232,8 +243,9 @@ def _progress_bar(quiet: bool):
 @click.option("--allocator", default="lpnet", show_default=True, help="width allocator (with a budget)")
 @click.option("--finetune-steps", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON on stdout")
-def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, target, precision, out, rpc_tracker,
-               rpc_key, budget_ms, budget_ratio, criterion, allocator, finetune_steps, as_json) -> None:
+def deploy_cmd(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, protect, data, target, precision,
+               out, rpc_tracker, rpc_key, budget_ms, budget_ratio, criterion, allocator, finetune_steps,
+               as_json) -> None:
     """Prune for a target, export, verify, and write the deploy bundle with its manifest."""
     from toolchain.bundle import BundleConfig, default_out, latency_summary, write_bundle
     from toolchain.deploy import PipelineConfig
@@ -271,11 +283,13 @@ def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, targ
                                      allocator=allocator, round_to=round_to, finetune_steps=finetune_steps,
                                      protect=tuple(protect)),
                         spec, None, on_progress=_progress_bar(as_json))
-    pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, data=data,
+    pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, inputs=inputs,
+                              trust_pickle=trust_pickle, data=data,
                               prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)),
                               target=device.name, budget=job)
-    manifest = write_bundle(BundleConfig(device=device.name, precision=precision, rpc=rpc), pipeline,
-                            Steps(quiet=as_json))
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is for the manifest
+        manifest = write_bundle(BundleConfig(device=device.name, precision=precision, rpc=rpc), pipeline,
+                                Steps(quiet=as_json))
     if as_json:
         click.echo(json.dumps(manifest, indent=1))
         return
@@ -289,18 +303,19 @@ def deploy_cmd(model, weights, input_shape, ratio, round_to, protect, data, targ
 @cli.command("export")
 @click.option("--pruned", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="a folder written by `toolchain prune`")
-@click.option("--model", help="or a dense model: zoo:NAME or path/to/file.py:factory (with --pruned: its factory)")
+@click.option("--model", help=f"or a dense model: {MODEL_HELP} (with --pruned: its factory)")
 @click.option("--weights", type=click.Path(dir_okay=False))
 @click.option("--input-shape", callback=parse_shape)
+@input_option
+@trust_pickle_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="the .onnx file")
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True)
 @trust_model_file_option
-def export_cmd(pruned, model, weights, input_shape, out, opset, trust_model_file) -> None:
-    """Export a pruned folder (or a dense model) to ONNX and verify it against PyTorch."""
-    import torch
-
-    from toolchain.archive import load_pruned
-    from toolchain.export.onnx import export_onnx, verify_onnx
+def export_cmd(pruned, model, weights, input_shape, inputs, trust_pickle, out, opset, trust_model_file) -> None:
+    """Export a pruned folder (or a dense model) to ONNX, verified against PyTorch before it is written."""
+    from toolchain.archive import arch_inputs, load_pruned
+    from toolchain.export.onnx import export_onnx
+    from toolchain.inputs import make_inputs, vocab_size_of
     from toolchain.models import resolve_model
     from toolchain.output_folder import check_writable
 
@@ -309,14 +324,14 @@ def export_cmd(pruned, model, weights, input_shape, out, opset, trust_model_file
     check_writable(out)  # before the model is built and exported
     if pruned is not None:
         module, arch = load_pruned(pruned, model, trust_model_file)
-        shape = tuple(arch["input_shape"])
+        specs = arch_inputs(arch)
     else:
-        module, shape = resolve_model(model, weights, input_shape)
-    example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        module, specs = resolve_model(model, weights, input_shape, inputs, trust_pickle)
+    example = make_inputs(specs, vocab_size_of(module))
     out.parent.mkdir(parents=True, exist_ok=True)
-    path = export_onnx(module, example, out, opset)
-    err = verify_onnx(module, path, example)
-    click.echo(f"wrote {path} (opset {opset}); max relative error vs PyTorch {err:.1e}")
+    exported = export_onnx(module, example, out, opset)
+    click.echo(f"wrote {exported.path} (opset {exported.opset}); max relative error vs PyTorch "
+               f"{exported.max_rel_err:.1e}")
 
 
 # Commands that live in their own modules (added by later features); absent ones are skipped.

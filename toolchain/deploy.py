@@ -16,7 +16,8 @@ from toolchain.archive import write_arch_and_weights
 from toolchain.budget import BudgetJob
 from toolchain.data import check_data_fits, resolve_data
 from toolchain.evaluate import accuracy
-from toolchain.export.onnx import export_onnx, verify_onnx
+from toolchain.export.onnx import export_onnx
+from toolchain.inputs import InputSpecs, ModelInputs, make_inputs, specs_to_json, vocab_size_of
 from toolchain.models import resolve_model
 from toolchain.output_folder import atomic_folder, check_output_folder, stamp_of, write_json
 from toolchain.pruning import PruneConfig, check_runs, prune
@@ -32,7 +33,9 @@ class PipelineConfig:
     model: str
     out: Path
     weights: str | None = None
-    input_shape: tuple[int, ...] | None = None
+    input_shape: tuple[int, ...] | None = None  # one float tensor; or `inputs`, named and typed
+    inputs: InputSpecs = ()
+    trust_pickle: bool = False  # let a source load pickle checkpoints (`--trust-pickle`)
     data: str | None = None  # None: MNIST-5k for zoo:demo, nothing otherwise
     prune: PruneConfig = field(default_factory=PruneConfig)
     target: str = "cpu"
@@ -42,7 +45,7 @@ class PipelineConfig:
 Step = Callable[[str], None]
 # Adds target-specific files to the folder being written: (folder, pruned model, example input,
 # data splits or None, manifest to extend, step reporter).
-Extension = Callable[[Path, torch.nn.Module, torch.Tensor, object, dict, Step], None]
+Extension = Callable[[Path, torch.nn.Module, ModelInputs, object, dict, Step], None]
 
 
 def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, extend: Extension | None = None) -> dict:
@@ -53,8 +56,8 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
     """
     check_output_folder(config.out)  # before any slow work
     step("loading model")
-    dense, shape = resolve_model(config.model, config.weights, config.input_shape)
-    example_input = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    dense, specs = resolve_model(config.model, config.weights, config.input_shape, config.inputs, config.trust_pickle)
+    example_input = make_inputs(specs, vocab_size_of(dense))
     check_runs(dense, example_input)
     data = resolve_data(config.data, config.model)
     if data is not None:
@@ -69,7 +72,7 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
     else:
         result = prune(dense, example_input, config.prune)
     manifest = {"model": config.model if isinstance(config.model, str) else type(config.model).__name__,
-                "target": config.target, **result.manifest}
+                "target": config.target, **result.manifest, "inputs": specs_to_json(specs)}
     if config.budget is not None:
         manifest["ratio"] = None  # widths came from the budget, not from a uniform ratio
     if data is not None and config.budget is not None:  # recovered and evaluated by the budget loop
@@ -81,12 +84,11 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
         manifest["accuracy"] = accuracy(result.model, data.test)
         manifest["accuracy_data"] = config.data or "mnist5k"
     with atomic_folder(config.out) as tmp:
-        step("exporting ONNX")
-        onnx_path = export_onnx(result.model, example_input, tmp / "model.onnx")
-        step("verifying ONNX against PyTorch")
-        manifest["onnx_max_rel_err"] = verify_onnx(result.model, onnx_path, example_input)
-        manifest["onnx_opset"] = 17
-        write_arch_and_weights(tmp, result.model, dense, manifest["model"], shape, result.widths)
+        step("exporting ONNX and verifying it against PyTorch")
+        exported = export_onnx(result.model, example_input, tmp / "model.onnx")  # verified in onnxruntime
+        manifest["onnx_max_rel_err"] = exported.max_rel_err
+        manifest["onnx_opset"] = exported.opset
+        write_arch_and_weights(tmp, result.model, dense, manifest["model"], specs, result.widths)
         if extend is not None:
             extend(tmp, result.model, example_input, data, manifest, step)
         write_json(tmp / MANIFEST, manifest)

@@ -56,11 +56,14 @@ def check_runs(model: nn.Module, example_input: ModelInputs) -> None:
         raise
     except BaseException as exc:  # noqa: BLE001 - a user's forward may even call sys.exit (see user_code)
         raise ToolchainError(
-            f"the model rejects input shape {_describe(example_input)}: {describe_exit(exc)}"
+            f"the model rejects {'inputs' if isinstance(example_input, dict) else 'input shape'} "
+            f"{_describe(example_input)}: {describe_exit(exc)}"
         ) from exc
 
 
 def _describe(inputs: ModelInputs) -> str:
+    if isinstance(inputs, dict):
+        return ", ".join(f"{name} {tuple(t.shape)}" for name, t in inputs.items())
     shapes = [tuple(t.shape) for t in input_tensors(inputs)]
     return str(shapes[0]) if len(shapes) == 1 else ", ".join(map(str, shapes))
 

@@ -35,6 +35,7 @@ from toolchain.budget import (
     score_model,
 )
 from toolchain.errors import ToolchainError
+from toolchain.inputs import make_inputs, specs_key, vocab_size_of
 from toolchain.output_folder import check_writable
 from toolchain.saliency import SaliencyConfig
 
@@ -183,13 +184,13 @@ def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float
     from toolchain.models import resolve_model
 
     torch.set_num_threads(1)
-    dense, shape = resolve_model(config.model, config.weights, config.input_shape)
-    example_input = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    dense, specs = resolve_model(config.model, config.weights, config.input_shape)
+    example_input = make_inputs(specs, vocab_size_of(dense))
     data = resolve_data(config.data, config.model)
     if data is not None:
         check_data_fits(dense, data, config.data or "mnist5k")
     if predictor is None:
-        predictor = find_or_build_predictor(config.model, dense, tuple(shape), config.target, config.predictor)
+        predictor = find_or_build_predictor(config.model, dense, specs_key(specs), config.target, config.predictor)
     measure_ms = measure_ms or target_measure(config.target)
     scored = score_model(dense, example_input, criterion, (), data, config.saliency)
     for budget_ratio, allocator in points:
@@ -225,16 +226,16 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None,
         previous = json.loads(meta_path.read_text())
         if previous.get("identity") != json.loads(json.dumps(identity)):
             raise ToolchainError(f"{out} holds a sweep of another model/target/data; choose another --out")
-    dense, shape = resolve_model(config.model, config.weights, config.input_shape)
+    dense, specs = resolve_model(config.model, config.weights, config.input_shape)
     if predictor is None:
         step("finding or building the latency predictor")
-        predictor = find_or_build_predictor(config.model, dense, tuple(shape), config.target, config.predictor,
+        predictor = find_or_build_predictor(config.model, dense, specs_key(specs), config.target, config.predictor,
                                             db_path=config.db_path, step=step)
         config = replace(config, predictor=predictor.artifact)
     dense_ms = json.loads(meta_path.read_text()).get("dense_latency_ms") if meta_path.is_file() else None
     if dense_ms is None:
         step("measuring the dense model")
-        example_input = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        example_input = make_inputs(specs, vocab_size_of(dense))
         dense_ms = (measure_ms or target_measure(config.target))(dense, example_input)
     meta_path.write_text(json.dumps({"identity": identity, "dense_latency_ms": dense_ms,
                                      "predictor": predictor.artifact, "heldout_error": predictor.heldout_error},

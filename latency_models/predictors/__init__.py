@@ -25,6 +25,7 @@ from latency_models.measure import latency_ms
 from latency_models.metrics import accuracy_metrics
 from latency_models.predictors.artifact import ArtifactMeta, read_artifact, save_artifact
 from toolchain.errors import ToolchainError
+from toolchain.inputs import make_inputs, specs_from_key, vocab_size_of
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class LatencyQuery:
     def from_model(
         cls, model_spec: str, model: nn.Module, input_shape, widths: dict[str, int] | None = None
     ) -> LatencyQuery:
-        layers = layer_specs(model, torch.randn(*input_shape))
+        # `input_shape` is an inputs key (`toolchain.inputs.specs_key`): a shape, or typed named inputs.
+        layers = layer_specs(model, make_inputs(specs_from_key(input_shape), vocab_size_of(model)))
         return cls(model_spec, tuple(input_shape), widths, tuple(layers))
 
     @classmethod

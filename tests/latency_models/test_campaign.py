@@ -213,3 +213,19 @@ def test_an_interrupted_campaign_loses_at_most_the_chunk_it_was_timing(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         run_campaign(config)
     assert _count_rows(tmp_path / "m.db") == sum(chunks[:2]) and chunks[2] <= config.interleave
+
+
+def test_campaign_feeds_named_token_inputs(tmp_path):
+    """Variants of a token-input model are built, exported and timed with every named input at its dtype."""
+    from toolchain.inputs import InputSpec, specs_key
+
+    token_model = str(Path(__file__).with_name("token_model.py")) + ":factory"
+    key = specs_key((InputSpec("input_ids", "int64", (1, 8)), InputSpec("attention_mask", "int64", (1, 8))))
+    config = CampaignConfig(model=token_model, input_shape=key, db_path=str(tmp_path / "m.db"), samples=3,
+                            build_workers=1, measure=QUICK)
+    report = run_campaign(config)
+    assert report.failed == [] and report.measured == report.planned == 3
+    with MeasurementStore(config.db_path) as store:
+        rows = store.rows(model=token_model)
+        assert {tuple(r.input_shape) for r in rows} == {key} and all(r.batch == 1 for r in rows)
+        assert {g[0] for g in store.groups(token_model, key)} == {"fc1"}

@@ -123,11 +123,11 @@ def test_predict_pruned_folder_written_by_prune(tiny_artifact, tmp_path):
     from toolchain.models import resolve_model
     from toolchain.pruning import prune
 
-    dense, shape = resolve_model(TINY, input_shape=(1, 3, 16, 16))
-    result = prune(dense, torch.randn(*shape), ratio=0.5)
+    dense, inputs = resolve_model(TINY, input_shape=(1, 3, 16, 16))
+    result = prune(dense, torch.randn(*inputs[0].shape), ratio=0.5)
     folder = tmp_path / "pruned"
     folder.mkdir()
-    write_arch_and_weights(folder, result.model, dense, TINY, shape, result.widths)
+    write_arch_and_weights(folder, result.model, dense, TINY, inputs, result.widths)
     for predictor in ("lpnet", "macs"):
         answer = CliRunner().invoke(
             predict, ["--predictor", str(tiny_artifact.parent / predictor), "--pruned", str(folder), "--model", TINY,

@@ -72,8 +72,8 @@ def test_each_model_timed_in_one_session_is_the_model_uploaded(tmp_path):
     from toolchain.pruning import PruneConfig, prune
     from toolchain.targets import get_target
 
-    dense, shape = resolve_model("zoo:demo")
-    x = torch.randn(*shape)
+    dense, inputs = resolve_model("zoo:demo")
+    x = torch.randn(*inputs[0].shape)
     narrow = prune(dense, x, PruneConfig(ratio=0.9)).model
     with loopback_cluster(key="same-session", tracker_port=9690) as cluster:
         target = get_target("cpu", "tvm", 1, rpc=cluster.endpoint)
@@ -90,8 +90,8 @@ def test_sessions_are_renewed_before_the_server_would_expire_them(monkeypatch):
     from toolchain.targets.backends import tvm_backend
 
     monkeypatch.setattr(tvm_backend, "RENEW_AFTER_S", 0.0)  # every use renews
-    model, shape = resolve_model("zoo:demo")
-    x = torch.randn(*shape)
+    model, inputs = resolve_model("zoo:demo")
+    x = torch.randn(*inputs[0].shape)
     with loopback_cluster(key="renewed", tracker_port=9890) as cluster:
         target = get_target("cpu", "tvm", 1, rpc=cluster.endpoint)
         measure(target.prepare(model.eval(), x), QUICK)

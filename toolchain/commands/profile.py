@@ -17,8 +17,11 @@ from rich.progress import (
 from latency_models.campaign import CampaignConfig, resolve_clock, run_campaign
 from latency_models.measure import MeasureConfig
 from latency_models.rpc import parse_tracker
+from toolchain.commands.input_options import input_option
 from toolchain.commands.timing_options import clock_option, statistic_option
 from toolchain.commands.validation import NON_NEGATIVE_MS, SHARE, THREADS, count
+from toolchain.inputs import specs_key
+from toolchain.models.sources import source_examples
 from toolchain.shapes import parse_shape
 from toolchain.targets import RpcEndpoint, get_target
 
@@ -40,8 +43,9 @@ def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str |
 
 
 @click.command("profile")
-@click.option("--model", "model_spec", required=True, help="zoo:NAME or file.py:factory")
-@click.option("--input-shape", callback=parse_shape, help="e.g. 1,3,224,224 (default: the zoo's)")
+@click.option("--model", "model_spec", required=True, help=source_examples())
+@click.option("--input-shape", callback=parse_shape, help="one float input, e.g. 1,3,224,224 (default: the source's)")
+@input_option
 @click.option("--target", default="cpu", show_default=True)
 @click.option("--backend", default=None, help="default: the target's default backend")
 @click.option("--threads", default=1, show_default=True, type=THREADS)
@@ -80,6 +84,7 @@ def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str |
 def profile(
     model_spec,
     input_shape,
+    inputs,
     target,
     backend,
     threads,
@@ -101,6 +106,8 @@ def profile(
     device,
 ):
     """Sample per-group widths, build each pruned variant, time it, and store one row per configuration."""
+    if inputs and input_shape:
+        raise click.UsageError("give --input or --input-shape, not both")
     if device is not None:
         rpc_target = _device_rpc_target(device, rpc_tracker, rpc_key) or rpc_target
     rpc = None
@@ -114,7 +121,7 @@ def profile(
     clock = resolve_clock(clock, get_target(target, backend, threads, rpc=rpc))
     config = CampaignConfig(
         model=model_spec,
-        input_shape=input_shape,
+        input_shape=specs_key(inputs) if inputs else input_shape,
         db_path=db_path,
         target=target,
         backend=backend,

@@ -17,6 +17,7 @@ import torch
 from kernels.patterns import Pattern
 from kernels.sparsify import SparsifyConfig, apply_pattern_, sparsify_
 from toolchain.commands.validation import FRACTION_BELOW_ONE
+from toolchain.inputs import call_model, flatten_outputs, make_inputs, vocab_size_of
 from toolchain.shapes import parse_shape
 
 # Sparse vs masked-dense outputs (fp32): the kernels only reorder the sums.
@@ -43,7 +44,8 @@ def run_sparsify(pattern: str, model_spec: str, weights: str | None, input_shape
     config = SparsifyConfig(pattern=pattern, sparsity=sparsity)
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
         raise ValueError(f"--sparsity must be in [0, 1), got {sparsity}")
-    model, shape = resolve_model(model_spec, weights, input_shape)
+    model, specs = resolve_model(model_spec, weights, input_shape)
+    shape = specs[0].shape
     model = model.float().eval()
     masked = copy.deepcopy(model)
     with torch.no_grad():
@@ -52,9 +54,10 @@ def run_sparsify(pattern: str, model_spec: str, weights: str | None, input_shape
             raise ValueError(f"no layer of {model_spec} is eligible for the {pattern} pattern")
         sparse = copy.deepcopy(masked)
         sparsify_(sparse, SparsifyConfig(pattern=pattern, sparsity=sparsity, prune=False))
-        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        x = make_inputs(specs, vocab_size_of(model))
         try:
-            expected, got = masked(x), sparse(x)
+            expected = torch.cat([t.flatten() for t in flatten_outputs(call_model(masked, x))])
+            got = torch.cat([t.flatten() for t in flatten_outputs(call_model(sparse, x))])
         except (RuntimeError, ValueError) as error:
             message = f"forward with input shape {shape} failed: {error}".splitlines()[0]
             raise ValueError(message) from None

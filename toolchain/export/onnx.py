@@ -1,7 +1,11 @@
-"""ONNX export with proof: the exported graph must reproduce eager PyTorch.
+"""ONNX export with proof: the exported graph must load in onnxruntime and reproduce eager PyTorch.
 
->>> path = export_onnx(model, torch.randn(1, 1, 28, 28), "model.onnx")   # doctest: +SKIP
->>> verify_onnx(model, path, torch.randn(1, 1, 28, 28))                  # doctest: +SKIP
+Inputs keep their names and dtypes (`input_ids: int64`, ...), outputs are the flattened output nest
+named by `output_names` (`logits`, `last_hidden_state`, ...). The file is written under a temporary
+name and only renamed into place once onnxruntime has loaded it, run it and matched PyTorch.
+
+>>> exported = export_onnx(model, torch.randn(1, 1, 28, 28), "model.onnx")   # doctest: +SKIP
+>>> exported.max_rel_err
 3.1e-07
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,34 +22,83 @@ import torch
 from torch import nn
 
 from toolchain.errors import ToolchainError
+from toolchain.inputs import (
+    ModelInputs,
+    as_positional,
+    call_model,
+    flatten_outputs,
+    input_names,
+    input_tensors,
+    output_names,
+    random_like,
+)
 
 DEFAULT_OPSET = 17
+# The dynamo exporter implements opset 18 and up only; asked for 17 it converts its graph down with
+# onnx's version converter, which keeps opset-18 attributes (GPT-2's `Split` with `num_outputs`) and
+# writes a model onnxruntime refuses. Its fallback therefore exports at 18 or above.
+DYNAMO_MIN_OPSET = 18
 MAX_REL_ERR_FP32 = 1e-4
 
 
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
-    """Export `model` at the example input's static shape to `path` (written atomically)."""
+@dataclass(frozen=True)
+class OnnxExport:
+    """A verified ONNX file: where it is, the opset it holds, and its worst error against PyTorch."""
+
+    path: Path
+    opset: int
+    max_rel_err: float
+
+
+def _export(model: nn.Module, example_input: ModelInputs, path: Path, opset: int) -> int:
+    """Write `path` with the TorchScript exporter, else dynamo; return the opset written."""
+    names = input_names(example_input)
+    with torch.no_grad():
+        outputs = output_names(call_model(model, example_input))
+    module, args = as_positional(model, example_input)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter is several times faster than the dynamo one on CPU and
+        # handles every zoo model; the dynamo exporter is the fallback.
+        try:
+            torch.onnx.export(module, args, str(path), opset_version=opset, dynamo=False,
+                              input_names=names, output_names=outputs)
+            return opset
+        except Exception:
+            dynamo_opset = max(opset, DYNAMO_MIN_OPSET)
+            torch.onnx.export(module, args, str(path), opset_version=dynamo_opset, dynamo=True,
+                              input_names=names, output_names=outputs, external_data=False)
+            return dynamo_opset
+
+
+def export_onnx(model: nn.Module, example_input: ModelInputs, path: str | Path, opset: int = DEFAULT_OPSET,
+                n_random: int = 2, tolerance: float = MAX_REL_ERR_FP32) -> OnnxExport:
+    """Export `model` at the example inputs' static shapes to `path`, verified before it appears there.
+
+    Raises `ToolchainError` (and leaves no file) when the export fails, onnxruntime cannot load or
+    run the result, or its outputs differ from PyTorch beyond `tolerance`.
+    """
     if opset < 17:
         raise ToolchainError(f"opset {opset} is too old; the toolchain exports opset >= 17")
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     model = model.eval()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            # The TorchScript exporter is several times faster than the dynamo one on CPU and
-            # handles every zoo model; the dynamo exporter is the fallback.
-            try:
-                torch.onnx.export(model, (example_input,), str(tmp), opset_version=opset, dynamo=False,
-                                  input_names=["input"], output_names=["output"])
-            except Exception:
-                torch.onnx.export(model, (example_input,), str(tmp), opset_version=opset, dynamo=True,
-                                  input_names=["input"], output_names=["output"], external_data=False)
-    except Exception as exc:
+        try:
+            written_opset = _export(model, example_input, tmp, opset)
+        except Exception as exc:
+            raise ToolchainError(f"ONNX export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+        max_rel_err = verify_onnx(model, tmp, example_input, n_random, tolerance)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise ToolchainError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise
     os.replace(tmp, path)
-    return path
+    return OnnxExport(path, written_opset, max_rel_err)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def onnx_session(path: str | Path, threads: int = 1):
@@ -71,19 +125,20 @@ def check_finite_outputs(reference: np.ndarray, candidate: np.ndarray, label: st
                                  "(NaN calibration data or weights?)")
 
 
-def compare_with_pytorch(model: nn.Module, run: Callable[[np.ndarray], list[np.ndarray]], example_input: torch.Tensor,
-                         label: str, n_random: int = 2, tolerance: float = MAX_REL_ERR_FP32, seed: int = 0) -> float:
-    """Run a compiled model (`run`: input array -> output arrays) and PyTorch on the example and
-    `n_random` seeded random inputs; return the max relative error, raise above `tolerance`."""
+def compare_with_pytorch(model: nn.Module, run: Callable[[list[np.ndarray]], list[np.ndarray]],
+                         example_input: ModelInputs, label: str, n_random: int = 2,
+                         tolerance: float = MAX_REL_ERR_FP32, seed: int = 0) -> float:
+    """Run a compiled model (`run`: input arrays in call order -> output arrays) and PyTorch on the
+    example and `n_random` seeded random inputs (`random_like`: token ids stay inside the vocabulary);
+    return the max relative error over every flattened output, raise above `tolerance`."""
     generator = torch.Generator().manual_seed(seed)
-    inputs = [example_input] + [torch.randn(example_input.shape, generator=generator) for _ in range(n_random)]
+    inputs = [example_input] + [random_like(example_input, generator) for _ in range(n_random)]
     worst = 0.0
     model = model.eval()
     for x in inputs:
         with torch.no_grad():
-            expected = model(x)
-        expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
-        got = run(x.numpy())
+            expected = flatten_outputs(call_model(model, x))
+        got = run([t.detach().cpu().numpy() for t in input_tensors(x)])
         if len(got) != len(expected):
             raise ToolchainError(f"{label} has {len(got)} outputs, PyTorch has {len(expected)}")
         for e, g in zip(expected, got, strict=True):
@@ -96,13 +151,25 @@ def compare_with_pytorch(model: nn.Module, run: Callable[[np.ndarray], list[np.n
     return worst
 
 
-def verify_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor, n_random: int = 2,
+def verify_onnx(model: nn.Module, path: str | Path, example_input: ModelInputs, n_random: int = 2,
                 tolerance: float = MAX_REL_ERR_FP32, seed: int = 0) -> float:
     """Run the ONNX file in onnxruntime on the example and random inputs; return max relative error.
 
-    Raises `ToolchainError` if it exceeds `tolerance` (1e-4 for fp32).
+    Raises `ToolchainError` if onnxruntime cannot load or run it, or the error exceeds `tolerance`
+    (1e-4 for fp32).
     """
-    session = onnx_session(path)
-    input_name = session.get_inputs()[0].name
-    return compare_with_pytorch(model, lambda x: session.run(None, {input_name: x}), example_input, "ONNX model",
-                                n_random, tolerance, seed)
+    try:
+        session = onnx_session(path)
+    except Exception as exc:  # onnxruntime's own exception types; an unloadable file is never "exported"
+        raise ToolchainError(f"onnxruntime cannot load {Path(path).name}: {_first_line(exc)}") from exc
+    names = [i.name for i in session.get_inputs()]
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        if len(arrays) != len(names):
+            raise ToolchainError(f"ONNX model takes inputs {names}, the example has {len(arrays)}")
+        try:
+            return session.run(None, dict(zip(names, arrays, strict=True)))
+        except Exception as exc:
+            raise ToolchainError(f"onnxruntime cannot run {Path(path).name}: {_first_line(exc)}") from exc
+
+    return compare_with_pytorch(model, run, example_input, "ONNX model", n_random, tolerance, seed)

@@ -163,7 +163,7 @@ def verify_tvm_against(torch_model, lib_path: str | Path, example_input, n_rando
     Returns the max relative error; raises ToolchainError above `tolerance` (1e-4 for fp32).
     """
     vm, _ = _load_vm(lib_path)
-    return compare_with_pytorch(torch_model, lambda x: _run(vm, [x]), example_input, "TVM library",
+    return compare_with_pytorch(torch_model, lambda arrays: _run(vm, arrays), example_input, "TVM library",
                                 n_random, tolerance, seed)
 
 

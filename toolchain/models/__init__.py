@@ -1,10 +1,11 @@
 """Model zoo and model resolution.
 
 One door for each concept: `create_model(name)` builds a zoo model, `resolve_model(spec)` turns
-what a user typed (`zoo:NAME` or `path/to/file.py:factory`) into a module and its input shape.
+what a user typed (`zoo:NAME`, `timm:NAME`, `hf:DIR`, ... or `path/to/file.py:factory`) into a
+module and its example inputs.
 
->>> model, shape = resolve_model("zoo:demo")
->>> shape
+>>> model, inputs = resolve_model("zoo:demo")
+>>> inputs[0].shape
 (1, 1, 28, 28)
 """
 

@@ -1,4 +1,4 @@
-"""Turn user input into modules: `zoo:NAME` or `file.py:factory`, plus weights without pickle."""
+"""Turn user input into modules (a registered source `PREFIX:NAME` or `file.py:factory`); weights without pickle."""
 
 from __future__ import annotations
 
@@ -13,17 +13,18 @@ from safetensors.torch import load_file
 from torch import nn
 
 from toolchain.errors import ToolchainError
-from toolchain.models._registry import create_model, get_model_spec
+from toolchain.inputs import InputSpec, InputSpecs
+from toolchain.models.sources import SourceOptions, find_source, load_from_source
+from toolchain.models.sources.zoo_models import DEMO_WEIGHTS  # noqa: F401  (re-exported)
 from toolchain.user_code import call_user_code
-
-DEMO_WEIGHTS = Path(__file__).parent / "weights" / "demo.safetensors"
 
 
 def load_factory(spec: str):
     """Import `path/to/file.py:function` and return the function (not called)."""
     path_text, sep, func_name = spec.rpartition(":")
     if not sep or not path_text or not func_name:
-        raise ToolchainError(f"malformed model spec {spec!r}; expected zoo:NAME or path/to/file.py:factory")
+        raise ToolchainError(f"malformed model spec {spec!r}; expected PREFIX:NAME (e.g. zoo:demo, timm:resnet18) "
+                             "or path/to/file.py:factory")
     path = Path(path_text)
     if path.suffix != ".py":
         raise ToolchainError(f"malformed model spec {spec!r}: {path_text!r} is not a .py file")
@@ -41,32 +42,36 @@ def load_factory(spec: str):
 
 
 def resolve_model(spec: str | nn.Module, weights: str | Path | None = None,
-                  input_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, tuple[int, ...]]:
-    """Build the model a user named and return it (eval mode) with its example input shape.
+                  input_shape: tuple[int, ...] | None = None, inputs: InputSpecs = (),
+                  trust_pickle: bool = False) -> tuple[nn.Module, InputSpecs]:
+    """Build the model a user named and return it (eval mode) with the example inputs it takes.
 
-    `spec` is `zoo:NAME`, `path/to/file.py:factory` (a function returning an `nn.Module`), or an
-    `nn.Module` object (a torchvision/timm model, say). User factories need `input_shape`.
+    `spec` is `PREFIX:NAME` of a registered source (`zoo:`, `torchvision:`, `timm:`, `hf:`,
+    `ultralytics:`), `path/to/file.py:factory` (a function returning an `nn.Module`), or an
+    `nn.Module` object. `inputs` (named, typed) or `input_shape` (one float tensor) override the
+    source's default inputs; user factories and modules need one of them.
     """
+    if inputs and input_shape:  # before any slow model building
+        raise ToolchainError("give --input or --input-shape, not both")
+    default_inputs, default_weights = None, None
     if isinstance(spec, nn.Module):
-        model, default_shape = spec, None
-    elif spec.startswith("zoo:"):
-        name = spec[len("zoo:"):]
-        default_shape = get_model_spec(name).input_shape
-        model = create_model(name)
-        if name == "demo" and weights is None and DEMO_WEIGHTS.is_file():
-            weights = DEMO_WEIGHTS
+        model = spec
+    elif find_source(spec) is not None:
+        sourced = load_from_source(spec, SourceOptions(trust_pickle=trust_pickle))
+        model, default_inputs, default_weights = sourced.model, sourced.inputs, sourced.default_weights
     else:
         factory = load_factory(spec)
         model = call_user_code(f"factory {spec}", factory)
         if not isinstance(model, nn.Module):
             raise ToolchainError(f"factory {spec} returned {type(model).__name__}, not a torch.nn.Module")
-        default_shape = None
-    shape = tuple(input_shape) if input_shape else default_shape
-    if shape is None:
-        raise ToolchainError(f"no input shape known for {spec}; pass --input-shape, e.g. 1,3,224,224")
+    specs = tuple(inputs) or ((InputSpec.float_input(input_shape),) if input_shape else default_inputs)
+    if not specs:
+        raise ToolchainError(f"no example input known for {spec}; pass --input-shape, e.g. 1,3,224,224, "
+                             "or --input NAME:DTYPE:SHAPE per input")
+    weights = weights if weights is not None else default_weights
     if weights is not None:
         load_weights(model, weights)
-    return model.eval(), shape
+    return model.eval(), specs
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import torch
 from torch import nn
 
 from toolchain.errors import ToolchainError
+from toolchain.inputs import ModelInputs
 
 # Device class -> default backend. A target name not in this table is unknown.
 DEFAULT_BACKEND = {"cpu": "onnxruntime", "cuda": "torch"}
@@ -55,7 +55,7 @@ class Backend(Protocol):
 
     def versions(self) -> dict[str, str]: ...
 
-    def prepare(self, model: nn.Module, example_input: torch.Tensor, target: Target) -> Runner: ...
+    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Target) -> Runner: ...
 
     # Optional, for backends whose compiled form is plain bytes (ONNX Runtime): `compile` may then run in
     # another process and `load` bind its result here (a profiling campaign builds variants in parallel).
@@ -77,7 +77,7 @@ class Target:
         """Short identity used in file names and the database, e.g. `cpu/onnxruntime/1t`."""
         return f"{self.name}/{self.backend}/{self.threads}t"
 
-    def prepare(self, model: nn.Module, example_input: torch.Tensor) -> Runner:
+    def prepare(self, model: nn.Module, example_input: ModelInputs) -> Runner:
         """Compile `model` for this target and bind `example_input`; the returned runner only runs."""
         return _backend_impl(self).prepare(model, example_input, self)
 
@@ -86,11 +86,11 @@ class Target:
         """Whether `compile` gives bytes that `load` can bind in another process (see Backend)."""
         return hasattr(_backend_impl(self), "compile") and self.rpc is None
 
-    def compile(self, model: nn.Module, example_input: torch.Tensor) -> bytes:
+    def compile(self, model: nn.Module, example_input: ModelInputs) -> bytes:
         """The compiled model as bytes (only where `compiles_to_bytes`); `load` turns it into a runner."""
         return _backend_impl(self).compile(model, example_input, self)
 
-    def load(self, compiled: bytes, example_input: torch.Tensor) -> Runner:
+    def load(self, compiled: bytes, example_input: ModelInputs) -> Runner:
         """A runner for bytes from `compile` (which may have run in another process) bound to `example_input`."""
         return _backend_impl(self).load(compiled, example_input, self)
 

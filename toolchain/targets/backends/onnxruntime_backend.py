@@ -8,14 +8,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolchain.inputs import ModelInputs
 from toolchain.targets import Target, register_backend
-from toolchain.targets.backends._onnx import INPUT_NAME, onnx_bytes_for_timing
+from toolchain.targets.backends._onnx import onnx_bytes_for_timing, onnx_feeds
 
 
 class OnnxRuntimeRunner:
-    """An ORT session (sequential, `threads` intra-op threads, full graph optimisation) bound to one input."""
+    """An ORT session (sequential, `threads` intra-op threads, full graph optimisation) bound to its inputs."""
 
-    def __init__(self, onnx_model: bytes, example_input: np.ndarray, threads: int):
+    def __init__(self, onnx_model: bytes, feeds: dict[str, np.ndarray], threads: int):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -24,7 +25,7 @@ class OnnxRuntimeRunner:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
-        self.feeds = {INPUT_NAME: example_input}
+        self.feeds = feeds
 
     def run(self) -> None:
         self.session.run(None, self.feeds)
@@ -45,11 +46,11 @@ class OnnxRuntimeBackend:
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": metadata.version("onnxruntime"), "torch": torch.__version__}
 
-    def prepare(self, model: nn.Module, example_input: torch.Tensor, target: Target) -> OnnxRuntimeRunner:
+    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Target) -> OnnxRuntimeRunner:
         return self.load(self.compile(model, example_input, target), example_input, target)
 
-    def compile(self, model: nn.Module, example_input: torch.Tensor, target: Target) -> bytes:
+    def compile(self, model: nn.Module, example_input: ModelInputs, target: Target) -> bytes:
         return onnx_bytes_for_timing(model, example_input)
 
-    def load(self, compiled: bytes, example_input: torch.Tensor, target: Target) -> OnnxRuntimeRunner:
-        return OnnxRuntimeRunner(compiled, example_input.detach().cpu().numpy(), target.threads)
+    def load(self, compiled: bytes, example_input: ModelInputs, target: Target) -> OnnxRuntimeRunner:
+        return OnnxRuntimeRunner(compiled, onnx_feeds(example_input), target.threads)

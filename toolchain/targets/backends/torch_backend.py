@@ -5,18 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from toolchain.inputs import ModelInputs, call_model, inputs_to
 from toolchain.targets import Target, register_backend
 
 
 class TorchCpuRunner:
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, threads: int):
+    def __init__(self, model: nn.Module, example_input: ModelInputs, threads: int):
         torch.set_num_threads(threads)
         self.model = model.eval()
         self.example_input = example_input
 
     def run(self) -> None:
         with torch.inference_mode():
-            self.model(self.example_input)
+            call_model(self.model, self.example_input)
 
     def device_times_ms(self, repeats: int) -> list[float] | None:
         return None
@@ -25,13 +26,13 @@ class TorchCpuRunner:
 class TorchCudaRunner:
     """Times each run between two CUDA events, synchronising before the first and after the last."""
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor):
+    def __init__(self, model: nn.Module, example_input: ModelInputs):
         self.model = model.eval().cuda()
-        self.example_input = example_input.cuda()
+        self.example_input = inputs_to(example_input, "cuda")
 
     def run(self) -> None:
         with torch.inference_mode():
-            self.model(self.example_input)
+            call_model(self.model, self.example_input)
         torch.cuda.synchronize()
 
     def device_times_ms(self, repeats: int) -> list[float] | None:
@@ -41,7 +42,7 @@ class TorchCudaRunner:
         with torch.inference_mode():
             for start, end in zip(starts, ends, strict=True):
                 start.record()
-                self.model(self.example_input)
+                call_model(self.model, self.example_input)
                 end.record()
         torch.cuda.synchronize()
         return [start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)]
@@ -55,8 +56,8 @@ class TorchCpuBackend:
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
 
-    def prepare(self, model: nn.Module, example_input: torch.Tensor, target: Target) -> TorchCpuRunner:
-        return TorchCpuRunner(model, example_input.cpu(), target.threads)
+    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Target) -> TorchCpuRunner:
+        return TorchCpuRunner(model, inputs_to(example_input, "cpu"), target.threads)
 
 
 @register_backend("cuda", "torch")
@@ -67,5 +68,5 @@ class TorchCudaBackend:
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__, "cuda": str(torch.version.cuda)}
 
-    def prepare(self, model: nn.Module, example_input: torch.Tensor, target: Target) -> TorchCudaRunner:
+    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Target) -> TorchCudaRunner:
         return TorchCudaRunner(model, example_input)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from toolchain.inputs import ModelInputs, input_tensors
 from toolchain.targets import RpcEndpoint, Target, register_backend
 from toolchain.targets.backends._onnx import onnx_bytes_for_timing
 
@@ -45,15 +46,16 @@ class TvmRunner:
         self.session = session  # kept alive: the remote module dies with its session
         self.device = device
         self.vm = relax.VirtualMachine(executable_or_module, device)
-        self.input = tvm.runtime.tensor(example_input.detach().cpu().numpy(), device)
+        # Every input in call order (the ONNX graph's order), each with its own dtype.
+        self.inputs = [tvm.runtime.tensor(t.detach().cpu().numpy(), device) for t in input_tensors(example_input)]
 
     def run(self) -> None:
-        self.vm["main"](self.input)
+        self.vm["main"](*self.inputs)
         self.device.sync()
 
     def device_times_ms(self, repeats: int) -> list[float] | None:
         evaluator = self.vm.time_evaluator("main", self.device, number=1, repeat=repeats)
-        return [seconds * 1e3 for seconds in evaluator(self.input).results]
+        return [seconds * 1e3 for seconds in evaluator(*self.inputs).results]
 
 
 _remote_sessions: dict[RpcEndpoint, tuple[object, float]] = {}  # endpoint -> (session, opened at)
@@ -119,7 +121,7 @@ class _TvmBackend:
             return json.loads(target.rpc.tvm_target_json)
         return HOST_TVM_TARGET if self.device_kind == "cpu" else {"kind": "cuda"}
 
-    def prepare(self, model: nn.Module, example_input: torch.Tensor, target: Target) -> TvmRunner:
+    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Target) -> TvmRunner:
         import tvm
 
         executable = compile_onnx(onnx_bytes_for_timing(model, example_input), self.tvm_target(target))

@@ -1,0 +1,130 @@
+"""ONNX export of named, typed inputs and nested outputs; a file appears only once onnxruntime ran it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from toolchain.errors import ToolchainError
+from toolchain.export import onnx as onnx_export
+from toolchain.export.onnx import export_onnx
+from toolchain.inputs import InputSpec, call_model, make_inputs, output_names, output_shapes, vocab_size_of
+from toolchain.models import resolve_model
+from toolchain.pruning import prune
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+
+
+def onnx_io(path):
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [(i.name, i.type) for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+
+
+class NestedOutputs(nn.Module):
+    """Named inputs of two dtypes in, a dict holding a tuple out."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.proj = nn.Linear(8, 4)
+
+    def forward(self, ids, scale):
+        hidden = self.embed(ids) * scale
+        return {"logits": self.proj(hidden), "extra": (hidden.sum(-1), None, hidden.mean())}
+
+
+def test_nested_outputs_and_typed_inputs_keep_their_names(tmp_path):
+    model = NestedOutputs().eval()
+    inputs = make_inputs((InputSpec("ids", "int64", (2, 5)), InputSpec("scale", "float32", (2, 5, 1))), vocab_size=10)
+    exported = export_onnx(model, inputs, tmp_path / "m.onnx")
+    assert exported.max_rel_err <= 1e-4 and exported.opset == 17
+    assert onnx_io(exported.path) == ([("ids", "tensor(int64)"), ("scale", "tensor(float)")],
+                                      ["logits", "extra.0", "extra.2"])
+    assert output_names(call_model(model, inputs)) == ["logits", "extra.0", "extra.2"]
+
+
+def test_an_unloadable_file_never_appears(tmp_path, monkeypatch):
+    def write_garbage(model, example, path, opset):
+        path.write_bytes(b"not an onnx model")
+        return opset
+
+    monkeypatch.setattr(onnx_export, "_export", write_garbage)
+    with pytest.raises(ToolchainError, match="onnxruntime cannot load"):
+        export_onnx(nn.Linear(2, 2), torch.randn(1, 2), tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    folder = tmp_path_factory.mktemp("hf") / "gpt2"
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    model, specs = resolve_model(f"hf:{folder}", inputs=(InputSpec("input_ids", "int64", (1, 16)),
+                                                       InputSpec("attention_mask", "int64", (1, 16))))
+    return model, make_inputs(specs, vocab_size_of(model))
+
+
+def test_gpt2_export_loads_and_runs_in_onnxruntime(tiny_gpt2, tmp_path):
+    model, inputs = tiny_gpt2
+    exported = export_onnx(model, inputs, tmp_path / "gpt2.onnx")
+    assert exported.max_rel_err <= 1e-4
+    assert onnx_io(exported.path) == ([("input_ids", "tensor(int64)"), ("attention_mask", "tensor(int64)")],
+                                      ["logits"])
+
+
+@pytest.mark.slow
+def test_gpt2_dynamo_fallback_writes_a_model_onnxruntime_loads(tiny_gpt2, tmp_path, monkeypatch):
+    """Regression: the dynamo exporter asked for opset 17 converted its opset-18 graph down and kept `Split`'s
+    `num_outputs` attribute, a model onnxruntime refuses (INVALID_GRAPH); nothing noticed."""
+    real_export = torch.onnx.export
+
+    def torchscript_fails(*args, dynamo=False, **kwargs):
+        if not dynamo:
+            raise RuntimeError("TorchScript exporter unavailable")
+        return real_export(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", torchscript_fails)
+    model, inputs = tiny_gpt2
+    exported = export_onnx(model, inputs, tmp_path / "gpt2.onnx")
+    assert exported.opset >= onnx_export.DYNAMO_MIN_OPSET and exported.max_rel_err <= 1e-4
+    assert onnx_io(exported.path)[0] == [("input_ids", "tensor(int64)"), ("attention_mask", "tensor(int64)")]
+
+
+def hf_image_model(kind: str):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    if kind == "resnet":
+        return transformers.ResNetForImageClassification(transformers.ResNetConfig(
+            embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], num_labels=4))
+    return transformers.ConvNextForImageClassification(transformers.ConvNextConfig(
+        num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], num_labels=4))
+
+
+def prune_and_export(spec: str, tmp_path, input_shape=None):
+    dense, specs = resolve_model(spec, input_shape=input_shape)
+    inputs = make_inputs(specs, vocab_size_of(dense))
+    result = prune(dense, inputs, ratio=0.5)
+    assert result.manifest["params"] < result.manifest["dense_params"]
+    with torch.no_grad():
+        dense_output, pruned_output = call_model(dense, inputs), call_model(result.model, inputs)
+    assert output_shapes(pruned_output) == output_shapes(dense_output)
+    exported = export_onnx(result.model, inputs, tmp_path / "model.onnx")
+    assert exported.max_rel_err <= 1e-4
+    assert onnx_io(exported.path)[1] == output_names(dense_output)
+
+
+# HF ViT is left out here on purpose: its attention heads are pruned channel by channel until the graph
+# wrapper prunes whole heads (issue 14, item 4), so a passing prune would not yet mean a right model.
+@pytest.mark.parametrize("kind", ["resnet", "convnext"])
+def test_hf_model_output_classes_prune_and_export(kind, tmp_path):
+    folder = tmp_path / kind
+    hf_image_model(kind).save_pretrained(folder)
+    prune_and_export(f"hf:{folder}", tmp_path, input_shape=(1, 3, 32, 32))
+
+
+@pytest.mark.slow
+def test_torchvision_segmentation_dict_output_prunes_and_exports(tmp_path):
+    pytest.importorskip("torchvision", reason="torchvision is not installed")
+    prune_and_export("torchvision:lraspp_mobilenet_v3_large", tmp_path, input_shape=(1, 3, 32, 32))

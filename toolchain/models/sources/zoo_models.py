@@ -1,0 +1,18 @@
+"""`zoo:NAME`: the toolchain's own model zoo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolchain.inputs import InputSpec
+from toolchain.models._registry import create_model, get_model_spec
+from toolchain.models.sources import SourcedModel, SourceOptions, register_source
+
+DEMO_WEIGHTS = Path(__file__).parents[1] / "weights" / "demo.safetensors"
+
+
+@register_source("zoo", "zoo:NAME")
+def zoo_model(name: str, options: SourceOptions) -> SourcedModel:
+    shape = get_model_spec(name).input_shape
+    weights = DEMO_WEIGHTS if name == "demo" and DEMO_WEIGHTS.is_file() else None
+    return SourcedModel(create_model(name), (InputSpec.float_input(shape),), weights)
