@@ -93,6 +93,11 @@ class SentenceEmbedder(nn.Module):
         super().__init__()
         self.encoder = encoder
 
+    @property
+    def config(self):
+        """The encoder's configuration (its `vocab_size` bounds the token ids of example inputs)."""
+        return self.encoder.config
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         tokens = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
