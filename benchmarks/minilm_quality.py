@@ -31,10 +31,11 @@ from toolchain.budget import measurement_lock
 from toolchain.data.english_sentences import load_english_sentences
 from toolchain.embedding_quality import DistillConfig, compare_embeddings, distill_embeddings
 from toolchain.errors import ToolchainError
+from toolchain.export.onnx import compare_with_pytorch
 from toolchain.graph import PruningGraph
 from toolchain.models import create_model, model_example_inputs
 from toolchain.models.minilm import SEQUENCE_LENGTH, embed, tokenize
-from toolchain.named_input_latency import NamedInputRunner, onnx_bytes, verify_runner
+from toolchain.targets import get_target
 from toolchain.transformer_pruning import (
     CRITERIA,
     BudgetSearchConfig,
@@ -60,9 +61,13 @@ def _slug(text: str) -> str:
 
 def measured_latency(model, inputs, config: MeasureConfig) -> dict:
     """Export, verify in onnxruntime, then time there (the lock keeps other benchmarks' timings apart)."""
+    target = get_target("cpu", "onnxruntime", threads=1)
     with torch_threads(1):
-        runner = NamedInputRunner(onnx_bytes(model, inputs), inputs, threads=1)
-        onnx_error = verify_runner(model, runner, inputs)
+        runner = target.prepare(model, inputs)  # the backend every cpu timing uses: named int64 inputs kept
+        def run_onnx(arrays):
+            return runner.session.run(None, dict(zip(runner.feeds, arrays, strict=True)))
+
+        onnx_error = compare_with_pytorch(model, run_onnx, inputs, "ONNX model", n_random=0)
     with measurement_lock():
         result = measure(runner, config)
     return {"latency_ms": result.value(config.statistic), "median_ms": result.median_ms, "min_ms": result.min_ms,
