@@ -39,7 +39,7 @@ from toolchain.graph_attention import (
     no_generation_cache,
     root_layer_types,
 )
-from toolchain.graph_reference import ReferenceMasks, is_channel_norm, unverifiable_norm_reason
+from toolchain.graph_reference import ReferenceMasks, is_channel_norm, regrouped_layer, unverifiable_norm_reason
 from toolchain.inputs import ModelInputs, call_model, flatten_outputs, output_shapes
 
 # Relative error allowed between the shrunk model and the dense model with the removed channels
@@ -121,6 +121,9 @@ class PruningGraph:
                                 for t in traced_outputs if t.grad_fn in self._op_owners}
         self.groups: list[ChannelGroup] = []
         self.frozen: list[FrozenGroup] = []
+        # Largest relative error of the last shrink against its masked dense reference (None
+        # until channels are removed): the proof that the check ran.
+        self.verified_error: float | None = None
         self._roots: dict[str, nn.Module] = {}
         self._heads: dict[str, AttentionHeads] = {}
         # RMSNorm-style weights are traced as bare parameters: map them back to their norm.
@@ -197,6 +200,10 @@ class PruningGraph:
                 depthwise = module.groups == module.in_channels == module.out_channels
                 if not depthwise:
                     return f"grouped convolution at {path} (groups={module.groups}) is not pruned"
+        regrouped = regrouped_layer(dg, group)
+        if regrouped is not None:
+            return (f"a reshape folds other dims into the channels of {self._names.get(regrouped, '?')}; "
+                    "its channels are not pruned")
         return None
 
     # -- queries ---------------------------------------------------------------------------
@@ -389,9 +396,11 @@ class PruningGraph:
             raise ToolchainError(f"pruning changed the model's output shapes from {self._dense_output_shapes} "
                                  f"to {shapes}; refusing to return a wrong model")
         if reference is not None:
-            for expected, got in zip(reference, flatten_outputs(outputs)):
+            self.verified_error = 0.0
+            for expected, got in zip(reference, flatten_outputs(outputs), strict=True):
                 scale = float(expected.abs().max()) or 1.0
                 error = float((expected - got).abs().max()) / scale
+                self.verified_error = max(self.verified_error, error)
                 if error > EQUIVALENCE_TOLERANCE:
                     raise ToolchainError(
                         "the pruned model does not compute what the dense model computes with those channels "

@@ -112,6 +112,10 @@ class AttentionHeads:
     def width(self) -> int:
         return self.num_heads * self.head_dim
 
+    def output_in_width(self) -> int:
+        """Channels the output projection reads (num_heads x head_dim when consistent)."""
+        return self.output.in_features if isinstance(self.output, nn.Linear) else self.output.weight.shape[0]
+
     def layers(self) -> tuple[nn.Module, ...]:
         found = [self.query, self.key, self.value, self.output] + ([self.gate] if self.gate is not None else [])
         return tuple(dict.fromkeys(found))
@@ -196,6 +200,11 @@ def _pruner(layer: nn.Module):
 
 
 def _set_counts(module: nn.Module, heads: int, kv_heads: int, inner_width: int) -> None:
+    if _first_int(module, HEAD_COUNT_ATTRS) is None:
+        # transformers 5 attention (Llama) reads its counts from the config shared by every layer;
+        # the layer's own counts are recorded on the layer (forward infers them from the widths)
+        module.num_heads, module.num_key_value_heads = heads, kv_heads
+        return
     for attr in HEAD_COUNT_ATTRS:
         if isinstance(getattr(module, attr, None), int):
             setattr(module, attr, heads)

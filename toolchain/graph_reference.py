@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from toolchain.inputs import ModelInputs, call_model, flatten_outputs
@@ -136,3 +137,26 @@ def _sliced_parameters(norm: nn.Module, keep: torch.Tensor) -> Iterator[None]:
         norm._parameters.update(saved_params)
         for key, value in saved_attrs.items():
             setattr(norm, key, value)
+
+
+def regrouped_layer(dg, group) -> nn.Module | None:
+    """A layer that receives only part of its channels from a group with no concatenation.
+
+    Every layer of such a group carries all of the root's channels, one for one, unless a
+    reshape in between folds several positions into channels (Swin's patch merging: C -> 4C);
+    Torch-Pruning maps one channel where four are meant, and the pruned layer no longer fits.
+    """
+    if any(getattr(dep.target, "type", None) == tp.ops.OPTYPE.CONCAT for dep, _ in group):
+        return None
+    for dep, idxs in group:
+        layer = dep.target.module
+        if not isinstance(layer, nn.Module) or getattr(dep.target, "type", None) == tp.ops.OPTYPE.EMBED:
+            continue
+        pruner = dg.get_pruner_of_module(layer)
+        if pruner is None:
+            continue
+        out_side = dg.is_out_channel_pruning_fn(dep.handler)
+        channels = pruner.get_out_channels(layer) if out_side else pruner.get_in_channels(layer)
+        if isinstance(channels, int) and len(idxs) < channels:
+            return layer
+    return None
