@@ -259,3 +259,15 @@ def test_cross_attention_projection_refused_by_name():
     model = transformers.GPT2Model(config).eval()
     _, refused = find_attention_heads(model)
     assert "cross-attention at 'h.0.crossattention'" in refused["h.0.crossattention"]
+
+
+def test_residual_width_through_rmsnorm_is_verified_not_skipped():
+    config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=128, vocab_size=100,
+                                      max_position_embeddings=64)
+    model, inputs = transformers.LlamaForCausalLM(config).eval(), _tokens()
+    graph = PruningGraph(model, inputs)
+    residual = graph.group("model.layers.0.mlp.down_proj")  # reaches the logits only through lm_head's inputs
+    graph.shrink({residual.name: 32})
+    assert model.model.norm.weight.shape == (32,) and model.model.layers[0].input_layernorm.weight.shape == (32,)
+    assert graph.verified_error is not None and graph.verified_error < 1e-4

@@ -36,6 +36,8 @@ HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_head")
 KV_HEAD_COUNT_ATTRS = ("num_key_value_heads", "num_kv_heads")
 INNER_WIDTH_ATTRS = ("all_head_size", "attn_dim", "inner_dim", "split_size")
 HEAD_DIM_ATTRS = ("head_dim", "attention_head_size")
+# Attributes of attention whose value heads are wider than its query/key heads.
+UNEQUAL_HEAD_DIM_ATTRS = ("key_dim", "val_dim", "attn_ratio")
 # Parameters with one column per head (relative position bias tables of Swin-style attention).
 PER_HEAD_TABLES = ("relative_position_bias_table",)
 
@@ -80,6 +82,10 @@ def _out_width(layer: nn.Module) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.weight.shape[1]
 
 
+def _in_width(layer: nn.Module) -> int:
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.weight.shape[0]
+
+
 @dataclass(frozen=True)
 class AttentionHeads:
     """Where one attention module keeps its heads.
@@ -114,7 +120,7 @@ class AttentionHeads:
 
     def output_in_width(self) -> int:
         """Channels the output projection reads (num_heads x head_dim when consistent)."""
-        return self.output.in_features if isinstance(self.output, nn.Linear) else self.output.weight.shape[0]
+        return _in_width(self.output)
 
     def layers(self) -> tuple[nn.Module, ...]:
         found = [self.query, self.key, self.value, self.output] + ([self.gate] if self.gate is not None else [])
@@ -245,8 +251,12 @@ def _fused(path: str, module: nn.Module, model_paths: dict) -> AttentionHeads | 
         return None
     if getattr(module, "is_cross_attention", False) or getattr(module, "q_attn", None) is not None:
         raise AttentionRefused(f"cross-attention at {path!r} ({type(module).__name__}) is not pruned")
+    if any(hasattr(module, attr) for attr in UNEQUAL_HEAD_DIM_ATTRS):
+        return None  # q/k and v heads of different widths (EfficientFormer): left to the channel graph
     width = _out_width(qkv)
     head_dim = _first_int(module, HEAD_DIM_ATTRS) or width // (3 * heads)
+    if _in_width(output) != heads * head_dim:
+        return None
     if width != 3 * heads * head_dim:
         raise AttentionRefused(f"attention at {path!r}: qkv width {width} is not 3 x {heads} heads x {head_dim}")
     norm = getattr(module, "norm", None)
@@ -280,7 +290,8 @@ def _separate(path: str, module: nn.Module, model_paths: dict, parents: dict) ->
                                "projection could not be found")
     head_dim = _first_int(module, HEAD_DIM_ATTRS) or _out_width(query) // heads
     kv_width = _out_width(key)
-    if _out_width(query) != heads * head_dim or kv_width != _out_width(value) or kv_width % head_dim:
+    if _out_width(query) != heads * head_dim or _in_width(output) != heads * head_dim \
+            or kv_width != _out_width(value) or kv_width % head_dim:
         raise AttentionRefused(f"attention at {path!r}: q/k/v widths do not match {heads} heads x {head_dim}")
     kv_heads = kv_width // head_dim
     if heads % kv_heads:
