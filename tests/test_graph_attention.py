@@ -271,3 +271,17 @@ def test_residual_width_through_rmsnorm_is_verified_not_skipped():
     graph.shrink({residual.name: 32})
     assert model.model.norm.weight.shape == (32,) and model.model.layers[0].input_layernorm.weight.shape == (32,)
     assert graph.verified_error is not None and graph.verified_error < 1e-4
+
+
+def test_attention_whose_forward_needs_every_head_is_refused_by_name():
+    """timm Swin V2 reshapes the heads' output to the residual width: removing a head cannot run."""
+    model = timm.create_model("swinv2_tiny_window8_256", pretrained=False, img_size=64, depths=(1, 1),
+                              num_heads=(2, 4), embed_dim=32, window_size=8).eval()
+    x = torch.randn(1, 3, 64, 64)
+    graph = PruningGraph(model, x)
+    reasons = {f.name: f.reason for f in graph.frozen}
+    assert "attention at 'layers.1.blocks.0.attn' (WindowAttention) fails" in reasons["layers.1.blocks.0.attn.qkv"]
+    assert not [g for g in graph.groups if g.kind == "heads"]
+    result = prune(model, x, ratio=0.5)  # the MLPs are still pruned, and verified
+    assert result.manifest["params"] < result.manifest["dense_params"]
+    assert result.manifest["verified_relative_error"] < 1e-4

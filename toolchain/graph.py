@@ -37,6 +37,7 @@ from toolchain.graph_attention import (
     find_attention_heads,
     heads_tp_group,
     no_generation_cache,
+    refuse_heads_that_fail_removal,
     root_layer_types,
 )
 from toolchain.graph_reference import ReferenceMasks, is_channel_norm, regrouped_layer, unverifiable_norm_reason
@@ -106,6 +107,7 @@ class PruningGraph:
         try:
             with torch.no_grad():
                 self._dense_output_shapes = output_shapes(call_model(model, example_input))
+            self._attention = refuse_heads_that_fail_removal(model, example_input, self._attention)
             with torch.enable_grad(), _recording_op_owners(model) as self._op_owners, no_generation_cache(model):
                 self._dg = tp.DependencyGraph().build_dependency(
                     model, example_input, forward_fn=call_model, output_transform=keep_outputs, verbose=False,
@@ -159,7 +161,9 @@ class PruningGraph:
             self._initial_groups[name] = group
         for heads in self._attention:
             layers = tuple(self._names[layer] for layer in heads.layers())
-            if any(layer in protected for layer in heads.producers()):
+            if heads.refusal is not None:
+                self.frozen.append(FrozenGroup(heads.name, heads.width, heads.refusal))
+            elif any(layer in protected for layer in heads.producers()):
                 self.frozen.append(FrozenGroup(heads.name, heads.width, f"attention {heads.path!r} is protected"))
             elif heads.num_kv_heads < 2:
                 self.frozen.append(FrozenGroup(heads.name, heads.width, "a single head cannot be pruned"))

@@ -16,15 +16,17 @@ never mix before it), which is the reference the graph verifies a shrink against
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from toolchain.errors import ToolchainError
+from toolchain.inputs import ModelInputs, call_model, output_shapes
 
 try:  # GPT-2 style projections: weight stored as [in, out]
     from transformers.pytorch_utils import Conv1D
@@ -38,8 +40,13 @@ INNER_WIDTH_ATTRS = ("all_head_size", "attn_dim", "inner_dim", "split_size")
 HEAD_DIM_ATTRS = ("head_dim", "attention_head_size")
 # Attributes of attention whose value heads are wider than its query/key heads.
 UNEQUAL_HEAD_DIM_ATTRS = ("key_dim", "val_dim", "attn_ratio")
-# Parameters with one column per head (relative position bias tables of Swin-style attention).
-PER_HEAD_TABLES = ("relative_position_bias_table",)
+# Parameters with one entry per head along a dim: Swin's relative position bias table (last dim),
+# Swin V2's logit scale (first dim).
+PER_HEAD_TABLES = (("relative_position_bias_table", -1), ("logit_scale", 0))
+# Separate q/k/v bias vectors of a bias-free fused qkv (Swin V2, BEiT): which projection each follows.
+SPLIT_BIASES = (("q_bias", 0), ("k_bias", 1), ("v_bias", 2))
+# Swin V2's continuous position-bias MLP: its last Linear has one output per head.
+PER_HEAD_MLPS = ("cpb_mlp",)
 
 
 class Conv1DPruner(tp.pruner.function.BasePruningFunc):
@@ -108,6 +115,9 @@ class AttentionHeads:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    # Why its heads must be kept (state this module cannot cut, a forward that fails without a
+    # head); its inner channels are then frozen rather than left to the channel graph.
+    refusal: str | None = None
 
     @property
     def group_size(self) -> int:
@@ -127,7 +137,9 @@ class AttentionHeads:
         return tuple(dict.fromkeys(found))
 
     def producers(self) -> tuple[nn.Module, ...]:
-        layers = (self.query, self.key, self.value, self.gate)
+        """Layers whose output channels are per head (their channels are grouped here, not by Torch-Pruning)."""
+        tables = [owner for owner, _, _ in self.per_head_tables() if isinstance(owner, nn.Linear)]
+        layers = (self.query, self.key, self.value, self.gate, *tables)
         return tuple(dict.fromkeys(layer for layer in layers if layer is not None))
 
     def query_channels(self, heads: Sequence[int]) -> list[int]:
@@ -151,14 +163,19 @@ class AttentionHeads:
         """Input channels of `output` that go with `kv_heads`."""
         return self.query_channels([j * self.group_size + i for j in kv_heads for i in range(self.group_size)])
 
-    def per_head_tables(self) -> list[tuple[nn.Module, str]]:
-        """(owner, parameter name) of parameters with one column per query head."""
+    def per_head_tables(self) -> list[tuple[nn.Module, str, int]]:
+        """(owner, parameter name, dim) of parameters with one entry per query head along dim."""
         found = []
         for owner in self.module.modules():
-            for pname in PER_HEAD_TABLES:
+            for pname, dim in PER_HEAD_TABLES:
                 table = getattr(owner, pname, None)
-                if isinstance(table, nn.Parameter) and table.shape[-1] == self.num_heads:
-                    found.append((owner, pname))
+                if isinstance(table, nn.Parameter) and table.shape[dim] == self.num_heads:
+                    found.append((owner, pname, dim))
+        for mlp_name in PER_HEAD_MLPS:
+            mlp = getattr(self.module, mlp_name, None)
+            last = [m for m in mlp.modules() if isinstance(m, nn.Linear)][-1:] if isinstance(mlp, nn.Module) else []
+            if last and last[0].out_features == self.num_heads:
+                found += [(last[0], pname, 0) for pname in ("weight", "bias") if getattr(last[0], pname) is not None]
         return found
 
     def remove(self, kv_heads: Sequence[int]) -> None:
@@ -170,14 +187,34 @@ class AttentionHeads:
             raise ToolchainError(f"cannot remove every head of attention {self.path!r}")
         for layer, channels in self.output_drops(kv_heads).items():
             _pruner(layer).prune_out_channels(layer, channels)
+        self._remove_split_biases(kv_heads)
         _pruner(self.output).prune_in_channels(self.output, self.input_drops(kv_heads))
         query_heads = {j * self.group_size + i for j in kv_heads for i in range(self.group_size)}
         keep = torch.tensor([h for h in range(self.num_heads) if h not in query_heads])
-        for owner, pname in self.per_head_tables():
+        for owner, pname, dim in self.per_head_tables():
             table = getattr(owner, pname)
-            setattr(owner, pname, nn.Parameter(table.data.index_select(-1, keep), table.requires_grad))
+            setattr(owner, pname, nn.Parameter(table.data.index_select(dim, keep), table.requires_grad))
+            if isinstance(owner, nn.Linear):
+                owner.out_features = len(keep)
         heads, kv = self.num_heads - len(query_heads), self.num_kv_heads - len(kv_heads)
         _set_counts(self.module, heads, kv, heads * self.head_dim)
+
+    def split_biases(self) -> list[tuple[str, int]]:
+        """(attribute, 0/1/2 for q/k/v) of separate bias vectors the module adds to its projections."""
+        return [(name, which) for name, which in SPLIT_BIASES
+                if isinstance(getattr(self.module, name, None), torch.Tensor)]
+
+    def _remove_split_biases(self, kv_heads: list[int]) -> None:
+        query_heads = [j * self.group_size + i for j in kv_heads for i in range(self.group_size)]
+        for name, which in self.split_biases():
+            bias = getattr(self.module, name)
+            dropped = set(self.query_channels(query_heads if which == 0 else kv_heads))
+            keep = torch.tensor([c for c in range(bias.shape[0]) if c not in dropped])
+            kept = bias.data.index_select(0, keep)
+            if isinstance(bias, nn.Parameter):
+                setattr(self.module, name, nn.Parameter(kept, bias.requires_grad))
+            else:
+                self.module.register_buffer(name, kept, persistent=name in self.module.state_dict())
 
     def magnitude_scores(self) -> torch.Tensor:
         """L2 norm of each query channel's weights, its key/value channels' and its output column."""
@@ -259,14 +296,33 @@ def _fused(path: str, module: nn.Module, model_paths: dict) -> AttentionHeads | 
         return None
     if width != 3 * heads * head_dim:
         raise AttentionRefused(f"attention at {path!r}: qkv width {width} is not 3 x {heads} heads x {head_dim}")
+    gate = getattr(module, "gate", None)
+    inner = heads * head_dim
+    found = AttentionHeads(model_paths[qkv], path, module, qkv, qkv, qkv, (0, inner, 2 * inner), output,
+                           gate if _is_projection(gate) else None, heads, heads, head_dim)
+    return replace(found, refusal=_unknown_per_head_state(found))
+
+
+def _unknown_per_head_state(heads: AttentionHeads) -> str | None:
+    """Why attention holding per-head state this module does not cut is refused (it would go stale)."""
+    module, path = heads.module, heads.path
     norm = getattr(module, "norm", None)
     if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
         # a norm over all heads' channels (timm scale_norm) mixes heads: removing one is not exact
-        raise AttentionRefused(f"attention at {path!r} normalises across heads ({type(norm).__name__}); not pruned")
-    gate = getattr(module, "gate", None)
-    inner = heads * head_dim
-    return AttentionHeads(model_paths[qkv], path, module, qkv, qkv, qkv, (0, inner, 2 * inner), output,
-                          gate if _is_projection(gate) else None, heads, heads, head_dim)
+        return f"attention at {path!r} normalises across heads ({type(norm).__name__}); its heads are kept"
+    handled = {id(p) for layer in heads.layers() for p in layer.parameters()}
+    handled |= {id(getattr(owner, name)) for owner, name, _ in heads.per_head_tables()}
+    handled |= {id(getattr(module, name)) for name, _ in heads.split_biases()}
+    for name, param in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+        if id(param) in handled or not param.is_floating_point():
+            continue
+        per_head = isinstance(param, nn.Parameter) and param.dim() >= 2 and heads.num_heads in (param.shape[0],
+                                                                                                  param.shape[-1])
+        if heads.width in param.shape or per_head:
+            # Swin V2's logit_scale and continuous position-bias MLP, for instance
+            return (f"attention at {path!r} has per-head tensor {name!r} {tuple(param.shape)} that is not pruned; "
+                    "its heads are kept")
+    return None
 
 
 def _separate(path: str, module: nn.Module, model_paths: dict, parents: dict) -> AttentionHeads | None:
@@ -296,8 +352,9 @@ def _separate(path: str, module: nn.Module, model_paths: dict, parents: dict) ->
     kv_heads = kv_width // head_dim
     if heads % kv_heads:
         raise AttentionRefused(f"attention at {path!r}: {heads} query heads do not group over {kv_heads} kv heads")
-    return AttentionHeads(model_paths[query], path, module, query, key, value, (0, 0, 0), output, None,
-                          heads, kv_heads, head_dim)
+    found = AttentionHeads(model_paths[query], path, module, query, key, value, (0, 0, 0), output, None,
+                           heads, kv_heads, head_dim)
+    return replace(found, refusal=_unknown_per_head_state(found))
 
 
 def find_attention_heads(model: nn.Module) -> tuple[list[AttentionHeads], dict[str, str]]:
@@ -386,3 +443,53 @@ def conv1d_magnitude(group, width: int) -> torch.Tensor:
         rows = weight.T if getattr(handler, "__name__", "") == pruner.prune_out_channels.__name__ else weight
         score.index_add_(0, torch.tensor(item.root_idxs), rows[list(item.idxs)].pow(2).sum(dim=1))
     return score.sqrt()
+
+
+def refuse_heads_that_fail_removal(model: nn.Module, example_input: ModelInputs,
+                                   found: list[AttentionHeads]) -> list[AttentionHeads]:
+    """Remove one head from a copy of each attention module and run it on its recorded input.
+
+    Some forwards hard-code the inner width to the residual width (timm Swin V2 reshapes to its
+    input's C): such modules get a refusal naming them instead of failing the whole shrink.
+    """
+    recorded: dict[nn.Module, tuple] = {}
+
+    def record(module, args, kwargs) -> None:
+        recorded.setdefault(module, (args, kwargs))
+
+    handles = [heads.module.register_forward_pre_hook(record, with_kwargs=True) for heads in found]
+    try:
+        with torch.no_grad(), no_generation_cache(model):  # a cache would grow on every trial call
+            call_model(model, example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    checked = []
+    for heads in found:
+        if heads.module not in recorded or heads.num_kv_heads < 2 or heads.refusal is not None:
+            checked.append(heads)
+            continue
+        args, kwargs = recorded[heads.module]
+        memo: dict = {}
+        clone = copy.deepcopy(heads.module, memo)
+        trial = replace(heads, module=clone, **{
+            role: memo.get(id(getattr(heads, role)), copy.deepcopy(getattr(heads, role)))
+            for role in ("query", "key", "value", "output") if getattr(heads, role) is not None})
+        if heads.gate is not None:
+            trial = replace(trial, gate=memo[id(heads.gate)])
+        try:
+            with torch.no_grad():
+                expected = output_shapes(heads.module(*args, **kwargs))
+                if id(heads.output) not in memo:  # BERT-style: the module returns the heads, read outside it
+                    narrower = heads.width - heads.group_size * heads.head_dim
+                    expected = [(*s[:-1], narrower) if s and s[-1] == heads.width else s for s in expected]
+                trial.remove([0])
+                failure = None if output_shapes(clone(*args, **kwargs)) == expected else "changes its output shape"
+        except Exception as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            failure = f"fails ({type(exc).__name__}: {message})"
+        if failure is not None:
+            heads = replace(heads, refusal=f"attention at {heads.path!r} ({type(heads.module).__name__}) {failure} "
+                                           "with a head removed; its heads are kept")
+        checked.append(heads)
+    return checked
