@@ -14,7 +14,7 @@ from torch import nn
 
 from toolchain import PruningGraph, ToolchainError, prune
 from toolchain.graph_attention import AttentionHeads, find_attention_heads
-from toolchain.inputs import call_model, output_shapes
+from toolchain.inputs import call_model, flatten_outputs, output_shapes
 
 timm = pytest.importorskip("timm", reason="timm is not installed")
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
@@ -285,3 +285,30 @@ def test_attention_whose_forward_needs_every_head_is_refused_by_name():
     result = prune(model, x, ratio=0.5)  # the MLPs are still pruned, and verified
     assert result.manifest["params"] < result.manifest["dense_params"]
     assert result.manifest["verified_relative_error"] < 1e-4
+
+
+def test_a_norm_whose_output_is_a_model_output_protects_its_channels():
+    """BERT's last LayerNorm returns last_hidden_state itself: no output node follows it in the trace."""
+    model, inputs = _hf_bert()
+    graph = PruningGraph(model.eval(), inputs)
+    reasons = {f.name: f.reason for f in graph.frozen}
+    assert "reach a model output (at encoder.layer.1.output.LayerNorm)" in reasons["encoder.layer.1.output.dense"]
+
+
+@pytest.mark.parametrize("family", ["hf_bert", "hf_llama_gqa", "hf_gpt2", "timm_swin", "hf_swin"])
+def test_pruned_attention_round_trips_through_shapes_and_weights(family, tmp_path):
+    """Head counts and per-head tables are plain attributes and shapes, so arch.json rebuilds them."""
+    from toolchain.archive import load_pruned, write_arch_and_weights
+
+    build, _ = FAMILIES[family]
+    torch.manual_seed(0)
+    dense, inputs = build()
+    result = prune(dense.eval(), inputs, ratio=0.5)
+    write_arch_and_weights(tmp_path, result.model, dense, family, (1,), result.widths)
+    torch.manual_seed(1)
+    fresh, _ = build()
+    loaded, _ = load_pruned(tmp_path, fresh)
+    with torch.no_grad():
+        for expected, got in zip(flatten_outputs(call_model(result.model, inputs)),
+                                 flatten_outputs(call_model(loaded, inputs)), strict=True):
+            torch.testing.assert_close(got, expected)
