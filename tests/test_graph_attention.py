@@ -134,7 +134,11 @@ def _heads_by_path(model: nn.Module) -> dict[str, AttentionHeads]:
     return {heads.path: heads for heads in found}
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+SLOW_FAMILIES = {"hf_mobilevit"}  # its convolutional stages dominate: ~15 s on 2 cores
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in SLOW_FAMILIES else f
+                                    for f in sorted(FAMILIES)])
 def test_attention_is_pruned_by_whole_heads_and_verified(family):
     torch.manual_seed(0)
     build, expected_heads = FAMILIES[family]
@@ -163,6 +167,7 @@ def test_attention_is_pruned_by_whole_heads_and_verified(family):
     assert output_shapes(call_model(result.model, inputs)) == dense_shapes
 
 
+@pytest.mark.slow  # six prunes
 def test_head_attributes_are_updated_where_forward_reads_them():
     model, inputs = _hf_bert()
     pruned = prune(model.eval(), inputs, ratio=0.5).model
