@@ -32,14 +32,12 @@ from torch import nn
 from toolchain.errors import ToolchainError
 from toolchain.graph_attention import (
     AttentionHeads,
-    conv1d_magnitude,
-    customized_pruners,
     find_attention_heads,
     heads_tp_group,
     no_generation_cache,
     refuse_heads_that_fail_removal,
-    root_layer_types,
 )
+from toolchain.graph_conv1d import conv1d_magnitude, customized_pruners, root_layer_types
 from toolchain.graph_reference import ReferenceMasks, is_channel_norm, regrouped_layer, unverifiable_norm_reason
 from toolchain.inputs import ModelInputs, call_model, flatten_outputs, output_shapes
 

@@ -26,12 +26,8 @@ import torch_pruning as tp
 from torch import nn
 
 from toolchain.errors import ToolchainError
+from toolchain.graph_conv1d import Conv1DPruner, is_projection
 from toolchain.inputs import ModelInputs, call_model, output_shapes
-
-try:  # GPT-2 style projections: weight stored as [in, out]
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # transformers is optional
-    Conv1D = None
 
 # Attribute names attention modules use for their counts (timm, transformers, GPT-2).
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_head")
@@ -47,42 +43,6 @@ PER_HEAD_TABLES = (("relative_position_bias_table", -1), ("logit_scale", 0))
 SPLIT_BIASES = (("q_bias", 0), ("k_bias", 1), ("v_bias", 2))
 # Swin V2's continuous position-bias MLP: its last Linear has one output per head.
 PER_HEAD_MLPS = ("cpb_mlp",)
-
-
-class Conv1DPruner(tp.pruner.function.BasePruningFunc):
-    """Torch-Pruning surgery for transformers' `Conv1D` (a Linear whose weight is [in, out])."""
-
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        keep = sorted(set(range(layer.weight.shape[1])) - set(int(i) for i in idxs))
-        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
-        layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
-        layer.nf = len(keep)  # forward() reshapes its output to nf channels
-        return layer
-
-    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        keep = sorted(set(range(layer.weight.shape[0])) - set(int(i) for i in idxs))
-        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
-        return layer
-
-    def get_out_channels(self, layer: nn.Module) -> int:
-        return layer.weight.shape[1]
-
-    def get_in_channels(self, layer: nn.Module) -> int:
-        return layer.weight.shape[0]
-
-
-def customized_pruners() -> dict:
-    """Layer types Torch-Pruning does not know, with their surgery (for `build_dependency`)."""
-    return {Conv1D: Conv1DPruner()} if Conv1D is not None else {}
-
-
-def root_layer_types() -> tuple[type, ...]:
-    """Layer types whose output channels start a group (Torch-Pruning's conv/linear, plus Conv1D)."""
-    return (nn.modules.conv._ConvNd, nn.Linear, *customized_pruners())
-
-
-def _is_projection(layer) -> bool:
-    return isinstance(layer, nn.Linear) or (Conv1D is not None and isinstance(layer, Conv1D))
 
 
 def _out_width(layer: nn.Module) -> int:
@@ -284,7 +244,7 @@ def _fused(path: str, module: nn.Module, model_paths: dict) -> AttentionHeads | 
     qkv = getattr(module, "qkv", None) or getattr(module, "c_attn", None)
     output = getattr(module, "proj", None) or getattr(module, "c_proj", None)
     heads = _head_count(module)
-    if not (_is_projection(qkv) and _is_projection(output) and isinstance(heads, int)):
+    if not (is_projection(qkv) and is_projection(output) and isinstance(heads, int)):
         return None
     if getattr(module, "is_cross_attention", False) or getattr(module, "q_attn", None) is not None:
         raise AttentionRefused(f"cross-attention at {path!r} ({type(module).__name__}) is not pruned")
@@ -299,7 +259,7 @@ def _fused(path: str, module: nn.Module, model_paths: dict) -> AttentionHeads | 
     gate = getattr(module, "gate", None)
     inner = heads * head_dim
     found = AttentionHeads(model_paths[qkv], path, module, qkv, qkv, qkv, (0, inner, 2 * inner), output,
-                           gate if _is_projection(gate) else None, heads, heads, head_dim)
+                           gate if is_projection(gate) else None, heads, heads, head_dim)
     return replace(found, refusal=_unknown_per_head_state(found))
 
 
@@ -329,17 +289,17 @@ def _separate(path: str, module: nn.Module, model_paths: dict, parents: dict) ->
     """transformers (BERT/ViT/Swin/SegFormer/Whisper/MobileViT/Llama): separate q, k, v projections."""
     for names in (("query", "key", "value"), ("q_proj", "k_proj", "v_proj")):
         layers = [getattr(module, n, None) for n in names]
-        if all(_is_projection(layer) for layer in layers):
+        if all(is_projection(layer) for layer in layers):
             break
     else:
         return None
     query, key, value = layers
     output = next((getattr(module, n) for n in ("o_proj", "out_proj", "proj")
-                   if _is_projection(getattr(module, n, None))), None)
+                   if is_projection(getattr(module, n, None))), None)
     parent = parents.get(module)
     if output is None and parent is not None:  # BERT-style: the sibling `output.dense` reads the heads
         dense = getattr(getattr(parent, "output", None), "dense", None)
-        output = dense if _is_projection(dense) else None
+        output = dense if is_projection(dense) else None
     heads = _head_count(module)
     if output is None or not isinstance(heads, int):
         raise AttentionRefused(f"attention at {path!r} ({type(module).__name__}): its head count or output "
@@ -429,20 +389,6 @@ def no_generation_cache(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         config.use_cache = True
-
-
-def conv1d_magnitude(group, width: int) -> torch.Tensor:
-    """L2 magnitude per root channel over a group's `Conv1D` layers (Torch-Pruning's importance skips them)."""
-    score = torch.zeros(width)
-    for item in group:
-        layer, handler = item.dep.target.module, item.dep.handler
-        if Conv1D is None or not isinstance(layer, Conv1D):
-            continue
-        weight = layer.weight.detach()  # [in, out]
-        pruner = Conv1DPruner()
-        rows = weight.T if getattr(handler, "__name__", "") == pruner.prune_out_channels.__name__ else weight
-        score.index_add_(0, torch.tensor(item.root_idxs), rows[list(item.idxs)].pow(2).sum(dim=1))
-    return score.sqrt()
 
 
 def refuse_heads_that_fail_removal(model: nn.Module, example_input: ModelInputs,
