@@ -50,8 +50,9 @@ EQUIVALENCE_TOLERANCE = 1e-4
 class ChannelGroup:
     """Channels that must be pruned together, named after the layer whose outputs they are.
 
-    `width` counts channels of the root layer's output (for attention: of one of q, k, v);
-    `unit` is the granularity of pruning (head_dim for heads, else 1).
+    `width` counts channels of the root layer's output (for attention: the query heads' channels);
+    `unit` is the granularity of pruning (for heads: head_dim x query heads per key/value head;
+    else 1).
     """
 
     name: str
