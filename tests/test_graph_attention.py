@@ -317,3 +317,19 @@ def test_pruned_attention_round_trips_through_shapes_and_weights(family, tmp_pat
         for expected, got in zip(flatten_outputs(call_model(result.model, inputs)),
                                  flatten_outputs(call_model(loaded, inputs)), strict=True):
             torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("criterion", ["l2", "taylor", "sensitivity", "redundancy"])
+def test_saliency_criteria_score_heads_per_query_channel(criterion):
+    from toolchain.graph import widths_for_ratio
+    from toolchain.models.vit import VisionTransformer
+    from toolchain.saliency import SaliencyConfig, score_groups
+
+    torch.manual_seed(0)
+    model, x = VisionTransformer(image_size=32, patch=8, depth=1, num_classes=10).eval(), _image()
+    calib = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    graph = PruningGraph(model, x)
+    scores = score_groups(model, graph, criterion, calib, SaliencyConfig(batch_size=8, max_batches=1))
+    assert scores["blocks.0.attn.qkv"].shape == (192,)
+    graph.shrink(widths_for_ratio(graph, 0.5), scores)
+    assert model.blocks[0].attn.num_heads == 2 and graph.verified_error < 1e-4
