@@ -8,10 +8,12 @@ performs the layer surgery. This module adds what a deployment tool needs on top
   model apply to another copy built from the same factory;
 * automatic protection of every group whose channels reach a model output, so a pruned
   model's outputs keep the dense model's shapes with no list from the user;
-* attention heads pruned as whole heads (q, k and v slices together, `num_heads` updated);
+* attention heads pruned as whole heads (`graph_attention`: q, k, v, the output projection and
+  per-head tables together, head counts updated; key/value heads with their query groups);
 * structures Torch-Pruning would mis-handle (grouped convolutions, `nn.MultiheadAttention`)
   are frozen with a stated reason instead of being pruned wrongly;
-* a shape check after every shrink: a wrong model is never returned.
+* a check after every shrink that the model equals the dense one with the removed channels
+  masked (`graph_reference`): a wrong model is never returned.
 
 >>> model = create_model("demo")
 >>> graph = PruningGraph(model, torch.randn(1, 1, 28, 28))
@@ -28,6 +30,15 @@ import torch_pruning as tp
 from torch import nn
 
 from toolchain.errors import ToolchainError
+from toolchain.graph_attention import (
+    AttentionHeads,
+    find_attention_heads,
+    heads_tp_group,
+    no_generation_cache,
+    refuse_heads_that_fail_removal,
+)
+from toolchain.graph_conv1d import conv1d_magnitude, customized_pruners, root_layer_types
+from toolchain.graph_reference import ReferenceMasks, is_channel_norm, regrouped_layer, unverifiable_norm_reason
 from toolchain.inputs import ModelInputs, call_model, flatten_outputs, output_shapes
 
 # Relative error allowed between the shrunk model and the dense model with the removed channels
@@ -39,8 +50,9 @@ EQUIVALENCE_TOLERANCE = 1e-4
 class ChannelGroup:
     """Channels that must be pruned together, named after the layer whose outputs they are.
 
-    `width` counts channels of the root layer's output (for attention: of one of q, k, v);
-    `unit` is the granularity of pruning (head_dim for heads, else 1).
+    `width` counts channels of the root layer's output (for attention: the query heads' channels);
+    `unit` is the granularity of pruning (for heads: head_dim x query heads per key/value head;
+    else 1).
     """
 
     name: str
@@ -58,18 +70,6 @@ class FrozenGroup:
     name: str
     width: int
     reason: str
-
-
-def _attention_parent(model: nn.Module, linear_name: str) -> nn.Module | None:
-    """The module owning a fused `qkv` projection with `num_heads`/`head_dim`, if any."""
-    parent_name, _, leaf = linear_name.rpartition(".")
-    if leaf != "qkv":
-        return None
-    parent = model.get_submodule(parent_name) if parent_name else model
-    heads, head_dim = getattr(parent, "num_heads", None), getattr(parent, "head_dim", None)
-    if isinstance(heads, int) and isinstance(head_dim, int):
-        return parent
-    return None
 
 
 class PruningGraph:
@@ -94,23 +94,42 @@ class PruningGraph:
         if unknown:
             raise ToolchainError(f"cannot protect {unknown[0]!r}: no such module in the model")
         protected_modules = [model.get_submodule(p) for p in protect]
+        self._attention, self._refused_attention = find_attention_heads(model)
+        traced_outputs: list[torch.Tensor] = []
+
+        def keep_outputs(output) -> list[torch.Tensor]:
+            traced_outputs.extend(flatten_outputs(output))
+            return flatten_outputs(output)
+
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
                 self._dense_output_shapes = output_shapes(call_model(model, example_input))
-            with torch.enable_grad(), _recording_op_owners(model) as self._op_owners:
+            self._attention = refuse_heads_that_fail_removal(model, example_input, self._attention)
+            with torch.enable_grad(), _recording_op_owners(model) as self._op_owners, no_generation_cache(model):
                 self._dg = tp.DependencyGraph().build_dependency(
-                    model, example_input, forward_fn=call_model, output_transform=flatten_outputs, verbose=False)
+                    model, example_input, forward_fn=call_model, output_transform=keep_outputs, verbose=False,
+                    customized_pruners=customized_pruners())
         except ToolchainError:
             raise
         except Exception as exc:
             raise ToolchainError(f"the model cannot be traced for pruning: {type(exc).__name__}: {exc}") from exc
         finally:
             model.train(was_training)
+        # Modules whose own output is a model output: Torch-Pruning adds no output node after them.
+        self._output_modules = {model.get_submodule(self._op_owners[t.grad_fn])
+                                for t in traced_outputs if t.grad_fn in self._op_owners}
         self.groups: list[ChannelGroup] = []
         self.frozen: list[FrozenGroup] = []
+        # Largest relative error of the last shrink against its masked dense reference (None
+        # until channels are removed): the proof that the check ran.
+        self.verified_error: float | None = None
         self._roots: dict[str, nn.Module] = {}
+        self._heads: dict[str, AttentionHeads] = {}
+        # RMSNorm-style weights are traced as bare parameters: map them back to their norm.
+        self._norm_weights = {id(m.weight): m for m in model.modules() if is_channel_norm(m)
+                              and isinstance(getattr(m, "weight", None), nn.Parameter)}
         # Full groups found at construction, valid until the first shrink: rebuilding a group
         # re-derives every concat/split index mapping, which dominates on DenseNet-like models.
         self._initial_groups: dict[str, object] = {}
@@ -119,7 +138,9 @@ class PruningGraph:
     # -- discovery -------------------------------------------------------------------------
     def _collect_groups(self, protected: list[nn.Module], dense_widths: dict[str, int]) -> None:
         dg = self._dg
-        for group in dg.get_all_groups(ignored_layers=protected):
+        # Heads' channels are grouped by graph_attention, not by Torch-Pruning: never a root here.
+        head_producers = [layer for heads in self._attention for layer in heads.producers()]
+        for group in dg.get_all_groups(ignored_layers=protected + head_producers, root_module_types=root_layer_types()):
             root = group[0].dep.target.module
             name = self._names[root]
             width = len(group[0].idxs)
@@ -128,25 +149,29 @@ class PruningGraph:
                 and d.target.module in self._names
             ))
             reason = self._freeze_reason(group)
-            attention = _attention_parent(self.model, name) if isinstance(root, nn.Linear) else None
             if reason is None and width < 2:
                 reason = "a single channel cannot be pruned"
             if reason is not None:
                 self.frozen.append(FrozenGroup(name, width, reason))
                 continue
-            if attention is not None:
-                per_projection = attention.num_heads * attention.head_dim
-                if width != 3 * per_projection:
-                    self.frozen.append(FrozenGroup(name, width, "qkv width is not 3 x num_heads x head_dim"))
-                    continue
-                group_spec = ChannelGroup(name, per_projection, per_projection, attention.head_dim, "heads", layers)
-            else:
-                group_spec = ChannelGroup(name, width, width, 1, "channels", layers)
-            if name in dense_widths:
-                group_spec = replace(group_spec, dense_width=int(dense_widths[name]))
-            self.groups.append(group_spec)
+            group_spec = ChannelGroup(name, width, width, 1, "channels", layers)
+            self.groups.append(replace(group_spec, dense_width=int(dense_widths.get(name, width))))
             self._roots[name] = root
             self._initial_groups[name] = group
+        for heads in self._attention:
+            layers = tuple(self._names[layer] for layer in heads.layers())
+            if heads.refusal is not None:
+                self.frozen.append(FrozenGroup(heads.name, heads.width, heads.refusal))
+            elif any(layer in protected for layer in heads.producers()):
+                self.frozen.append(FrozenGroup(heads.name, heads.width, f"attention {heads.path!r} is protected"))
+            elif heads.num_kv_heads < 2:
+                self.frozen.append(FrozenGroup(heads.name, heads.width, "a single head cannot be pruned"))
+            else:
+                unit = heads.group_size * heads.head_dim
+                self.groups.append(ChannelGroup(heads.name, heads.width, int(dense_widths.get(heads.name, heads.width)),
+                                                unit, "heads", layers))
+                self._heads[heads.name] = heads
+                self._roots[heads.name] = heads.query
         order = {name: i for i, name in enumerate(self._names.values())}
         self.groups.sort(key=lambda g: order[g.name])  # model order: a stable width-vector layout
         self.frozen.sort(key=lambda f: order.get(f.name, len(order)))
@@ -165,12 +190,23 @@ class PruningGraph:
                 # split sizes and slice bounds are constants in the model's forward(): removing
                 # channels upstream would silently change what each branch receives.
                 return f"its channels pass through a split/slice ({target.name}) whose sizes are fixed in forward()"
-            if isinstance(module, nn.MultiheadAttention):
-                return f"nn.MultiheadAttention at {path} is not pruned (use a fused qkv attention module)"
+            if module in self._output_modules and dg.is_out_channel_pruning_fn(dep.handler):
+                return f"its channels reach a model output (at {path})"
+            refused = next((r for p, r in self._refused_attention.items() if path == p or path.startswith(p + ".")),
+                           None)
+            if refused is not None:
+                return refused
+            norm = self._norm_of(module)
+            if norm is not None and unverifiable_norm_reason(norm, self._names[norm]):
+                return unverifiable_norm_reason(norm, self._names[norm])
             if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
                 depthwise = module.groups == module.in_channels == module.out_channels
                 if not depthwise:
                     return f"grouped convolution at {path} (groups={module.groups}) is not pruned"
+        regrouped = regrouped_layer(dg, group)
+        if regrouped is not None:
+            return (f"a reshape folds other dims into the channels of {self._names.get(regrouped, '?')}; "
+                    "its channels are not pruned")
         return None
 
     # -- queries ---------------------------------------------------------------------------
@@ -192,6 +228,8 @@ class PruningGraph:
     def tp_group(self, name: str):
         """The live Torch-Pruning group of `name` (all channels), for saliency criteria to score."""
         root = self._roots[self.group(name).name]
+        if name in self._heads:
+            return heads_tp_group(self._dg, self._heads[name])
         if name in self._initial_groups:
             return self._initial_groups[name]
         pruner = self._dg.get_pruner_of_module(root)
@@ -199,14 +237,19 @@ class PruningGraph:
 
     def default_scores(self, name: str) -> torch.Tensor:
         """L2 filter magnitude over the whole group, one score per channel of the root layer."""
-        return tp.importance.GroupMagnitudeImportance(p=2)(self.tp_group(name)).detach()
+        if name in self._heads:
+            return self._heads[name].magnitude_scores()
+        group = self.tp_group(name)
+        score = tp.importance.GroupMagnitudeImportance(p=2)(group)
+        return conv1d_magnitude(group, len(group[0].idxs)) if score is None else score.detach()
 
     # -- surgery ---------------------------------------------------------------------------
     def shrink(self, widths: dict[str, int], scores: dict[str, torch.Tensor] | None = None) -> None:
         """Remove channels in place so each named group keeps exactly `widths[name]` channels.
 
         Channels with the highest `scores` (one per root output channel; default L2 magnitude)
-        are kept. Heads are kept or removed whole; their width must be a multiple of head_dim.
+        are kept. Heads are kept or removed whole; their width must be a multiple of head_dim
+        (of head_dim x query heads per key/value head, with grouped-query attention).
         """
         scores = scores or {}
         plans = []
@@ -227,75 +270,71 @@ class PruningGraph:
         if plans:
             self._initial_groups.clear()
         for group, target, idxs in drops:
-            self._prune_group(group, target, idxs)
+            if group.kind == "heads":
+                self._heads[group.name].remove(idxs)
+                self.groups = [replace(g, width=target) if g.name == group.name else g for g in self.groups]
+            else:
+                self._prune_group(group, target, idxs)
         self._check_outputs(reference)
 
     def _drop_indices(self, group: ChannelGroup, target: int, score: torch.Tensor) -> list[int]:
-        """Root output channels to remove: the lowest-scored ones (whole heads for attention)."""
+        """Root output channels to remove: the lowest-scored ones (for attention: key/value heads)."""
+        if group.kind == "heads":  # one score per query channel, summed per key/value head
+            units = group.width // group.unit
+            if score.numel() == group.width:
+                score = score.view(units, group.unit).sum(dim=1)
+            _check_score_length(group.name, score, units)
+            return sorted(torch.argsort(score, descending=True)[target // group.unit:].tolist())
         root = self._roots[group.name]
         root_width = self._dg.get_pruner_of_module(root).get_out_channels(root)
-        if group.kind == "heads":
-            heads, head_dim = group.width // group.unit, group.unit
-            if score.numel() == root_width:  # per qkv channel: sum q, k, v and the head's dims
-                score = score.view(3, heads, head_dim).sum(dim=(0, 2))
-            elif score.numel() == group.width:
-                score = score.view(heads, head_dim).sum(dim=1)
-            _check_score_length(group.name, score, heads)
-            drop = sorted(torch.argsort(score, descending=True)[target // head_dim:].tolist())
-            return [s * heads * head_dim + h * head_dim + d for s in range(3) for h in drop for d in range(head_dim)]
         _check_score_length(group.name, score, root_width)
         return sorted(torch.argsort(score, descending=True)[target:].tolist())
 
     def _masked_reference_output(self, drops) -> list[torch.Tensor] | None:
-        """The dense model's output with every channel to be removed zeroed where it is consumed.
+        """The dense model's output with every channel to be removed masked where it is consumed.
 
-        Removing a channel is the same as feeding zeros for it to every linear consumer, so the
-        shrunk model must reproduce this output. Normalisations that mix channels (LayerNorm,
-        GroupNorm) break that identity; then None is returned and only shapes are checked.
+        Linear consumers see zeros for removed channels; the output projection of attention sees
+        zeros for removed heads; norms over channels normalise over the kept ones (`graph_reference`).
+        The shrunk model must reproduce this exactly. None only when nothing is removed.
         """
         if not drops:
             return None
-        masks: dict[nn.Module, set[int]] = {}
+        masks = ReferenceMasks()
         for group, _, idxs in drops:
+            if group.kind == "heads":
+                heads = self._heads[group.name]
+                masks.zero_inputs(heads.output, heads.input_drops(idxs))
+                continue
             root = self._roots[group.name]
             pruner = self._dg.get_pruner_of_module(root)
             for dep, dep_idxs in self._dg.get_pruning_group(root, pruner.prune_out_channels, idxs):
                 module = dep.target.module
-                if module not in self._names:  # a functional op of the traced graph, not a layer
-                    continue
-                if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)):
-                    return None
-                if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+                norm = self._norm_of(module)
+                if norm is not None:
+                    masks.drop_norm_channels(norm, dep_idxs)
+                elif not isinstance(module, nn.Parameter) and module in self._names:
                     consumer = self._dg.get_pruner_of_module(module)
-                    if dep.handler == consumer.prune_in_channels and dep.handler != consumer.prune_out_channels:
-                        masks.setdefault(module, set()).update(int(i) for i in dep_idxs)
+                    if consumer is not None and dep.handler == consumer.prune_in_channels \
+                            and dep.handler != consumer.prune_out_channels:
+                        masks.zero_inputs(module, dep_idxs, 1 if isinstance(module, nn.modules.conv._ConvNd) else -1)
+        return masks.run(self.model, self.example_input)
 
-        def zero_inputs(channels: list[int], dim: int):
-            def hook(_module, inputs):
-                x = inputs[0].clone()
-                x.index_fill_(dim if dim >= 0 else x.dim() + dim, torch.tensor(channels), 0.0)
-                return (x, *inputs[1:])
-            return hook
-
-        hooks = [m.register_forward_pre_hook(zero_inputs(sorted(c), -1 if isinstance(m, nn.Linear) else 1))
-                 for m, c in masks.items()]
-        try:
-            with torch.no_grad():
-                return flatten_outputs(call_model(self.model.eval(), self.example_input))
-        finally:
-            for hook in hooks:
-                hook.remove()
+    def _norm_of(self, module) -> nn.Module | None:
+        """The norm over channels that `module` is, or whose weight it is (an unwrapped parameter)."""
+        if isinstance(module, nn.Module) and is_channel_norm(module):
+            return module
+        if isinstance(module, nn.Parameter):
+            return self._norm_weights.get(id(module))
+        return None
 
     def _prune_group(self, group: ChannelGroup, target: int, idxs: list[int]) -> None:
         root = self._roots[group.name]
         pruner = self._dg.get_pruner_of_module(root)
         tp_group = self._dg.get_pruning_group(root, pruner.prune_out_channels, idxs)
         tp_group.prune()
-        if group.kind == "heads":
-            _attention_parent(self.model, group.name).num_heads = target // group.unit
         self.groups = [replace(g, width=target) if g.name == group.name else g for g in self.groups]
         kept = pruner.get_out_channels(root)
-        want = 3 * target if group.kind == "heads" else target
+        want = target
         if kept != want or any(
             isinstance(d.target.module, nn.modules.conv._ConvNd) and 0 in d.target.module.weight.shape[:2]
             for d, _ in tp_group
@@ -360,9 +399,11 @@ class PruningGraph:
             raise ToolchainError(f"pruning changed the model's output shapes from {self._dense_output_shapes} "
                                  f"to {shapes}; refusing to return a wrong model")
         if reference is not None:
-            for expected, got in zip(reference, flatten_outputs(outputs)):
+            self.verified_error = 0.0
+            for expected, got in zip(reference, flatten_outputs(outputs), strict=True):
                 scale = float(expected.abs().max()) or 1.0
                 error = float((expected - got).abs().max()) / scale
+                self.verified_error = max(self.verified_error, error)
                 if error > EQUIVALENCE_TOLERANCE:
                     raise ToolchainError(
                         "the pruned model does not compute what the dense model computes with those channels "

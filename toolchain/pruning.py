@@ -110,6 +110,7 @@ def prune(model: nn.Module, example_input: ModelInputs, config: PruneConfig | No
         "per_group_widths": graph.widths(),
         "dense_group_widths": graph.dense_widths(),
         "frozen_groups": {f.name: f.reason for f in graph.frozen},
+        "verified_relative_error": graph.verified_error,
         "toolchain_version": toolchain_version(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -1,0 +1,72 @@
+"""Torch-Pruning taught transformers' `Conv1D` (GPT-2's projections: a Linear whose weight is [in, out]).
+
+Torch-Pruning neither traces `Conv1D` as a layer nor scores it, so GPT-2 had no prunable group.
+Registered as a customized layer, its channels are followed like a Linear's and cut on the right
+weight dim; `nf` (the width its forward reshapes to) follows the weight.
+
+>>> DependencyGraph().build_dependency(model, x, customized_pruners=customized_pruners())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+try:  # GPT-2 style projections: weight stored as [in, out]
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # transformers is optional
+    Conv1D = None
+
+
+class Conv1DPruner(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning surgery for transformers' `Conv1D` (a Linear whose weight is [in, out])."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.weight.shape[1])) - set(int(i) for i in idxs))
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
+        layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+        layer.nf = len(keep)  # forward() reshapes its output to nf channels
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = sorted(set(range(layer.weight.shape[0])) - set(int(i) for i in idxs))
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[1]
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[0]
+
+
+def customized_pruners() -> dict:
+    """Layer types Torch-Pruning does not know, with their surgery (for `build_dependency`)."""
+    return {Conv1D: Conv1DPruner()} if Conv1D is not None else {}
+
+
+def root_layer_types() -> tuple[type, ...]:
+    """Layer types whose output channels start a group (Torch-Pruning's conv/linear, plus Conv1D)."""
+    return (nn.modules.conv._ConvNd, nn.Linear, *customized_pruners())
+
+
+def is_projection(layer) -> bool:
+    """A Linear or a Conv1D: a layer that projects the last dim."""
+    return isinstance(layer, nn.Linear) or (Conv1D is not None and isinstance(layer, Conv1D))
+
+
+def conv1d_magnitude(group, width: int) -> torch.Tensor:
+    """L2 magnitude per root channel over a group's `Conv1D` layers (Torch-Pruning's importance skips them)."""
+    score = torch.zeros(width)
+    for item in group:
+        layer, handler = item.dep.target.module, item.dep.handler
+        if Conv1D is None or not isinstance(layer, Conv1D):
+            continue
+        weight = layer.weight.detach()  # [in, out]
+        pruner = Conv1DPruner()
+        rows = weight.T if getattr(handler, "__name__", "") == pruner.prune_out_channels.__name__ else weight
+        score.index_add_(0, torch.tensor(item.root_idxs), rows[list(item.idxs)].pow(2).sum(dim=1))
+    return score.sqrt()

@@ -1,0 +1,162 @@
+"""The reference a shrink is verified against: the dense model with the removed channels masked.
+
+Removing a channel is the same as feeding zeros for it to every linear consumer (convolution,
+linear layer, the output projection of attention heads), so the shrunk model must reproduce
+the dense model with those inputs zeroed. A normalisation over the channel dimension (LayerNorm,
+RMSNorm, single-group GroupNorm) is not linear: after the shrink it normalises over the kept
+channels only, so in the reference it is computed over the kept channels too (its other outputs
+are zero). A norm that cannot be computed that way (GroupNorm with several groups: removing
+channels regroups the rest) is refused before anything is pruned.
+
+>>> masks = ReferenceMasks()
+>>> masks.zero_inputs(model.fc2, [3, 7])          # doctest: +SKIP
+>>> reference = masks.run(model, example_input)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from toolchain.inputs import ModelInputs, call_model, flatten_outputs
+
+
+def _is_rms_norm(module: nn.Module) -> bool:
+    name = type(module).__name__.lower()
+    return "rmsnorm" in name and isinstance(getattr(module, "weight", None), nn.Parameter)
+
+
+def is_channel_norm(module: nn.Module) -> bool:
+    """A normalisation whose statistics run over channels (so masking alone is no reference)."""
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or _is_rms_norm(module)
+
+
+def norm_channel_dim(module: nn.Module) -> int | None:
+    """The dim of a norm's input that holds its channels, or None if it cannot be recomputed on a subset."""
+    channels_first = type(module).__name__.endswith("2d")  # timm LayerNorm2d / RmsNorm2d: NCHW input
+    if isinstance(module, nn.GroupNorm):
+        return 1 if module.num_groups == 1 else None
+    if isinstance(module, nn.LayerNorm):
+        return (1 if channels_first else -1) if len(module.normalized_shape) == 1 else None
+    if _is_rms_norm(module):
+        return 1 if channels_first else -1
+    return None
+
+
+def unverifiable_norm_reason(module: nn.Module, path: str) -> str | None:
+    """Why removing channels through this norm could not be verified (None if it can)."""
+    if not is_channel_norm(module) or norm_channel_dim(module) is not None:
+        return None
+    if isinstance(module, nn.GroupNorm):
+        return (f"GroupNorm at {path} ({module.num_groups} groups) would regroup the kept channels; "
+                "it cannot be pruned by channels")
+    return f"{type(module).__name__} at {path} normalises over several dims; its channels are not pruned"
+
+
+class ReferenceMasks:
+    """Per-layer inputs to zero and per-norm channels to leave out, applied while the reference runs."""
+
+    def __init__(self):
+        self._inputs: dict[nn.Module, tuple[set[int], int]] = {}
+        self._norms: dict[nn.Module, set[int]] = {}
+
+    def zero_inputs(self, layer: nn.Module, channels, dim: int = -1) -> None:
+        entry = self._inputs.setdefault(layer, (set(), dim))
+        entry[0].update(int(c) for c in channels)
+
+    def drop_norm_channels(self, norm: nn.Module, channels) -> None:
+        self._norms.setdefault(norm, set()).update(int(c) for c in channels)
+
+    def run(self, model: nn.Module, example_input: ModelInputs) -> list[torch.Tensor]:
+        """The dense model's flattened outputs with every mask applied."""
+        with ExitStack() as stack:
+            for layer, (channels, dim) in self._inputs.items():
+                stack.enter_context(_zeroed_inputs(layer, sorted(channels), dim))
+            for norm, channels in self._norms.items():
+                stack.enter_context(_norm_over_kept(norm, sorted(channels)))
+            with torch.no_grad():
+                return flatten_outputs(call_model(model.eval(), example_input))
+
+
+@contextmanager
+def _zeroed_inputs(layer: nn.Module, channels: list[int], dim: int) -> Iterator[None]:
+    index = torch.tensor(channels, dtype=torch.long)
+
+    def hook(_module, inputs):
+        x = inputs[0].clone()
+        x.index_fill_(dim if dim >= 0 else x.dim() + dim, index, 0.0)
+        return (x, *inputs[1:])
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def _norm_over_kept(norm: nn.Module, dropped: list[int]) -> Iterator[None]:
+    """Make `norm` normalise over its kept channels only (the dropped ones output zero)."""
+    dim = norm_channel_dim(norm)
+    width = norm.weight.shape[0]
+    keep = torch.tensor([c for c in range(width) if c not in set(dropped)], dtype=torch.long)
+
+    def hook(module, inputs, output):
+        x = inputs[0]
+        channel_dim = dim if dim >= 0 else x.dim() + dim
+        with _sliced_parameters(module, keep):
+            kept_output = module.forward(x.index_select(channel_dim, keep), *inputs[1:])
+        result = torch.zeros_like(output)
+        return result.index_copy_(channel_dim, keep, kept_output)
+
+    handle = norm.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def _sliced_parameters(norm: nn.Module, keep: torch.Tensor) -> Iterator[None]:
+    """Temporarily give a norm only the kept channels' weight/bias (and matching size attributes)."""
+    saved_params = {k: v for k, v in norm._parameters.items() if v is not None}
+    saved_attrs = {k: getattr(norm, k) for k in ("normalized_shape", "num_channels") if hasattr(norm, k)}
+    try:
+        for key, value in saved_params.items():
+            norm._parameters[key] = nn.Parameter(value.detach().index_select(0, keep), requires_grad=False)
+        if "normalized_shape" in saved_attrs:
+            norm.normalized_shape = (len(keep),)
+        if "num_channels" in saved_attrs:
+            norm.num_channels = len(keep)
+        yield
+    finally:
+        norm._parameters.update(saved_params)
+        for key, value in saved_attrs.items():
+            setattr(norm, key, value)
+
+
+def regrouped_layer(dg, group) -> nn.Module | None:
+    """A layer that receives only part of its channels from a group with no concatenation.
+
+    Every layer of such a group carries all of the root's channels, one for one, unless a
+    reshape in between folds several positions into channels (Swin's patch merging: C -> 4C);
+    Torch-Pruning maps one channel where four are meant, and the pruned layer no longer fits.
+    """
+    if any(getattr(dep.target, "type", None) == tp.ops.OPTYPE.CONCAT for dep, _ in group):
+        return None
+    for dep, idxs in group:
+        layer = dep.target.module
+        if not isinstance(layer, nn.Module) or getattr(dep.target, "type", None) == tp.ops.OPTYPE.EMBED:
+            continue
+        pruner = dg.get_pruner_of_module(layer)
+        if pruner is None:
+            continue
+        out_side = dg.is_out_channel_pruning_fn(dep.handler)
+        channels = pruner.get_out_channels(layer) if out_side else pruner.get_in_channels(layer)
+        if isinstance(channels, int) and len(idxs) < channels:
+            return layer
+    return None
