@@ -104,14 +104,14 @@ def test_nan_outputs_are_never_verified():
     with torch.no_grad():
         model.bias[0] = float("nan")
     with pytest.raises(ToolchainError, match="cannot verify the ONNX model: the PyTorch outputs contain NaN"):
-        compare_with_pytorch(model, lambda x: [model(torch.from_numpy(x)).detach().numpy()], torch.randn(1, 4),
+        compare_with_pytorch(model, lambda xs: [model(torch.from_numpy(xs[0])).detach().numpy()], torch.randn(1, 4),
                              "ONNX model")
 
 
 def test_nan_from_the_compiled_model_is_never_verified():
     model = nn.Linear(4, 2).eval()
     with pytest.raises(ToolchainError, match="the TVM library outputs contain NaN"):
-        compare_with_pytorch(model, lambda x: [np.full((1, 2), np.nan, dtype=np.float32)], torch.randn(1, 4),
+        compare_with_pytorch(model, lambda xs: [np.full((1, 2), np.nan, dtype=np.float32)], torch.randn(1, 4),
                              "TVM library")
 
 
