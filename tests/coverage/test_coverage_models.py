@@ -1,0 +1,104 @@
+"""Generated from the coverage registry: one small model per family of torchvision, timm, transformers and
+Ultralytics, pruned at ratio 0.5: every output keeps its shape, parameters drop, ONNX verified in onnxruntime.
+
+Known failures live in `KNOWN_FAILURES` only: a fix makes its test pass, the strict xfail then fails, and
+the fixer deletes the entry. Entries refused today also get a test that the refusal names the module.
+"""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+from toolchain import ToolchainError, prune
+from toolchain.coverage import build, list_entries
+from toolchain.coverage.checks import (
+    ONNX_MAX_REL_ERR,
+    names_a_module,
+    onnx_max_relative_error,
+    parameter_count,
+    run_outputs,
+    shape_problem,
+)
+from toolchain.export.onnx import export_onnx, verify_onnx
+
+# A small config prunes in seconds; past this the graph build is stuck (the issue's speed item).
+SMALL_PRUNE_LIMIT_S = 30
+
+
+@dataclass(frozen=True)
+class Known:
+    """Why an entry fails today. kind: refused (one-line ToolchainError naming `module`), crash, wrong, slow."""
+
+    kind: str
+    reason: str
+    module: str | None = None
+
+
+KNOWN_FAILURES: dict[str, Known] = {}
+
+# Entries whose small config still takes more than ~10 s to prune and export on one core.
+SLOW_ENTRIES: set[str] = set()
+
+
+def _entry_params():
+    for key in list_entries(representative=True):
+        marks = []
+        if key in KNOWN_FAILURES:
+            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[key].reason))
+        if key in SLOW_ENTRIES:
+            marks.append(pytest.mark.slow)
+        yield pytest.param(key, marks=marks, id=key)
+
+
+@contextmanager
+def time_limit(seconds: int, what: str):
+    """Raise TimeoutError when the block runs past `seconds` (the pruner's loops are Python, so the
+    alarm is delivered promptly)."""
+
+    def on_alarm(_signum, _frame):
+        raise TimeoutError(f"{what} took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("key", _entry_params())
+def test_prune_keeps_outputs_and_exports(key, tmp_path):
+    built = build(key, "small")
+    dense_outputs = run_outputs(built.model, built.inputs)
+    dense_params = parameter_count(built.model)
+    with time_limit(SMALL_PRUNE_LIMIT_S, f"pruning {key}"):
+        result = prune(built.model, built.inputs, ratio=0.5)
+    assert shape_problem(dense_outputs, run_outputs(result.model, built.inputs)) is None
+    assert parameter_count(result.model) < dense_params
+    path = export_onnx(result.model, built.inputs, tmp_path / "model.onnx")
+    assert verify_onnx(result.model, path, built.inputs, n_random=1) <= ONNX_MAX_REL_ERR
+    # Loaded again here, independently of the exporter: a file the toolchain wrote must load and match.
+    assert onnx_max_relative_error(result.model, built.inputs, path) <= ONNX_MAX_REL_ERR
+
+
+@pytest.mark.parametrize("key", sorted(k for k, known in KNOWN_FAILURES.items() if known.kind == "refused"))
+def test_refusal_is_one_line_naming_the_module(key):
+    built = build(key, "small")
+    with pytest.raises(ToolchainError) as refusal:
+        prune(built.model, built.inputs, ratio=0.5)
+    message = str(refusal.value)
+    assert "\n" not in message
+    assert KNOWN_FAILURES[key].module in message
+    assert names_a_module(message, built.model)
+
+
+def test_known_failures_name_registered_entries():
+    unknown = (set(KNOWN_FAILURES) | SLOW_ENTRIES) - set(list_entries(representative=True))
+    assert not unknown, f"not registered as test representatives: {sorted(unknown)}"
+    assert all(k.kind in ("refused", "crash", "wrong", "slow") for k in KNOWN_FAILURES.values())
+    assert all(k.module for k in KNOWN_FAILURES.values() if k.kind == "refused")
