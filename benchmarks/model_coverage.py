@@ -26,6 +26,7 @@ has no such reference here).
 
     python -m benchmarks.model_coverage --subset          # 20 models across the four libraries
     python -m benchmarks.model_coverage 'timm:*'          # entries by pattern; resumes an existing file
+    python -m benchmarks.model_coverage --subset --report-only   # summary and Markdown from the file
 """
 
 from __future__ import annotations
@@ -395,6 +396,8 @@ def write_markdown(path: Path, payload: dict) -> None:
     summary = payload["summary"]
     lines = [f"# Model coverage at ratio {RATIO} ({payload['environment_name']})", "",
              f"Environment: {json.dumps(payload['environment'])}", "",
+             f"Limits: {payload.get('timeout_s')} s per pruning step (wall), {payload.get('memory_gb')} GB of "
+             f"address space per subprocess; {len(payload['rows'])} models.", "",
              "| column | models | ok % | wrong | crashes (tracebacks) | statuses |", "|---|---|---|---|---|---|"]
     for column, total in summary["totals"].items():
         lines.append(f"| {column} | {total['models']} | {total['ok_percent']:.0f} | {total['wrong']} | "
@@ -426,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-gb", type=float, default=8.0, help="address-space cap per subprocess")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--name", help="results file stem (default: named by the environment)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the summary and Markdown from the existing results file, run nothing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--column", choices=COLUMNS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -445,9 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"{stem}.json"
     payload = json.loads(json_path.read_text()) if json_path.exists() else {"rows": {}}
-    payload.update(environment=info, environment_name=environment_name(info), ratio=RATIO,
-                   timeout_s=args.timeout_s, memory_gb=args.memory_gb)
-    for key in keys:
+    if not args.report_only:  # a report keeps the environment and limits the results were measured under
+        payload.update(environment=info, environment_name=environment_name(info), ratio=RATIO,
+                       timeout_s=args.timeout_s, memory_gb=args.memory_gb)
+    for key in [] if args.report_only else keys:
         entry = get_entry(key)
         row = payload["rows"].setdefault(key, {"library": entry.library, "family": entry.family, "columns": {}})
         for column in columns:
