@@ -98,3 +98,12 @@ SWEEP_ARGS ?=
 .PHONY: sweep
 sweep: $(STAMP)
 	$(BIN)/python benchmarks/budget_sweep.py $(SWEEP_ARGS)
+
+# Model coverage: torchvision, timm, transformers and Ultralytics models pruned at 0.5 by the toolchain (CLI,
+# API where the CLI has no source yet) and by Torch-Pruning alone (auto and hand-written ignore lists); each in
+# a subprocess with a 60 s limit and an 8 GB cap. Resumes benchmarks/results/coverage-<environment>.json.
+# COVERAGE_ARGS e.g. "--subset" or "'timm:*'".
+COVERAGE_ARGS ?=
+.PHONY: bench-coverage
+bench-coverage: $(STAMP)
+	$(BENCH_LOCK) $(BIN)/python -m benchmarks.model_coverage $(COVERAGE_ARGS)
