@@ -27,6 +27,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from toolchain import graph_build
 from toolchain.errors import ToolchainError
 from toolchain.inputs import ModelInputs, call_model, flatten_outputs, output_shapes
 
@@ -99,15 +100,18 @@ class PruningGraph:
         try:
             with torch.no_grad():
                 self._dense_output_shapes = output_shapes(call_model(model, example_input))
+            forward = graph_build.RecordingForward()
             with torch.enable_grad(), _recording_op_owners(model) as self._op_owners:
                 self._dg = tp.DependencyGraph().build_dependency(
-                    model, example_input, forward_fn=call_model, output_transform=flatten_outputs, verbose=False)
+                    model, example_input, forward_fn=forward, output_transform=flatten_outputs, verbose=False)
+            self._output_fns = forward.output_fns
         except ToolchainError:
             raise
         except Exception as exc:
             raise ToolchainError(f"the model cannot be traced for pruning: {type(exc).__name__}: {exc}") from exc
         finally:
             model.train(was_training)
+        self._index_limit = graph_build.channel_index_limit(self._dg)
         self.groups: list[ChannelGroup] = []
         self.frozen: list[FrozenGroup] = []
         self._roots: dict[str, nn.Module] = {}
@@ -118,10 +122,13 @@ class PruningGraph:
 
     # -- discovery -------------------------------------------------------------------------
     def _collect_groups(self, protected: list[nn.Module], dense_widths: dict[str, int]) -> None:
-        dg = self._dg
-        for group in dg.get_all_groups(ignored_layers=protected):
-            root = group[0].dep.target.module
+        for root, group, unfollowable in graph_build.all_groups(self._dg, protected, self._index_limit):
             name = self._names[root]
+            if group is None:
+                where = graph_build.describe_op(unfollowable, self._names, self._op_owners)
+                self.frozen.append(FrozenGroup(name, self._out_channels(root), f"its channels pass through "
+                                               f"{where} whose channel mapping cannot be followed"))
+                continue
             width = len(group[0].idxs)
             layers = tuple(dict.fromkeys(
                 self._names[d.target.module] for d, _ in group if isinstance(d.target.module, nn.Module)
@@ -159,7 +166,8 @@ class PruningGraph:
             path = self._names.get(module, getattr(target, "name", "?"))
             # Channels that reach a sink of the traced graph on the output side change the
             # model's output shape: never prune them.
-            if len(target.outputs) == 0 and dg.is_out_channel_pruning_fn(dep.handler):
+            makes_output = len(target.outputs) == 0 or getattr(target, "grad_fn", None) in self._output_fns
+            if makes_output and dg.is_out_channel_pruning_fn(dep.handler):
                 return f"its channels reach a model output (at {path})"
             if getattr(target, "type", None) in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE):
                 # split sizes and slice bounds are constants in the model's forward(): removing
@@ -194,8 +202,21 @@ class PruningGraph:
         root = self._roots[self.group(name).name]
         if name in self._initial_groups:
             return self._initial_groups[name]
+        graph_build.refresh_index_mappings(self._dg)
+        return self._group_of(root, range(self._out_channels(root)))
+
+    def _out_channels(self, root: nn.Module) -> int:
+        return self._dg.get_pruner_of_module(root).get_out_channels(root)
+
+    def _group_of(self, root: nn.Module, idxs):
+        """The group removing `idxs` of `root`'s outputs; index mappings must be current."""
         pruner = self._dg.get_pruner_of_module(root)
-        return self._dg.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
+        try:
+            return graph_build.pruning_group(self._dg, root, pruner.prune_out_channels, idxs, self._index_limit)
+        except graph_build.UnfollowableMapping as exc:
+            where = graph_build.describe_op(exc.op_node, self._names, self._op_owners)
+            raise ToolchainError(f"the channels of {self._names[root]!r} pass through {where} whose channel "
+                                 f"mapping cannot be followed; protect {self._names[root]!r} with --protect") from exc
 
     def default_scores(self, name: str) -> torch.Tensor:
         """L2 filter magnitude over the whole group, one score per channel of the root layer."""
@@ -256,10 +277,9 @@ class PruningGraph:
         if not drops:
             return None
         masks: dict[nn.Module, set[int]] = {}
+        graph_build.refresh_index_mappings(self._dg)
         for group, _, idxs in drops:
-            root = self._roots[group.name]
-            pruner = self._dg.get_pruner_of_module(root)
-            for dep, dep_idxs in self._dg.get_pruning_group(root, pruner.prune_out_channels, idxs):
+            for dep, dep_idxs in self._group_of(self._roots[group.name], idxs):
                 module = dep.target.module
                 if module not in self._names:  # a functional op of the traced graph, not a layer
                     continue
@@ -289,7 +309,8 @@ class PruningGraph:
     def _prune_group(self, group: ChannelGroup, target: int, idxs: list[int]) -> None:
         root = self._roots[group.name]
         pruner = self._dg.get_pruner_of_module(root)
-        tp_group = self._dg.get_pruning_group(root, pruner.prune_out_channels, idxs)
+        graph_build.refresh_index_mappings(self._dg)  # offsets of concats/splits moved with the last prune
+        tp_group = self._group_of(root, idxs)
         tp_group.prune()
         if group.kind == "heads":
             _attention_parent(self.model, group.name).num_heads = target // group.unit

@@ -1,0 +1,195 @@
+"""Building Torch-Pruning groups in bounded time and memory (used only by the graph wrapper).
+
+Torch-Pruning's `get_pruning_group` has three costs that made real models (YOLO11n, RexNet,
+MaxViT, Swin) run for minutes or exhaust memory before anything was pruned:
+
+* it re-derives every concat/split/reshape index mapping before *each* group, although the
+  mappings only change when channels are actually removed;
+* it checks "already visited?" by scanning the whole group and comparing index lists, and
+  re-sends whole index lists along every path, which is quadratic or worse in the size of a
+  group (RexNet's sliced residuals couple the whole network);
+* a reshape it reads as a flatten multiplies indices by the stride each time it is crossed, so a
+  cycle through such reshapes (attention's head split and merge) pairs every channel with every
+  root channel or grows indices without bound (21.6 GB on Swin-T).
+
+`pruning_group` is the same closure sending only indices new to a layer, no per-group mapping refresh (the
+caller refreshes once per change with `refresh_index_mappings`) and a bound: an index no layer
+of the model has, or indices paired with many roots each, is proof that a mapping was misread,
+and the group is refused naming the op.
+
+>>> dg = tp.DependencyGraph().build_dependency(model, x)              # doctest: +SKIP
+>>> limit = channel_index_limit(dg)                                    # doctest: +SKIP
+>>> group = pruning_group(dg, model.conv1, fn, range(16), limit)       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch_pruning as tp
+from torch import nn
+from torch_pruning import _helpers
+from torch_pruning.dependency import index_mapping
+from torch_pruning.pruner import function
+
+from toolchain.inputs import ModelInputs, call_model, flatten_outputs
+
+# (index, root index) pairs one layer may collect per channel of the widest layer. A group whose
+# channels follow one another has one root per index; attention's head reshapes legitimately pair
+# an index with two (ViT's qkv). Past a few, a misread reshape is pairing everything with everything.
+ROOTS_PER_INDEX_LIMIT = 4
+
+
+class RecordingForward:
+    """The trace's forward: `call_model`, remembering the autograd nodes that make the outputs.
+
+    Torch-Pruning marks an output only where its tracing walk starts at it; an output that an
+    earlier output's walk already passed (YOLO's Detect returns its input features beside the
+    boxes) gets no output node, and its channels would be pruned.
+    """
+
+    def __init__(self):
+        self.output_fns: set[object] = set()
+
+    def __call__(self, model: nn.Module, inputs: ModelInputs):
+        outputs = call_model(model, inputs)
+        self.output_fns = {t.grad_fn for t in flatten_outputs(outputs) if t.grad_fn is not None}
+        return outputs
+
+
+class UnfollowableMapping(Exception):
+    """A channel index left the range of every layer: the op's index mapping was misread."""
+
+    def __init__(self, op_node):
+        super().__init__(str(op_node))
+        self.op_node = op_node
+
+
+def refresh_index_mappings(dg: tp.DependencyGraph) -> None:
+    """Re-derive concat/split/reshape offsets; needed after channels were removed, not before each group."""
+    index_mapping.update_index_mapping(dg)
+
+
+def channel_index_limit(dg: tp.DependencyGraph) -> int:
+    """One past the largest channel count of any traced layer: no valid index reaches it."""
+    limit = 1
+    for node in dg.module2node.values():
+        if dg.get_pruner_of_module(node.module) is None:
+            continue
+        for count in (dg.get_out_channels(node), dg.get_in_channels(node)):
+            if isinstance(count, int):
+                limit = max(limit, count)
+    return limit
+
+
+def pruning_group(dg: tp.DependencyGraph, module: nn.Module, pruning_fn, idxs: Iterable[int],
+                  index_limit: int) -> tp.dependency.Group:
+    """Torch-Pruning's group of `module`'s channels `idxs`, computed in time linear in its size.
+
+    Raises UnfollowableMapping when an index reaches `index_limit`.
+    """
+    if isinstance(module, tp.ops.TORCH_CONV) and module.groups == module.out_channels and module.out_channels > 1:
+        pruning_fn = function.prune_depthwise_conv_out_channels
+    root = dg.module2node[module]
+    root_dep = tp.dependency.Dependency(pruning_fn, pruning_fn, source=root, target=root)
+    start = [_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs]
+    # Every mapping acts on each index alone, so only indices new to a (layer, function) need
+    # to travel on: each (layer, function, index) is handled once, however many paths reach it.
+    reached: dict[tuple, tuple[object, dict]] = {(root, pruning_fn): (root_dep, dict.fromkeys(start))}
+    stack = [(root_dep, start)]
+    while stack:
+        dep, fresh = stack.pop()
+        for new_dep in dep.target.dependencies:
+            if not new_dep.is_triggered_by(dep.handler):
+                continue
+            mapped = fresh
+            for mapping in new_dep.index_mapping:
+                if mapping is not None:
+                    mapped = mapping(mapped)
+            if not mapped:
+                continue
+            _, known = reached.setdefault((new_dep.target, new_dep.handler), (new_dep, {}))
+            new = [i for i in dict.fromkeys(mapped) if i not in known]
+            if not new:
+                continue
+            known.update(dict.fromkeys(new))
+            if len(known) > ROOTS_PER_INDEX_LIMIT * index_limit or any(not 0 <= i.idx < index_limit for i in new):
+                raise UnfollowableMapping(new_dep.source if new_dep.source.module not in dg._module2name
+                                          else new_dep.target)
+            stack.append((new_dep, new))
+    return _merged(dg, [(dep, list(known)) for dep, known in reached.values()])
+
+
+def _merged(dg: tp.DependencyGraph, items) -> tp.dependency.Group:
+    """One item per (layer, pruning function), indices united in first-seen order (as Torch-Pruning does)."""
+    ignored = {id(p) for p in dg.ignored_params}
+    slots: dict[tuple, tuple[object, list, set]] = {}
+    for dep, hybrid in items:
+        if isinstance(dep.target.module, nn.Parameter) and id(dep.target.module) in ignored:
+            continue
+        _, merged, present = slots.setdefault((dep.target, dep.handler), (dep, [], set()))
+        for index in hybrid:
+            if index.idx not in present:
+                present.add(index.idx)
+                merged.append(index)
+    group = tp.dependency.Group()
+    group._DG = dg
+    for dep, merged, _ in slots.values():
+        item = _helpers.GroupItem(dep, _helpers.to_plain_idxs(merged))
+        item.root_idxs = _helpers.to_root_idxs(merged)
+        group._group.append(item)
+    return group
+
+
+def all_groups(dg: tp.DependencyGraph, ignored: list[nn.Module], index_limit: int,
+               ) -> Iterator[tuple[nn.Module, tp.dependency.Group | None, object]]:
+    """(root layer, full group or None, unfollowable op node or None) for every conv/linear root.
+
+    Like Torch-Pruning's `get_all_groups`: a layer already pruned as the output of an earlier group
+    roots no group of its own; groups touching an ignored layer are dropped.
+    """
+    refresh_index_mappings(dg)
+    visited: set[nn.Module] = set()
+    ignored_ids = {id(m) for m in [*ignored, *dg.IGNORED_LAYERS_IN_TRACING]}
+    for module in list(dg.module2node):
+        if id(module) in ignored_ids or module in visited:
+            continue
+        if not isinstance(module, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):
+            continue
+        pruner = dg.get_pruner_of_module(module)
+        if pruner is None or pruner.get_out_channels(module) is None:
+            continue
+        try:
+            group = pruning_group(dg, module, pruner.prune_out_channels,
+                                  range(pruner.get_out_channels(module)), index_limit)
+        except UnfollowableMapping as exc:
+            visited.add(module)
+            yield module, None, exc.op_node
+            continue
+        touches_ignored = False
+        for dep, _ in group:
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                visited.add(dep.target.module)
+                touches_ignored |= id(dep.target.module) in ignored_ids
+        if not touches_ignored:
+            yield module, group, None
+
+
+def describe_op(node, names: dict[nn.Module, str], op_owners: dict[object, str]) -> str:
+    """A functional op named by the module that runs it, else by the nearest layer feeding it."""
+    if node.module in names:
+        return repr(names[node.module])
+    kind = getattr(node.type, "name", "op").lower()
+    owner = op_owners.get(getattr(node, "grad_fn", None))
+    if owner is not None:
+        return f"the {kind} op in {owner!r}"
+    frontier, seen = list(node.inputs), set()
+    while frontier:
+        upstream = frontier.pop(0)
+        if upstream in seen:
+            continue
+        seen.add(upstream)
+        if upstream.module in names:
+            return f"the {kind} op after {names[upstream.module]!r}"
+        frontier.extend(upstream.inputs)
+    return f"a {kind} op"
