@@ -41,7 +41,8 @@ class ChannelGroup:
     """Channels that must be pruned together, named after the layer whose outputs they are.
 
     `width` counts channels of the root layer's output (for attention: of one of q, k, v);
-    `unit` is the granularity of pruning (head_dim for heads, else 1).
+    `unit` is the granularity of pruning: head_dim for heads, the block size where whole conv
+    groups (or channels a concat reuses) go together, else 1.
     """
 
     name: str
@@ -148,7 +149,13 @@ class PruningGraph:
                     continue
                 group_spec = ChannelGroup(name, per_projection, per_projection, attention.head_dim, "heads", layers)
             else:
-                group_spec = ChannelGroup(name, width, width, 1, "channels", layers)
+                # whole conv groups, or channels a concat reuses, are removed as one block
+                unit = graph_build.block_unit(group.root_blocks)
+                if unit is None or width // unit < 2:
+                    self.frozen.append(FrozenGroup(name, width, "its channels are coupled in blocks that cannot be "
+                                                   "removed evenly (grouped convolution or reused channels)"))
+                    continue
+                group_spec = ChannelGroup(name, width, width, unit, "channels", layers)
             if name in dense_widths:
                 group_spec = replace(group_spec, dense_width=int(dense_widths[name]))
             self.groups.append(group_spec)
@@ -175,10 +182,9 @@ class PruningGraph:
                 return f"its channels pass through a split/slice ({target.name}) whose sizes are fixed in forward()"
             if isinstance(module, nn.MultiheadAttention):
                 return f"nn.MultiheadAttention at {path} is not pruned (use a fused qkv attention module)"
-            if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
-                depthwise = module.groups == module.in_channels == module.out_channels
-                if not depthwise:
-                    return f"grouped convolution at {path} (groups={module.groups}) is not pruned"
+            refusal = graph_build.grouped_conv_refusal(module)
+            if refusal is not None:
+                return f"{refusal} (at {path})"
         return None
 
     # -- queries ---------------------------------------------------------------------------
@@ -237,8 +243,8 @@ class PruningGraph:
             if not 1 <= target <= group.width:
                 raise ToolchainError(f"width {target} for group {name!r} is outside [1, {group.width}]")
             if target % group.unit:
-                raise ToolchainError(f"width {target} for {name!r} is not a whole number of heads "
-                                     f"(head_dim {group.unit})")
+                what = "heads (head_dim" if group.kind == "heads" else "channel blocks (block size"
+                raise ToolchainError(f"width {target} for {name!r} is not a whole number of {what} {group.unit})")
             if target < group.width:
                 score = scores.get(name)
                 plans.append((group, target, self.default_scores(name) if score is None else score))
@@ -265,6 +271,11 @@ class PruningGraph:
             drop = sorted(torch.argsort(score, descending=True)[target // head_dim:].tolist())
             return [s * heads * head_dim + h * head_dim + d for s in range(3) for h in drop for d in range(head_dim)]
         _check_score_length(group.name, score, root_width)
+        if group.unit > 1:  # whole blocks: a conv group, or channels a concat reuses
+            blocks = self.tp_group(group.name).root_blocks
+            block_scores = torch.stack([score[block].sum() for block in blocks])
+            drop = torch.argsort(block_scores, descending=True)[target // group.unit:].tolist()
+            return sorted(r for b in drop for r in blocks[b])
         return sorted(torch.argsort(score, descending=True)[target:].tolist())
 
     def _masked_reference_output(self, drops) -> list[torch.Tensor] | None:

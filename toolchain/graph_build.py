@@ -82,11 +82,66 @@ def channel_index_limit(dg: tp.DependencyGraph) -> int:
     return limit
 
 
+class GroupedConvPruner(function.ConvPruner):
+    """Removes whole groups of a grouped convolution; its output side is Torch-Pruning's own.
+
+    The weight is (out, in / groups, k, k): removing whole groups removes weight rows (the output
+    side) and leaves each group's input slice as it is; only `in_channels` and `groups` change.
+    """
+
+    def prune_in_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+        per_group = layer.in_channels // layer.groups
+        removed = {i // per_group for i in idxs}
+        if len(removed) * per_group != len(set(idxs)):
+            raise ValueError(f"channels {sorted(idxs)} are not whole groups of {per_group}")
+        layer.in_channels -= len(removed) * per_group
+        layer.groups -= len(removed)
+        return layer
+
+
+_GROUPED_CONV = GroupedConvPruner()
+
+
+def _grouped(module) -> bool:
+    """A grouped (not depthwise) convolution: its input and output groups must go together."""
+    return (isinstance(module, tp.ops.TORCH_CONV) and module.groups > 1 and not module.transposed
+            and tp.ops.module2type(module) == tp.ops.OPTYPE.CONV)
+
+
+class _GroupCrossing:
+    """Carries indices across grouped convolutions, one root per conv group.
+
+    Every channel on the far side of a group answers to all root channels on the near side; they
+    travel with one representative root (pairing each with all would multiply the index lists),
+    and `joins` records that the others must be removed with it.
+    """
+
+    def __init__(self):
+        self.representative: dict[tuple, int | None] = {}
+        self.joins: list[tuple[int, int]] = []
+
+    def __call__(self, node, idxs, to_output: bool) -> list:
+        conv = node.module
+        per_in, per_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+        here, there = (per_in, per_out) if to_output else (per_out, per_in)
+        crossed = []
+        for i in idxs:
+            g = i.idx // here
+            root = self.representative.setdefault((node, g), i.root_idx)
+            if root is not None and i.root_idx is not None:
+                self.joins.append((i.root_idx, root))
+            crossed.extend(_helpers._HybridIndex(idx=g * there + k, root_idx=root) for k in range(there))
+        return crossed
+
+
 def pruning_group(dg: tp.DependencyGraph, module: nn.Module, pruning_fn, idxs: Iterable[int],
                   index_limit: int) -> tp.dependency.Group:
     """Torch-Pruning's group of `module`'s channels `idxs`, computed in time linear in its size.
 
-    Raises UnfollowableMapping when an index reaches `index_limit`.
+    Unlike Torch-Pruning, a grouped convolution couples its input and output channels group by
+    group, so removing whole groups travels through it. The group carries `root_blocks`: sets of
+    root channels that must be removed together (a whole conv group; a channel reused twice
+    after a concat, as in GhostNet). Raises UnfollowableMapping when an index reaches `index_limit`.
     """
     if isinstance(module, tp.ops.TORCH_CONV) and module.groups == module.out_channels and module.out_channels > 1:
         pruning_fn = function.prune_depthwise_conv_out_channels
@@ -97,27 +152,66 @@ def pruning_group(dg: tp.DependencyGraph, module: nn.Module, pruning_fn, idxs: I
     # to travel on: each (layer, function, index) is handled once, however many paths reach it.
     reached: dict[tuple, tuple[object, dict]] = {(root, pruning_fn): (root_dep, dict.fromkeys(start))}
     stack = [(root_dep, start)]
+    crossing = _GroupCrossing()
+
+    def reach(dep, mapped) -> None:
+        _, known = reached.setdefault((dep.target, dep.handler), (dep, {}))
+        new = [i for i in dict.fromkeys(mapped) if i not in known]
+        if not new:
+            return
+        known.update(dict.fromkeys(new))
+        if len(known) > ROOTS_PER_INDEX_LIMIT * index_limit or any(not 0 <= i.idx < index_limit for i in new):
+            raise UnfollowableMapping(dep.source if dep.source.module not in dg._module2name else dep.target)
+        stack.append((dep, new))
+
     while stack:
         dep, fresh = stack.pop()
-        for new_dep in dep.target.dependencies:
+        node = dep.target
+        if _grouped(node.module):
+            conv_pruner = dg.get_pruner_of_module(node.module)
+            sides = {conv_pruner.prune_in_channels: conv_pruner.prune_out_channels,
+                     conv_pruner.prune_out_channels: conv_pruner.prune_in_channels}
+            if dep.handler in sides:
+                other = sides[dep.handler]
+                reach(tp.dependency.Dependency(dep.handler, other, source=node, target=node),
+                      crossing(node, fresh, to_output=other == conv_pruner.prune_out_channels))
+        for new_dep in node.dependencies:
             if not new_dep.is_triggered_by(dep.handler):
                 continue
             mapped = fresh
             for mapping in new_dep.index_mapping:
                 if mapping is not None:
                     mapped = mapping(mapped)
-            if not mapped:
+            if mapped:
+                reach(new_dep, mapped)
+    group = _merged(dg, [(dep, list(known)) for dep, known in reached.values()])
+    group.root_blocks = _root_blocks((known for _, known in reached.values()), crossing.joins)
+    return group
+
+
+def _root_blocks(pair_sets, joins: list[tuple[int, int]]) -> list[list[int]]:
+    """Root channels joined where one channel of some layer answers to several, or by `joins`."""
+    parent: dict[int, int] = {}
+
+    def find(r: int) -> int:
+        while parent.setdefault(r, r) != r:
+            parent[r] = parent[parent[r]]
+            r = parent[r]
+        return r
+
+    for pairs in pair_sets:
+        first_root: dict[int, int] = {}
+        for pair in pairs:
+            if pair.root_idx is None:
                 continue
-            _, known = reached.setdefault((new_dep.target, new_dep.handler), (new_dep, {}))
-            new = [i for i in dict.fromkeys(mapped) if i not in known]
-            if not new:
-                continue
-            known.update(dict.fromkeys(new))
-            if len(known) > ROOTS_PER_INDEX_LIMIT * index_limit or any(not 0 <= i.idx < index_limit for i in new):
-                raise UnfollowableMapping(new_dep.source if new_dep.source.module not in dg._module2name
-                                          else new_dep.target)
-            stack.append((new_dep, new))
-    return _merged(dg, [(dep, list(known)) for dep, known in reached.values()])
+            other = first_root.setdefault(pair.idx, pair.root_idx)
+            parent[find(pair.root_idx)] = find(other)
+    for a, b in joins:
+        parent[find(a)] = find(b)
+    blocks: dict[int, list[int]] = {}
+    for r in sorted(parent):
+        blocks.setdefault(find(r), []).append(r)
+    return sorted(blocks.values())
 
 
 def _merged(dg: tp.DependencyGraph, items) -> tp.dependency.Group:
@@ -135,6 +229,8 @@ def _merged(dg: tp.DependencyGraph, items) -> tp.dependency.Group:
     group = tp.dependency.Group()
     group._DG = dg
     for dep, merged, _ in slots.values():
+        if _grouped(dep.target.module) and dep.handler == dg.get_pruner_of_module(dep.target.module).prune_in_channels:
+            dep = tp.dependency.Dependency(dep.trigger, _GROUPED_CONV.prune_in_channels, dep.source, dep.target)
         item = _helpers.GroupItem(dep, _helpers.to_plain_idxs(merged))
         item.root_idxs = _helpers.to_root_idxs(merged)
         group._group.append(item)
@@ -193,3 +289,20 @@ def describe_op(node, names: dict[nn.Module, str], op_owners: dict[object, str])
             return f"the {kind} op after {names[upstream.module]!r}"
         frontier.extend(upstream.inputs)
     return f"a {kind} op"
+
+
+def grouped_conv_refusal(module: nn.Module) -> str | None:
+    """Why a grouped convolution cannot have whole groups removed, or None when it can."""
+    if isinstance(module, tp.ops.TORCH_CONV) and module.groups > 1 and module.transposed:
+        return f"grouped transposed convolution (groups={module.groups}) is not pruned"
+    if isinstance(module, tp.ops.TORCH_CONV) and module.groups > 1 and not _grouped(module):
+        depthwise = module.groups == module.in_channels == module.out_channels
+        if not depthwise:
+            return f"grouped convolution with groups=out_channels={module.groups} is not pruned"
+    return None
+
+
+def block_unit(blocks: list[list[int]]) -> int | None:
+    """The size shared by all blocks of root channels, or None when their sizes differ."""
+    sizes = {len(b) for b in blocks}
+    return sizes.pop() if len(sizes) == 1 else None
