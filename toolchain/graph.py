@@ -103,8 +103,7 @@ class PruningGraph:
                 self._dense_output_shapes = output_shapes(call_model(model, example_input))
             forward = graph_build.RecordingForward()
             with torch.enable_grad(), _recording_op_owners(model) as self._op_owners:
-                self._dg = tp.DependencyGraph().build_dependency(
-                    model, example_input, forward_fn=forward, output_transform=flatten_outputs, verbose=False)
+                self._dg, self._unmappable = graph_build.build_dependency_graph(model, example_input, forward)
             self._output_fns = forward.output_fns
         except ToolchainError:
             raise
@@ -123,7 +122,8 @@ class PruningGraph:
 
     # -- discovery -------------------------------------------------------------------------
     def _collect_groups(self, protected: list[nn.Module], dense_widths: dict[str, int]) -> None:
-        for root, group, unfollowable in graph_build.all_groups(self._dg, protected, self._index_limit):
+        for root, group, unfollowable in graph_build.all_groups(self._dg, protected, self._index_limit,
+                                                                     self._unmappable):
             name = self._names[root]
             if group is None:
                 where = graph_build.describe_op(unfollowable, self._names, self._op_owners)
@@ -179,7 +179,8 @@ class PruningGraph:
             if getattr(target, "type", None) in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE):
                 # split sizes and slice bounds are constants in the model's forward(): removing
                 # channels upstream would silently change what each branch receives.
-                return f"its channels pass through a split/slice ({target.name}) whose sizes are fixed in forward()"
+                where = graph_build.describe_op(target, self._names, self._op_owners)
+                return f"its channels pass through {where} whose sizes are fixed in forward()"
             if isinstance(module, nn.MultiheadAttention):
                 return f"nn.MultiheadAttention at {path} is not pruned (use a fused qkv attention module)"
             refusal = graph_build.grouped_conv_refusal(module)
@@ -218,7 +219,8 @@ class PruningGraph:
         """The group removing `idxs` of `root`'s outputs; index mappings must be current."""
         pruner = self._dg.get_pruner_of_module(root)
         try:
-            return graph_build.pruning_group(self._dg, root, pruner.prune_out_channels, idxs, self._index_limit)
+            return graph_build.pruning_group(self._dg, root, pruner.prune_out_channels, idxs, self._index_limit,
+                                             self._unmappable)
         except graph_build.UnfollowableMapping as exc:
             where = graph_build.describe_op(exc.op_node, self._names, self._op_owners)
             raise ToolchainError(f"the channels of {self._names[root]!r} pass through {where} whose channel "

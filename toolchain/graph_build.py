@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 import torch_pruning as tp
 from torch import nn
 from torch_pruning import _helpers
-from torch_pruning.dependency import index_mapping
+from torch_pruning.dependency import index_mapping, shape_infer
 from torch_pruning.pruner import function
 
 from toolchain.inputs import ModelInputs, call_model, flatten_outputs
@@ -65,9 +65,49 @@ class UnfollowableMapping(Exception):
         self.op_node = op_node
 
 
-def refresh_index_mappings(dg: tp.DependencyGraph) -> None:
-    """Re-derive concat/split/reshape offsets; needed after channels were removed, not before each group."""
-    index_mapping.update_index_mapping(dg)
+_MAPPING_UPDATES = {
+    tp.ops.OPTYPE.CONCAT: index_mapping.update_concat_index_mapping,
+    tp.ops.OPTYPE.SPLIT: index_mapping.update_split_index_mapping,
+    tp.ops.OPTYPE.RESHAPE: index_mapping.update_reshape_index_mapping,
+    tp.ops.OPTYPE.UNBIND: index_mapping.update_unbind_index_mapping,
+    tp.ops.OPTYPE.EXPAND: index_mapping.update_expand_index_mapping,
+    tp.ops.OPTYPE.SLICE: index_mapping.update_slice_index_mapping,
+}
+
+
+def build_dependency_graph(model: nn.Module, inputs: ModelInputs, forward) -> tuple[tp.DependencyGraph, set]:
+    """Torch-Pruning's `build_dependency`, except that an op whose index mapping cannot be derived
+    is returned (in a set of nodes) instead of failing the whole build.
+
+    ShuffleNet's channel shuffle (view to 5-D, transpose, view back) makes Torch-Pruning infer
+    0 channels and divide by it; groups through such an op are refused, naming it.
+    """
+    dg = tp.DependencyGraph()
+    dg.verbose = False
+    dg.model = model
+    dg._module2name = {module: name for name, module in model.named_modules()}
+    dg.ignored_params = []
+    dg._param_to_name, dg.unwrapped_parameters = dg._detect_unwrapped_parameters(None)
+    dg.module2node = dg._trace(model, inputs, forward, output_transform=flatten_outputs)
+    dg._build_dependency(dg.module2node)
+    shape_infer.init_shape_information(dg)
+    refresh_index_mappings(dg)  # a second pass sees the concat sizes the first one derived, as
+    return dg, refresh_index_mappings(dg)  # Torch-Pruning's refresh before its first group does
+
+
+def refresh_index_mappings(dg: tp.DependencyGraph) -> set:
+    """Re-derive concat/split/reshape offsets (needed after channels were removed, not before each
+    group); returns the op nodes whose mapping cannot be derived."""
+    unmappable = set()
+    for node in dg.module2node.values():
+        update = _MAPPING_UPDATES.get(node.type)
+        if update is None:
+            continue
+        try:
+            update(dg, node)
+        except (ArithmeticError, IndexError, TypeError, ValueError):
+            unmappable.add(node)
+    return unmappable
 
 
 def channel_index_limit(dg: tp.DependencyGraph) -> int:
@@ -135,13 +175,14 @@ class _GroupCrossing:
 
 
 def pruning_group(dg: tp.DependencyGraph, module: nn.Module, pruning_fn, idxs: Iterable[int],
-                  index_limit: int) -> tp.dependency.Group:
+                  index_limit: int, unmappable: set = frozenset()) -> tp.dependency.Group:
     """Torch-Pruning's group of `module`'s channels `idxs`, computed in time linear in its size.
 
     Unlike Torch-Pruning, a grouped convolution couples its input and output channels group by
     group, so removing whole groups travels through it. The group carries `root_blocks`: sets of
     root channels that must be removed together (a whole conv group; a channel reused twice
-    after a concat, as in GhostNet). Raises UnfollowableMapping when an index reaches `index_limit`.
+    after a concat, as in GhostNet). Raises UnfollowableMapping when an index reaches `index_limit`
+or an op in `unmappable`.
     """
     if isinstance(module, tp.ops.TORCH_CONV) and module.groups == module.out_channels and module.out_channels > 1:
         pruning_fn = function.prune_depthwise_conv_out_channels
@@ -155,6 +196,8 @@ def pruning_group(dg: tp.DependencyGraph, module: nn.Module, pruning_fn, idxs: I
     crossing = _GroupCrossing()
 
     def reach(dep, mapped) -> None:
+        if dep.target in unmappable:
+            raise UnfollowableMapping(dep.target)
         _, known = reached.setdefault((dep.target, dep.handler), (dep, {}))
         new = [i for i in dict.fromkeys(mapped) if i not in known]
         if not new:
@@ -179,9 +222,13 @@ def pruning_group(dg: tp.DependencyGraph, module: nn.Module, pruning_fn, idxs: I
             if not new_dep.is_triggered_by(dep.handler):
                 continue
             mapped = fresh
-            for mapping in new_dep.index_mapping:
-                if mapping is not None:
-                    mapped = mapping(mapped)
+            try:
+                for mapping in new_dep.index_mapping:
+                    if mapping is not None:
+                        mapped = mapping(mapped)
+            except (ArithmeticError, IndexError) as exc:  # offsets that do not fit the op's inputs
+                raise UnfollowableMapping(new_dep.source if new_dep.source.module not in dg._module2name
+                                          else new_dep.target) from exc
             if mapped:
                 reach(new_dep, mapped)
     group = _merged(dg, [(dep, list(known)) for dep, known in reached.values()])
@@ -237,14 +284,13 @@ def _merged(dg: tp.DependencyGraph, items) -> tp.dependency.Group:
     return group
 
 
-def all_groups(dg: tp.DependencyGraph, ignored: list[nn.Module], index_limit: int,
+def all_groups(dg: tp.DependencyGraph, ignored: list[nn.Module], index_limit: int, unmappable: set,
                ) -> Iterator[tuple[nn.Module, tp.dependency.Group | None, object]]:
     """(root layer, full group or None, unfollowable op node or None) for every conv/linear root.
 
     Like Torch-Pruning's `get_all_groups`: a layer already pruned as the output of an earlier group
     roots no group of its own; groups touching an ignored layer are dropped.
     """
-    refresh_index_mappings(dg)
     visited: set[nn.Module] = set()
     ignored_ids = {id(m) for m in [*ignored, *dg.IGNORED_LAYERS_IN_TRACING]}
     for module in list(dg.module2node):
@@ -257,7 +303,7 @@ def all_groups(dg: tp.DependencyGraph, ignored: list[nn.Module], index_limit: in
             continue
         try:
             group = pruning_group(dg, module, pruner.prune_out_channels,
-                                  range(pruner.get_out_channels(module)), index_limit)
+                                  range(pruner.get_out_channels(module)), index_limit, unmappable)
         except UnfollowableMapping as exc:
             visited.add(module)
             yield module, None, exc.op_node
