@@ -126,9 +126,11 @@ class PruningGraph:
                                                                      self._unmappable):
             name = self._names[root]
             if group is None:
-                where = graph_build.describe_op(unfollowable, self._names, self._op_owners)
+                where = graph_build.describe_op(unfollowable.op_node, self._names, self._op_owners)
+                why = ("sizes are fixed in forward()" if unfollowable.fixed_split
+                       else "channel mapping cannot be followed")
                 self.frozen.append(FrozenGroup(name, self._out_channels(root), f"its channels pass through "
-                                               f"{where} whose channel mapping cannot be followed"))
+                                               f"{where} whose {why}"))
                 continue
             width = len(group[0].idxs)
             layers = tuple(dict.fromkeys(
@@ -170,7 +172,7 @@ class PruningGraph:
         for dep, _ in group:
             target = dep.target
             module = target.module
-            path = self._names.get(module, getattr(target, "name", "?"))
+            path = self._names.get(module) or graph_build.describe_op(target, self._names, self._op_owners)
             # Channels that reach a sink of the traced graph on the output side change the
             # model's output shape: never prune them.
             makes_output = len(target.outputs) == 0 or getattr(target, "grad_fn", None) in self._output_fns

@@ -58,11 +58,16 @@ class RecordingForward:
 
 
 class UnfollowableMapping(Exception):
-    """A channel index left the range of every layer: the op's index mapping was misread."""
+    """A channel index left the range of every layer: the op's index mapping was misread.
 
-    def __init__(self, op_node):
+    `fixed_split` is set when the group had already reached a split/slice (YOLO's C2f chunks by
+    `self.c`): its fixed sizes are then the reason given, at `op_node`.
+    """
+
+    def __init__(self, op_node, fixed_split: bool = False):
         super().__init__(str(op_node))
         self.op_node = op_node
+        self.fixed_split = fixed_split
 
 
 _MAPPING_UPDATES = {
@@ -194,17 +199,23 @@ or an op in `unmappable`.
     reached: dict[tuple, tuple[object, dict]] = {(root, pruning_fn): (root_dep, dict.fromkeys(start))}
     stack = [(root_dep, start)]
     crossing = _GroupCrossing()
+    splits: list = []
+
+    def unfollowable(op_node) -> None:
+        raise UnfollowableMapping(splits[0], fixed_split=True) if splits else UnfollowableMapping(op_node)
 
     def reach(dep, mapped) -> None:
         if dep.target in unmappable:
-            raise UnfollowableMapping(dep.target)
+            unfollowable(dep.target)
         _, known = reached.setdefault((dep.target, dep.handler), (dep, {}))
         new = [i for i in dict.fromkeys(mapped) if i not in known]
         if not new:
             return
         known.update(dict.fromkeys(new))
         if len(known) > ROOTS_PER_INDEX_LIMIT * index_limit or any(not 0 <= i.idx < index_limit for i in new):
-            raise UnfollowableMapping(dep.source if dep.source.module not in dg._module2name else dep.target)
+            unfollowable(dep.source if dep.source.module not in dg._module2name else dep.target)
+        if dep.target.type in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE):
+            splits.append(dep.target)
         stack.append((dep, new))
 
     while stack:
@@ -226,9 +237,8 @@ or an op in `unmappable`.
                 for mapping in new_dep.index_mapping:
                     if mapping is not None:
                         mapped = mapping(mapped)
-            except (ArithmeticError, IndexError) as exc:  # offsets that do not fit the op's inputs
-                raise UnfollowableMapping(new_dep.source if new_dep.source.module not in dg._module2name
-                                          else new_dep.target) from exc
+            except (ArithmeticError, IndexError):  # offsets that do not fit the op's inputs
+                unfollowable(new_dep.source if new_dep.source.module not in dg._module2name else new_dep.target)
             if mapped:
                 reach(new_dep, mapped)
     group = _merged(dg, [(dep, list(known)) for dep, known in reached.values()])
@@ -285,8 +295,8 @@ def _merged(dg: tp.DependencyGraph, items) -> tp.dependency.Group:
 
 
 def all_groups(dg: tp.DependencyGraph, ignored: list[nn.Module], index_limit: int, unmappable: set,
-               ) -> Iterator[tuple[nn.Module, tp.dependency.Group | None, object]]:
-    """(root layer, full group or None, unfollowable op node or None) for every conv/linear root.
+               ) -> Iterator[tuple[nn.Module, tp.dependency.Group | None, UnfollowableMapping | None]]:
+    """(root layer, full group or None, why not or None) for every conv/linear root.
 
     Like Torch-Pruning's `get_all_groups`: a layer already pruned as the output of an earlier group
     roots no group of its own; groups touching an ignored layer are dropped.
@@ -306,7 +316,7 @@ def all_groups(dg: tp.DependencyGraph, ignored: list[nn.Module], index_limit: in
                                   range(pruner.get_out_channels(module)), index_limit, unmappable)
         except UnfollowableMapping as exc:
             visited.add(module)
-            yield module, None, exc.op_node
+            yield module, None, exc
             continue
         touches_ignored = False
         for dep, _ in group:
@@ -318,22 +328,29 @@ def all_groups(dg: tp.DependencyGraph, ignored: list[nn.Module], index_limit: in
 
 
 def describe_op(node, names: dict[nn.Module, str], op_owners: dict[object, str]) -> str:
-    """A functional op named by the module that runs it, else by the nearest layer feeding it."""
+    """A functional op named by the module that runs it, else by the nearest layer feeding it.
+
+    The owner is trusted only when it contains that layer: a module instance shared by many
+    layers (Ultralytics' one `SiLU` for every Conv) would otherwise name the wrong place.
+    """
     if node.module in names:
         return repr(names[node.module])
     kind = getattr(node.type, "name", "op").lower()
-    owner = op_owners.get(getattr(node, "grad_fn", None))
-    if owner is not None:
-        return f"the {kind} op in {owner!r}"
+    upstream_layer = None
     frontier, seen = list(node.inputs), set()
-    while frontier:
+    while frontier and upstream_layer is None:
         upstream = frontier.pop(0)
         if upstream in seen:
             continue
         seen.add(upstream)
         if upstream.module in names:
-            return f"the {kind} op after {names[upstream.module]!r}"
+            upstream_layer = names[upstream.module]
         frontier.extend(upstream.inputs)
+    owner = op_owners.get(getattr(node, "grad_fn", None))
+    if owner is not None and (upstream_layer is None or upstream_layer.startswith(owner + ".")):
+        return f"the {kind} op in {owner!r}"
+    if upstream_layer is not None:
+        return f"the {kind} op after {upstream_layer!r}"
     return f"a {kind} op"
 
 
