@@ -164,6 +164,7 @@ class _GroupCrossing:
     def __init__(self):
         self.representative: dict[tuple, int | None] = {}
         self.joins: list[tuple[int, int]] = []
+        self.crossed: set[tuple] = set()
 
     def __call__(self, node, idxs, to_output: bool) -> list:
         conv = node.module
@@ -175,7 +176,9 @@ class _GroupCrossing:
             root = self.representative.setdefault((node, g), i.root_idx)
             if root is not None and i.root_idx is not None:
                 self.joins.append((i.root_idx, root))
-            crossed.extend(_helpers._HybridIndex(idx=g * there + k, root_idx=root) for k in range(there))
+            if (node, g, to_output) not in self.crossed:  # the far side of a group is the same every time
+                self.crossed.add((node, g, to_output))
+                crossed.extend(_helpers._HybridIndex(idx=g * there + k, root_idx=root) for k in range(there))
         return crossed
 
 
