@@ -84,16 +84,17 @@ def test_custom_parameter_is_shrunk_with_its_channels():
     assert result.model(x).shape == (1, 8, 8, 8)
 
 
-def test_grouped_convolution_is_frozen_with_a_reason_not_pruned_wrongly():
+def test_grouped_convolution_is_pruned_by_whole_groups():
     model = GroupedNet().eval()
     x = torch.randn(1, 3, 8, 8)
     graph = PruningGraph(model, x)
-    reasons = {f.name: f.reason for f in graph.frozen}
-    assert any("grouped convolution at grouped" in r for r in reasons.values())
-    with pytest.raises(ToolchainError, match="grouped convolution"):
-        graph.shrink({"conv1": 8})
-    result = prune(model, x, ratio=0.5)  # what can be pruned is, the rest stays intact
-    assert result.model.grouped.weight.shape == (16, 4, 3, 3)
+    (group,) = [g for g in graph.groups if "conv1" in g.layers]
+    assert group.unit == 4 and group.width == 16, "conv1 feeds 4 groups of 4 channels"
+    assert "grouped" in group.layers
+    with pytest.raises(ToolchainError, match="whole number of channel blocks"):
+        graph.shrink({group.name: 6})
+    result = prune(model, x, ratio=0.5)
+    assert result.model.grouped.groups == 2 and result.model.grouped.weight.shape == (8, 4, 3, 3)
     assert result.model(x).shape == (1, 10)
 
 

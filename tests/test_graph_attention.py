@@ -304,12 +304,13 @@ def test_a_norm_whose_output_is_a_model_output_protects_its_channels():
 def test_pruned_attention_round_trips_through_shapes_and_weights(family, tmp_path):
     """Head counts and per-head tables are plain attributes and shapes, so arch.json rebuilds them."""
     from toolchain.archive import load_pruned, write_arch_and_weights
+    from toolchain.inputs import specs_of
 
     build, _ = FAMILIES[family]
     torch.manual_seed(0)
     dense, inputs = build()
     result = prune(dense.eval(), inputs, ratio=0.5)
-    write_arch_and_weights(tmp_path, result.model, dense, family, (1,), result.widths)
+    write_arch_and_weights(tmp_path, result.model, dense, family, specs_of(inputs), result.widths)
     torch.manual_seed(1)
     fresh, _ = build()
     loaded, _ = load_pruned(tmp_path, fresh)

@@ -29,6 +29,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from toolchain import graph_build
 from toolchain.errors import ToolchainError
 from toolchain.graph_attention import (
     AttentionHeads,
@@ -51,8 +52,8 @@ class ChannelGroup:
     """Channels that must be pruned together, named after the layer whose outputs they are.
 
     `width` counts channels of the root layer's output (for attention: the query heads' channels);
-    `unit` is the granularity of pruning (for heads: head_dim x query heads per key/value head;
-    else 1).
+    `unit` is the granularity of pruning: for heads, head_dim x query heads per key/value head; the
+    block size where whole conv groups (or channels a concat reuses) go together; else 1.
     """
 
     name: str
@@ -95,22 +96,17 @@ class PruningGraph:
             raise ToolchainError(f"cannot protect {unknown[0]!r}: no such module in the model")
         protected_modules = [model.get_submodule(p) for p in protect]
         self._attention, self._refused_attention = find_attention_heads(model)
-        traced_outputs: list[torch.Tensor] = []
-
-        def keep_outputs(output) -> list[torch.Tensor]:
-            traced_outputs.extend(flatten_outputs(output))
-            return flatten_outputs(output)
-
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
                 self._dense_output_shapes = output_shapes(call_model(model, example_input))
             self._attention = refuse_heads_that_fail_removal(model, example_input, self._attention)
+            forward = graph_build.RecordingForward()
             with torch.enable_grad(), _recording_op_owners(model) as self._op_owners, no_generation_cache(model):
-                self._dg = tp.DependencyGraph().build_dependency(
-                    model, example_input, forward_fn=call_model, output_transform=keep_outputs, verbose=False,
-                    customized_pruners=customized_pruners())
+                self._dg, self._unmappable = graph_build.build_dependency_graph(
+                    model, example_input, forward, customized_pruners())
+            self._output_fns = forward.output_fns
         except ToolchainError:
             raise
         except Exception as exc:
@@ -118,8 +114,9 @@ class PruningGraph:
         finally:
             model.train(was_training)
         # Modules whose own output is a model output: Torch-Pruning adds no output node after them.
-        self._output_modules = {model.get_submodule(self._op_owners[t.grad_fn])
-                                for t in traced_outputs if t.grad_fn in self._op_owners}
+        self._output_modules = {model.get_submodule(self._op_owners[fn]) for fn in self._output_fns
+                                if fn in self._op_owners}
+        self._index_limit = graph_build.channel_index_limit(self._dg)
         self.groups: list[ChannelGroup] = []
         self.frozen: list[FrozenGroup] = []
         # Largest relative error of the last shrink against its masked dense reference (None
@@ -137,12 +134,19 @@ class PruningGraph:
 
     # -- discovery -------------------------------------------------------------------------
     def _collect_groups(self, protected: list[nn.Module], dense_widths: dict[str, int]) -> None:
-        dg = self._dg
         # Heads' channels are grouped by graph_attention, not by Torch-Pruning: never a root here.
         head_producers = [layer for heads in self._attention for layer in heads.producers()]
-        for group in dg.get_all_groups(ignored_layers=protected + head_producers, root_module_types=root_layer_types()):
-            root = group[0].dep.target.module
+        for root, group, unfollowable in graph_build.all_groups(self._dg, protected + head_producers,
+                                                                     self._index_limit, self._unmappable,
+                                                                     root_layer_types()):
             name = self._names[root]
+            if group is None:
+                where = graph_build.describe_op(unfollowable.op_node, self._names, self._op_owners)
+                why = ("sizes are fixed in forward()" if unfollowable.fixed_split
+                       else "channel mapping cannot be followed")
+                self.frozen.append(FrozenGroup(name, self._out_channels(root), f"its channels pass through "
+                                               f"{where} whose {why}"))
+                continue
             width = len(group[0].idxs)
             layers = tuple(dict.fromkeys(
                 self._names[d.target.module] for d, _ in group if isinstance(d.target.module, nn.Module)
@@ -154,7 +158,13 @@ class PruningGraph:
             if reason is not None:
                 self.frozen.append(FrozenGroup(name, width, reason))
                 continue
-            group_spec = ChannelGroup(name, width, width, 1, "channels", layers)
+            # whole conv groups, or channels a concat reuses, are removed as one block
+            unit = graph_build.block_unit(group.root_blocks)
+            if unit is None or width // unit < 2:
+                self.frozen.append(FrozenGroup(name, width, "its channels are coupled in blocks that cannot be "
+                                               "removed evenly (grouped convolution or reused channels)"))
+                continue
+            group_spec = ChannelGroup(name, width, width, unit, "channels", layers)
             self.groups.append(replace(group_spec, dense_width=int(dense_widths.get(name, width))))
             self._roots[name] = root
             self._initial_groups[name] = group
@@ -181,15 +191,17 @@ class PruningGraph:
         for dep, _ in group:
             target = dep.target
             module = target.module
-            path = self._names.get(module, getattr(target, "name", "?"))
+            path = self._names.get(module) or graph_build.describe_op(target, self._names, self._op_owners)
             # Channels that reach a sink of the traced graph on the output side change the
             # model's output shape: never prune them.
-            if len(target.outputs) == 0 and dg.is_out_channel_pruning_fn(dep.handler):
+            makes_output = len(target.outputs) == 0 or getattr(target, "grad_fn", None) in self._output_fns
+            if makes_output and dg.is_out_channel_pruning_fn(dep.handler):
                 return f"its channels reach a model output (at {path})"
             if getattr(target, "type", None) in (tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE):
                 # split sizes and slice bounds are constants in the model's forward(): removing
                 # channels upstream would silently change what each branch receives.
-                return f"its channels pass through a split/slice ({target.name}) whose sizes are fixed in forward()"
+                where = graph_build.describe_op(target, self._names, self._op_owners)
+                return f"its channels pass through {where} whose sizes are fixed in forward()"
             if module in self._output_modules and dg.is_out_channel_pruning_fn(dep.handler):
                 return f"its channels reach a model output (at {path})"
             refused = next((r for p, r in self._refused_attention.items() if path == p or path.startswith(p + ".")),
@@ -199,10 +211,9 @@ class PruningGraph:
             norm = self._norm_of(module)
             if norm is not None and unverifiable_norm_reason(norm, self._names[norm]):
                 return unverifiable_norm_reason(norm, self._names[norm])
-            if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
-                depthwise = module.groups == module.in_channels == module.out_channels
-                if not depthwise:
-                    return f"grouped convolution at {path} (groups={module.groups}) is not pruned"
+            refusal = graph_build.grouped_conv_refusal(module)
+            if refusal is not None:
+                return f"{refusal} (at {path})"
         regrouped = regrouped_layer(dg, group)
         if regrouped is not None:
             return (f"a reshape folds other dims into the channels of {self._names.get(regrouped, '?')}; "
@@ -232,8 +243,22 @@ class PruningGraph:
             return heads_tp_group(self._dg, self._heads[name])
         if name in self._initial_groups:
             return self._initial_groups[name]
+        graph_build.refresh_index_mappings(self._dg)
+        return self._group_of(root, range(self._out_channels(root)))
+
+    def _out_channels(self, root: nn.Module) -> int:
+        return self._dg.get_pruner_of_module(root).get_out_channels(root)
+
+    def _group_of(self, root: nn.Module, idxs):
+        """The group removing `idxs` of `root`'s outputs; index mappings must be current."""
         pruner = self._dg.get_pruner_of_module(root)
-        return self._dg.get_pruning_group(root, pruner.prune_out_channels, list(range(pruner.get_out_channels(root))))
+        try:
+            return graph_build.pruning_group(self._dg, root, pruner.prune_out_channels, idxs, self._index_limit,
+                                             self._unmappable)
+        except graph_build.UnfollowableMapping as exc:
+            where = graph_build.describe_op(exc.op_node, self._names, self._op_owners)
+            raise ToolchainError(f"the channels of {self._names[root]!r} pass through {where} whose channel "
+                                 f"mapping cannot be followed; protect {self._names[root]!r} with --protect") from exc
 
     def default_scores(self, name: str) -> torch.Tensor:
         """L2 filter magnitude over the whole group, one score per channel of the root layer."""
@@ -259,8 +284,8 @@ class PruningGraph:
             if not 1 <= target <= group.width:
                 raise ToolchainError(f"width {target} for group {name!r} is outside [1, {group.width}]")
             if target % group.unit:
-                raise ToolchainError(f"width {target} for {name!r} is not a whole number of heads "
-                                     f"(head_dim {group.unit})")
+                what = "heads (head_dim" if group.kind == "heads" else "channel blocks (block size"
+                raise ToolchainError(f"width {target} for {name!r} is not a whole number of {what} {group.unit})")
             if target < group.width:
                 score = scores.get(name)
                 plans.append((group, target, self.default_scores(name) if score is None else score))
@@ -288,6 +313,11 @@ class PruningGraph:
         root = self._roots[group.name]
         root_width = self._dg.get_pruner_of_module(root).get_out_channels(root)
         _check_score_length(group.name, score, root_width)
+        if group.unit > 1:  # whole blocks: a conv group, or channels a concat reuses
+            blocks = self.tp_group(group.name).root_blocks
+            block_scores = torch.stack([score[block].sum() for block in blocks])
+            drop = torch.argsort(block_scores, descending=True)[target // group.unit:].tolist()
+            return sorted(r for b in drop for r in blocks[b])
         return sorted(torch.argsort(score, descending=True)[target:].tolist())
 
     def _masked_reference_output(self, drops) -> list[torch.Tensor] | None:
@@ -300,14 +330,13 @@ class PruningGraph:
         if not drops:
             return None
         masks = ReferenceMasks()
+        graph_build.refresh_index_mappings(self._dg)
         for group, _, idxs in drops:
             if group.kind == "heads":
                 heads = self._heads[group.name]
                 masks.zero_inputs(heads.output, heads.input_drops(idxs))
                 continue
-            root = self._roots[group.name]
-            pruner = self._dg.get_pruner_of_module(root)
-            for dep, dep_idxs in self._dg.get_pruning_group(root, pruner.prune_out_channels, idxs):
+            for dep, dep_idxs in self._group_of(self._roots[group.name], idxs):
                 module = dep.target.module
                 norm = self._norm_of(module)
                 if norm is not None:
@@ -330,7 +359,8 @@ class PruningGraph:
     def _prune_group(self, group: ChannelGroup, target: int, idxs: list[int]) -> None:
         root = self._roots[group.name]
         pruner = self._dg.get_pruner_of_module(root)
-        tp_group = self._dg.get_pruning_group(root, pruner.prune_out_channels, idxs)
+        graph_build.refresh_index_mappings(self._dg)  # offsets of concats/splits moved with the last prune
+        tp_group = self._group_of(root, idxs)
         tp_group.prune()
         self.groups = [replace(g, width=target) if g.name == group.name else g for g in self.groups]
         kept = pruner.get_out_channels(root)
