@@ -37,7 +37,8 @@ def is_channel_norm(module: nn.Module) -> bool:
 
 def norm_channel_dim(module: nn.Module) -> int | None:
     """The dim of a norm's input that holds its channels, or None if it cannot be recomputed on a subset."""
-    channels_first = type(module).__name__.endswith("2d")  # timm LayerNorm2d / RmsNorm2d: NCHW input
+    # timm LayerNorm2d / RmsNorm2d and transformers' ConvNextLayerNorm(data_format="channels_first"): NCHW input
+    channels_first = type(module).__name__.endswith("2d") or getattr(module, "data_format", None) == "channels_first"
     if isinstance(module, nn.GroupNorm):
         return 1 if module.num_groups == 1 else None
     if isinstance(module, nn.LayerNorm):
