@@ -294,13 +294,14 @@ class PruningGraph:
         reference = self._masked_reference_output(drops)
         if plans:
             self._initial_groups.clear()
+        pruned_groups = []  # Torch-Pruning groups removed, to name their ops if the check fails
         for group, target, idxs in drops:
             if group.kind == "heads":
                 self._heads[group.name].remove(idxs)
                 self.groups = [replace(g, width=target) if g.name == group.name else g for g in self.groups]
             else:
-                self._prune_group(group, target, idxs)
-        self._check_outputs(reference)
+                pruned_groups.append(self._prune_group(group, target, idxs))
+        self._check_outputs(reference, pruned_groups)
 
     def _drop_indices(self, group: ChannelGroup, target: int, score: torch.Tensor) -> list[int]:
         """Root output channels to remove: the lowest-scored ones (for attention: key/value heads)."""
@@ -356,7 +357,8 @@ class PruningGraph:
             return self._norm_weights.get(id(module))
         return None
 
-    def _prune_group(self, group: ChannelGroup, target: int, idxs: list[int]) -> None:
+    def _prune_group(self, group: ChannelGroup, target: int, idxs: list[int]):
+        """Remove `idxs` of the group's root outputs (and what they couple to); returns the Torch-Pruning group."""
         root = self._roots[group.name]
         pruner = self._dg.get_pruner_of_module(root)
         graph_build.refresh_index_mappings(self._dg)  # offsets of concats/splits moved with the last prune
@@ -374,6 +376,7 @@ class PruningGraph:
                 f"(it gave {kept} channels instead of {want}, or a layer lost all its inputs): it mixes channels "
                 f"in a way the pruner cannot follow; protect {group.name!r} with --protect"
             )
+        return tp_group
 
     def _describe_ops(self, tp_group) -> str:
         """Name the functional ops of a group and the modules that run them (for error messages)."""
@@ -391,7 +394,7 @@ class PruningGraph:
         found = list(dict.fromkeys(names)) or [f"op {op}" for op in dict.fromkeys(ops)] or ["an op"]
         return ", ".join(found)
 
-    def _check_outputs(self, reference: list[torch.Tensor] | None = None) -> None:
+    def _check_outputs(self, reference: list[torch.Tensor] | None = None, pruned_groups: list = ()) -> None:
         was_training = self.model.training
         self.model.eval()
         running: list[str] = []  # the stack of modules being executed, to name the one that fails
@@ -435,10 +438,12 @@ class PruningGraph:
                 error = float((expected - got).abs().max()) / scale
                 self.verified_error = max(self.verified_error, error)
                 if error > EQUIVALENCE_TOLERANCE:
+                    ops = [self._describe_ops(g) for g in pruned_groups]
+                    where = ", ".join(dict.fromkeys(o for o in ops if o != "an op")) or "an op between layers"
                     raise ToolchainError(
                         "the pruned model does not compute what the dense model computes with those channels "
-                        f"removed (relative error {error:.1e}); an op between layers mixes channels in a way "
-                        "the pruner cannot follow: protect the layers around it with --protect"
+                        f"removed (relative error {error:.1e}); {where} mixes channels in a way the pruner "
+                        "cannot follow: protect the layers around it with --protect"
                     )
 
 

@@ -137,6 +137,7 @@ def test_budget_prune_profiles_and_predicts_with_named_inputs(tmp_path, capsys, 
     assert manifest["budget_met"] and manifest["inputs"][1]["name"] == "attention_mask"
     [artifact] = (tmp_path / "runs" / "predictors").iterdir()
     assert "input_ids-int64-1-8" in artifact.name  # the inputs key names the predictor
-    code, stdout, err = run_cli(["predict", "--predictor", str(artifact), "--pruned", "out", "--json"], capsys)
+    code, stdout, err = run_cli(["predict", "--predictor", str(artifact), "--pruned", "out", "--trust-model-file",
+                                 "--json"], capsys)
     assert code == 0, err
     assert json.loads(stdout)["predicted_ms"] > 0
