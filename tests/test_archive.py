@@ -62,3 +62,25 @@ def test_a_model_file_named_in_arch_json_is_imported_only_when_asked(tmp_path):
     with pytest.raises(ToolchainError, match="weights"):  # past the refusal: the factory was imported
         load_pruned(folder, trust_model_file=True)
     assert marker.exists()
+
+
+def test_a_shape_cached_by_forward_is_not_recorded_as_architecture():
+    """Ultralytics' Detect caches its input's torch.Size (with anchors that are not saved): never restore it."""
+    from torch import nn
+
+    from toolchain.archive import describe_architecture
+
+    class CachesShape(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.shape = nn.Conv2d(3, 4, 1), None
+
+        def forward(self, x):
+            self.shape = x.shape
+            return self.conv(x)
+
+    dense, pruned = CachesShape(), CachesShape()
+    pruned.conv = nn.Conv2d(3, 2, 1)
+    pruned(torch.randn(1, 3, 4, 4))
+    layers = describe_architecture(pruned, dense)
+    assert set(layers) == {"conv"} and layers["conv"]["attrs"] == {"out_channels": 2}

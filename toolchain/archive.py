@@ -28,7 +28,9 @@ def _structural_attrs(module: nn.Module) -> dict:
     """Integer (or tuple-of-int) attributes such as in_channels, num_features, num_heads."""
     attrs = {}
     for key, value in vars(module).items():
-        if key.startswith("_") or isinstance(value, bool):
+        # A torch.Size is a shape a forward cached (Ultralytics' Detect keeps its input's as `shape`, next to
+        # anchors it does not save): restoring it without the anchors would break the next forward.
+        if key.startswith("_") or isinstance(value, (bool, torch.Size)):
             continue
         if isinstance(value, int) or (
             isinstance(value, tuple) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value)

@@ -25,10 +25,12 @@ def _detect_head(model: nn.Module) -> list[nn.Module]:
 def _build(name: str, size: str) -> BuiltModel:
     # Ultralytics writes a settings file on import; keep it out of the user's home.
     os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="toolchain-yolo-"))
-    from ultralytics import YOLO
+    from toolchain.models import resolve_model
 
     torch.manual_seed(0)
-    model = YOLO(f"{name}.yaml").model
+    # The same network the CLI's `ultralytics:` source builds (heads in export mode: one dense output), so
+    # a pruned folder reloaded from the CLI is compared with the model it came from.
+    model, _ = resolve_model(f"ultralytics:{name}.yaml")
     side = 64 if size == "small" else 640
     example = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
     cli = CliSpec(f"ultralytics:{name}.yaml", ("--input-shape", f"1,3,{side},{side}"))
