@@ -28,7 +28,7 @@ import torch
 from torch.nn import functional
 from torch.utils.data import TensorDataset
 
-from latency_models.measure import STATISTICS
+from toolchain.latency.measure import STATISTICS
 from toolchain.data import DataSplits, load_mnist5k
 from toolchain.models import create_model
 
@@ -228,7 +228,7 @@ def _cell(row: dict | None) -> str:
 
 
 def main() -> None:
-    from latency_models.fingerprint import machine_fingerprint
+    from toolchain.latency.fingerprint import machine_fingerprint
     from toolchain.budget import TargetSpec, resolve_target
     from toolchain.saliency import SaliencyConfig
     from toolchain.sweep import SweepConfig, parse_budgets, run_sweep

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latency_models.campaign import CampaignConfig, run_campaign
-from latency_models.fingerprint import fingerprint_id, machine_fingerprint
-from latency_models.fitting import FitConfig, fit_predictor, load_rows, split_queries
-from latency_models.measure import STATISTICS, MeasureConfig, latency_ms, measure, torch_threads
-from latency_models.predictors import LatencyQuery
-from latency_models.store import MeasurementStore
+from toolchain.latency.campaign import CampaignConfig, run_campaign
+from toolchain.latency.fingerprint import fingerprint_id, machine_fingerprint
+from toolchain.latency.fitting import FitConfig, fit_predictor, load_rows, split_queries
+from toolchain.latency.measure import STATISTICS, MeasureConfig, latency_ms, measure, torch_threads
+from toolchain.latency.predictors import LatencyQuery
+from toolchain.latency.store import MeasurementStore
 from toolchain.targets import get_target
 
 PREDICTORS = ("lpnet", "layerwise", "lut", "macs")

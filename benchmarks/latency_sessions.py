@@ -14,8 +14,8 @@ import json
 
 import numpy as np
 
-from latency_models.measure import STATISTICS, latency_ms
-from latency_models.store import MeasurementStore
+from toolchain.latency.measure import STATISTICS, latency_ms
+from toolchain.latency.store import MeasurementStore
 
 
 def main() -> None:
@@ -37,10 +37,10 @@ def main() -> None:
     deviation = np.abs(ratio - 1)
     scored = {}
     if args.lpnet:
-        from latency_models.predictors import LatencyQuery, load_predictor
+        from toolchain.latency.predictors import LatencyQuery, load_predictor
 
         predictor = load_predictor(args.lpnet)
-        from latency_models.fitting import is_heldout
+        from toolchain.latency.fitting import is_heldout
 
         queries = [LatencyQuery.from_row(r, args.statistic) for r in rows[1]]
         heldout = [q for q in queries if is_heldout(q.config_key, 0.2)]  # never trained on, in either session

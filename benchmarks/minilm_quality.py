@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from latency_models.measure import CLOCKS, STATISTICS, MeasureConfig, measure, torch_threads
+from toolchain.latency.measure import CLOCKS, STATISTICS, MeasureConfig, measure, torch_threads
 from toolchain.budget import measurement_lock
 from toolchain.data.english_sentences import load_english_sentences
 from toolchain.embedding_quality import DistillConfig, compare_embeddings, distill_embeddings

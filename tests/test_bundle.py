@@ -87,7 +87,7 @@ def test_default_out_and_roofline_prior():
 def test_deploy_measures_on_the_board_through_tvm_rpc(tmp_path):
     """A TVM RPC server on 127.0.0.1 stands in for the board."""
     pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
-    from latency_models.rpc import loopback_cluster
+    from toolchain.latency.rpc import loopback_cluster
 
     out = tmp_path / "board"
     with loopback_cluster(key="stand-in-board", tracker_port=9490) as cluster:
@@ -122,8 +122,8 @@ def test_a_budget_for_a_board_without_a_budget_loop_is_refused_clearly(tmp_path,
 def test_budget_deploy_profiles_fits_prunes_and_measures_on_the_board_through_rpc(tmp_path):
     """The closed loop against a TVM RPC server on 127.0.0.1 standing in for the board."""
     pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
-    from latency_models.rpc import loopback_cluster
-    from latency_models.store import MeasurementStore
+    from toolchain.latency.rpc import loopback_cluster
+    from toolchain.latency.store import MeasurementStore
     from toolchain.allocate import BudgetConfig
     from toolchain.budget import BudgetJob, TargetSpec
 

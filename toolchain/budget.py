@@ -329,7 +329,7 @@ class TargetSpec:
 
     def measure_config(self):
         """How every timing of this target is taken (profiling and budget checks alike)."""
-        from latency_models.measure import MeasureConfig
+        from toolchain.latency.measure import MeasureConfig
 
         return MeasureConfig(warmup_runs=self.warmup_runs, timed_runs=self.timed_runs, clock=self.clock,
                              statistic=self.statistic, min_timed_ms=self.min_timed_ms)
@@ -371,7 +371,7 @@ class measurement_lock:
 def target_measure(spec: TargetSpec) -> MeasureFn:
     """A `measure_ms(model, x)` timing on the target (ms by `spec.statistic`), compiled on one torch thread,
     under the lock."""
-    from latency_models.measure import measure, torch_threads
+    from toolchain.latency.measure import measure, torch_threads
 
     target = resolve_target(spec)
     config = spec.measure_config()
@@ -388,7 +388,7 @@ def target_measure(spec: TargetSpec) -> MeasureFn:
         # Compile, upload and time inside the lock and with retries: a session opened before waiting for
         # the lock can expire while it waits, and a board that drops is reconnected (DeviceLostError after
         # the retries, one line).
-        from latency_models.rpc import with_retries
+        from toolchain.latency.rpc import with_retries
 
         def timed() -> float:
             with torch_threads(1):
@@ -430,7 +430,7 @@ def find_or_build_predictor(model_spec: str, dense: nn.Module, input_shape: tupl
     `name:dtype:shape` per named input."""
     from pathlib import Path
 
-    from latency_models.predictors import load_predictor
+    from toolchain.latency.predictors import load_predictor
     from toolchain.allocate import PredictorLatency
 
     target = resolve_target(spec)
@@ -463,8 +463,8 @@ def _build_predictor(model_spec, dense, input_shape, spec: TargetSpec, path: str
                      step: Step) -> None:
     from pathlib import Path
 
-    from latency_models.campaign import CampaignConfig, run_campaign
-    from latency_models.fitting import FitConfig, fit_predictor
+    from toolchain.latency.campaign import CampaignConfig, run_campaign
+    from toolchain.latency.fitting import FitConfig, fit_predictor
 
     target = resolve_target(spec)
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)

@@ -78,8 +78,8 @@ def _write_executable(path: Path, text: str) -> None:
 
 def _measure_on_host(model: torch.nn.Module, example_input: torch.Tensor, manifest: dict) -> None:
     """Time the pruned model on this machine with the measurement harness (not a prediction)."""
-    from latency_models.fingerprint import machine_fingerprint
-    from latency_models.measure import MeasureConfig, measure
+    from toolchain.latency.fingerprint import machine_fingerprint
+    from toolchain.latency.measure import MeasureConfig, measure
     from toolchain.targets import get_target
 
     target = get_target("cpu")
@@ -97,9 +97,9 @@ def _measure_through_rpc(model: torch.nn.Module, example_input: torch.Tensor, ma
     import json
     from dataclasses import replace
 
-    from latency_models.fingerprint import machine_fingerprint
-    from latency_models.measure import MeasureConfig, measure
-    from latency_models.rpc import DeviceLostError, tracker_unreachable_reason, with_retries
+    from toolchain.latency.fingerprint import machine_fingerprint
+    from toolchain.latency.measure import MeasureConfig, measure
+    from toolchain.latency.rpc import DeviceLostError, tracker_unreachable_reason, with_retries
     from toolchain.targets import get_target
 
     board_target = "" if device.name == "cpu" else json.dumps(dict(device.tvm_host_target))

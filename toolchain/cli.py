@@ -188,7 +188,7 @@ def prune_cmd(target, backend, threads, clock, statistic, budget_ms, budget_rati
     """
     job = None
     if budget_ms is not None or budget_ratio is not None:
-        from latency_models.campaign import resolve_clock
+        from toolchain.latency.campaign import resolve_clock
         from toolchain.allocate import BudgetConfig
         from toolchain.budget import BudgetJob, TargetSpec
         from toolchain.saliency import SaliencyConfig
@@ -256,7 +256,7 @@ def deploy_cmd(model, weights, input_shape, inputs, trust_pickle, ratio, round_t
     out = out or default_out(device.name, model)
     rpc = None
     if rpc_tracker or rpc_key:
-        from latency_models.rpc import parse_tracker
+        from toolchain.latency.rpc import parse_tracker
         from toolchain.targets import RpcEndpoint
 
         if not (rpc_tracker and rpc_key):
@@ -269,7 +269,7 @@ def deploy_cmd(model, weights, input_shape, inputs, trust_pickle, ratio, round_t
             raise ToolchainError(f"a latency budget is met by measuring on the target; for {device.name} give the "
                                  "board with --rpc-tracker/--rpc-key (RPC_TRACKER/RPC_KEY), or use --ratio (the "
                                  "bundle then labels its latency as predicted)")
-        from latency_models.campaign import resolve_clock
+        from toolchain.latency.campaign import resolve_clock
         from toolchain.allocate import BudgetConfig
         from toolchain.budget import BudgetJob, TargetSpec, resolve_target
         from toolchain.commands.timing_options import DEFAULT_STATISTIC

@@ -114,7 +114,7 @@ def test_pickle_checkpoint_refused_without_the_flag(tmp_path, capsys):
 def test_deploy_feeds_named_inputs_to_onnxruntime_and_tvm(tmp_path, capsys):
     """The bundle's latency measurement (onnxruntime) and TVM library check take every named int64 input."""
     pytest.importorskip("tvm", reason="apache-tvm is not installed")
-    factory = str(Path(__file__).parents[1] / "latency_models" / "token_model.py") + ":factory"
+    factory = str(Path(__file__).parents[1] / "latency" / "token_model.py") + ":factory"
     out = tmp_path / "bundle"
     code, stdout, err = run_cli(["deploy", "--model", factory, "--input", "input_ids:int64:1,8",
                                  "--input", "attention_mask:int64:1,8", "--out", str(out), "--json"], capsys)
@@ -128,7 +128,7 @@ def test_deploy_feeds_named_inputs_to_onnxruntime_and_tvm(tmp_path, capsys):
 def test_budget_prune_profiles_and_predicts_with_named_inputs(tmp_path, capsys, monkeypatch):
     """Under a latency budget the on-the-fly campaign, the predictor and `predict --pruned` use the named inputs."""
     monkeypatch.chdir(tmp_path)  # the profile database and predictor go under ./runs
-    factory = str(Path(__file__).parents[1] / "latency_models" / "token_model.py") + ":factory"
+    factory = str(Path(__file__).parents[1] / "latency" / "token_model.py") + ":factory"
     named = ["--input", "input_ids:int64:1,8", "--input", "attention_mask:int64:1,8"]
     code, stdout, err = run_cli(["prune", "--model", factory, *named, "--budget-ms", "100", "--profile-samples", "10",
                                  "--criterion", "l1", "--out", "out", "--json"], capsys)

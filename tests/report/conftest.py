@@ -1,7 +1,7 @@
 """Fixture runs for the report: hand-made, tiny inputs of each kind (test data, never shown as results).
 
 `fixtures/full/` holds one of every input kind except the measurement database, which is written here from
-`fixtures/measurements.json` with the schema of `latency_models/store.py` (SQLite is binary; its rows stay readable
+`fixtures/measurements.json` with the schema of `toolchain/latency/store.py` (SQLite is binary; its rows stay readable
 as JSON). `fixtures/partial/` holds a manifest without widths, a corrupt manifest and an unrelated JSON file.
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-# The columns of latency_models/store.py's `measurements` table (schema version 1).
+# The columns of toolchain/latency/store.py's `measurements` table (schema version 1).
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE measurements (

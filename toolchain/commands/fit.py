@@ -6,8 +6,8 @@ import json
 
 import click
 
-from latency_models.fitting import FitConfig, fit_predictor
-from latency_models.predictors import list_predictors
+from toolchain.latency.fitting import FitConfig, fit_predictor
+from toolchain.latency.predictors import list_predictors
 from toolchain.commands.timing_options import statistic_option
 from toolchain.commands.validation import OPEN_FRACTION, THREADS, count
 

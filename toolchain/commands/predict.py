@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from latency_models.predictors import LatencyQuery, load_predictor
+from toolchain.latency.predictors import LatencyQuery, load_predictor
 from toolchain.commands.input_options import input_option
 from toolchain.commands.validation import THREADS
 from toolchain.inputs import InputSpecs

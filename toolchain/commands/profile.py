@@ -14,9 +14,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from latency_models.campaign import CampaignConfig, resolve_clock, run_campaign
-from latency_models.measure import MeasureConfig
-from latency_models.rpc import parse_tracker
+from toolchain.latency.campaign import CampaignConfig, resolve_clock, run_campaign
+from toolchain.latency.measure import MeasureConfig
+from toolchain.latency.rpc import parse_tracker
 from toolchain.commands.input_options import input_option
 from toolchain.commands.timing_options import clock_option, statistic_option
 from toolchain.commands.validation import NON_NEGATIVE_MS, SHARE, THREADS, count

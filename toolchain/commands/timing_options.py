@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import click
 
-from latency_models.campaign import AUTO_CLOCK
-from latency_models.measure import CLOCKS, STATISTICS
+from toolchain.latency.campaign import AUTO_CLOCK
+from toolchain.latency.measure import CLOCKS, STATISTICS
 
 DEFAULT_STATISTIC = "min"
 

@@ -1,4 +1,4 @@
-"""Read a measurement database (`latency_models/store.py`'s SQLite schema) without importing its writer.
+"""Read a measurement database (`toolchain/latency/store.py`'s SQLite schema) without importing its writer.
 
 Opened read-only; only the columns the report shows are read. A file that is not such a database returns
 None (the caller lists it as unrecognised); a corrupt one raises `sqlite3.DatabaseError` (listed as unreadable).

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from latency_models.measure import torch_threads
+from toolchain.latency.measure import torch_threads
 from toolchain.errors import ToolchainError
 from toolchain.graph import PruningGraph
 from toolchain.saliency._masking import Batch, calibration_batches

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latency_models.measure import torch_threads
+from toolchain.latency.measure import torch_threads
 from toolchain.graph import PruningGraph
 from toolchain.saliency._masking import batch_statistics, calibration_batches, masked, task_loss
 

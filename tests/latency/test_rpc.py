@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from latency_models.campaign import CampaignConfig, run_campaign
-from latency_models.measure import MeasureConfig, measure
-from latency_models.rpc import DeviceLostError, with_retries
-from latency_models.store import MeasurementStore
+from toolchain.latency.campaign import CampaignConfig, run_campaign
+from toolchain.latency.measure import MeasureConfig, measure
+from toolchain.latency.rpc import DeviceLostError, with_retries
+from toolchain.latency.store import MeasurementStore
 from toolchain.targets import RpcEndpoint
 
 pytest.importorskip("tvm", reason="the RPC path needs apache-tvm")
 pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
-from latency_models.rpc import loopback_cluster  # noqa: E402
+from toolchain.latency.rpc import loopback_cluster  # noqa: E402
 
 pytestmark = pytest.mark.tvm
 TINY = str(Path(__file__).with_name("tiny_model.py")) + ":factory"
@@ -175,7 +175,7 @@ def test_sigterm_stops_the_tracker_and_device_server_too():
     import sys
     import time
 
-    process = subprocess.Popen([sys.executable, "-m", "latency_models.rpc", "--key", "sigterm", "--port", "19610"],
+    process = subprocess.Popen([sys.executable, "-m", "toolchain.latency.rpc", "--key", "sigterm", "--port", "19610"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "tracker 127.0.0.1:" in process.stdout.readline()
@@ -197,7 +197,7 @@ def test_sigterm_stops_the_tracker_and_device_server_too():
 def test_an_interrupt_while_the_cluster_starts_is_one_line(monkeypatch, capsys):
     from contextlib import contextmanager
 
-    from latency_models import rpc
+    from toolchain.latency import rpc
 
     @contextmanager
     def interrupted_while_starting(key, tracker_port):

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 from timing_fakes import FakeClock, ScriptedRunner
 
-import latency_models.campaign as campaign
-from latency_models.campaign import CampaignConfig, run_campaign
-from latency_models.measure import MeasureConfig, summarize
-from latency_models.sentinel import SentinelCheck, time_chunk
-from latency_models.store import MeasurementStore
+import toolchain.latency.campaign as campaign
+from toolchain.latency.campaign import CampaignConfig, run_campaign
+from toolchain.latency.measure import MeasureConfig, summarize
+from toolchain.latency.sentinel import SentinelCheck, time_chunk
+from toolchain.latency.store import MeasurementStore
 
 TINY = str(Path(__file__).with_name("tiny_model.py")) + ":factory"
 

@@ -6,7 +6,7 @@
     lut        per-layer single-op lookup table, summed (NetAdapt / HALP style baseline)
 
 Example:
-    >>> predictor = load_predictor("latency_models/artifacts/resnet18-cpu-ort-lpnet")
+    >>> predictor = load_predictor("toolchain/latency/artifacts/resnet18-cpu-ort-lpnet")
     >>> predictor.predict_ms(LatencyQuery.from_model("zoo:resnet18", model, (1, 3, 224, 224), widths))
     12.3
 """
@@ -20,10 +20,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from latency_models.features import LayerSpec, layer_specs, spec_from_dict, total_macs
-from latency_models.measure import latency_ms
-from latency_models.metrics import accuracy_metrics
-from latency_models.predictors.artifact import ArtifactMeta, read_artifact, save_artifact
+from toolchain.latency.features import LayerSpec, layer_specs, spec_from_dict, total_macs
+from toolchain.latency.measure import latency_ms
+from toolchain.latency.metrics import accuracy_metrics
+from toolchain.latency.predictors.artifact import ArtifactMeta, read_artifact, save_artifact
 from toolchain.errors import ToolchainError
 from toolchain.inputs import make_inputs, specs_from_key, vocab_size_of
 
@@ -53,7 +53,7 @@ class LatencyQuery:
 
     @classmethod
     def from_row(cls, row, statistic: str = "median") -> LatencyQuery:
-        """A training sample from a `latency_models.store.MeasurementRow`, its latency taken by `statistic`."""
+        """A training sample from a `toolchain.latency.store.MeasurementRow`, its latency taken by `statistic`."""
         return cls(
             row.model,
             tuple(row.input_shape),
@@ -166,4 +166,4 @@ def load_predictor(
     return predictor
 
 
-from latency_models.predictors import baselines, layerwise, lpnet  # noqa: E402,F401,I001  (registration)
+from toolchain.latency.predictors import baselines, layerwise, lpnet  # noqa: E402,F401,I001  (registration)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from latency_models.campaign import MIN_JOBS_FOR_BUILD_WORKERS, CampaignConfig, layer_grid, run_campaign
-from latency_models.features import LayerSpec
-from latency_models.measure import MeasureConfig
-from latency_models.sampling import sample_width_configs
-from latency_models.store import MeasurementStore
+from toolchain.latency.campaign import MIN_JOBS_FOR_BUILD_WORKERS, CampaignConfig, layer_grid, run_campaign
+from toolchain.latency.features import LayerSpec
+from toolchain.latency.measure import MeasureConfig
+from toolchain.latency.sampling import sample_width_configs
+from toolchain.latency.store import MeasurementStore
 from toolchain.errors import ToolchainError
 
 TINY = str(Path(__file__).with_name("tiny_model.py")) + ":factory"
@@ -186,7 +186,7 @@ def test_thread_cpu_clock_is_refused_where_work_leaves_the_timing_thread(tmp_pat
 
 
 def test_the_auto_clock_is_thread_cpu_only_where_the_inference_runs_on_the_timing_thread():
-    from latency_models.campaign import resolve_clock
+    from toolchain.latency.campaign import resolve_clock
     from toolchain.targets import get_target
 
     assert resolve_clock("auto", get_target("cpu")) == "thread_cpu"  # onnxruntime, 1 intra-op thread
@@ -196,7 +196,7 @@ def test_the_auto_clock_is_thread_cpu_only_where_the_inference_runs_on_the_timin
 
 def test_an_interrupted_campaign_loses_at_most_the_chunk_it_was_timing(tmp_path, monkeypatch):
     """What the store's and the campaign's docstrings promise: every finished chunk is stored."""
-    from latency_models import campaign
+    from toolchain.latency import campaign
 
     chunks = []
 

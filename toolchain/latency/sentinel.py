@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from latency_models.measure import MeasureConfig, Measurement, latency_ms, measure_interleaved
+from toolchain.latency.measure import MeasureConfig, Measurement, latency_ms, measure_interleaved
 from toolchain.targets import Runner
 
 

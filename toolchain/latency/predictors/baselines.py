@@ -18,8 +18,8 @@ from collections import defaultdict
 import numpy as np
 from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 
-from latency_models.features import COMPUTE_OPS, LayerSpec
-from latency_models.predictors import LatencyPredictor, LatencyQuery, register_predictor
+from toolchain.latency.features import COMPUTE_OPS, LayerSpec
+from toolchain.latency.predictors import LatencyPredictor, LatencyQuery, register_predictor
 from toolchain.errors import ToolchainError
 
 

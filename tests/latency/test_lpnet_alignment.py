@@ -7,11 +7,11 @@ import pytest
 import torch
 from latency_synthetic import synthetic_latency_ms, synthetic_rows, write_synthetic_db
 
-from latency_models.features import spec_from_dict
-from latency_models.fitting import FitConfig, fit_predictor
-from latency_models.predictors import LatencyQuery, load_predictor
-from latency_models.predictors import lpnet as lpnet_module
-from latency_models.predictors.lpnet import alignment_gate
+from toolchain.latency.features import spec_from_dict
+from toolchain.latency.fitting import FitConfig, fit_predictor
+from toolchain.latency.predictors import LatencyQuery, load_predictor
+from toolchain.latency.predictors import lpnet as lpnet_module
+from toolchain.latency.predictors.lpnet import alignment_gate
 from toolchain.errors import OutdatedArtifactError
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 from latency_synthetic import GROUPS, INPUT_SHAPE, synthetic_rows
 
-from latency_models.store import SCHEMA_VERSION, MeasurementStore
+from toolchain.latency.store import SCHEMA_VERSION, MeasurementStore
 from toolchain.errors import ToolchainError
 
 
@@ -57,7 +57,7 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
 def test_locked_database_is_a_clear_error(tmp_path, monkeypatch):
     path = tmp_path / "m.db"
     MeasurementStore(path).close()
-    monkeypatch.setattr("latency_models.store.BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr("toolchain.latency.store.BUSY_TIMEOUT_MS", 100)
     holder = sqlite3.connect(path)
     holder.execute("BEGIN EXCLUSIVE")
     try:

@@ -82,7 +82,7 @@ def _expected_columns() -> dict[str, set[str]]:
 @dataclass(frozen=True)
 class MeasurementRow:
     """One measured configuration. `widths` are per-group widths (kind 'model') or the op's shape (kind
-    'layer'); `layers` are the per-layer feature dicts of `latency_models.features`."""
+    'layer'); `layers` are the per-layer feature dicts of `toolchain.latency.features`."""
 
     kind: str
     model: str

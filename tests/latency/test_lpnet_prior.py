@@ -6,11 +6,11 @@ import pytest
 import torch
 from latency_synthetic import INPUT_SHAPE, synthetic_rows, write_synthetic_db
 
-from latency_models.features import LayerSpec
-from latency_models.fitting import FitConfig, fit_predictor
-from latency_models.measure import summarize
-from latency_models.predictors import LatencyQuery, load_predictor
-from latency_models.predictors.lpnet import alignment_gate, fit_channel_maps
+from toolchain.latency.features import LayerSpec
+from toolchain.latency.fitting import FitConfig, fit_predictor
+from toolchain.latency.measure import summarize
+from toolchain.latency.predictors import LatencyQuery, load_predictor
+from toolchain.latency.predictors.lpnet import alignment_gate, fit_channel_maps
 from toolchain.errors import ToolchainError
 
 

@@ -20,7 +20,7 @@ percent of error) count linearly. The MLP ensemble then learns the log-ratio bet
 held-back training configurations (on the CPU benchmarks it does not: the prior alone predicts).
 
 Example:
-    >>> predictor = load_predictor("latency_models/artifacts/resnet18-cpu-onnxruntime-lpnet")
+    >>> predictor = load_predictor("toolchain/latency/artifacts/resnet18-cpu-onnxruntime-lpnet")
     >>> net = predictor.module                       # torch nn.Module
     >>> x = predictor.normalise(widths).requires_grad_()
     >>> net(x).backward()                            # d latency_ms / d normalised widths in x.grad
@@ -36,9 +36,9 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
-from latency_models.features import COMPUTE_OPS
-from latency_models.measure import torch_threads
-from latency_models.predictors import LatencyPredictor, LatencyQuery, register_predictor
+from toolchain.latency.features import COMPUTE_OPS
+from toolchain.latency.measure import torch_threads
+from toolchain.latency.predictors import LatencyPredictor, LatencyQuery, register_predictor
 from toolchain.errors import OutdatedArtifactError, ToolchainError
 
 HIDDEN_UNITS = 64

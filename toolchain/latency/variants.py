@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from latency_models.features import LayerSpec, layer_specs
+from toolchain.latency.features import LayerSpec, layer_specs
 from toolchain.inputs import ModelInputs, make_inputs, specs_from_key, vocab_size_of
 from toolchain.targets import Runner, Target
 

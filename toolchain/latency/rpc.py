@@ -139,7 +139,7 @@ def _raise_terminated(signum, _frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m latency_models.rpc --key K [--port P]`: a loopback tracker and one device server on this
+    """`python -m toolchain.latency.rpc --key K [--port P]`: a loopback tracker and one device server on this
     machine, for rehearsing `make deploy RPC_TRACKER=127.0.0.1:P RPC_KEY=K` without a board (Ctrl-C stops)."""
     import argparse
     import signal

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from latency_models.store import MeasurementStore
+from toolchain.latency.store import MeasurementStore
 from toolchain.commands.fit import fit
 from toolchain.commands.predict import predict
 from toolchain.commands.profile import profile

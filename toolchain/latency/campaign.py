@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from latency_models.features import COMPUTE_OPS, LayerSpec, layer_specs, total_macs
-from latency_models.fingerprint import fingerprint_id, machine_fingerprint
-from latency_models.measure import CLOCKS, MeasureConfig, Measurement, latency_ms, measure, torch_threads
-from latency_models.rpc import with_retries
-from latency_models.sampling import layer_grid_ratios, sample_width_configs
-from latency_models.sentinel import SentinelCheck, time_chunk
-from latency_models.store import MeasurementRow, MeasurementStore, config_key
-from latency_models.variants import BuiltVariant, VariantBuilder, build_here, job_input
+from toolchain.latency.features import COMPUTE_OPS, LayerSpec, layer_specs, total_macs
+from toolchain.latency.fingerprint import fingerprint_id, machine_fingerprint
+from toolchain.latency.measure import CLOCKS, MeasureConfig, Measurement, latency_ms, measure, torch_threads
+from toolchain.latency.rpc import with_retries
+from toolchain.latency.sampling import layer_grid_ratios, sample_width_configs
+from toolchain.latency.sentinel import SentinelCheck, time_chunk
+from toolchain.latency.store import MeasurementRow, MeasurementStore, config_key
+from toolchain.latency.variants import BuiltVariant, VariantBuilder, build_here, job_input
 from toolchain.errors import ToolchainError
 from toolchain.inputs import InputSpecs, ModelInputs, make_inputs, specs_from_key, specs_key, vocab_size_of
 from toolchain.targets import RpcEndpoint, Target, get_target
@@ -51,13 +51,13 @@ class CampaignConfig:
     noise_replicates: int = 3
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     # Configurations timed in rounds together (see measure_interleaved), with the dense model as sentinel
-    # (latency_models.sentinel): a chunk whose sentinel ran more than `quiet_tolerance` slower than its best
+    # (toolchain.latency.sentinel): a chunk whose sentinel ran more than `quiet_tolerance` slower than its best
     # is timed again later, at most `max_retimes` times. Remote devices time one at a time, no sentinel.
     interleave: int = 16
     quiet_tolerance: float = 0.05
     max_retimes: int = 2
     # Processes that build a chunk's variants before it is timed (targets compiling to bytes; see
-    # latency_models.variants). 1: build in this process.
+    # toolchain.latency.variants). 1: build in this process.
     build_workers: int = 2
     rpc: RpcEndpoint | None = None
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from latency_synthetic import GROUPS, INPUT_SHAPE, synthetic_layers, synthetic_rows
 
-from latency_models.fitting import FitConfig, fit_predictor
-from latency_models.predictors import LatencyQuery, list_predictors, load_predictor
-from latency_models.store import MeasurementStore
+from toolchain.latency.fitting import FitConfig, fit_predictor
+from toolchain.latency.predictors import LatencyQuery, list_predictors, load_predictor
+from toolchain.latency.store import MeasurementStore
 from toolchain.errors import ToolchainError
 
 TRAIN_STEPS = {"lpnet": 600, "layerwise": 400}
@@ -55,8 +55,8 @@ def test_lpnet_is_differentiable_in_the_widths_and_records_group_order(fitted):
 
 
 def test_lookup_table_baseline_interpolates_single_op_measurements(tmp_path):
-    from latency_models.predictors import create_predictor
-    from latency_models.predictors.artifact import ArtifactMeta
+    from toolchain.latency.predictors import create_predictor
+    from toolchain.latency.predictors.artifact import ArtifactMeta
 
     single_ops = []
     for stem in (4, 16, 32):

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from latency_models.features import LayerSpec
-from latency_models.store import MeasurementRow
+from toolchain.latency.features import LayerSpec
+from toolchain.latency.store import MeasurementRow
 
 GROUPS = (("stem", 32, 1), ("block1", 64, 1), ("block2", 128, 1))  # (name, dense width, unit)
 INPUT_SHAPE = (1, 3, 32, 32)
@@ -69,7 +69,7 @@ def synthetic_rows(n: int, seed: int = 0, model: str = "synthetic:net", fingerpr
 
 def write_synthetic_db(path, rows):
     """A measurement database at `path` holding `rows` and the synthetic architecture's groups."""
-    from latency_models.store import MeasurementStore
+    from toolchain.latency.store import MeasurementStore
 
     with MeasurementStore(path) as store:
         store.save_groups("synthetic:net", INPUT_SHAPE, list(GROUPS))

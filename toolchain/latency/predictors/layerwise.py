@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from latency_models.features import FEATURE_NAMES, layer_features
-from latency_models.measure import torch_threads
-from latency_models.predictors import (
+from toolchain.latency.features import FEATURE_NAMES, layer_features
+from toolchain.latency.measure import torch_threads
+from toolchain.latency.predictors import (
     LatencyPredictor,
     LatencyQuery,
     register_predictor,

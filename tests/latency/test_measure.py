@@ -3,7 +3,7 @@
 import pytest
 from timing_fakes import FakeClock, ScriptedRunner
 
-from latency_models.measure import MeasureConfig, measure, summarize
+from toolchain.latency.measure import MeasureConfig, measure, summarize
 
 
 class DeviceTimed:
@@ -117,8 +117,8 @@ def test_a_run_the_clock_did_not_see_never_sets_the_minimum():
 def test_fitting_skips_stored_rows_with_no_latency():
     from dataclasses import replace
 
-    from latency_models.fitting import split_queries
-    from latency_models.store import MeasurementRow
+    from toolchain.latency.fitting import split_queries
+    from toolchain.latency.store import MeasurementRow
 
     row = MeasurementRow("model", "zoo:demo", {"stem.0": 8}, [], (1, 1, 28, 28), "cpu", "onnxruntime", 1, 0, "sobol",
                          1000, "f", {}, 0.75, 0.01, 0.01, 0.74, 25, 2, True)

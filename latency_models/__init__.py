@@ -1,1 +1,0 @@
-"""latency_models."""
