@@ -28,8 +28,8 @@ import torch
 from torch.nn import functional
 from torch.utils.data import TensorDataset
 
-from toolchain.latency.measure import STATISTICS
 from toolchain.data import DataSplits, load_mnist5k
+from toolchain.latency.measure import STATISTICS
 from toolchain.models import create_model
 
 HERE = Path(__file__).resolve()
@@ -228,8 +228,8 @@ def _cell(row: dict | None) -> str:
 
 
 def main() -> None:
-    from toolchain.latency.fingerprint import machine_fingerprint
     from toolchain.budget import TargetSpec, resolve_target
+    from toolchain.latency.fingerprint import machine_fingerprint
     from toolchain.saliency import SaliencyConfig
     from toolchain.sweep import SweepConfig, parse_budgets, run_sweep
 

@@ -122,10 +122,10 @@ def test_a_budget_for_a_board_without_a_budget_loop_is_refused_clearly(tmp_path,
 def test_budget_deploy_profiles_fits_prunes_and_measures_on_the_board_through_rpc(tmp_path):
     """The closed loop against a TVM RPC server on 127.0.0.1 standing in for the board."""
     pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
-    from toolchain.latency.rpc import loopback_cluster
-    from toolchain.latency.store import MeasurementStore
     from toolchain.allocate import BudgetConfig
     from toolchain.budget import BudgetJob, TargetSpec
+    from toolchain.latency.rpc import loopback_cluster
+    from toolchain.latency.store import MeasurementStore
 
     db = tmp_path / "runs" / "latency.db"
     with loopback_cluster(key="board", tracker_port=9590) as cluster:

@@ -430,8 +430,8 @@ def find_or_build_predictor(model_spec: str, dense: nn.Module, input_shape: tupl
     `name:dtype:shape` per named input."""
     from pathlib import Path
 
-    from toolchain.latency.predictors import load_predictor
     from toolchain.allocate import PredictorLatency
+    from toolchain.latency.predictors import load_predictor
 
     target = resolve_target(spec)
     path = artifact or default_predictor_path(model_spec, input_shape, spec)

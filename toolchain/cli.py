@@ -188,9 +188,9 @@ def prune_cmd(target, backend, threads, clock, statistic, budget_ms, budget_rati
     """
     job = None
     if budget_ms is not None or budget_ratio is not None:
-        from toolchain.latency.campaign import resolve_clock
         from toolchain.allocate import BudgetConfig
         from toolchain.budget import BudgetJob, TargetSpec
+        from toolchain.latency.campaign import resolve_clock
         from toolchain.saliency import SaliencyConfig
         from toolchain.targets import get_target
 
@@ -269,10 +269,10 @@ def deploy_cmd(model, weights, input_shape, inputs, trust_pickle, ratio, round_t
             raise ToolchainError(f"a latency budget is met by measuring on the target; for {device.name} give the "
                                  "board with --rpc-tracker/--rpc-key (RPC_TRACKER/RPC_KEY), or use --ratio (the "
                                  "bundle then labels its latency as predicted)")
-        from toolchain.latency.campaign import resolve_clock
         from toolchain.allocate import BudgetConfig
         from toolchain.budget import BudgetJob, TargetSpec, resolve_target
         from toolchain.commands.timing_options import DEFAULT_STATISTIC
+        from toolchain.latency.campaign import resolve_clock
 
         # Timed as the benchmarks time: the thread-CPU clock here (wall on a board) and the minimum of agreeing
         # attempts. With the wall clock and the median, the on-the-fly predictor learnt the host's slow spells

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from toolchain.errors import ToolchainError
 from toolchain.latency.campaign import MIN_JOBS_FOR_BUILD_WORKERS, CampaignConfig, layer_grid, run_campaign
 from toolchain.latency.features import LayerSpec
 from toolchain.latency.measure import MeasureConfig
 from toolchain.latency.sampling import sample_width_configs
 from toolchain.latency.store import MeasurementStore
-from toolchain.errors import ToolchainError
 
 TINY = str(Path(__file__).with_name("tiny_model.py")) + ":factory"
 TINY_SHAPE = (1, 3, 16, 16)

@@ -7,11 +7,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from toolchain.latency.store import MeasurementStore
 from toolchain.commands.fit import fit
 from toolchain.commands.predict import predict
 from toolchain.commands.profile import profile
 from toolchain.errors import ToolchainError
+from toolchain.latency.store import MeasurementStore
 
 TINY = str(Path(__file__).with_name("tiny_model.py")) + ":factory"
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 from latency_synthetic import synthetic_latency_ms, synthetic_rows, write_synthetic_db
 
+from toolchain.errors import OutdatedArtifactError
 from toolchain.latency.features import spec_from_dict
 from toolchain.latency.fitting import FitConfig, fit_predictor
 from toolchain.latency.predictors import LatencyQuery, load_predictor
 from toolchain.latency.predictors import lpnet as lpnet_module
 from toolchain.latency.predictors.lpnet import alignment_gate
-from toolchain.errors import OutdatedArtifactError
 
 
 def _with_latency(rows, latency_ms):

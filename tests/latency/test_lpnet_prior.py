@@ -6,12 +6,12 @@ import pytest
 import torch
 from latency_synthetic import INPUT_SHAPE, synthetic_rows, write_synthetic_db
 
+from toolchain.errors import ToolchainError
 from toolchain.latency.features import LayerSpec
 from toolchain.latency.fitting import FitConfig, fit_predictor
 from toolchain.latency.measure import summarize
 from toolchain.latency.predictors import LatencyQuery, load_predictor
 from toolchain.latency.predictors.lpnet import alignment_gate, fit_channel_maps
-from toolchain.errors import ToolchainError
 
 
 def _query(a: int, b: int) -> LatencyQuery:

@@ -6,10 +6,10 @@ import pytest
 import torch
 from latency_synthetic import GROUPS, INPUT_SHAPE, synthetic_layers, synthetic_rows
 
+from toolchain.errors import ToolchainError
 from toolchain.latency.fitting import FitConfig, fit_predictor
 from toolchain.latency.predictors import LatencyQuery, list_predictors, load_predictor
 from toolchain.latency.store import MeasurementStore
-from toolchain.errors import ToolchainError
 
 TRAIN_STEPS = {"lpnet": 600, "layerwise": 400}
 

@@ -6,8 +6,8 @@ from dataclasses import replace
 import pytest
 from latency_synthetic import GROUPS, INPUT_SHAPE, synthetic_rows
 
-from toolchain.latency.store import SCHEMA_VERSION, MeasurementStore
 from toolchain.errors import ToolchainError
+from toolchain.latency.store import SCHEMA_VERSION, MeasurementStore
 
 
 def test_rows_round_trip_in_wal_mode_with_schema_version(tmp_path):

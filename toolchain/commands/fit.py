@@ -6,10 +6,10 @@ import json
 
 import click
 
-from toolchain.latency.fitting import FitConfig, fit_predictor
-from toolchain.latency.predictors import list_predictors
 from toolchain.commands.timing_options import statistic_option
 from toolchain.commands.validation import OPEN_FRACTION, THREADS, count
+from toolchain.latency.fitting import FitConfig, fit_predictor
+from toolchain.latency.predictors import list_predictors
 
 
 @click.command("fit")

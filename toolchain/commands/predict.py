@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from toolchain.latency.predictors import LatencyQuery, load_predictor
 from toolchain.commands.input_options import input_option
 from toolchain.commands.validation import THREADS
 from toolchain.inputs import InputSpecs
+from toolchain.latency.predictors import LatencyQuery, load_predictor
 from toolchain.shapes import parse_shape
 
 

@@ -14,13 +14,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from toolchain.latency.campaign import CampaignConfig, resolve_clock, run_campaign
-from toolchain.latency.measure import MeasureConfig
-from toolchain.latency.rpc import parse_tracker
 from toolchain.commands.input_options import input_option
 from toolchain.commands.timing_options import clock_option, statistic_option
 from toolchain.commands.validation import NON_NEGATIVE_MS, SHARE, THREADS, count
 from toolchain.inputs import specs_key
+from toolchain.latency.campaign import CampaignConfig, resolve_clock, run_campaign
+from toolchain.latency.measure import MeasureConfig
+from toolchain.latency.rpc import parse_tracker
 from toolchain.models.sources import source_examples
 from toolchain.shapes import parse_shape
 from toolchain.targets import RpcEndpoint, get_target

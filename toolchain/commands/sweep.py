@@ -45,10 +45,10 @@ def _names(text: str, valid: list[str], what: str) -> tuple[str, ...]:
 def sweep(model, weights, input_shape, data, target, backend, threads, clock, statistic, budgets, criteria, allocators,
           finetune_steps, shapley_samples, profile_samples, predictor, workers, out) -> None:
     """Run every budget x criterion x allocator point; rows go to OUT/rows.csv and OUT/rows.json."""
-    from toolchain.latency.campaign import resolve_clock
     from toolchain.allocate import list_allocators
     from toolchain.budget import TargetSpec
     from toolchain.cli import Steps
+    from toolchain.latency.campaign import resolve_clock
     from toolchain.saliency import SaliencyConfig, list_criteria
     from toolchain.sweep import SweepConfig, parse_budgets, run_sweep
     from toolchain.targets import get_target

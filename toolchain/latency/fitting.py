@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from toolchain.errors import ToolchainError
 from toolchain.latency.features import spec_from_dict
 from toolchain.latency.measure import latency_ms
 from toolchain.latency.predictors import LatencyPredictor, LatencyQuery, create_predictor, predictor_class
 from toolchain.latency.predictors.artifact import ArtifactMeta, training_data_hash
 from toolchain.latency.store import MeasurementRow, MeasurementStore, now_utc
-from toolchain.errors import ToolchainError
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from toolchain.latency.features import LayerSpec, layer_specs
 from toolchain.inputs import ModelInputs, make_inputs, specs_from_key, vocab_size_of
+from toolchain.latency.features import LayerSpec, layer_specs
 from toolchain.targets import Runner, Target
 
 

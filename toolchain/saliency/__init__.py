@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from toolchain.latency.measure import torch_threads
 from toolchain.errors import ToolchainError
 from toolchain.graph import PruningGraph
+from toolchain.latency.measure import torch_threads
 from toolchain.saliency._masking import Batch, calibration_batches
 
 

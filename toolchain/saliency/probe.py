@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from toolchain.latency.measure import torch_threads
 from toolchain.graph import PruningGraph
+from toolchain.latency.measure import torch_threads
 from toolchain.saliency._masking import batch_statistics, calibration_batches, masked, task_loss
 
 MIN_SENSITIVITY = 1e-4  # a group is never free to remove: keeps the loss curves strictly ordered

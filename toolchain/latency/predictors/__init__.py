@@ -20,12 +20,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from toolchain.errors import ToolchainError
+from toolchain.inputs import make_inputs, specs_from_key, vocab_size_of
 from toolchain.latency.features import LayerSpec, layer_specs, spec_from_dict, total_macs
 from toolchain.latency.measure import latency_ms
 from toolchain.latency.metrics import accuracy_metrics
 from toolchain.latency.predictors.artifact import ArtifactMeta, read_artifact, save_artifact
-from toolchain.errors import ToolchainError
-from toolchain.inputs import make_inputs, specs_from_key, vocab_size_of
 
 
 @dataclass(frozen=True)

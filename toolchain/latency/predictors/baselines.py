@@ -18,9 +18,9 @@ from collections import defaultdict
 import numpy as np
 from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 
+from toolchain.errors import ToolchainError
 from toolchain.latency.features import COMPUTE_OPS, LayerSpec
 from toolchain.latency.predictors import LatencyPredictor, LatencyQuery, register_predictor
-from toolchain.errors import ToolchainError
 
 
 def _least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolchain.errors import ToolchainError
 from toolchain.latency.features import FEATURE_NAMES, layer_features
 from toolchain.latency.measure import torch_threads
 from toolchain.latency.predictors import (
@@ -29,7 +30,6 @@ from toolchain.latency.predictors import (
     LatencyQuery,
     register_predictor,
 )
-from toolchain.errors import ToolchainError
 
 HIDDEN_UNITS = 64
 LEARNING_RATE = 3e-3

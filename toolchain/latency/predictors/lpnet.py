@@ -36,10 +36,10 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
+from toolchain.errors import OutdatedArtifactError, ToolchainError
 from toolchain.latency.features import COMPUTE_OPS
 from toolchain.latency.measure import torch_threads
 from toolchain.latency.predictors import LatencyPredictor, LatencyQuery, register_predictor
-from toolchain.errors import OutdatedArtifactError, ToolchainError
 
 HIDDEN_UNITS = 64
 ENSEMBLE_SIZE = 3
