@@ -82,12 +82,22 @@ def _describe(store: MeasurementStore) -> str:
 
 def split_queries(rows: list[MeasurementRow], heldout_fraction: float,
                   statistic: str = "median") -> tuple[list[LatencyQuery], list[LatencyQuery]]:
-    train, heldout = [], []
+    """Split by a hash of each configuration's key (stable across runs and machines). A small set whose hashes all
+    fall on the training side still holds out one configuration (the one hashed lowest): the split of a handful
+    of configurations must not depend on luck, e.g. on the folder a model file happens to live in."""
+    train, heldout, train_keys = [], [], []
     for row in rows:
         if latency_ms(row, statistic) <= 0:  # not a measurement of a model (databases before the summarize fix)
             continue
         query = LatencyQuery.from_row(row, statistic)
-        (heldout if is_heldout(row.config_key, heldout_fraction) else train).append(query)
+        if is_heldout(row.config_key, heldout_fraction):
+            heldout.append(query)
+        else:
+            train.append(query)
+            train_keys.append(row.config_key)
+    if not heldout and heldout_fraction > 0 and len(train) >= 2:
+        lowest = min(range(len(train)), key=lambda i: int(train_keys[i][:8], 16) % 1000)
+        heldout.append(train.pop(lowest))
     return train, heldout
 
 
