@@ -40,6 +40,7 @@ from toolchain.graph_attention import (
 )
 from toolchain.graph_conv1d import conv1d_magnitude, customized_pruners, root_layer_types
 from toolchain.graph_reference import ReferenceMasks, is_channel_norm, regrouped_layer, unverifiable_norm_reason
+from toolchain.graph_scale import fold_weight_standardization, scale_pruners
 from toolchain.inputs import ModelInputs, call_model, flatten_outputs, output_shapes
 
 # Relative error allowed between the shrunk model and the dense model with the removed channels
@@ -90,6 +91,9 @@ class PruningGraph:
     ):
         self.model = model
         self.example_input = example_input
+        # Weight-standardized convs cannot lose input channels exactly; folded to the constant weight they use at
+        # inference, they can (the graph's model is the copy being pruned: changed in place).
+        self.folded_standardized_convs = fold_weight_standardization(model)
         self._names = {m: n for n, m in model.named_modules()}
         unknown = [p for p in protect if p not in dict(model.named_modules())]
         if unknown:
@@ -105,7 +109,7 @@ class PruningGraph:
             forward = graph_build.RecordingForward()
             with torch.enable_grad(), _recording_op_owners(model) as self._op_owners, no_generation_cache(model):
                 self._dg, self._unmappable = graph_build.build_dependency_graph(
-                    model, example_input, forward, customized_pruners())
+                    model, example_input, forward, {**customized_pruners(), **scale_pruners()})
             self._output_fns = forward.output_fns
         except ToolchainError:
             raise

@@ -55,10 +55,6 @@ KNOWN_FAILURES: dict[str, Known] = {
     # modules should be frozen instead so the rest of the model is pruned.
     "torchvision:maxvit_t": Known("refused", f"{ATTN} (relative-position multi-head attention reshapes to a fixed "
                                              "head count)", "blocks.0.layers.0.layers.window_attention.attn_layer.1"),
-    "timm:dm_nfnet_f0": Known("refused", "ScaledStdConv2d: its per-channel gain is not pruned with the weight",
-                              "stem.conv"),
-    "timm:poolformer_s12": Known("refused", "layer-scale parameters (timm Scale) are not pruned with their channels",
-                                 "stages.0.blocks.0.layer_scale1"),
     "timm:pvt_v2_b0": Known("refused", f"{ATTN} (spatial-reduction attention: kv)", "stages.0.blocks.0.attn"),
 }
 
