@@ -13,8 +13,8 @@ metaformer = pytest.importorskip("timm.models.metaformer", reason="timm is not i
 
 def _standardized_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(timm_layers.ScaledStdConv2dSame(3, 16, 3, stride=2), nn.ReLU(), timm_layers.StdConv2d(16, 16, 3),
-                         nn.ReLU(), timm_layers.ScaledStdConv2d(16, 8, 1))
+    return nn.Sequential(timm_layers.ScaledStdConv2dSame(3, 16, 3, stride=2), nn.ReLU(),
+                         timm_layers.StdConv2d(16, 16, 3), nn.ReLU(), timm_layers.ScaledStdConv2d(16, 8, 1))
 
 
 def test_folding_keeps_what_the_model_computes():

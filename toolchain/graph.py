@@ -106,6 +106,17 @@ class PruningGraph:
             with torch.no_grad():
                 self._dense_output_shapes = output_shapes(call_model(model, example_input))
             self._attention = refuse_heads_that_fail_removal(model, example_input, self._attention)
+            # The same forward code fails the same way: single-head modules of a failing type (PVT-v2's first
+            # stage) cannot be tried by removing a head, but their inner channels must be kept too.
+            failing: dict[type, str] = {}
+            for heads in self._attention:
+                if heads.fails_narrower:
+                    failing.setdefault(type(heads.module), heads.path)
+            self._refused_attention.update({
+                heads.path: heads.refusal if heads.fails_narrower else
+                f"attention at {heads.path!r} ({type(heads.module).__name__}) runs the code that fails at "
+                f"{failing[type(heads.module)]!r} once narrower; its channels are kept"
+                for heads in self._attention if type(heads.module) in failing})
             forward = graph_build.RecordingForward()
             with torch.enable_grad(), _recording_op_owners(model) as self._op_owners, no_generation_cache(model):
                 self._dg, self._unmappable = graph_build.build_dependency_graph(

@@ -78,6 +78,9 @@ class AttentionHeads:
     # Why its heads must be kept (state this module cannot cut, a forward that fails without a
     # head); its inner channels are then frozen rather than left to the channel graph.
     refusal: str | None = None
+    # Its forward failed with a head removed: it sizes its tensors from its input (PVT-v2 reshapes the heads'
+    # output and the spatial reduction to the input's width), so no channel through it can go either.
+    fails_narrower: bool = False
 
     @property
     def group_size(self) -> int:
@@ -263,11 +266,13 @@ def _fused(path: str, module: nn.Module, model_paths: dict) -> AttentionHeads | 
     return replace(found, refusal=_unknown_per_head_state(found))
 
 
-def _unknown_per_head_state(heads: AttentionHeads) -> str | None:
-    """Why attention holding per-head state this module does not cut is refused (it would go stale)."""
+def _unknown_per_head_state(heads: AttentionHeads, input_norm: bool = False) -> str | None:
+    """Why attention holding per-head state this module does not cut is refused (it would go stale).
+
+    `input_norm`: the module's `norm` normalises an input branch (PVT's spatial reduction), not the heads."""
     module, path = heads.module, heads.path
     norm = getattr(module, "norm", None)
-    if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity):
+    if isinstance(norm, nn.Module) and not isinstance(norm, nn.Identity) and not input_norm:
         # a norm over all heads' channels (timm scale_norm) mixes heads: removing one is not exact
         return f"attention at {path!r} normalises across heads ({type(norm).__name__}); its heads are kept"
     handled = {id(p) for layer in heads.layers() for p in layer.parameters()}
@@ -283,6 +288,23 @@ def _unknown_per_head_state(heads: AttentionHeads) -> str | None:
             return (f"attention at {path!r} has per-head tensor {name!r} {tuple(param.shape)} that is not pruned; "
                     "its heads are kept")
     return None
+
+
+def _query_and_fused_kv(path: str, module: nn.Module, model_paths: dict) -> AttentionHeads | None:
+    """timm PVT-v2 (spatial-reduction attention): `q` projects the queries, one `kv` layer keys then values."""
+    query, kv, output = (getattr(module, n, None) for n in ("q", "kv", "proj"))
+    heads = _head_count(module)
+    if not (is_projection(query) and is_projection(kv) and is_projection(output) and isinstance(heads, int)):
+        return None
+    inner = _out_width(query)
+    head_dim = _first_int(module, HEAD_DIM_ATTRS) or inner // heads
+    if inner != heads * head_dim or _out_width(kv) != 2 * inner or _in_width(output) != inner:
+        raise AttentionRefused(f"attention at {path!r}: q/kv widths do not match {heads} heads x {head_dim}")
+    found = AttentionHeads(model_paths[query], path, module, query, kv, kv, (0, 0, inner), output, None,
+                           heads, heads, head_dim)
+    # Its `norm` follows the spatial reduction `sr` of the keys' input (the residual width), not the heads.
+    return replace(found, refusal=_unknown_per_head_state(found, input_norm=isinstance(getattr(module, "sr", None),
+                                                                                        nn.Module)))
 
 
 def _separate(path: str, module: nn.Module, model_paths: dict, parents: dict) -> AttentionHeads | None:
@@ -333,7 +355,8 @@ def find_attention_heads(model: nn.Module) -> tuple[list[AttentionHeads], dict[s
             refused[path] = f"nn.MultiheadAttention at {path!r} is not pruned (its heads share embed_dim)"
             continue
         try:
-            heads = _fused(path, module, paths) or _separate(path, module, paths, parents)
+            heads = (_fused(path, module, paths) or _query_and_fused_kv(path, module, paths)
+                     or _separate(path, module, paths, parents))
         except AttentionRefused as refusal:
             refused[path] = str(refusal)
             continue
@@ -436,6 +459,7 @@ def refuse_heads_that_fail_removal(model: nn.Module, example_input: ModelInputs,
             failure = f"fails ({type(exc).__name__}: {message})"
         if failure is not None:
             heads = replace(heads, refusal=f"attention at {heads.path!r} ({type(heads.module).__name__}) {failure} "
-                                           "with a head removed; its heads are kept")
+                                           "with a head removed; its heads are kept",
+                            fails_narrower=failure.startswith("fails"))
         checked.append(heads)
     return checked

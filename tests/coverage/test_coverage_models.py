@@ -55,7 +55,6 @@ KNOWN_FAILURES: dict[str, Known] = {
     # modules should be frozen instead so the rest of the model is pruned.
     "torchvision:maxvit_t": Known("refused", f"{ATTN} (relative-position multi-head attention reshapes to a fixed "
                                              "head count)", "blocks.0.layers.0.layers.window_attention.attn_layer.1"),
-    "timm:pvt_v2_b0": Known("refused", f"{ATTN} (spatial-reduction attention: kv)", "stages.0.blocks.0.attn"),
 }
 
 # Entries whose small config takes more than ~10 s of CPU time (or the full limit, when known to be slow).
