@@ -30,7 +30,7 @@ from toolchain.graph_conv1d import Conv1DPruner, is_projection
 from toolchain.inputs import ModelInputs, call_model, output_shapes
 
 # Attribute names attention modules use for their counts (timm, transformers, GPT-2).
-HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_head")
+HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
 KV_HEAD_COUNT_ATTRS = ("num_key_value_heads", "num_kv_heads")
 INNER_WIDTH_ATTRS = ("all_head_size", "attn_dim", "inner_dim", "split_size")
 HEAD_DIM_ATTRS = ("head_dim", "attention_head_size")
@@ -243,9 +243,10 @@ class AttentionRefused(Exception):
 
 
 def _fused(path: str, module: nn.Module, model_paths: dict) -> AttentionHeads | None:
-    """timm `Attention`/`WindowAttention`, the zoo's ViT, GPT-2: one projection holds q, k and v."""
-    qkv = getattr(module, "qkv", None) or getattr(module, "c_attn", None)
-    output = getattr(module, "proj", None) or getattr(module, "c_proj", None)
+    """timm `Attention`/`WindowAttention`, the zoo's ViT, GPT-2, torchvision MaxViT: one projection holds q, k, v."""
+    qkv = next((layer for n in ("qkv", "c_attn", "to_qkv") if is_projection(layer := getattr(module, n, None))), None)
+    output = next((layer for n in ("proj", "c_proj", "merge") if is_projection(layer := getattr(module, n, None))),
+                  None)
     heads = _head_count(module)
     if not (is_projection(qkv) and is_projection(output) and isinstance(heads, int)):
         return None
