@@ -84,3 +84,42 @@ def test_a_shape_cached_by_forward_is_not_recorded_as_architecture():
     pruned(torch.randn(1, 3, 4, 4))
     layers = describe_architecture(pruned, dense)
     assert set(layers) == {"conv"} and layers["conv"]["attrs"] == {"out_channels": 2}
+
+
+class _HeadTable(torch.nn.Module):
+    """A per-channel table pruned with its layer next to a non-persistent index buffer (as in Swin attention)."""
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, width)
+        self.out = torch.nn.Linear(width, 3)
+        self.register_buffer("index", torch.arange(width).flip(0), persistent=False)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.proj(x))) + self.index[:3].float()
+
+
+def test_unchanged_non_persistent_buffers_survive_the_round_trip(tmp_path):
+    """Seen on timm Swin: its relative_position_index (not in the weights file) came back as zeros once its
+    module's bias table had lost heads, and the reloaded model no longer matched its verified ONNX."""
+    torch.manual_seed(0)
+    dense = _HeadTable().eval()
+    result = prune(dense, torch.randn(2, 4), ratio=0.5)
+    result.model.proj.register_buffer("scratch", torch.arange(4), persistent=False)  # in a module that changed
+    dense.proj.register_buffer("scratch", torch.arange(4), persistent=False)
+    x = torch.randn(2, 4)
+    write_arch_and_weights(tmp_path, result.model, dense, "unused", specs_of(x), result.widths)
+    rebuilt, _ = load_pruned(tmp_path, model=dense)
+    assert torch.equal(rebuilt.proj.scratch, torch.arange(4))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), result.model(x))
+
+
+def test_a_non_persistent_buffer_that_changed_shape_is_refused(tmp_path):
+    torch.manual_seed(0)
+    dense = _HeadTable().eval()
+    result = prune(dense, torch.randn(2, 4), ratio=0.5)
+    result.model.proj.register_buffer("scratch", torch.zeros(2), persistent=False)
+    dense.proj.register_buffer("scratch", torch.zeros(8), persistent=False)
+    with pytest.raises(ToolchainError, match="non-persistent buffer 'scratch'"):
+        write_arch_and_weights(tmp_path, result.model, dense, "unused", specs_of(torch.randn(2, 4)), result.widths)

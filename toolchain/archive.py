@@ -57,6 +57,11 @@ def describe_architecture(pruned: nn.Module, dense: nn.Module) -> dict[str, dict
             for k, v in list(reference.named_parameters(recurse=False)) + list(reference.named_buffers(recurse=False))
             if v is not None
         }
+        for key in getattr(module, "_non_persistent_buffers_set", ()):
+            if key in tensors and tensors[key] != ref_tensors.get(key):
+                # not in the state dict: a rebuilt model would hold a zeroed buffer of the new shape
+                raise ToolchainError(f"module {name!r} ({type(module).__name__}) has a non-persistent buffer {key!r} "
+                                     "that changed shape; the pruned model cannot be saved and rebuilt")
         attrs, ref_attrs = _structural_attrs(module), _structural_attrs(reference)
         changed_attrs = {k: v for k, v in attrs.items() if ref_attrs.get(k) != v}
         if tensors != ref_tensors or changed_attrs:
@@ -76,6 +81,11 @@ def apply_architecture(model: nn.Module, layers: dict[str, dict]) -> nn.Module:
         for key, value in spec["attrs"].items():
             setattr(module, key, tuple(value) if isinstance(value, list) else value)
         for key, shape in spec["tensors"].items():
+            current = module._parameters.get(key, module._buffers.get(key))
+            if current is not None and list(current.shape) == list(shape):
+                # unchanged: keep it (a non-persistent buffer such as Swin's relative_position_index is not in
+                # the weights file, so replacing it would leave zeros)
+                continue
             if key in module._parameters:
                 old = module._parameters[key]
                 module._parameters[key] = nn.Parameter(torch.empty(shape, dtype=old.dtype), old.requires_grad)
