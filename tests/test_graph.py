@@ -166,3 +166,20 @@ def test_random_per_group_ratios_give_a_working_smaller_model(data, name):
     assert result.manifest["params"] <= result.manifest["dense_params"]
     for group, width in result.widths.items():
         assert 1 <= width <= result.manifest["dense_group_widths"][group]
+
+
+def test_counting_macs_of_a_keyword_input_model_prints_nothing(capsys):
+    """Torch-Pruning's counter printed a warning to stdout for keyword-only inputs, corrupting `--json`."""
+    from toolchain.graph import count_macs_params
+
+    class KeywordOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.head = torch.nn.Embedding(10, 8), torch.nn.Linear(8, 2)
+
+        def forward(self, input_ids=None):
+            return self.head(self.embed(input_ids))
+
+    macs, params = count_macs_params(KeywordOnly(), {"input_ids": torch.zeros(1, 4, dtype=torch.long)})
+    assert params == 10 * 8 + 8 * 2 + 2 and macs > 0
+    assert capsys.readouterr().out == ""
