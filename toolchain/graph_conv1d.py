@@ -58,8 +58,14 @@ def is_projection(layer) -> bool:
     return isinstance(layer, nn.Linear) or (Conv1D is not None and isinstance(layer, Conv1D))
 
 
-def conv1d_magnitude(group, width: int) -> torch.Tensor:
-    """L2 magnitude per root channel over a group's `Conv1D` layers (Torch-Pruning's importance skips them)."""
+def conv1d_magnitude(group, width: int, p: int = 2) -> torch.Tensor:
+    """Per root channel, the L`p` norm of its weights over a group's `Conv1D` layers (Torch-Pruning's importance
+    skips them): the norm itself for p=2, the sum of |w| for p=1 (`conv1d_norms`)."""
+    return conv1d_norms(group, width, p).sqrt() if p == 2 else conv1d_norms(group, width, p)
+
+
+def conv1d_norms(group, width: int, p: int) -> torch.Tensor:
+    """Per root channel, the sum of |w|^p over its rows in the group's `Conv1D` layers (zeros without any)."""
     score = torch.zeros(width)
     for item in group:
         layer, handler = item.dep.target.module, item.dep.handler
@@ -68,5 +74,5 @@ def conv1d_magnitude(group, width: int) -> torch.Tensor:
         weight = layer.weight.detach()  # [in, out]
         pruner = Conv1DPruner()
         rows = weight.T if getattr(handler, "__name__", "") == pruner.prune_out_channels.__name__ else weight
-        score.index_add_(0, torch.tensor(item.root_idxs), rows[list(item.idxs)].pow(2).sum(dim=1))
-    return score.sqrt()
+        score.index_add_(0, torch.tensor(item.root_idxs), rows[list(item.idxs)].abs().pow(p).sum(dim=1))
+    return score

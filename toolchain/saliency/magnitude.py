@@ -10,24 +10,36 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from toolchain.graph_conv1d import Conv1D, conv1d_norms
 from toolchain.saliency import ScoringContext, register_criterion
 from toolchain.saliency._masking import root_width
 
 
-def _score_all(context: ScoringContext, importance) -> dict[str, torch.Tensor]:
-    return {name: importance(context.graph.tp_group(name)).detach() for name in context.group_names}
+def _with_conv1d(group, importance, p: int, width: int) -> torch.Tensor:
+    """Torch-Pruning's group importance plus the `Conv1D` layers it does not see (GPT-2), on the same scale:
+    a group of only `Conv1D` layers (for which it returns None) is scored by them alone."""
+    score = importance(group)
+    if not any(Conv1D is not None and isinstance(dep.target.module, Conv1D) for dep, _ in group):
+        return score.detach()
+    extra = conv1d_norms(group, width, p)
+    return extra if score is None else score.detach() + extra
+
+
+def _score_all(context: ScoringContext, importance, p: int) -> dict[str, torch.Tensor]:
+    return {name: _with_conv1d(context.graph.tp_group(name), importance, p, root_width(context.graph, name))
+            for name in context.group_names}
 
 
 @register_criterion("l1")
 def l1(context: ScoringContext) -> dict[str, torch.Tensor]:
     """Sum over the group's layers of each channel's L1 filter norm."""
-    return _score_all(context, tp.importance.GroupMagnitudeImportance(p=1, normalizer=None))
+    return _score_all(context, tp.importance.GroupMagnitudeImportance(p=1, normalizer=None), p=1)
 
 
 @register_criterion("l2")
 def l2(context: ScoringContext) -> dict[str, torch.Tensor]:
     """Mean over the group's layers of each channel's squared L2 filter norm."""
-    return _score_all(context, tp.importance.GroupMagnitudeImportance(p=2, normalizer=None))
+    return _score_all(context, tp.importance.GroupMagnitudeImportance(p=2, normalizer=None), p=2)
 
 
 @register_criterion("bn_scale")
@@ -39,7 +51,8 @@ def bn_scale(context: ScoringContext) -> dict[str, torch.Tensor]:
     for name in context.group_names:
         group = context.graph.tp_group(name)
         has_bn = any(isinstance(dep.target.module, nn.modules.batchnorm._BatchNorm) for dep, _ in group)
-        scores[name] = (bn_importance if has_bn else fallback)(group).detach()
+        scores[name] = (bn_importance(group).detach() if has_bn
+                        else _with_conv1d(group, fallback, 1, root_width(context.graph, name)))
     return scores
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from toolchain.graph_conv1d import Conv1D
 from toolchain.saliency import ScoringContext, register_criterion
 from toolchain.saliency._masking import captured_inputs, consumers, root_width
 
@@ -38,7 +39,10 @@ def _activation_features(context: ScoringContext) -> dict[str, torch.Tensor]:
 
 def _filter_features(context: ScoringContext, name: str) -> torch.Tensor:
     root = context.graph.tp_group(name)[0].dep.target.module
-    return root.weight.detach().flatten(1)[: root_width(context.graph, name)]
+    weight = root.weight.detach()
+    if Conv1D is not None and isinstance(root, Conv1D):  # GPT-2's projections store [in, out]
+        weight = weight.T
+    return weight.flatten(1)[: root_width(context.graph, name)]
 
 
 def elimination_order_scores(features: torch.Tensor) -> torch.Tensor:
