@@ -54,3 +54,18 @@ def test_scale_parameter_and_its_view_shape_follow_the_channels():
     assert result.model.scale.scale.shape == (kept,) and result.model.scale.shape == (kept, 1, 1)
     assert result.model(x).shape == model(x).shape
     assert result.manifest["verified_relative_error"] is not None
+
+
+def test_a_folded_model_reloads_from_its_folder(tmp_path):
+    """The reload builds the dense model again (standardized convs): it repeats the fold before resizing."""
+    from toolchain import load_pruned
+    from toolchain.archive import write_arch_and_weights
+    from toolchain.inputs import specs_of
+
+    model, x = _standardized_net().eval(), torch.randn(1, 3, 17, 17)
+    result = prune(model, x, ratio=0.5)
+    write_arch_and_weights(tmp_path, result.model, model, "unused", specs_of(x), result.widths)
+    rebuilt, arch = load_pruned(tmp_path, model=_standardized_net().eval())
+    assert arch["folded_standardized_convs"] == ["0", "2", "4"]
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), result.model(x))

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from toolchain.errors import ToolchainError
+from toolchain.graph_scale import fold_weight_standardization, folded_convs
 from toolchain.inputs import InputSpec, InputSpecs, specs_from_json, specs_to_json
 from toolchain.models import load_weights, resolve_model
 
@@ -106,6 +107,8 @@ def write_arch_and_weights(folder: Path, pruned: nn.Module, dense: nn.Module, mo
         "input_shape": list(inputs[0].shape),  # the first input's, for readers of one-tensor models
         "inputs": specs_to_json(inputs),
         "per_group_widths": widths,
+        # weight-standardized convs pruning folded into plain ones: a reload folds them again before resizing
+        "folded_standardized_convs": folded_convs(pruned, dense),
         "layers": describe_architecture(pruned, dense),
     }
     (folder / "arch.json").write_text(json.dumps(arch, indent=1))
@@ -164,6 +167,7 @@ def load_pruned(folder: str | Path, model: str | nn.Module | None = None,
         raise ToolchainError(f"{arch_path} has format version {version}, expected {ARCH_VERSION}")
     source = _model_source(arch, arch_path, model, trust_model_file)
     dense, _ = resolve_model(source, inputs=arch_inputs(arch))
+    fold_weight_standardization(dense, only=set(arch.get("folded_standardized_convs", ())))
     apply_architecture(dense, arch["layers"])
     load_weights(dense, folder / "weights.safetensors")
     return dense.eval(), arch

@@ -19,7 +19,7 @@ Two structures Torch-Pruning cannot follow on its own:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 import torch_pruning as tp
@@ -63,6 +63,15 @@ def _channel_dim(param: torch.Tensor) -> int:
     return dims[0] if dims else 0
 
 
+def folded_convs(pruned: nn.Module, dense: nn.Module) -> list[str]:
+    """Names of the weight-standardized convs of `dense` that are plain convs in `pruned` (folded by pruning)."""
+    if not STANDARDIZED_CONVS:
+        return []
+    pruned_modules = dict(pruned.named_modules())
+    return [name for name, module in dense.named_modules() if isinstance(module, STANDARDIZED_CONVS)
+            and name in pruned_modules and not isinstance(pruned_modules[name], STANDARDIZED_CONVS)]
+
+
 def scale_pruners() -> dict:
     """Channel-scale module types with their surgery (for `build_dependency`'s customized pruners)."""
     return {MetaFormerScale: ChannelScalePruner()} if MetaFormerScale is not None else {}
@@ -79,15 +88,17 @@ def _standardized_weight(conv: nn.Conv2d) -> torch.Tensor:
     return weight.reshape_as(conv.weight)
 
 
-def fold_weight_standardization(model: nn.Module) -> list[str]:
+def fold_weight_standardization(model: nn.Module, only: Collection[str] | None = None) -> list[str]:
     """Replace every weight-standardized conv of `model` (in place) by a plain conv with the standardized weight.
 
     Returns the folded modules' names. Those whose forward pads dynamically ("same" padding) become timm's
-    `Conv2dSame`, the others `nn.Conv2d` with their static padding.
+    `Conv2dSame`, the others `nn.Conv2d` with their static padding. `only`: fold just these (a reload repeats
+    the fold a pruned model went through before its weights are loaded).
     """
     folded = []
     for name, conv in list(model.named_modules()):
-        if not STANDARDIZED_CONVS or not isinstance(conv, STANDARDIZED_CONVS):
+        wanted = only is None or name in only
+        if not STANDARDIZED_CONVS or not isinstance(conv, STANDARDIZED_CONVS) or not wanted:
             continue
         dynamic_pad = bool(getattr(conv, "same_pad", False))
         plain_type = Conv2dSame if dynamic_pad else nn.Conv2d
