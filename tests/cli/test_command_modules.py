@@ -105,3 +105,13 @@ def test_an_alias_of_the_device_table_is_a_valid_target():
     deploy = cli.commands["deploy"]
     target = next(param for param in deploy.params if param.name == "target")
     assert target.type.convert("jetson", target, None) == "jetson"
+
+
+def test_quiet_prints_the_result_without_the_steps(tmp_path, capsys):
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", "zoo:demo", "--data", "none", "--out", str(out)]) == 0
+    steps = capsys.readouterr().err
+    assert "… pruning" in steps
+    assert main(["prune", "--model", "zoo:demo", "--data", "none", "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "…" not in captured.err and captured.out.startswith(f"wrote {tmp_path / 'quiet'}/")

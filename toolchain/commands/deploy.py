@@ -17,6 +17,7 @@ from toolchain.commands.options import (
     out_option,
     precision_option,
     pruning_options,
+    quiet_option,
     rpc_endpoint,
     rpc_options,
 )
@@ -33,9 +34,10 @@ from toolchain.errors import ToolchainError
 @rpc_options
 @budget_options
 @json_option
+@quiet_option
 def deploy(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, protect, data, target, precision,
            out, rpc_tracker, rpc_key, budget_ms, budget_ratio, criterion, allocator, predictor, profile_samples,
-           finetune_steps, shapley_samples, as_json) -> None:
+           finetune_steps, shapley_samples, as_json, quiet) -> None:
     """Prune for a target, export, verify, and write the deploy bundle with its manifest."""
     from toolchain.allocate import BudgetConfig
     from toolchain.bundle import BundleConfig, default_out, write_bundle
@@ -54,14 +56,14 @@ def deploy(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, p
         budget = BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
                               round_to=round_to, finetune_steps=finetune_steps, protect=tuple(protect))
         job = _budget_job(device.name, rpc, budget, predictor, profile_samples,
-                          SaliencyConfig(shapley_samples=shapley_samples), as_json)
+                          SaliencyConfig(shapley_samples=shapley_samples), as_json or quiet)
     pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, inputs=inputs,
                               trust_pickle=trust_pickle, data=data,
                               prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)),
                               target=device.name, budget=job)
     with library_output_to_stderr():
         manifest = write_bundle(BundleConfig(device=device.name, precision=precision, rpc=rpc), pipeline,
-                                Steps(quiet=as_json))
+                                Steps(quiet=as_json or quiet))
     if as_json:
         click.echo(json.dumps(manifest, indent=1))
     else:

@@ -264,3 +264,4 @@ def out_option(required: bool = True, help: str | None = None, default: Path | N
 
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="print the result as JSON on stdout (progress stays on stderr)")
+quiet_option = click.option("--quiet", is_flag=True, help="no step messages or progress bars on stderr")

@@ -15,6 +15,7 @@ from toolchain.commands.options import (
     model_options,
     out_option,
     pruning_options,
+    quiet_option,
     target_options,
 )
 
@@ -24,10 +25,11 @@ from toolchain.commands.options import (
 @pruning_options
 @out_option()
 @json_option
+@quiet_option
 @target_options
 @budget_options
 def prune(target, backend, threads, clock, statistic, budget_ms, budget_ratio, criterion, allocator, predictor,
-          profile_samples, finetune_steps, shapley_samples, **kwargs) -> None:
+          profile_samples, finetune_steps, shapley_samples, quiet, **kwargs) -> None:
     """Physically remove channels and write a verified pruned-model folder.
 
     With --budget-ms or --budget-ratio the widths are chosen so that the model measured on --target meets
@@ -46,12 +48,12 @@ def prune(target, backend, threads, clock, statistic, budget_ms, budget_ratio, c
             BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
                          round_to=kwargs["round_to"], finetune_steps=finetune_steps, protect=tuple(kwargs["protect"])),
             TargetSpec(target, backend, threads, clock, statistic, profile_samples=profile_samples), predictor,
-            SaliencyConfig(shapley_samples=shapley_samples), on_progress=progress_bar(kwargs["as_json"]))
-    run_pipeline(**kwargs, target=target, budget=job)
+            SaliencyConfig(shapley_samples=shapley_samples), on_progress=progress_bar(kwargs["as_json"] or quiet))
+    run_pipeline(**kwargs, target=target, budget=job, quiet=quiet)
 
 
 def run_pipeline(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, protect, data, out, as_json,
-                 target, budget) -> None:
+                 target, budget, quiet) -> None:
     """Write the pruned folder and print its manifest (`--json`) or a summary."""
     from toolchain.deploy import PipelineConfig, write_pruned_folder
     from toolchain.pruning import PruneConfig
@@ -61,7 +63,7 @@ def run_pipeline(model, weights, input_shape, inputs, trust_pickle, ratio, round
                             prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)), target=target,
                             budget=budget)
     with library_output_to_stderr():
-        manifest = write_pruned_folder(config, Steps(quiet=as_json))
+        manifest = write_pruned_folder(config, Steps(quiet=as_json or quiet))
     if as_json:
         click.echo(json.dumps(manifest, indent=1))
     else:

@@ -15,6 +15,7 @@ from toolchain.commands.options import (
     out_option,
     predictor_option,
     profile_samples_option,
+    quiet_option,
     shapley_samples_option,
     target_options,
     weights_option,
@@ -38,8 +39,9 @@ from toolchain.commands.options import (
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="processes (one criterion each); measurements never overlap")
 @out_option()
+@quiet_option
 def sweep(model, weights, input_shape, data, target, backend, threads, clock, statistic, budgets, criteria, allocators,
-          finetune_steps, shapley_samples, profile_samples, predictor, workers, out) -> None:
+          finetune_steps, shapley_samples, profile_samples, predictor, workers, out, quiet) -> None:
     """Run every budget x criterion x allocator point; rows go to OUT/rows.csv and OUT/rows.json.
 
     With --finetune-steps > 0 every point also reports accuracy after that much distillation fine-tuning.
@@ -57,7 +59,7 @@ def sweep(model, weights, input_shape, data, target, backend, threads, clock, st
         data=data, weights=weights, input_shape=input_shape,
         finetune_steps=finetune_steps, workers=workers, predictor=predictor,
         saliency=SaliencyConfig(shapley_samples=shapley_samples))
-    rows = run_sweep(config, Steps())
+    rows = run_sweep(config, Steps(quiet))
     measured = [r for r in rows if r.get("error") is None]
     hits = sum(bool(r["within_band"]) for r in measured)
     click.echo(f"wrote {out}/rows.csv and rows.json: {len(rows)} points, {len(rows) - len(measured)} errors; "
