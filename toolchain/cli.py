@@ -17,9 +17,11 @@ def cli() -> None:
     """Hardware-aware deployment toolchain: measure, prune under a budget, shrink, verify, export."""
 
 
-for command in (prune.prune, deploy.deploy, export.export, zoo.zoo, targets.targets, profile.profile, fit.fit,
-                predict.predict, sparsify.sparsify, sweep.sweep, report.report):
-    cli.add_command(command)
+# Every command, by name: a module that fails to import fails the CLI instead of dropping its command.
+COMMANDS = (prune.prune, deploy.deploy, export.export, zoo.zoo, targets.targets, profile.profile, fit.fit,
+            predict.predict, sparsify.sparsify, sweep.sweep, report.report)
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

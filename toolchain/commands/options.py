@@ -41,7 +41,8 @@ from toolchain.targets.devices import ALIASES, get_device, list_devices
 
 Decorator = Callable[[Callable], Callable]
 MODEL_HELP = source_examples()
-# The CLI's default saliency criterion (the library's `BudgetConfig` defaults to l2, which needs no data).
+# The CLI's default saliency criterion, the one the README's `make deploy` results were taken with; it differs from
+# the library's `BudgetConfig` default (l2), so it is named here, once, for prune and deploy.
 DEFAULT_CRITERION = "taylor"
 
 
