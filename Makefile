@@ -4,16 +4,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-TARGET ?= cpu
+# Defaults are the CLI's: make passes an option only when its variable is set (PRECISION=int8, RATIO=0.3, ...).
+# TARGET is read from toolchain/defaults.py (where the CLI takes it from), as make decides on it below.
+TARGET ?= $(shell sed -n 's/^TARGET[^=]*= *"\([^"]*\)".*/\1/p' toolchain/defaults.py)
 MODEL  ?= zoo:demo
-PRECISION ?= fp16
-# On cpu (or a board reached through RPC_TRACKER/RPC_KEY) the default is a latency budget of 50% of the dense
-# model's measured latency (BUDGET_MS=x for an absolute one); without a reachable board RATIO is used.
+PRECISION ?=
+# On cpu (or a board reached through RPC_TRACKER/RPC_KEY) `make deploy` prunes to a latency budget of 50% of the
+# dense model's measured latency (BUDGET_MS=x for an absolute one): make's own choice, the CLI has no default
+# budget. Without a reachable board the CLI's --ratio is used (RATIO=x to change it).
 BUDGET_RATIO ?= 0.5
 BUDGET_MS ?=
-RATIO ?= 0.5
+RATIO ?=
 # A budget needs measurements on the target: this host for cpu, the board through RPC_TRACKER/RPC_KEY otherwise.
-DEPLOY_BUDGET = $(if $(or $(filter cpu,$(TARGET)),$(RPC_TRACKER)),$(if $(BUDGET_MS),--budget-ms $(BUDGET_MS),--budget-ratio $(BUDGET_RATIO)),--ratio $(RATIO))
+DEPLOY_BUDGET = $(if $(or $(filter cpu,$(TARGET)),$(RPC_TRACKER)),$(if $(BUDGET_MS),--budget-ms $(BUDGET_MS),--budget-ratio $(BUDGET_RATIO)),$(if $(RATIO),--ratio $(RATIO)))
 TEST_WORKERS ?= 2
 
 .PHONY: venv deploy test lint demo-model clean
@@ -34,8 +37,8 @@ $(STAMP): pyproject.toml
 # TARGET: a device from the device table (`toolchain targets` lists them; jetson = jetson-orin).
 # Jetson bundles need the aarch64 cross compiler, installed through apt when missing.
 deploy: $(STAMP) $(if $(filter jetson%,$(TARGET)),cross-tools)
-	$(BIN)/toolchain deploy --model $(MODEL) --target $(TARGET) --precision $(PRECISION) $(DEPLOY_BUDGET) \
-		$(if $(OUT),--out $(OUT)) $(if $(RPC_TRACKER),--rpc-tracker $(RPC_TRACKER) --rpc-key $(RPC_KEY))
+	$(BIN)/toolchain deploy --model $(MODEL) $(if $(TARGET),--target $(TARGET)) $(if $(PRECISION),--precision $(PRECISION)) \
+		$(DEPLOY_BUDGET) $(if $(OUT),--out $(OUT)) $(if $(RPC_TRACKER),--rpc-tracker $(RPC_TRACKER) --rpc-key $(RPC_KEY))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
@@ -78,7 +81,7 @@ bench-kernels: $(STAMP)
 	flock /tmp/toolchain-bench.lock $(BIN)/python -m benchmarks.kernels
 
 # Latency measurement (timings serialised with other benchmarks through one lock file when flock exists).
-SAMPLES ?= 300
+SAMPLES ?=
 # `make profile TARGET=jetson RPC_TRACKER=host:port RPC_KEY=jetson-orin` profiles the board's CPU over TVM RPC.
 RPC_TRACKER ?=
 RPC_KEY ?=
@@ -89,8 +92,8 @@ bench-latency: $(STAMP)
 	$(BENCH_LOCK) $(BIN)/python benchmarks/latency_predictor.py $(BENCH_ARGS)
 
 profile: $(STAMP)
-	$(BENCH_LOCK) $(BIN)/toolchain profile --model $(MODEL) --device $(TARGET) --samples $(SAMPLES) \
-		$(if $(RPC_TRACKER),--rpc-tracker $(RPC_TRACKER) --rpc-key $(RPC_KEY)) --db runs/latency.db
+	$(BENCH_LOCK) $(BIN)/toolchain profile --model $(MODEL) --device $(TARGET) $(if $(SAMPLES),--samples $(SAMPLES)) \
+		$(if $(RPC_TRACKER),--rpc-tracker $(RPC_TRACKER) --rpc-key $(RPC_KEY))
 
 # Budget sweep benchmark (cpu/onnxruntime, measured). It takes /tmp/toolchain-bench.lock around every
 # measurement itself: do not wrap it in flock. SWEEP_ARGS e.g. "--budgets 0.4,0.6,0.8 --workers 2".

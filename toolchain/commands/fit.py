@@ -6,48 +6,60 @@ import json
 
 import click
 
-from toolchain.commands.timing_options import statistic_option
-from toolchain.commands.validation import OPEN_FRACTION, THREADS, count
+from toolchain.commands.options import (
+    RegistryChoice,
+    backend_option,
+    checked_backend,
+    db_option,
+    json_option,
+    out_option,
+    statistic_option,
+    target_option,
+    threads_option,
+)
+from toolchain.commands.validation import OPEN_FRACTION, count
 from toolchain.latency.fitting import FitConfig, fit_predictor
 from toolchain.latency.predictors import list_predictors
+from toolchain.targets import list_targets
+
+PREDICTORS = RegistryChoice("predictor", list_predictors)
 
 
 @click.command("fit")
-@click.option("--db", "db_path", default="runs/latency.db", show_default=True)
-@click.option("--predictor", "predictor_name", required=True, help=f"one of: {', '.join(list_predictors())}")
+@db_option
+@click.option("--predictor", "predictor_name", type=PREDICTORS, required=True, help="the predictor to train")
 @click.option("--model", "models", multiple=True, help="model spec(s) to train on (default: all in the database)")
-@click.option("--target", default="cpu", show_default=True)
-@click.option("--backend", default="onnxruntime", show_default=True)
-@click.option("--threads", default=1, show_default=True, type=THREADS)
+@checked_backend
+@target_option(help="the target whose measurements are learnt")
+@backend_option()
+@threads_option()
 @click.option("--heldout-fraction", default=0.2, show_default=True, type=OPEN_FRACTION)
 @statistic_option
 @click.option("--max-train", default=0, show_default=True, type=count(0), help="cap on training configurations")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
-def fit(db_path, predictor_name, models, target, backend, threads, heldout_fraction, statistic, max_train, out_dir,
+@out_option(help="the artifact folder (predictor.json + weights.safetensors)")
+@json_option
+def fit(db_path, predictor_name, models, target, backend, threads, heldout_fraction, statistic, max_train, out,
         as_json):
     """Fit a predictor and save it as an artifact folder (predictor.json + weights.safetensors)."""
-    from pathlib import Path
-
     from toolchain.output_folder import check_output_folder
 
-    check_output_folder(Path(out_dir))  # before fitting: a wrong --out costs nothing
+    check_output_folder(out)  # before fitting: a wrong --out costs nothing
     config = FitConfig(
         db_path=db_path,
         predictor=predictor_name,
         models=tuple(models),
         target=target,
-        backend=backend,
+        backend=backend or list_targets()[target][0],  # measurements are stored under the resolved backend
         threads=threads,
         heldout_fraction=heldout_fraction,
         max_train=max_train,
         statistic=statistic,
     )
     predictor = fit_predictor(config)
-    predictor.save(out_dir)
+    predictor.save(out)
     metrics = predictor.meta.heldout_metrics
     if as_json:
-        click.echo(json.dumps({"artifact": out_dir, "n_train": predictor.meta.n_train, **metrics}))
+        click.echo(json.dumps({"artifact": str(out), "n_train": predictor.meta.n_train, **metrics}))
         return
     click.echo(
         f"{predictor_name} for {', '.join(predictor.meta.models)} on {predictor.meta.target_label}: "
@@ -57,7 +69,7 @@ def fit(db_path, predictor_name, models, target, backend, threads, heldout_fract
         f"  MAPE {metrics['mape_pct']:.2f}%  within ±5% {metrics['within_5pct']:.1%}  "
         f"within ±10% {metrics['within_10pct']:.1%}  Spearman {metrics['spearman'] or float('nan'):.3f}"
     )
-    click.echo(f"  saved to {out_dir}")
+    click.echo(f"  saved to {out}")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,20 @@ from pathlib import Path
 
 import click
 
-from toolchain.commands.input_options import input_option
-from toolchain.commands.validation import THREADS
+from toolchain.commands.options import (
+    backend_option,
+    checked_backend,
+    input_option,
+    input_shape_option,
+    json_option,
+    model_option,
+    pruned_option,
+    target_option,
+    threads_option,
+    trust_model_file_option,
+)
 from toolchain.inputs import InputSpecs
 from toolchain.latency.predictors import LatencyQuery, load_predictor
-from toolchain.shapes import parse_shape
 
 
 def _pruned_query(folder: Path, model_spec: str | None, trust_model_file: bool) -> LatencyQuery:
@@ -33,37 +42,26 @@ def _dense_query(model_spec: str, input_shape: tuple[int, ...] | None, inputs: I
 
 
 @click.command("predict")
-@click.option(
-    "--predictor",
-    "artifact",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="artifact folder written by `toolchain fit`",
-)
-@click.option(
-    "--pruned",
-    "pruned_dir",
-    type=click.Path(exists=True, file_okay=False),
-    help="pruned model folder written by `toolchain prune`",
-)
-@click.option("--model", "model_spec", default=None,
-              help="dense model spec instead of --pruned (with --pruned: the factory its arch.json names)")
-@click.option("--input-shape", callback=parse_shape, help="with --model: e.g. 1,3,224,224 (default: the source's)")
+@click.option("--predictor", "artifact", required=True, type=click.Path(exists=True, file_okay=False),
+              help="artifact folder written by `toolchain fit`")
+@pruned_option
+@model_option(required=False, help="dense model spec instead of --pruned (with --pruned: the factory its arch.json "
+                                   "names)")
+@input_shape_option
 @input_option
-@click.option("--target", default=None, help="refuse unless the predictor was trained for this target")
-@click.option("--backend", default=None)
-@click.option("--threads", default=None, type=THREADS)
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--trust-model-file", is_flag=True,
-              help="with --pruned: import the file.py:factory its arch.json names (runs that file's code)")
-def predict(artifact, pruned_dir, model_spec, input_shape, inputs, target, backend, threads, as_json,
-            trust_model_file):
+# No defaults: without --target the predictor answers for the target it was trained for.
+@checked_backend
+@target_option(default=None, help="refuse unless the predictor was trained for this target")
+@backend_option(help="refuse unless the predictor was trained for this backend")
+@threads_option(default=None)
+@json_option
+@trust_model_file_option
+def predict(artifact, pruned, model, input_shape, inputs, target, backend, threads, as_json, trust_model_file):
     """Print the predicted latency in ms, to hold against your own measurement."""
-    if not pruned_dir and not model_spec:
+    if not pruned and not model:
         raise click.UsageError("give --pruned DIR or --model SPEC")
     predictor = load_predictor(artifact, target, backend, threads)
-    query = (_pruned_query(Path(pruned_dir), model_spec, trust_model_file) if pruned_dir
-             else _dense_query(model_spec, input_shape, inputs))
+    query = (_pruned_query(pruned, model, trust_model_file) if pruned else _dense_query(model, input_shape, inputs))
     predicted_ms = predictor.predict_ms(query)
     meta = predictor.meta
     if as_json:

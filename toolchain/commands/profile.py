@@ -5,31 +5,23 @@ from __future__ import annotations
 import json
 
 import click
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from toolchain.commands.input_options import input_option
-from toolchain.commands.timing_options import clock_option, statistic_option
-from toolchain.commands.validation import NON_NEGATIVE_MS, SHARE, THREADS, count
-from toolchain.inputs import specs_key
-from toolchain.latency.campaign import CampaignConfig, resolve_clock, run_campaign
-from toolchain.latency.measure import MeasureConfig
-from toolchain.latency.rpc import parse_tracker
-from toolchain.models.sources import source_examples
-from toolchain.shapes import parse_shape
-from toolchain.targets import RpcEndpoint, get_target
+from toolchain import defaults
+from toolchain.commands.options import (
+    db_option,
+    input_option,
+    input_shape_option,
+    model_option,
+    rpc_endpoint,
+    rpc_options,
+    target_options,
+)
+from toolchain.commands.validation import NON_NEGATIVE_MS, SHARE, count
+from toolchain.latency.campaign import CampaignConfig, CampaignReport
 
 
 def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str | None) -> str:
     """A remote device is reached through TVM RPC; its CPU target comes from the device table."""
-    import json
-
     from toolchain.errors import ToolchainError
     from toolchain.targets.devices import get_device
 
@@ -43,130 +35,88 @@ def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str |
 
 
 @click.command("profile")
-@click.option("--model", "model_spec", required=True, help=source_examples())
-@click.option("--input-shape", callback=parse_shape, help="one float input, e.g. 1,3,224,224 (default: the source's)")
+@model_option()
+@input_shape_option
 @input_option
-@click.option("--target", default="cpu", show_default=True)
-@click.option("--backend", default=None, help="default: the target's default backend")
-@click.option("--threads", default=1, show_default=True, type=THREADS)
-@click.option("--samples", default=300, show_default=True, type=count(1), help="width configurations to measure")
-@click.option("--db", "db_path", default="runs/latency.db", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=count(0, 2**32 - 1))
-@click.option("--min-ratio", default=0.1, show_default=True, type=SHARE, help="smallest width / dense width")
-@click.option(
-    "--layer-levels",
-    default=0,
-    show_default=True,
-    type=count(0, 64),
-    help="single-op grid levels per channel axis for the lookup table (0 = none)",
-)
-@click.option(
-    "--noise-configs",
-    default=0,
-    show_default=True,
-    type=count(0),
-    help="configurations re-measured (3 replicates each) to estimate the noise floor",
-)
-@click.option("--warmup", default=5, show_default=True, type=count(0), help="warm-up runs per attempt")
-@click.option("--runs", default=25, show_default=True, type=count(1), help="timed runs per attempt")
-@clock_option
-@statistic_option
-@click.option("--min-timed-ms", default=0.0, show_default=True, type=NON_NEGATIVE_MS,
+@target_options
+@click.option("--samples", default=CampaignConfig.samples, show_default=True, type=count(1),
+              help="width configurations to measure")
+@db_option
+@click.option("--seed", default=CampaignConfig.seed, show_default=True, type=count(0, 2**32 - 1))
+@click.option("--min-ratio", default=CampaignConfig.min_ratio, show_default=True, type=SHARE,
+              help="smallest width / dense width")
+@click.option("--layer-levels", default=CampaignConfig.layer_levels, show_default=True, type=count(0, 64),
+              help="single-op grid levels per channel axis for the lookup table (0 = none)")
+@click.option("--noise-configs", default=CampaignConfig.noise_configs, show_default=True, type=count(0),
+              help="configurations re-measured (3 replicates each) to estimate the noise floor")
+@click.option("--warmup", default=defaults.WARMUP_RUNS, show_default=True, type=count(0),
+              help="warm-up runs per attempt")
+@click.option("--runs", default=defaults.TIMED_RUNS, show_default=True, type=count(1), help="timed runs per attempt")
+@click.option("--min-timed-ms", default=defaults.MIN_TIMED_MS, show_default=True, type=NON_NEGATIVE_MS,
               help="timed runs of an attempt span at least this long (more runs for small models)")
-@click.option("--build-workers", default=2, show_default=True, type=click.IntRange(min=1),
+@click.option("--build-workers", default=CampaignConfig.build_workers, show_default=True, type=count(1),
               help="processes building each chunk's variants before it is timed (never while timing)")
-@click.option("--rpc-tracker", default=None, help="HOST:PORT of a TVM RPC tracker (needs --backend tvm)")
-@click.option("--rpc-key", default=None, help="device key registered with the tracker")
+@rpc_options
 @click.option("--rpc-target", default="", help='TVM target of the device as JSON, e.g. {"kind": "llvm", ...}')
 @click.option("--device", default=None,
               help="a device from the device table (jetson, h100, ...): its CPU is profiled through TVM RPC, "
                    "with --rpc-target taken from the table")
-def profile(
-    model_spec,
-    input_shape,
-    inputs,
-    target,
-    backend,
-    threads,
-    samples,
-    db_path,
-    seed,
-    min_ratio,
-    layer_levels,
-    noise_configs,
-    warmup,
-    runs,
-    clock,
-    statistic,
-    min_timed_ms,
-    build_workers,
-    rpc_tracker,
-    rpc_key,
-    rpc_target,
-    device,
-):
+def profile(model, input_shape, inputs, target, backend, threads, clock, statistic, samples, db_path, seed, min_ratio,
+            layer_levels, noise_configs, warmup, runs, min_timed_ms, build_workers, rpc_tracker, rpc_key, rpc_target,
+            device):
     """Sample per-group widths, build each pruned variant, time it, and store one row per configuration."""
+    from toolchain.inputs import specs_key
+    from toolchain.latency.campaign import resolve_clock
+    from toolchain.latency.measure import MeasureConfig
+    from toolchain.targets import get_target
+
     if inputs and input_shape:
         raise click.UsageError("give --input or --input-shape, not both")
     if device is not None:
         rpc_target = _device_rpc_target(device, rpc_tracker, rpc_key) or rpc_target
-    rpc = None
-    if rpc_tracker or rpc_key:
-        if not (rpc_tracker and rpc_key):
-            raise click.UsageError("--rpc-tracker and --rpc-key go together")
-        host, port = parse_tracker(rpc_tracker)
-        rpc = RpcEndpoint(host, port, rpc_key, rpc_target)
-        backend = backend or "tvm"
+    rpc = rpc_endpoint(rpc_tracker, rpc_key, rpc_target)
+    if rpc is not None:
+        backend = backend or "tvm"  # a remote device is timed through TVM RPC
     # Bad names fail before the progress bar appears.
     clock = resolve_clock(clock, get_target(target, backend, threads, rpc=rpc))
     config = CampaignConfig(
-        model=model_spec,
-        input_shape=specs_key(inputs) if inputs else input_shape,
-        db_path=db_path,
-        target=target,
-        backend=backend,
-        threads=threads,
-        samples=samples,
-        seed=seed,
-        min_ratio=min_ratio,
-        layer_levels=layer_levels,
-        noise_configs=noise_configs,
+        model=model, input_shape=specs_key(inputs) if inputs else input_shape, db_path=db_path, target=target,
+        backend=backend, threads=threads, samples=samples, seed=seed, min_ratio=min_ratio, layer_levels=layer_levels,
+        noise_configs=noise_configs, build_workers=build_workers, rpc=rpc,
         measure=MeasureConfig(warmup_runs=warmup, timed_runs=runs, clock=clock, statistic=statistic,
-                              min_timed_ms=min_timed_ms),
-        build_workers=build_workers,
-        rpc=rpc,
-    )
-    columns = (
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task(f"profiling {model_spec}", total=None)
-
-        def on_progress(done: int, total: int, what: str) -> None:
-            progress.update(task, completed=done, total=total, description=f"{model_spec}: {what}")
-
-        report = run_campaign(config, on_progress)
-    click.echo(
-        json.dumps(
-            {
-                "db": db_path,
-                "planned": report.planned,
-                "measured": report.measured,
-                "already_stored": report.skipped,
-                "failed": len(report.failed),
-                "build_workers": report.build_workers,
-            }
-        )
-    )
+                              min_timed_ms=min_timed_ms))
+    report = _run_with_progress(config)
+    click.echo(json.dumps({"db": db_path, "planned": report.planned, "measured": report.measured,
+                           "already_stored": report.skipped, "failed": len(report.failed),
+                           "build_workers": report.build_workers}))
     for failure in report.failed[:10]:
         click.echo(f"failed: {failure}", err=True)
     if report.failed:
         raise SystemExit(1)
+
+
+def _run_with_progress(config: CampaignConfig) -> CampaignReport:
+    """Run the campaign under a progress bar (elapsed time and ETA)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from toolchain.latency.campaign import run_campaign
+
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(f"profiling {config.model}", total=None)
+
+        def on_progress(done: int, total: int, what: str) -> None:
+            progress.update(task, completed=done, total=total, description=f"{config.model}: {what}")
+
+        return run_campaign(config, on_progress)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
+from toolchain.commands.options import out_option
+
 
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("report"), show_default=True,
-              help="folder for report.html, report.md and images/")
+@out_option(required=False, default=Path("report"), help="folder for report.html, report.md and images/")
 @click.option("--bundle", help="which pruned model to show per layer: part of its manifest path "
                                "(default: the first with a profiled dense model)")
 def report(runs: tuple[Path, ...], out: Path, bundle: str | None) -> None:

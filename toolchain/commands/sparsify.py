@@ -16,9 +16,9 @@ import torch
 
 from kernels.patterns import Pattern
 from kernels.sparsify import SparsifyConfig, apply_pattern_, sparsify_
+from toolchain.commands.options import input_shape_option, json_option, model_option, out_option, weights_option
 from toolchain.commands.validation import FRACTION_BELOW_ONE
 from toolchain.inputs import call_model, flatten_outputs, make_inputs, vocab_size_of
-from toolchain.shapes import parse_shape
 
 # Sparse vs masked-dense outputs (fp32): the kernels only reorder the sums.
 OUTPUT_RTOL, OUTPUT_ATOL = 1e-3, 1e-4
@@ -82,16 +82,14 @@ def run_sparsify(pattern: str, model_spec: str, weights: str | None, input_shape
 
 @click.command("sparsify")
 @click.option("--pattern", required=True, help="2:4, N:M, blockRxC (e.g. block4x4), stripe or unifyRxC.")
-@click.option("--model", "model_spec", required=True, help="zoo:NAME or path/file.py:factory.")
-@click.option("--weights", default=None, help="Weights file (safetensors) for the model.")
-@click.option("--input-shape", default=None, callback=parse_shape,
-              help="Input shape like 1,3,224,224 (default: the model's).")
+@model_option()
+@weights_option
+@input_shape_option
 @click.option("--sparsity", type=FRACTION_BELOW_ONE, default=None,
               help="Share of zero blocks/stripes for block, stripe and unify (default 0.5).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for sparsify.json and the masked dense weights (masked.safetensors).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: tuple[int, ...] | None,
+@out_option(required=False, help="Folder for sparsify.json and the masked dense weights (masked.safetensors).")
+@json_option
+def sparsify(pattern: str, model: str, weights: str | None, input_shape: tuple[int, ...] | None,
              sparsity: float | None, out: Path | None, as_json: bool) -> None:
     """Replace eligible layers with sparse kernels and check them against the masked dense model."""
     from toolchain.errors import ToolchainError
@@ -100,7 +98,7 @@ def sparsify(pattern: str, model_spec: str, weights: str | None, input_shape: tu
     if out is not None:
         check_output_folder(out)  # before the model work
     try:
-        report, masked = run_sparsify(pattern, model_spec, weights, input_shape, sparsity)
+        report, masked = run_sparsify(pattern, model, weights, input_shape, sparsity)
     except ValueError as error:
         raise ToolchainError(str(error).splitlines()[0]) from None
     if out is not None:

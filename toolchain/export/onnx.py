@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolchain.defaults import ONNX_OPSET
 from toolchain.errors import ToolchainError
 from toolchain.inputs import (
     ModelInputs,
@@ -33,7 +34,7 @@ from toolchain.inputs import (
     random_like,
 )
 
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = ONNX_OPSET  # defined once in toolchain.defaults, for the exporter and the CLI alike
 # The dynamo exporter implements opset 18 and up only; asked for 17 it converts its graph down with
 # onnx's version converter, which keeps opset-18 attributes (GPT-2's `Split` with `num_outputs`) and
 # writes a model onnxruntime refuses. Its fallback therefore exports at 18 or above.

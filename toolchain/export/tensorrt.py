@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import struct
 import subprocess
 import sys
@@ -237,118 +238,13 @@ echo "built {engine_name}; time it with: python3 run.py --engine {engine_name}"
 """
 
 
-RUN_PY = '''#!/usr/bin/env python3
-"""Load a TensorRT engine, time it with CUDA events on the device and print the measured latency.
-
-    python3 run.py [--engine model.engine] [--warmup 20] [--repeats 200] [--json]
-
-Written by toolchain. Needs the TensorRT Python bindings (JetPack ships them) and libcudart.
-"""
-import argparse
-import ctypes
-import json
-import statistics
-import sys
-
-import numpy as np
-import tensorrt as trt
-
-COPY_HOST_TO_DEVICE = 1
-
-
-class Cuda:
-    """The few CUDA runtime calls timing needs, through ctypes (no extra Python package)."""
-
-    def __init__(self):
-        for name in ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0"):
-            try:
-                self.lib = ctypes.CDLL(name)
-                return
-            except OSError:
-                continue
-        sys.exit("error: libcudart.so not found; is the CUDA runtime installed?")
-
-    def call(self, what, *args):
-        code = getattr(self.lib, what)(*args)
-        if code != 0:
-            sys.exit(f"error: {what} failed with CUDA error {code}")
-
-    def handle(self, what):
-        value = ctypes.c_void_p()
-        self.call(what, ctypes.byref(value))
-        return value
-
-    def device_array(self, array):
-        pointer = ctypes.c_void_p()
-        self.call("cudaMalloc", ctypes.byref(pointer), ctypes.c_size_t(max(array.nbytes, 1)))
-        host = array.ctypes.data_as(ctypes.c_void_p)
-        self.call("cudaMemcpy", pointer, host, ctypes.c_size_t(array.nbytes), COPY_HOST_TO_DEVICE)
-        return pointer
-
-    def elapsed_ms(self, start, end):
-        self.call("cudaEventSynchronize", end)
-        ms = ctypes.c_float()
-        self.call("cudaEventElapsedTime", ctypes.byref(ms), start, end)
-        return ms.value
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engine", default="model.engine")
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=200)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args()
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    with open(args.engine, "rb") as f:
-        engine = trt.Runtime(logger).deserialize_cuda_engine(f.read())
-    if engine is None:
-        sys.exit(f"error: cannot load {args.engine}; rebuild it on this device with ./build_engine.sh")
-    context = engine.create_execution_context()
-    cuda, rng, keep = Cuda(), np.random.default_rng(0), []
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    for name in inputs + [n for n in names if n not in inputs]:
-        shape = tuple(context.get_tensor_shape(name))
-        if name in inputs and -1 in shape:  # dynamic: use the optimisation profile's preferred shape
-            shape = tuple(engine.get_tensor_profile_shape(name, 0)[1])
-            context.set_input_shape(name, shape)
-        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-        host = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
-        pointer = cuda.device_array(host)
-        keep.append(pointer)
-        context.set_tensor_address(name, pointer.value)
-
-    stream = cuda.handle("cudaStreamCreate")
-    start, end = cuda.handle("cudaEventCreate"), cuda.handle("cudaEventCreate")
-    for _ in range(args.warmup):
-        context.execute_async_v3(stream.value)
-    cuda.call("cudaStreamSynchronize", stream)
-    measured_ms = []
-    for _ in range(args.repeats):
-        cuda.call("cudaEventRecord", start, stream)
-        context.execute_async_v3(stream.value)
-        cuda.call("cudaEventRecord", end, stream)
-        measured_ms.append(cuda.elapsed_ms(start, end))
-    result = {"engine": args.engine, "tensorrt": trt.__version__, "timer": "cuda-events",
-              "median_ms": statistics.median(measured_ms), "min_ms": min(measured_ms),
-              "max_ms": max(measured_ms), "measured_ms": measured_ms}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{args.engine}: median {result['median_ms']:.3f} ms over {args.repeats} runs (min "
-              f"{result['min_ms']:.3f}, max {result['max_ms']:.3f}; TensorRT {trt.__version__}, CUDA events)")
-
-
-if __name__ == "__main__":
-    main()
-'''
+# The board's `run.py` is a module of its own (linted and tested as code); bundles carry a copy of it.
+BOARD_RUN_PY = Path(__file__).with_name("board_run.py")
 
 
 def run_script() -> str:
     """`run.py` for the device: loads the engine with the TensorRT Python API, times it with CUDA events."""
-    return RUN_PY
+    return BOARD_RUN_PY.read_text()
 
 
 # --- local build, where TensorRT and a GPU exist ----------------------------------------------------------
@@ -453,7 +349,7 @@ def build_and_time_engine(onnx_path: str | Path, precision: str, out_dir: str | 
     engine = build_engine(onnx_path, precision, out_dir / f"{Path(onnx_path).stem}.{precision}.engine",
                           calib_cache=calib_cache, sparse_2_4=has_2_4_sparse_weights(onnx_path))
     runner = out_dir / "run.py"
-    runner.write_text(run_script())
+    shutil.copyfile(BOARD_RUN_PY, runner)
     result = subprocess.run([sys.executable, str(runner), "--engine", str(engine), "--repeats", str(repeats),
                              "--json"], capture_output=True, text=True, check=False)
     if result.returncode != 0:

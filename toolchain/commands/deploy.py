@@ -1,0 +1,97 @@
+"""`toolchain deploy`: prune for a device, export, verify, and write the deploy bundle with its manifest."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import click
+
+from toolchain import defaults
+from toolchain.commands.console import Steps, library_output_to_stderr, progress_bar
+from toolchain.commands.options import (
+    budget_options,
+    device_option,
+    json_option,
+    model_options,
+    out_option,
+    precision_option,
+    pruning_options,
+    quiet_option,
+    rpc_endpoint,
+    rpc_options,
+)
+from toolchain.commands.prune import print_summary
+from toolchain.errors import ToolchainError
+
+
+@click.command("deploy")
+@model_options
+@pruning_options
+@device_option
+@precision_option
+@out_option(required=False, help="default: dist/<target>/<model>")
+@rpc_options
+@budget_options
+@json_option
+@quiet_option
+def deploy(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, protect, data, target, precision,
+           out, rpc_tracker, rpc_key, budget_ms, budget_ratio, criterion, allocator, predictor, profile_samples,
+           finetune_steps, shapley_samples, as_json, quiet) -> None:
+    """Prune for a target, export, verify, and write the deploy bundle with its manifest."""
+    from toolchain.allocate import BudgetConfig
+    from toolchain.bundle import BundleConfig, default_out, write_bundle
+    from toolchain.deploy import PipelineConfig
+    from toolchain.pruning import PruneConfig
+    from toolchain.saliency import SaliencyConfig
+    from toolchain.targets.devices import get_device
+
+    device = get_device(target)
+    out = out or default_out(device.name, model)
+    # The board's TVM target comes from the device table; cpu is this host's own llvm.
+    board_target = "" if device.name == "cpu" else json.dumps(dict(device.tvm_host_target))
+    rpc = rpc_endpoint(rpc_tracker, rpc_key, board_target)
+    job = None
+    if budget_ms is not None or budget_ratio is not None:
+        budget = BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
+                              round_to=round_to, finetune_steps=finetune_steps, protect=tuple(protect))
+        job = _budget_job(device.name, rpc, budget, predictor, profile_samples,
+                          SaliencyConfig(shapley_samples=shapley_samples), as_json or quiet)
+    pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, inputs=inputs,
+                              trust_pickle=trust_pickle, data=data,
+                              prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)),
+                              target=device.name, budget=job)
+    with library_output_to_stderr():
+        manifest = write_bundle(BundleConfig(device=device.name, precision=precision, rpc=rpc), pipeline,
+                                Steps(quiet=as_json or quiet))
+    if as_json:
+        click.echo(json.dumps(manifest, indent=1))
+    else:
+        _print_bundle(manifest, out, device.name)
+
+
+def _budget_job(device: str, rpc, budget, predictor, profile_samples: int, saliency, quiet: bool):
+    """The budget loop's job: measured on this host for cpu, on the board through RPC otherwise."""
+    if device != "cpu" and rpc is None:
+        raise ToolchainError(f"a latency budget is met by measuring on the target; for {device} give the "
+                             "board with --rpc-tracker/--rpc-key (RPC_TRACKER/RPC_KEY), or use --ratio (the "
+                             "bundle then labels its latency as predicted)")
+    from toolchain.budget import BudgetJob, TargetSpec, resolve_target
+    from toolchain.latency.campaign import resolve_clock
+
+    # Timed as the benchmarks time: the thread-CPU clock here (wall on a board) and the minimum of agreeing
+    # attempts. With the wall clock and the median, the on-the-fly predictor learnt the host's slow spells
+    # and the final model's accuracy swung between fresh clones (26-71% on the demo).
+    spec = TargetSpec("cpu", rpc=rpc, statistic=defaults.STATISTIC, profile_samples=profile_samples)
+    spec = replace(spec, clock=resolve_clock(defaults.CLOCK, resolve_target(spec)))
+    return BudgetJob(budget, spec, predictor, saliency, on_progress=progress_bar(quiet))
+
+
+def _print_bundle(manifest: dict, out, device: str) -> None:
+    from toolchain.bundle import latency_summary
+
+    print_summary(manifest, out)
+    click.echo(f"  TVM library: {out}/{manifest['tvm']['library']}")
+    click.echo(f"  {latency_summary(manifest['latency'], device)}")
+    if "tensorrt" in manifest:
+        click.echo(f"on the board: copy {out}/ there, then run ./build_engine.sh && python3 run.py model.engine")

@@ -1,0 +1,88 @@
+"""`toolchain prune`: physically remove channels (a ratio, or widths chosen under a latency budget) and write a
+verified pruned-model folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from toolchain.commands.console import Steps, library_output_to_stderr, progress_bar
+from toolchain.commands.options import (
+    budget_options,
+    json_option,
+    model_options,
+    out_option,
+    pruning_options,
+    quiet_option,
+    target_options,
+)
+
+
+@click.command("prune")
+@model_options
+@pruning_options
+@out_option()
+@json_option
+@quiet_option
+@target_options
+@budget_options
+def prune(target, backend, threads, clock, statistic, budget_ms, budget_ratio, criterion, allocator, predictor,
+          profile_samples, finetune_steps, shapley_samples, quiet, **kwargs) -> None:
+    """Physically remove channels and write a verified pruned-model folder.
+
+    With --budget-ms or --budget-ratio the widths are chosen so that the model measured on --target meets
+    the budget (predictor built on the fly if needed); otherwise --ratio removes that share everywhere.
+    """
+    job = None
+    if budget_ms is not None or budget_ratio is not None:
+        from toolchain.allocate import BudgetConfig
+        from toolchain.budget import BudgetJob, TargetSpec
+        from toolchain.latency.campaign import resolve_clock
+        from toolchain.saliency import SaliencyConfig
+        from toolchain.targets import get_target
+
+        clock = resolve_clock(clock, get_target(target, backend, threads))
+        job = BudgetJob(
+            BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
+                         round_to=kwargs["round_to"], finetune_steps=finetune_steps, protect=tuple(kwargs["protect"])),
+            TargetSpec(target, backend, threads, clock, statistic, profile_samples=profile_samples), predictor,
+            SaliencyConfig(shapley_samples=shapley_samples), on_progress=progress_bar(kwargs["as_json"] or quiet))
+    run_pipeline(**kwargs, target=target, budget=job, quiet=quiet)
+
+
+def run_pipeline(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, protect, data, out, as_json,
+                 target, budget, quiet) -> None:
+    """Write the pruned folder and print its manifest (`--json`) or a summary."""
+    from toolchain.deploy import PipelineConfig, write_pruned_folder
+    from toolchain.pruning import PruneConfig
+
+    config = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, inputs=inputs,
+                            trust_pickle=trust_pickle, data=data,
+                            prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)), target=target,
+                            budget=budget)
+    with library_output_to_stderr():
+        manifest = write_pruned_folder(config, Steps(quiet=as_json or quiet))
+    if as_json:
+        click.echo(json.dumps(manifest, indent=1))
+    else:
+        print_summary(manifest, out)
+
+
+def print_summary(manifest: dict, out: Path) -> None:
+    click.echo(f"wrote {out}/ (model.onnx, arch.json, weights.safetensors, manifest.json)")
+    click.echo(f"  params {manifest['dense_params']:,} -> {manifest['params']:,} "
+               f"({manifest['params'] / manifest['dense_params']:.1%}); "
+               f"MACs {manifest['dense_macs']:,} -> {manifest['macs']:,} "
+               f"({manifest['macs'] / manifest['dense_macs']:.1%})")
+    if "accuracy" in manifest:
+        click.echo(f"  accuracy (measured on {manifest['accuracy_data']} test split): "
+                   f"{manifest['dense_accuracy']:.2%} dense -> {manifest['accuracy']:.2%} pruned")
+    click.echo(f"  ONNX verified against PyTorch: max relative error {manifest['onnx_max_rel_err']:.1e}")
+    if "budget_ms" in manifest:
+        met = "met" if manifest["budget_met"] else "MISSED"
+        click.echo(f"  latency on {manifest['latency_target']['label']}: budget {manifest['budget_ms']:.3f} ms {met}; "
+                   f"measured {manifest['measured_latency_ms']:.3f} ms "
+                   f"(predicted {manifest['predicted_latency_ms']:.3f}, dense {manifest['dense_latency_ms']:.3f}); "
+                   f"{manifest['criterion']} + {manifest['allocator']}")
