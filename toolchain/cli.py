@@ -131,21 +131,11 @@ def _run_pipeline(model, weights, input_shape, inputs, trust_pickle, ratio, roun
 
 
 def _summary(manifest: dict, out: Path) -> None:
+    from toolchain.manifest import Manifest, summary_lines
+
     click.echo(f"wrote {out}/ (model.onnx, arch.json, weights.safetensors, manifest.json)")
-    click.echo(f"  params {manifest['dense_params']:,} -> {manifest['params']:,} "
-               f"({manifest['params'] / manifest['dense_params']:.1%}); "
-               f"MACs {manifest['dense_macs']:,} -> {manifest['macs']:,} "
-               f"({manifest['macs'] / manifest['dense_macs']:.1%})")
-    if "accuracy" in manifest:
-        click.echo(f"  accuracy (measured on {manifest['accuracy_data']} test split): "
-                   f"{manifest['dense_accuracy']:.2%} dense -> {manifest['accuracy']:.2%} pruned")
-    click.echo(f"  ONNX verified against PyTorch: max relative error {manifest['onnx_max_rel_err']:.1e}")
-    if "budget_ms" in manifest:
-        met = "met" if manifest["budget_met"] else "MISSED"
-        click.echo(f"  latency on {manifest['latency_target']['label']}: budget {manifest['budget_ms']:.3f} ms {met}; "
-                   f"measured {manifest['measured_latency_ms']:.3f} ms "
-                   f"(predicted {manifest['predicted_latency_ms']:.3f}, dense {manifest['dense_latency_ms']:.3f}); "
-                   f"{manifest['criterion']} + {manifest['allocator']}")
+    for line in summary_lines(Manifest.from_json(manifest)):
+        click.echo(line)
 
 
 def _budget_options(func):
@@ -249,6 +239,7 @@ def deploy_cmd(model, weights, input_shape, inputs, trust_pickle, ratio, round_t
     """Prune for a target, export, verify, and write the deploy bundle with its manifest."""
     from toolchain.bundle import BundleConfig, default_out, latency_summary, write_bundle
     from toolchain.deploy import PipelineConfig
+    from toolchain.manifest import Manifest
     from toolchain.pruning import PruneConfig
     from toolchain.targets.devices import get_device
 
@@ -295,7 +286,7 @@ def deploy_cmd(model, weights, input_shape, inputs, trust_pickle, ratio, round_t
         return
     _summary(manifest, out)
     click.echo(f"  TVM library: {out}/{manifest['tvm']['library']}")
-    click.echo(f"  {latency_summary(manifest['latency'], device.name)}")
+    click.echo(f"  {latency_summary(Manifest.from_json(manifest).latency, device.name)}")
     if "tensorrt" in manifest:
         click.echo(f"on the board: copy {out}/ there, then run ./build_engine.sh && python3 run.py model.engine")
 
