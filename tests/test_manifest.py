@@ -142,6 +142,10 @@ def test_a_newer_manifest_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(error.value) and str(path) in str(error.value)
     with pytest.raises(ManifestError, match="a manifest is a JSON object"):
         Manifest.from_json([1, 2])
+    with pytest.raises(ManifestError, match="malformed manifest: wall_s has the wrong JSON type"):
+        Manifest.from_json({"model": "zoo:demo", "budget_ms": 1.0, "wall_s": [1]})
+    with pytest.raises(ManifestError, match="malformed manifest: iterations"):
+        Manifest.from_json({"model": "zoo:demo", "budget_ms": 1.0, "iterations": [1]})
 
 
 def test_latency_labels_and_the_one_band_constant():
@@ -153,3 +157,12 @@ def test_latency_labels_and_the_one_band_constant():
     assert BudgetConfig(budget_ms=1.0).lower_ratio == BUDGET_BAND_LOW == 0.90
     assert SweepConfig(model="zoo:demo", out=Path("x"), budgets=(0.5,)).lower_ratio == BUDGET_BAND_LOW
     assert records.BUDGET_BAND_LOW is BUDGET_BAND_LOW
+
+
+def test_the_docstring_examples_hold():
+    import doctest
+
+    import toolchain.manifest
+
+    result = doctest.testmod(toolchain.manifest)
+    assert result.attempted >= 8 and result.failed == 0

@@ -98,9 +98,10 @@ def _measure_on_host(model: torch.nn.Module, example_input: torch.Tensor, latenc
     target = get_target("cpu")
     config = _measure_config(target, statistic)
     result = measure(target.prepare(model, example_input), config)
-    how = (f"this host, {target.label}: {statistic} of {len(result.samples_ms)} runs after {config.warmup_runs} "
-           f"warm-up runs, IQR {result.iqr_ms:.3f} ms")
-    return replace(latency, measured=Latency.measured_on(how, result.value(statistic), statistic, config.clock),
+    how = f": {statistic} of {len(result.samples_ms)} runs after {config.warmup_runs} warm-up runs, IQR " \
+          f"{result.iqr_ms:.3f} ms"
+    return replace(latency, measured=Latency.measured_on(f"this host, {target.label}", result.value(statistic),
+                                                         statistic, config.clock, how),
                    fingerprint=machine_fingerprint(target))
 
 
@@ -126,10 +127,10 @@ def _measure_through_rpc(model: torch.nn.Module, example_input: torch.Tensor, la
                               what="timing the deployed model")
     except DeviceLostError as exc:  # the bundle is still written; its latency stays a labelled prediction
         return replace(latency, unreachable=str(exc))
-    how = (f"device {endpoint.key!r} through TVM RPC (tracker {endpoint.tracker_host}:{endpoint.tracker_port}), "
-           f"TVM target {endpoint.tvm_target_json or 'llvm'} (CPU path): {statistic} of {len(result.samples_ms)} "
-           f"runs of TVM's time evaluator, IQR {result.iqr_ms:.3f} ms")
-    return replace(latency, measured=Latency.measured_on(how, result.value(statistic), statistic, config.clock),
+    board = (f"device {endpoint.key!r} through TVM RPC (tracker {endpoint.tracker_host}:{endpoint.tracker_port}), "
+             f"TVM target {endpoint.tvm_target_json or 'llvm'} (CPU path)")
+    how = f": {statistic} of {len(result.samples_ms)} runs of TVM's time evaluator, IQR {result.iqr_ms:.3f} ms"
+    return replace(latency, measured=Latency.measured_on(board, result.value(statistic), statistic, config.clock, how),
                    fingerprint=machine_fingerprint(target))
 
 
@@ -220,17 +221,20 @@ class _TargetArtifacts:
         """No device was reachable: say why, and give the roofline prior, labelled as a prediction."""
         prior = roofline_prior_ms(self.device, manifest.pruning.macs, manifest.pruning.params, self.config.precision)
         why = latency.unreachable or "no reachable device (set RPC_TRACKER and RPC_KEY to measure on the board)"
-        return replace(latency, not_measured=f"not measured: {why}", predicted=Latency.predicted_by(
-            "an uncalibrated roofline prior from the device table (max of 2*MACs/peak and weight bytes/bandwidth); "
-            "a lower bound, not a measurement", prior) if prior is not None else Latency(
-            None, "none: the device table has no peak figures"))
+        predicted = Latency.predicted_by(
+            "an uncalibrated roofline prior from the device table", prior,
+            " (max of 2*MACs/peak and weight bytes/bandwidth); a lower bound, not a measurement",
+        ) if prior is not None else Latency(None, "none: the device table has no peak figures")
+        return replace(latency, not_measured=f"not measured: {why}", predicted=predicted)
 
 
 def latency_summary(latency: Latencies, device: str) -> str:
     """One sentence that says whether the latency was measured or predicted, and from what."""
     measured, predicted = latency.measured, latency.predicted
     if measured is not None and measured.ms is not None:
-        return f"measured latency on {device}: {measured.ms:.3f} ms ({measured.source})"
+        how = "; ".join(f"{name} {value}" for name, value in (("statistic", measured.statistic),
+                                                                ("clock", measured.clock)) if value)
+        return f"measured latency on {device}: {measured.ms:.3f} ms ({measured.source}{'; ' + how if how else ''})"
     shown = f"{predicted.ms:.4f} ms" if predicted is not None and predicted.ms is not None else "none"
     return f"latency NOT measured (no reachable {device}); predicted {shown}: {predicted.source if predicted else ''}"
 

@@ -281,6 +281,10 @@ _DEPLOYMENT_KEYS = [f.name for f in fields(Deployment)]
 _LATENCY_KEYS = ["dense_latency_ms", "predicted_latency_ms", "measured_latency_ms", "latency", "latency_target",
                  "latency_fingerprint", "latency_unreachable", "latency_source"]  # latency_source: version 1 only
 _TOP_KEYS = ["version", "model", "target", "input_shape", "inputs", "toolchain_version", "created_at"]
+# Fields that hold a JSON object or list: anything else is a malformed manifest (refused in one line).
+_OBJECT_KEYS = ("per_group_widths", "dense_group_widths", "frozen_groups", "per_layer_widths", "saliency", "predictor",
+                "wall_s", "device", "versions", "tvm", "tensorrt", "latency_target", "latency_fingerprint")
+_LIST_KEYS = ("input_shape", "inputs", "protected_layers", "iterations")
 _KNOWN = {*_TOP_KEYS, *_PRUNING_KEYS.values(), *_VERIFICATION_KEYS.values(), *_ACCURACY_KEYS.values(),
           *_BUDGET_KEYS, *_DEPLOYMENT_KEYS, *_LATENCY_KEYS}
 
@@ -343,6 +347,10 @@ class Manifest:
         if not isinstance(version, int) or version > MANIFEST_VERSION:
             raise ManifestError(f"manifest version {version} is newer than this toolchain reads "
                                 f"(up to {MANIFEST_VERSION}); upgrade the toolchain to read it")
+        malformed = [k for k in _OBJECT_KEYS if doc.get(k) is not None and not isinstance(doc[k], dict)]
+        malformed += [k for k in _LIST_KEYS if doc.get(k) is not None and not isinstance(doc[k], list)]
+        if malformed or not all(isinstance(it, dict) for it in doc.get("iterations") or ()):
+            raise ManifestError(f"malformed manifest: {(malformed or ['iterations'])[0]} has the wrong JSON type")
         accuracy = {name: doc.get(key) for name, key in _ACCURACY_KEYS.items()}
         budget = None
         if doc.get("budget_ms") is not None:

@@ -208,10 +208,11 @@ def _predicted_label(source: str | None) -> str:
 
 def _bundle_row(record: ManifestRecord, labels: FingerprintLabels) -> tuple[str, ...]:
     m, predicted = record.manifest, record.predicted_latency_ms
+    measured = m.latency.measured if record.measured_latency_ms is not None else None  # with its statistic
     accuracy, budget = m.accuracy, m.budget
     return (record.source.removesuffix("/manifest.json").removesuffix("manifest.json") or ".",
             cell(record.model), cell(record.target), _ms(number(budget.budget_ms) if budget else None),
-            _ms(record.measured_latency_ms),
+            _ms(record.measured_latency_ms) + (f" ({measured.statistic})" if measured and measured.statistic else ""),
             f"{predicted:.4f} ms ({_predicted_label(record.prediction_source)})" if predicted is not None else MISSING,
             _pct(number(accuracy.pruned) if accuracy else None), _pct(number(accuracy.dense) if accuracy else None),
             cell(accuracy.data if accuracy else None),
@@ -230,7 +231,7 @@ def bundles_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
         rows.append(_bundle_row(record, labels))
     not_measured = sorted({m.manifest.latency.not_measured for m in inputs.manifests
                            if m.measured_latency_ms is None and m.manifest.latency.not_measured})
-    blocks: list = [Table(("bundle", "model", "target", "budget", "measured latency", "predicted latency",
+    blocks: list = [Table(("bundle", "model", "target", "budget", "measured latency (statistic)", "predicted latency",
                            "accuracy", "dense accuracy", "accuracy data", "params (of dense)", "MACs (of dense)",
                            "criterion", "allocator", "source"), tuple(rows))]
     blocks += [Paragraph(f"Why a bundle has no measured latency: {note}") for note in not_measured]
