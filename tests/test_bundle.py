@@ -8,10 +8,12 @@ import subprocess
 
 import pytest
 
+from toolchain import defaults
 from toolchain.bundle import BundleConfig, default_out, roofline_prior_ms, write_bundle
 from toolchain.cli import main
 from toolchain.deploy import PipelineConfig
 from toolchain.errors import ToolchainError
+from toolchain.manifest import Manifest
 from toolchain.pruning import PruneConfig
 from toolchain.targets.devices import get_device
 
@@ -38,6 +40,7 @@ def test_jetson_bundle_holds_cross_built_library_engine_scripts_and_honest_manif
     latency = manifest["latency"]
     assert latency["measured_ms"] is None and "not measured" in latency["measured_note"]
     assert latency["predicted_ms"] > 0 and "roofline prior" in latency["prediction_source"]
+    assert latency["prediction_source"].startswith("predicted by") and "statistic" not in latency
     assert manifest["tensorrt"]["calibration_cache"] == "calib.cache"
     assert manifest["versions"]["torch"].startswith("2.")
     assert json.loads((out / "manifest.json").read_text()) == manifest
@@ -57,6 +60,11 @@ def test_host_bundle_has_a_tvm_library_checked_against_pytorch(tmp_path):
     # on the host the latency is measured, never predicted, and says how
     assert manifest["latency"]["measured_ms"] > 0 and "cpu/onnxruntime/1t" in manifest["latency"]["source"]
     assert manifest["latency_fingerprint"]["threads"] == 1
+    # the measurement policy's statistic, recorded beside the value (the budget loop's key, the same meaning)
+    assert manifest["latency"]["statistic"] == defaults.STATISTIC and manifest["latency"]["clock"] == "thread_cpu"
+    assert manifest["measured_latency_ms"] == manifest["latency"]["measured_ms"]
+    assert f"{defaults.STATISTIC} of " in manifest["latency"]["source"]
+    assert Manifest.from_json(manifest).to_json() == manifest
 
 
 def test_unknown_target_lists_the_valid_ones(tmp_path, capsys):

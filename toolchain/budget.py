@@ -35,6 +35,7 @@ from toolchain.errors import OutdatedArtifactError, ToolchainError
 from toolchain.evaluate import accuracy
 from toolchain.graph import PruningGraph, count_macs_params
 from toolchain.inputs import ModelInputs, make_inputs, specs_from_key, specs_key, specs_of, vocab_size_of
+from toolchain.manifest import Manifest
 from toolchain.pruning import PruneConfig, PruneResult, prune
 from toolchain.recover import distill, recalibrate_batchnorm
 from toolchain.saliency import SaliencyConfig, score_groups_report
@@ -506,4 +507,5 @@ class BudgetJob:
                                              "statistic": self.target.statistic,
                                              "timed_runs": self.target.timed_runs,
                                              "min_timed_ms": self.target.min_timed_ms}
-        return result
+        # typed: the latency section says the measurement's statistic, clock and target (from latency_target)
+        return replace(result, manifest=Manifest.from_json(result.manifest).to_json())

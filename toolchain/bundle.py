@@ -15,14 +15,16 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from toolchain import defaults
 from toolchain.data import resolve_data
 from toolchain.deploy import PipelineConfig, Step, write_pruned_folder
 from toolchain.errors import ToolchainError
+from toolchain.manifest import Accuracy, Deployment, Latencies, Latency, Manifest
 from toolchain.targets import RpcEndpoint
 from toolchain.targets.devices import DeviceProfile, get_device
 
@@ -37,6 +39,7 @@ class BundleConfig:
     precision: str = "fp16"  # the engine precision build_engine.sh asks for: fp16 or int8
     calib_batches: int = 8  # calibration batches used for the INT8 cache
     rpc: RpcEndpoint | None = None  # the board, reached through a TVM RPC tracker, to measure on
+    statistic: str = defaults.STATISTIC  # of the timed runs when the bundle step measures (a ratio prune)
 
 
 def default_out(device: str, model_spec: str) -> Path:
@@ -76,52 +79,59 @@ def _write_executable(path: Path, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
-def _measure_on_host(model: torch.nn.Module, example_input: torch.Tensor, manifest: dict) -> None:
+def _measure_config(target, statistic: str):
+    """The measurement policy's defaults (toolchain/defaults.py) with the run's statistic."""
+    from toolchain.latency.campaign import resolve_clock
+    from toolchain.latency.measure import MeasureConfig
+
+    return MeasureConfig(warmup_runs=defaults.WARMUP_RUNS, timed_runs=defaults.TIMED_RUNS, statistic=statistic,
+                         clock=resolve_clock(defaults.CLOCK, target), min_timed_ms=defaults.MIN_TIMED_MS)
+
+
+def _measure_on_host(model: torch.nn.Module, example_input: torch.Tensor, latency: Latencies,
+                     statistic: str) -> Latencies:
     """Time the pruned model on this machine with the measurement harness (not a prediction)."""
     from toolchain.latency.fingerprint import machine_fingerprint
-    from toolchain.latency.measure import MeasureConfig, measure
+    from toolchain.latency.measure import measure
     from toolchain.targets import get_target
 
     target = get_target("cpu")
-    config = MeasureConfig()
+    config = _measure_config(target, statistic)
     result = measure(target.prepare(model, example_input), config)
-    manifest["measured_latency_ms"] = result.median_ms
-    manifest["latency_source"] = (f"measured on this host, {target.label}: median of {len(result.samples_ms)} runs "
-                                  f"after {config.warmup_runs} warm-up runs, IQR {result.iqr_ms:.3f} ms")
-    manifest["latency_fingerprint"] = machine_fingerprint(target)
+    how = f": {statistic} of {len(result.samples_ms)} runs after {config.warmup_runs} warm-up runs, IQR " \
+          f"{result.iqr_ms:.3f} ms"
+    return replace(latency, measured=Latency.measured_on(f"this host, {target.label}", result.value(statistic),
+                                                         statistic, config.clock, how),
+                   fingerprint=machine_fingerprint(target))
 
 
-def _measure_through_rpc(model: torch.nn.Module, example_input: torch.Tensor, manifest: dict,
-                         device: DeviceProfile, endpoint: RpcEndpoint) -> None:
+def _measure_through_rpc(model: torch.nn.Module, example_input: torch.Tensor, latency: Latencies,
+                         device: DeviceProfile, endpoint: RpcEndpoint, statistic: str) -> Latencies:
     """Compile on this host for the board's CPU, upload, and time with TVM's evaluator on the board."""
     import json
-    from dataclasses import replace
 
     from toolchain.latency.fingerprint import machine_fingerprint
-    from toolchain.latency.measure import MeasureConfig, measure
+    from toolchain.latency.measure import measure
     from toolchain.latency.rpc import DeviceLostError, tracker_unreachable_reason, with_retries
     from toolchain.targets import get_target
 
     board_target = "" if device.name == "cpu" else json.dumps(dict(device.tvm_host_target))
     endpoint = replace(endpoint, tvm_target_json=endpoint.tvm_target_json or board_target)
     target = get_target("cpu", "tvm", 1, rpc=endpoint)
-    config = MeasureConfig()
+    config = _measure_config(target, statistic)
     unreachable = tracker_unreachable_reason(endpoint)
     if unreachable is not None:
-        manifest["latency_unreachable"] = f"device {endpoint.key!r}: {unreachable}"
-        return
+        return replace(latency, unreachable=f"device {endpoint.key!r}: {unreachable}")
     try:
         result = with_retries(lambda: measure(target.prepare(model, example_input), config), endpoint,
                               what="timing the deployed model")
     except DeviceLostError as exc:  # the bundle is still written; its latency stays a labelled prediction
-        manifest["latency_unreachable"] = str(exc)
-        return
-    manifest["measured_latency_ms"] = result.median_ms
-    manifest["latency_source"] = (
-        f"measured on device {endpoint.key!r} through TVM RPC (tracker {endpoint.tracker_host}:"
-        f"{endpoint.tracker_port}), TVM target {endpoint.tvm_target_json or 'llvm'} (CPU path): median of "
-        f"{len(result.samples_ms)} runs of TVM's time evaluator, IQR {result.iqr_ms:.3f} ms")
-    manifest["latency_fingerprint"] = machine_fingerprint(target)
+        return replace(latency, unreachable=str(exc))
+    board = (f"device {endpoint.key!r} through TVM RPC (tracker {endpoint.tracker_host}:{endpoint.tracker_port}), "
+             f"TVM target {endpoint.tvm_target_json or 'llvm'} (CPU path)")
+    how = f": {statistic} of {len(result.samples_ms)} runs of TVM's time evaluator, IQR {result.iqr_ms:.3f} ms"
+    return replace(latency, measured=Latency.measured_on(board, result.value(statistic), statistic, config.clock, how),
+                   fingerprint=machine_fingerprint(target))
 
 
 class _TargetArtifacts:
@@ -134,36 +144,39 @@ class _TargetArtifacts:
                  step: Step) -> None:
         from toolchain.export import tvm as tvm_export
 
-        onnx_path = folder / "model.onnx"
-        device = self.device
-        manifest["device"] = {"name": device.name, "description": device.description, "cpu_triple": device.cpu_triple,
-                              "cuda_sm": device.cuda_sm, "source": device.source}
-        manifest["versions"] = library_versions()
-        if device.tensorrt_on_device:
-            self._check_tensorrt(onnx_path, manifest)
-        if self.config.rpc is not None and "measured_latency_ms" not in manifest:  # the budget loop measured there
+        typed = Manifest.from_json(manifest)
+        onnx_path, device, latency = folder / "model.onnx", self.device, typed.latency
+        tensorrt = self._check_tensorrt(onnx_path) if device.tensorrt_on_device else None
+        if self.config.rpc is not None and latency.measured is None:  # else the budget loop measured there
             step(f"measuring latency on the board {self.config.rpc.key!r} through TVM RPC")
-            _measure_through_rpc(model, example_input, manifest, device, self.config.rpc)
+            latency = _measure_through_rpc(model, example_input, latency, device, self.config.rpc,
+                                           self.config.statistic)
         if device.cross_compiler is None and not device.has_gpu:
-            if "measured_latency_ms" not in manifest:  # the budget loop measures; a ratio prune is measured here
+            if latency.measured is None:  # the budget loop measures; a ratio prune is measured here
                 step("measuring latency on this host (cpu/onnxruntime, 1 thread)")
-                _measure_on_host(model, example_input, manifest)
+                latency = _measure_on_host(model, example_input, latency, self.config.statistic)
             step("compiling the TVM library for this host and checking it against PyTorch")
             lib = tvm_export.compile_onnx_for_host(onnx_path, folder)
-            manifest["tvm"] = {"library": lib.name, "target": "llvm (this host)",
-                               "max_rel_err": tvm_export.verify_tvm_against(model, lib, example_input)}
+            tvm = {"library": lib.name, "target": "llvm (this host)",
+                   "max_rel_err": tvm_export.verify_tvm_against(model, lib, example_input)}
         else:
             step(f"cross-compiling the TVM library for {device.name} ({device.cpu_triple}, {device.cuda_sm})")
             lib = tvm_export.cross_compile(onnx_path, device, folder)
             info = tvm_export.inspect_library(lib)
-            manifest["tvm"] = {"library": lib.name, "elf_machine": info["elf_machine"],
-                               "cuda_archs": info["cuda_archs"], "cuda_source_only": info["cuda_source_only"]}
-        if device.tensorrt_on_device:
-            self._engine_files(folder, onnx_path, data, manifest, step)
-        manifest["latency"] = self._latency_section(manifest)
-        (folder / "README.md").write_text(board_readme(manifest))
+            tvm = {"library": lib.name, "elf_machine": info["elf_machine"], "cuda_archs": info["cuda_archs"],
+                   "cuda_source_only": info["cuda_source_only"]}
+        if tensorrt is not None:
+            tensorrt = self._engine_files(folder, onnx_path, data, tensorrt, typed.accuracy, step)
+        typed = replace(typed, latency=self._unmeasured(typed, latency) if latency.measured is None else latency,
+                        deployment=Deployment(device={"name": device.name, "description": device.description,
+                                                      "cpu_triple": device.cpu_triple, "cuda_sm": device.cuda_sm,
+                                                      "source": device.source},
+                                              versions=library_versions(), tvm=tvm, tensorrt=tensorrt))
+        manifest.clear()  # the pipeline's manifest, extended: it is written as this typed manifest says
+        manifest.update(typed.to_json())
+        (folder / "README.md").write_text(board_readme(typed))
 
-    def _check_tensorrt(self, onnx_path: Path, manifest: dict) -> None:
+    def _check_tensorrt(self, onnx_path: Path) -> dict:
         from toolchain.export.tensorrt_ops import check_tensorrt_ops
 
         version = self.device.tensorrt_version
@@ -172,10 +185,12 @@ class _TargetArtifacts:
         if blocking:
             listed = "; ".join(str(op) for op in blocking[:5])
             raise ToolchainError(f"TensorRT {version} on {self.device.name} cannot build this ONNX: {listed}")
-        manifest["tensorrt"] = {"version_on_device": version, "precision": self.config.precision,
-                                "fallback_ops": [str(op) for op in found]}
+        return {"version_on_device": version, "precision": self.config.precision,
+                "fallback_ops": [str(op) for op in found]}
 
-    def _engine_files(self, folder: Path, onnx_path: Path, data, manifest: dict, step: Step) -> None:
+    def _engine_files(self, folder: Path, onnx_path: Path, data, tensorrt: dict, accuracy: Accuracy | None,
+                      step: Step) -> dict:
+        """Write the engine build script, run.py and the INT8 calibration cache; return the TensorRT section."""
         from toolchain.export.tensorrt import (
             engine_build_script,
             has_2_4_sparse_weights,
@@ -189,74 +204,66 @@ class _TargetArtifacts:
             batches = [x.numpy() for x, _ in data.loader("calib", batch_size=1)][: self.config.calib_batches]
             write_calibration_cache(onnx_path, batches, folder / "calib.cache", self.device.tensorrt_version)
             cache_name = "calib.cache"
-            manifest["tensorrt"]["int8_calibration"] = (
-                f"calib.cache from {len(batches)} calibration images ({manifest.get('accuracy_data')})")
+            calibration = (f"calib.cache from {len(batches)} calibration images "
+                           f"({accuracy.data if accuracy else None})")
         else:
-            manifest["tensorrt"]["int8_calibration"] = "none: no calibration data given (--data); INT8 not offered"
-        manifest["tensorrt"]["calibration_cache"] = cache_name
+            calibration = "none: no calibration data given (--data); INT8 not offered"
         if self.config.precision == "int8" and cache_name is None:
             raise ToolchainError("an int8 engine needs calibration data: pass --data")
         sparse = has_2_4_sparse_weights(onnx_path)
-        manifest["tensorrt"]["sparsity_2_4"] = sparse
         _write_executable(folder / "build_engine.sh", engine_build_script(
             self.config.precision, calib_cache_name=cache_name if self.config.precision == "int8" else None,
             sparse_2_4=sparse))
         _write_executable(folder / "run.py", run_script())
+        return {**tensorrt, "int8_calibration": calibration, "calibration_cache": cache_name, "sparsity_2_4": sparse}
 
-    def _latency_section(self, manifest: dict) -> dict:
-        if "measured_latency_ms" in manifest:  # measured on the device itself by the deploy pipeline
-            source = manifest.get("latency_source") or (
-                f"measured by the budget loop on {manifest['latency_target']['label']}"
-                if "latency_target" in manifest else "measured")
-            return {"measured_ms": manifest["measured_latency_ms"], "source": source}
-        prior = roofline_prior_ms(self.device, manifest["macs"], manifest["params"], self.config.precision)
-        return {
-            "measured_ms": None,
-            "measured_note": (f"not measured: {manifest['latency_unreachable']}" if "latency_unreachable" in manifest
-                              else "not measured: no reachable device (set RPC_TRACKER and RPC_KEY to measure on "
-                                   "the board)"),
-            "predicted_ms": prior,
-            "prediction_source": (
-                "uncalibrated roofline prior from the device table (max of 2*MACs/peak and weight "
-                "bytes/bandwidth); a lower bound, not a measurement"
-                if prior is not None else "none: the device table has no peak figures"
-            ),
-        }
+    def _unmeasured(self, manifest: Manifest, latency: Latencies) -> Latencies:
+        """No device was reachable: say why, and give the roofline prior, labelled as a prediction."""
+        prior = roofline_prior_ms(self.device, manifest.pruning.macs, manifest.pruning.params, self.config.precision)
+        why = latency.unreachable or "no reachable device (set RPC_TRACKER and RPC_KEY to measure on the board)"
+        predicted = Latency.predicted_by(
+            "an uncalibrated roofline prior from the device table", prior,
+            " (max of 2*MACs/peak and weight bytes/bandwidth); a lower bound, not a measurement",
+        ) if prior is not None else Latency(None, "none: the device table has no peak figures")
+        return replace(latency, not_measured=f"not measured: {why}", predicted=predicted)
 
 
-def latency_summary(latency: dict, device: str) -> str:
+def latency_summary(latency: Latencies, device: str) -> str:
     """One sentence that says whether the latency was measured or predicted, and from what."""
-    if latency.get("measured_ms") is not None:
-        return f"measured latency on {device}: {latency['measured_ms']:.3f} ms ({latency.get('source')})"
-    predicted = latency.get("predicted_ms")
-    shown = f"{predicted:.4f} ms" if predicted is not None else "none"
-    return f"latency NOT measured (no reachable {device}); predicted {shown}: {latency['prediction_source']}"
+    measured, predicted = latency.measured, latency.predicted
+    if measured is not None and measured.ms is not None:
+        how = "; ".join(f"{name} {value}" for name, value in (("statistic", measured.statistic),
+                                                                ("clock", measured.clock)) if value)
+        return f"measured latency on {device}: {measured.ms:.3f} ms ({measured.source}{'; ' + how if how else ''})"
+    shown = f"{predicted.ms:.4f} ms" if predicted is not None and predicted.ms is not None else "none"
+    return f"latency NOT measured (no reachable {device}); predicted {shown}: {predicted.source if predicted else ''}"
 
 
-def board_readme(manifest: dict) -> str:
+def board_readme(manifest: Manifest) -> str:
     """The short README.md for the person at the board."""
-    device = manifest["device"]["name"]
+    deployment, pruning, accuracy = manifest.deployment, manifest.pruning, manifest.accuracy
+    device = deployment.device_name
     lines = [
-        f"# {manifest['model']} for {device}",
+        f"# {manifest.model} for {device}",
         "",
-        f"Built by toolchain {manifest['versions'].get('toolchain')} on {manifest['created_at']}.",
-        f"Parameters {manifest['params']:,} (dense {manifest['dense_params']:,}); "
-        f"MACs {manifest['macs']:,} (dense {manifest['dense_macs']:,}).",
+        f"Built by toolchain {(deployment.versions or {}).get('toolchain')} on {manifest.created_at}.",
+        f"Parameters {pruning.params:,} (dense {pruning.dense_params:,}); "
+        f"MACs {pruning.macs:,} (dense {pruning.dense_macs:,}).",
     ]
-    if "accuracy" in manifest:
-        lines.append(f"Accuracy on {manifest['accuracy_data']} test split: {manifest['accuracy']:.2%} "
-                     f"(dense {manifest['dense_accuracy']:.2%}), measured on the build host.")
-    lines.append(latency_summary(manifest["latency"], device) + ".")
+    if accuracy is not None and accuracy.pruned is not None:
+        lines.append(f"Accuracy on {accuracy.data} test split: {accuracy.pruned:.2%} "
+                     f"(dense {accuracy.dense:.2%}), measured on the build host.")
+    lines.append(latency_summary(manifest.latency, device) + ".")
     lines += ["", "## Files", "- `model.onnx`: the pruned network, checked against PyTorch on the build host.",
-              f"- `{manifest['tvm']['library']}`: the TVM library (load with `tvm.runtime.load_module` and run it "
+              f"- `{deployment.tvm['library']}`: the TVM library (load with `tvm.runtime.load_module` and run it "
               "with `tvm.relax.VirtualMachine(lib, device)['main']`)."]
-    if "tensorrt" in manifest:
+    if deployment.tensorrt is not None:
         lines += [
             "- `build_engine.sh`: builds `model.engine` with `trtexec` (on the board: TensorRT engines are "
             "device-specific).",
             "- `run.py`: loads `model.engine` with TensorRT's Python API and times it with CUDA events.",
-            f"- `calib.cache`: INT8 calibration cache ({manifest['tensorrt']['int8_calibration']})."
-            if manifest["tensorrt"]["calibration_cache"] else
+            f"- `calib.cache`: INT8 calibration cache ({deployment.tensorrt['int8_calibration']})."
+            if deployment.tensorrt["calibration_cache"] else
             "- no `calib.cache`: no calibration data was given, so only FP16/FP32 engines can be built.",
             "", "## On the board", "```", "./build_engine.sh", "python3 run.py model.engine", "```",
         ]

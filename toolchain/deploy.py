@@ -18,6 +18,7 @@ from toolchain.data import check_data_fits, resolve_data
 from toolchain.evaluate import accuracy
 from toolchain.export.onnx import export_onnx
 from toolchain.inputs import InputSpecs, ModelInputs, make_inputs, specs_to_json, vocab_size_of
+from toolchain.manifest import Manifest
 from toolchain.models import resolve_model
 from toolchain.output_folder import atomic_folder, check_output_folder, stamp_of, write_json
 from toolchain.pruning import PruneConfig, check_runs, prune
@@ -91,6 +92,7 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
         write_arch_and_weights(tmp, result.model, dense, manifest["model"], specs, result.widths)
         if extend is not None:
             extend(tmp, result.model, example_input, data, manifest, step)
+        manifest = Manifest.from_json(manifest).to_json()  # typed: the current version's layout
         write_json(tmp / MANIFEST, manifest)
     manifest.update(stamp_of(config.out / MANIFEST))  # as written: the CLI prints what the folder holds
     return manifest

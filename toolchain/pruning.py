@@ -17,6 +17,7 @@ from torch import nn
 from toolchain.errors import ToolchainError
 from toolchain.graph import PruningGraph, count_macs_params, round_width, widths_for_ratio
 from toolchain.inputs import ModelInputs, call_model, input_tensors
+from toolchain.manifest import Manifest, Pruning, Verification
 from toolchain.user_code import describe_exit
 
 
@@ -98,20 +99,14 @@ def prune(model: nn.Module, example_input: ModelInputs, config: PruneConfig | No
     widths = resolve_widths(graph, config)
     graph.shrink(widths, scores)
     macs, params = count_macs_params(pruned, example_input)
-    manifest = {
-        "input_shape": list(input_tensors(example_input)[0].shape),
-        "dense_params": dense_params,
-        "params": params,
-        "dense_macs": dense_macs,
-        "macs": macs,
-        "ratio": config.ratio,
-        "round_to": config.round_to,
-        "protected_layers": list(config.protect),
-        "per_group_widths": graph.widths(),
-        "dense_group_widths": graph.dense_widths(),
-        "frozen_groups": {f.name: f.reason for f in graph.frozen},
-        "verified_relative_error": graph.verified_error,
-        "toolchain_version": toolchain_version(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    manifest = Manifest(
+        input_shape=tuple(input_tensors(example_input)[0].shape),
+        pruning=Pruning(dense_params=dense_params, params=params, dense_macs=dense_macs, macs=macs,
+                        ratio=config.ratio, round_to=config.round_to, protected_layers=tuple(config.protect),
+                        per_group_widths=graph.widths(), dense_group_widths=graph.dense_widths(),
+                        frozen_groups={f.name: f.reason for f in graph.frozen}),
+        verification=Verification(shrink_relative_error=graph.verified_error),
+        toolchain_version=toolchain_version(),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    ).to_json()
     return PruneResult(pruned, graph.widths(), manifest)

@@ -36,6 +36,7 @@ from toolchain.budget import (
 )
 from toolchain.errors import ToolchainError
 from toolchain.inputs import make_inputs, specs_key, vocab_size_of
+from toolchain.manifest import BUDGET_BAND_LOW, Accuracy, Manifest
 from toolchain.output_folder import check_writable
 from toolchain.saliency import SaliencyConfig
 
@@ -63,7 +64,7 @@ class SweepConfig:
     workers: int = 1
     predictor: str | None = None
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
-    lower_ratio: float = 0.90  # the hit band is [lower_ratio, 1] x budget
+    lower_ratio: float = BUDGET_BAND_LOW  # the hit band is [lower_ratio, 1] x budget
     db_path: str = PROFILE_DB  # measurement database for a predictor built on the fly
 
 
@@ -157,22 +158,26 @@ def _row(config: SweepConfig, budget_ratio: float, criterion: str, allocator: st
            "criterion": criterion, "allocator": allocator, "point_s": round(seconds, 2), "error": error}
     if manifest is None:
         return row
-    wall = manifest.get("wall_s", {})
-    measured, budget = manifest["measured_latency_ms"], manifest["budget_ms"]
+    m = Manifest.from_json(manifest)
+    budget, latency, accuracy, pruning = m.budget, m.latency, m.accuracy or Accuracy(), m.pruning
+    wall = budget.wall_s or {}
     # Which candidate the calibration check kept: a blend weight of the allocator's proposal with the uniform
     # allocation ("1.0" = the proposal, "0.0" = uniform) or "global" (one global score threshold).
-    checks = [it["calibration_check"]["chosen"] for it in manifest["iterations"] if "calibration_check" in it]
-    row.update({k: manifest.get(k) for k in ("budget_ms", "predicted_latency_ms", "measured_latency_ms",
-                                              "dense_latency_ms", "budget_met", "macs", "dense_macs", "params",
-                                              "dense_params", "dense_accuracy", "accuracy_before_recovery",
-                                              "accuracy_after_bn_recalibration", "finetune_steps")})
-    row.update({"within_band": config.lower_ratio * budget <= measured <= budget,
-                "accuracy_finetuned": manifest.get("accuracy") if manifest.get("finetune_steps") else None,
-                "iterations": len(manifest["iterations"]), "calibration_choice": checks[-1] if checks else None,
-                "saliency_s": round(wall.get("saliency", 0.0), 2), "saliency_cost": manifest["saliency"],
+    checks = [it.calibration_check["chosen"] for it in budget.iterations if it.calibration_check]
+    row.update({"budget_ms": budget.budget_ms, "predicted_latency_ms": latency.predicted.ms,
+                "measured_latency_ms": latency.measured.ms, "dense_latency_ms": latency.dense.ms,
+                "budget_met": budget.budget_met, "macs": pruning.macs, "dense_macs": pruning.dense_macs,
+                "params": pruning.params, "dense_params": pruning.dense_params, "dense_accuracy": accuracy.dense,
+                "accuracy_before_recovery": accuracy.before_recovery,
+                "accuracy_after_bn_recalibration": accuracy.after_bn_recalibration,
+                "finetune_steps": accuracy.finetune_steps})
+    row.update({"within_band": budget.within_band(latency.measured.ms, config.lower_ratio),
+                "accuracy_finetuned": accuracy.pruned if accuracy.finetune_steps else None,
+                "iterations": len(budget.iterations), "calibration_choice": checks[-1] if checks else None,
+                "saliency_s": round(wall.get("saliency", 0.0), 2), "saliency_cost": budget.saliency,
                 "allocate_and_measure_s": round(wall.get("allocate_and_measure", 0.0), 2),
-                "recover_s": round(wall.get("recover", 0.0), 2), "per_layer_widths": manifest["per_layer_widths"],
-                "measurement_iterations": manifest["iterations"]})
+                "recover_s": round(wall.get("recover", 0.0), 2), "per_layer_widths": budget.per_layer_widths,
+                "measurement_iterations": [it.to_json() for it in budget.iterations]})
     return row
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from toolchain.errors import ToolchainError
+from toolchain.manifest import MANIFEST_VERSION
 from toolchain.report import read_inputs
 from toolchain.report.records import sweep_point
 
@@ -85,3 +86,24 @@ def test_manifest_latency_fields_old_and_new(full_run: Path):
     assert "lpnet" in cpu.prediction_source
     assert jetson.measured_latency_ms is None and jetson.predicted_latency_ms == pytest.approx(0.0123)
     assert json.loads(json.dumps(cpu.widths)) == [{"stem": 4, "block": 8}, {"stem": 8, "block": 16}]
+
+
+def test_a_folder_written_by_prune_reads_through_the_typed_manifest(tmp_path: Path):
+    from toolchain.cli import main
+
+    out = tmp_path / "runs" / "demo"
+    assert main(["prune", "--model", "zoo:demo", "--ratio", "0.5", "--data", "none", "--out", str(out)]) == 0
+    (record,) = read_inputs([tmp_path / "runs"]).manifests
+    assert record.model == "zoo:demo" and record.target == "cpu" and record.manifest.version == MANIFEST_VERSION
+    kept, dense = record.widths
+    assert kept["stem.0"] == 16 and dense["stem.0"] == 32
+    assert record.measured_latency_ms is None and record.measurement_source is None  # a ratio prune is not timed
+
+
+def test_a_manifest_of_a_newer_version_is_listed_unreadable(full_run: Path):
+    path = full_run / "dist" / "cpu" / "fixture-tiny" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "version": MANIFEST_VERSION + 1}))
+    inputs = read_inputs([full_run / "dist"])
+    assert [m.target for m in inputs.manifests] == ["jetson-orin"]
+    (skipped,) = inputs.unreadable
+    assert skipped.reason.startswith(f"ManifestError: manifest version {MANIFEST_VERSION + 1} is newer")

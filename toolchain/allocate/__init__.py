@@ -31,6 +31,7 @@ from toolchain.allocate._problem import (
     loss_curves,
 )
 from toolchain.errors import ToolchainError
+from toolchain.manifest import BUDGET_BAND_LOW
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class BudgetConfig:
     min_keep_ratio: float = 0.1  # per-layer limit: no group keeps less than this share (never zero)
     sensitive_keep_ratio: float = 0.3  # floor of the most loss-sensitive group (others scaled down to min)
     max_iterations: int = 8  # measure -> tighten -> re-prune rounds
-    lower_ratio: float = 0.90  # a measured latency in [lower_ratio, 1] x budget is accepted
+    lower_ratio: float = BUDGET_BAND_LOW  # a measured latency in [lower_ratio, 1] x budget is accepted
     aim_ratio: float = 0.95  # first aim, as a share of the budget
     refine_rounds: int = 2  # lpnet/knapsack: exchange rounds on the joint calibration loss (0: none)
     finetune_steps: int = 0  # distillation steps after BN re-calibration (0: low-data, no fine-tuning)

@@ -89,9 +89,10 @@ def _budget_job(device: str, rpc, budget, predictor, profile_samples: int, salie
 
 def _print_bundle(manifest: dict, out, device: str) -> None:
     from toolchain.bundle import latency_summary
+    from toolchain.manifest import Manifest
 
     print_summary(manifest, out)
     click.echo(f"  TVM library: {out}/{manifest['tvm']['library']}")
-    click.echo(f"  {latency_summary(manifest['latency'], device)}")
+    click.echo(f"  {latency_summary(Manifest.from_json(manifest).latency, device)}")
     if "tensorrt" in manifest:
         click.echo(f"on the board: copy {out}/ there, then run ./build_engine.sh && python3 run.py model.engine")

@@ -71,18 +71,8 @@ def run_pipeline(model, weights, input_shape, inputs, trust_pickle, ratio, round
 
 
 def print_summary(manifest: dict, out: Path) -> None:
+    from toolchain.manifest import Manifest, summary_lines
+
     click.echo(f"wrote {out}/ (model.onnx, arch.json, weights.safetensors, manifest.json)")
-    click.echo(f"  params {manifest['dense_params']:,} -> {manifest['params']:,} "
-               f"({manifest['params'] / manifest['dense_params']:.1%}); "
-               f"MACs {manifest['dense_macs']:,} -> {manifest['macs']:,} "
-               f"({manifest['macs'] / manifest['dense_macs']:.1%})")
-    if "accuracy" in manifest:
-        click.echo(f"  accuracy (measured on {manifest['accuracy_data']} test split): "
-                   f"{manifest['dense_accuracy']:.2%} dense -> {manifest['accuracy']:.2%} pruned")
-    click.echo(f"  ONNX verified against PyTorch: max relative error {manifest['onnx_max_rel_err']:.1e}")
-    if "budget_ms" in manifest:
-        met = "met" if manifest["budget_met"] else "MISSED"
-        click.echo(f"  latency on {manifest['latency_target']['label']}: budget {manifest['budget_ms']:.3f} ms {met}; "
-                   f"measured {manifest['measured_latency_ms']:.3f} ms "
-                   f"(predicted {manifest['predicted_latency_ms']:.3f}, dense {manifest['dense_latency_ms']:.3f}); "
-                   f"{manifest['criterion']} + {manifest['allocator']}")
+    for line in summary_lines(Manifest.from_json(manifest)):
+        click.echo(line)

@@ -18,12 +18,12 @@ from toolchain.report.database import layer_key
 from toolchain.report.document import MISSING, Figure, Missing, Paragraph, Section, Table, cell
 from toolchain.report.provenance import FingerprintLabels
 from toolchain.report.readers import RunInputs
-from toolchain.report.records import Database, Manifest, ModelConfig
+from toolchain.report.records import Database, ManifestRecord, ModelConfig
 
 _COMPUTE_OPS = ("conv", "dwconv", "linear", "conv_transpose")
 
 
-def choose_manifest(inputs: RunInputs, chosen: str | None) -> tuple[Manifest | None, str]:
+def choose_manifest(inputs: RunInputs, chosen: str | None) -> tuple[ManifestRecord | None, str]:
     """The manifest to show and why it was chosen: the one whose path contains `chosen`, else the first (by
     path) whose model has a dense configuration in a database, else the first with widths."""
     candidates = sorted((m for m in inputs.manifests if m.widths), key=lambda m: m.source)
@@ -32,7 +32,7 @@ def choose_manifest(inputs: RunInputs, chosen: str | None) -> tuple[Manifest | N
         return (picked[0], f"chosen with --bundle {chosen}") if picked else (None, f"no manifest with widths "
                                                                                      f"matches --bundle {chosen}")
     for manifest in candidates:
-        if any(_find(db, manifest.get("model"), manifest.widths[1]) for db in inputs.databases):
+        if any(_find(db, manifest.model, manifest.widths[1]) for db in inputs.databases):
             return manifest, "the first bundle whose dense model is in a measurement database"
     if candidates:
         return candidates[0], "the first bundle (by path) with per-group widths"
@@ -55,23 +55,23 @@ def pruned_model_section(inputs: RunInputs, labels: FingerprintLabels, chosen: s
                                                   Missing("per-layer latency", why)))
     kept, dense = manifest.widths
     groups = list(dense)
-    blocks: list = [Paragraph(f"{manifest.source} ({manifest.get('model')}, target {manifest.target or MISSING}), "
+    blocks: list = [Paragraph(f"{manifest.source} ({manifest.model}, target {manifest.target or MISSING}), "
                               f"{why}. Source: {labels.source(manifest.source, manifest.fingerprint_id)}.")]
-    frozen = manifest.get("frozen_groups") or []
+    frozen = manifest.manifest.pruning.frozen_groups or []
     if isinstance(frozen, dict):
         frozen = [f"{name} ({why})" for name, why in frozen.items()]
     blocks.append(Figure("kept-widths.png", plots.kept_widths(
         groups, [int(kept.get(g, dense[g])) for g in groups], [int(dense[g]) for g in groups],
-        f"Kept channels per group, {manifest.get('model')}"), "kept width against dense width per channel group",
+        f"Kept channels per group, {manifest.model}"), "kept width against dense width per channel group",
         "Channels kept per prunable group (dark) out of the dense width (light)."
         + (f" Frozen (never pruned): {', '.join(map(str, frozen))}." if frozen else "")))
     blocks += _layer_blocks(inputs, labels, manifest)
     return Section("pruned", f"Pruned model: {manifest.source}", tuple(blocks))
 
 
-def _layer_blocks(inputs: RunInputs, labels: FingerprintLabels, manifest: Manifest) -> list:
+def _layer_blocks(inputs: RunInputs, labels: FingerprintLabels, manifest: ManifestRecord) -> list:
     kept, dense = manifest.widths
-    model = manifest.get("model")
+    model = manifest.model
     for db in inputs.databases:
         before = _find(db, model, dense)
         if before is not None:

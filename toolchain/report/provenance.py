@@ -126,7 +126,7 @@ def method_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
     rows += [_method_row(labels.source(b.source, b.fingerprint_id), b.method) for b in inputs.kernel_benchmarks]
     rows += [_method_row(labels.source_many(d.source, d.fingerprint_ids), d.method) for d in inputs.databases]
     for manifest in inputs.manifests:
-        how = manifest.get("latency.source", "latency_source", "latency.measured_note")
+        how = manifest.measurement_source
         rows.append((labels.source(manifest.source, manifest.fingerprint_id), MISSING, MISSING,
                      cell(how) if how else "not recorded in the manifest", MISSING, MISSING))
     if not rows:

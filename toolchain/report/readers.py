@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import ToolchainError
+from toolchain.manifest import Manifest, ManifestError
 from toolchain.report.database import read_database
 from toolchain.report.records import (
     Database,
     Fingerprint,
     KernelBenchmark,
-    Manifest,
+    ManifestRecord,
     Method,
     PredictorBenchmark,
     PredictorScore,
@@ -57,7 +58,7 @@ class RunInputs:
     """Everything read from the run folders, with the fingerprints its numbers refer to."""
 
     roots: tuple[str, ...]
-    manifests: tuple[Manifest, ...]
+    manifests: tuple[ManifestRecord, ...]
     sweep_points: tuple[SweepPoint, ...]
     predictor_benchmarks: tuple[PredictorBenchmark, ...]
     kernel_benchmarks: tuple[KernelBenchmark, ...]
@@ -141,7 +142,8 @@ def _read_file(path: Path, root: Path, collector: _Collector, strict: bool) -> N
     name = collector.name(path, root)
     try:
         kind = _parse(path, name, collector)
-    except (OSError, UnicodeDecodeError, ValueError, csv.Error, sqlite3.DatabaseError, KeyError, TypeError) as error:
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error, sqlite3.DatabaseError, KeyError, TypeError,
+            ManifestError) as error:
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no detail'}"
         if strict:
             raise ToolchainError(f"cannot read {path}: {reason}") from None
@@ -169,8 +171,12 @@ def _parse(path: Path, name: str, collector: _Collector) -> str | None:
         return _parse_csv(path, name, collector)
     data = json.loads(path.read_text())
     if isinstance(data, dict) and (path.name == "manifest.json" or "per_group_widths" in data) and "model" in data:
-        facts = {k: data[k] for k in ("device", "versions") if isinstance(data.get(k), dict)}
-        collector.found["manifests"].append(Manifest(name, data, collector.fingerprint(facts, "deploy manifest")))
+        manifest = Manifest.from_json(data)  # a newer version: ManifestError, listed as unreadable
+        deployment = manifest.deployment
+        facts = {k: v for k, v in (("device", deployment and deployment.device),
+                                   ("versions", deployment and deployment.versions)) if isinstance(v, dict)}
+        collector.found["manifests"].append(ManifestRecord(name, manifest,
+                                                           collector.fingerprint(facts, "deploy manifest")))
         return "manifest"
     if isinstance(data, dict) and isinstance(data.get("heldout"), list):
         collector.found["predictor_benchmarks"].append(_predictor_benchmark(path, name, data, collector))

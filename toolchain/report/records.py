@@ -18,12 +18,10 @@ import math
 import re
 from dataclasses import dataclass, field
 
-# Sweep rows (toolchain/sweep.py, benchmarks/budget_sweep.py): logical field -> accepted column names, first
-# match wins. The sweep writer is developed in parallel; adapting to its final names means editing this table.
-# A budget is hit when the measured latency is within [0.90, 1.00] x budget: under it, and not so far
-# under that the allocator left latency (and so accuracy) unused.
-BUDGET_BAND_LOW = 0.90
+from toolchain.manifest import BUDGET_BAND_LOW, Accuracy, Manifest
 
+# Sweep rows (toolchain/sweep.py, benchmarks/budget_sweep.py): logical field -> accepted column names, first
+# match wins. A budget is hit when the measured latency lies in [BUDGET_BAND_LOW, 1] x budget.
 SWEEP_COLUMNS: dict[str, tuple[str, ...]] = {
     "budget_ms": ("budget_ms", "latency_budget_ms", "budget"),
     "predicted_latency_ms": ("predicted_latency_ms", "predicted_ms"),
@@ -96,46 +94,51 @@ class Method:
 
 
 @dataclass(frozen=True)
-class Manifest:
-    """A deploy bundle or pruned folder (`manifest.json`)."""
+class ManifestRecord:
+    """A deploy bundle or pruned folder (`manifest.json`), read through the typed manifest (which also reads
+    the layouts written before it had a version)."""
 
     source: str
-    data: dict
+    manifest: Manifest
     fingerprint_id: str | None
 
-    def get(self, *keys: str):
-        """The first of `keys` present at the top level (dotted keys reach into sections)."""
-        for key in keys:
-            value = self.data
-            for part in key.split("."):
-                value = value.get(part) if isinstance(value, dict) else None
-            if value is not None:
-                return value
-        return None
+    @property
+    def model(self) -> str | None:
+        return text(self.manifest.model)
 
     @property
     def target(self) -> str | None:
-        return text(self.get("device.name", "target"))
+        return text(self.manifest.device_name)
 
     @property
     def measured_latency_ms(self) -> float | None:
-        return number(self.get("measured_latency_ms", "latency.measured_ms"))
+        measured = self.manifest.latency.measured
+        return number(measured.ms) if measured else None
 
     @property
     def predicted_latency_ms(self) -> float | None:
-        return number(self.get("predicted_latency_ms", "latency.predicted_ms"))
+        predicted = self.manifest.latency.predicted
+        return number(predicted.ms) if predicted else None
 
     @property
     def prediction_source(self) -> str | None:
-        predictor = self.get("predictor")
-        if isinstance(predictor, dict) and predictor:
-            return ", ".join(f"{k}={v}" for k, v in predictor.items() if not isinstance(v, (dict, list)))
-        return text(self.get("latency.prediction_source", "predictor"))
+        predicted = self.manifest.latency.predicted
+        return text(predicted.source) if predicted else None
+
+    @property
+    def measurement_source(self) -> str | None:
+        """How the latency was measured (with its statistic and clock where recorded), or why it was not."""
+        latency = self.manifest.latency
+        if latency.measured is None:
+            return text(latency.not_measured)
+        how = ", ".join(f"{k} {v}" for k, v in (("statistic", latency.measured.statistic),
+                                                 ("clock", latency.measured.clock)) if v)
+        return f"{latency.measured.source} ({how})" if how else latency.measured.source
 
     @property
     def widths(self) -> tuple[dict, dict] | None:
         """(kept, dense) widths per channel group, or None when the manifest has no widths."""
-        kept, dense = self.get("per_group_widths"), self.get("dense_group_widths")
+        kept, dense = self.manifest.pruning.per_group_widths, self.manifest.pruning.dense_group_widths
         return (kept, dense) if isinstance(kept, dict) and isinstance(dense, dict) and kept else None
 
 
@@ -186,6 +189,23 @@ def sweep_point(row: dict, source: str, fingerprint_id: str | None = None) -> Sw
     return SweepPoint(source=source, fingerprint_id=fingerprint_id, **numeric, criterion=text(pick("criterion")),
                       allocator=text(pick("allocator")), model=text(pick("model")), target=text(pick("target")),
                       stage_wall_s={k: number(v) for k, v in stages.items()})
+
+
+def manifest_point(record: ManifestRecord) -> SweepPoint | None:
+    """The sweep point a manifest built for a latency budget stands for (None: not built for a budget)."""
+    m = record.manifest
+    if m.budget is None or number(m.budget.budget_ms) is None:
+        return None
+    accuracy = m.accuracy or Accuracy()
+    return SweepPoint(
+        source=record.source, fingerprint_id=record.fingerprint_id, budget_ms=number(m.budget.budget_ms),
+        predicted_latency_ms=record.predicted_latency_ms, measured_latency_ms=record.measured_latency_ms,
+        dense_latency_ms=number(m.latency.dense.ms) if m.latency.dense else None,
+        macs=number(m.pruning.macs), params=number(m.pruning.params),
+        accuracy_before_recovery=number(accuracy.before_recovery), accuracy=number(accuracy.pruned),
+        criterion=text(m.budget.criterion), allocator=text(m.budget.allocator), model=record.model,
+        target=text(m.target), stage_wall_s={k: number(v) for k, v in (m.budget.wall_s or {}).items()
+                                             if number(v) is not None})
 
 
 def is_sweep_row(row) -> bool:

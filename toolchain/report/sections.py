@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from toolchain.manifest import BUDGET_BAND_LOW
 from toolchain.report import plots
 from toolchain.report.document import MISSING, Figure, Missing, Paragraph, Section, Table, cell
 from toolchain.report.provenance import FingerprintLabels
 from toolchain.report.readers import RunInputs
-from toolchain.report.records import Manifest, SweepPoint, number, sweep_point
+from toolchain.report.records import ManifestRecord, SweepPoint, manifest_point, number
 
 
 def _series_name(point: SweepPoint) -> str:
@@ -38,8 +39,7 @@ def sweep_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
     title = "Latency-budget sweep"
     origin = "sweep result"
     if not points:  # no sweep file: the pruned folders / bundles built for a budget are the points
-        points = tuple(sweep_point(m.data, m.source, m.fingerprint_id) for m in inputs.manifests
-                       if number(m.get("budget_ms")) is not None)
+        points = tuple(p for p in map(manifest_point, inputs.manifests) if p is not None)
         origin = "manifest built for a latency budget (no sweep result file was found)"
     if not points:
         return Section("sweep", title, (Missing("budget sweep results", "no sweep rows (JSON or CSV with a budget "
@@ -80,7 +80,8 @@ def sweep_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
                          _pct(sum(judged) / len(judged)) if judged else MISSING))
     blocks.append(Table(("allocator / criterion", "points", "with budget and measured latency", "in band",
                          "budget hit rate"), tuple(hit_rows),
-                        "Budget hit: measured latency within [0.90, 1.00] x budget. Points without a measured "
+                        f"Budget hit: measured latency within [{BUDGET_BAND_LOW:.2f}, 1.00] x budget. Points "
+                        "without a measured "
                         "latency are not counted as hits or misses."))
     pairs: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
     for p in points:
@@ -101,7 +102,7 @@ def sweep_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
                   *(cell(p.stage_wall_s.get(s), "{:.1f} s") for s in stages), labels.source(p.source, p.fingerprint_id))
                  for p in sorted(points, key=lambda p: (_series_name(p), p.budget_ms or math.inf)))
     blocks.append(Table(("allocator / criterion", "budget", "predicted latency (predicted)", "measured latency",
-                         "in [0.9, 1] x budget", "accuracy before recovery", "accuracy after recovery",
+                         f"in [{BUDGET_BAND_LOW:g}, 1] x budget", "accuracy before recovery", "accuracy after recovery",
                          "MACs", "params",
                          *(f"{s} wall time" for s in stages), "source"), rows, "Every sweep point."))
     return Section("sweep", title, tuple(blocks))
@@ -194,9 +195,30 @@ def kernel_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
     return Section("kernels", title, tuple(blocks))
 
 
-def _ratio(manifest: Manifest, key: str) -> str:
-    value, dense = number(manifest.get(key)), number(manifest.get(f"dense_{key}"))
+def _ratio(value, dense) -> str:
+    value, dense = number(value), number(dense)
     return f"{value:,.0f} ({value / dense:.1%})" if value is not None and dense else cell(value, "{:,.0f}")
+
+
+def _predicted_label(source: str | None) -> str:
+    """'predicted by lpnet (...)' as it is; an older manifest's bare source gets the 'predicted:' label."""
+    source = source or "source not recorded"
+    return source if source.startswith("predicted") else f"predicted: {source}"
+
+
+def _bundle_row(record: ManifestRecord, labels: FingerprintLabels) -> tuple[str, ...]:
+    m, predicted = record.manifest, record.predicted_latency_ms
+    measured = m.latency.measured if record.measured_latency_ms is not None else None  # with its statistic
+    accuracy, budget = m.accuracy, m.budget
+    return (record.source.removesuffix("/manifest.json").removesuffix("manifest.json") or ".",
+            cell(record.model), cell(record.target), _ms(number(budget.budget_ms) if budget else None),
+            _ms(record.measured_latency_ms) + (f" ({measured.statistic})" if measured and measured.statistic else ""),
+            f"{predicted:.4f} ms ({_predicted_label(record.prediction_source)})" if predicted is not None else MISSING,
+            _pct(number(accuracy.pruned) if accuracy else None), _pct(number(accuracy.dense) if accuracy else None),
+            cell(accuracy.data if accuracy else None),
+            _ratio(m.pruning.params, m.pruning.dense_params), _ratio(m.pruning.macs, m.pruning.dense_macs),
+            cell(budget.criterion if budget else None), cell(budget.allocator if budget else None),
+            labels.source(record.source, record.fingerprint_id))
 
 
 def bundles_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
@@ -205,19 +227,11 @@ def bundles_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
         return Section("bundles", title, (Missing("deploy bundles", "no manifest.json under the given folders; run "
                                                   "`make deploy` or `toolchain deploy`"),))
     rows = []
-    for m in sorted(inputs.manifests, key=lambda m: m.source):
-        predicted = m.predicted_latency_ms
-        rows.append((m.source.removesuffix("/manifest.json").removesuffix("manifest.json") or ".",
-                     cell(m.get("model")), cell(m.target), _ms(number(m.get("budget_ms"))), _ms(m.measured_latency_ms),
-                     f"{predicted:.4f} ms (predicted: {m.prediction_source or 'source not recorded'})"
-                     if predicted is not None else MISSING,
-                     _pct(number(m.get("accuracy"))), _pct(number(m.get("dense_accuracy"))),
-                     cell(m.get("accuracy_data")),
-                     _ratio(m, "params"), _ratio(m, "macs"), cell(m.get("criterion")), cell(m.get("allocator")),
-                     labels.source(m.source, m.fingerprint_id)))
-    not_measured = sorted({m.get("latency.measured_note") for m in inputs.manifests if m.measured_latency_ms is None
-                           and m.get("latency.measured_note")})
-    blocks: list = [Table(("bundle", "model", "target", "budget", "measured latency", "predicted latency",
+    for record in sorted(inputs.manifests, key=lambda m: m.source):
+        rows.append(_bundle_row(record, labels))
+    not_measured = sorted({m.manifest.latency.not_measured for m in inputs.manifests
+                           if m.measured_latency_ms is None and m.manifest.latency.not_measured})
+    blocks: list = [Table(("bundle", "model", "target", "budget", "measured latency (statistic)", "predicted latency",
                            "accuracy", "dense accuracy", "accuracy data", "params (of dense)", "MACs (of dense)",
                            "criterion", "allocator", "source"), tuple(rows))]
     blocks += [Paragraph(f"Why a bundle has no measured latency: {note}") for note in not_measured]
