@@ -32,11 +32,10 @@ from toolchain.allocate import AllocationProblem, BudgetConfig, LatencyModel, al
 from toolchain.allocate.macs import global_ranking
 from toolchain.budget_search import between_measured, bracket, nearest_untried, refinement
 from toolchain.errors import OutdatedArtifactError, ToolchainError
-from toolchain.evaluate import accuracy
 from toolchain.graph import PruningGraph, count_macs_params
 from toolchain.inputs import ModelInputs, make_inputs, specs_from_key, specs_key, specs_of, vocab_size_of
 from toolchain.pruning import PruneConfig, PruneResult, prune
-from toolchain.recover import distill, recalibrate_batchnorm
+from toolchain.recover import RecoveryConfig, recover
 from toolchain.saliency import SaliencyConfig, score_groups_report
 from toolchain.saliency.probe import masked_loss, probe_sensitivity
 
@@ -287,16 +286,7 @@ def prune_to_budget(dense: nn.Module, example_input: ModelInputs, config: Budget
                               "heldout_error": predictor.heldout_error}}
     clock = time.perf_counter()
     if data is not None:
-        step("re-calibrating BatchNorm and evaluating")
-        manifest["dense_accuracy"] = accuracy(dense, data.test)
-        manifest["accuracy_before_recovery"] = accuracy(result.model, data.test)
-        recalibrate_batchnorm(result.model, data.calib)
-        manifest["accuracy"] = manifest["accuracy_after_bn_recalibration"] = accuracy(result.model, data.test)
-        if config.finetune_steps > 0:
-            step(f"fine-tuning with distillation ({config.finetune_steps} steps)")
-            distill(result.model, dense, data.train, config.finetune_steps)
-            manifest["accuracy"] = accuracy(result.model, data.test)
-        manifest["finetune_steps"] = config.finetune_steps
+        manifest.update(recover(result.model, dense, data, RecoveryConfig(config.finetune_steps), step))
     wall_s["recover"] = time.perf_counter() - clock
     manifest["wall_s"] = {k: round(v, 2) for k, v in wall_s.items()}
     return replace(result, manifest=manifest)
