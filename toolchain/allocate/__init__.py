@@ -50,6 +50,7 @@ class BudgetConfig:
     refine_rounds: int = 2  # lpnet/knapsack: exchange rounds on the joint calibration loss (0: none)
     finetune_steps: int = 0  # distillation steps after BN re-calibration (0: low-data, no fine-tuning)
     protect: tuple[str, ...] = ()
+    unreachable_pause_s: float = 2.0  # pause before each extra timing of the narrowest model measured over budget
 
     def __post_init__(self) -> None:
         if (self.budget_ms is None) == (self.budget_ratio is None):
