@@ -33,9 +33,10 @@ def test_recover_recalibrates_then_distils_and_says_what_it_did(small_mnist, fin
     assert not pruned.training  # handed back in eval mode, ready to export
 
 
+@pytest.mark.slow
 def test_a_ratio_prune_in_the_pipeline_is_recovered_by_the_same_function(tmp_path):
-    from toolchain.deploy import PipelineConfig, write_pruned_folder
     from toolchain.inputs import make_inputs
+    from toolchain.pipeline import PipelineConfig, write_pruned_folder
 
     manifest = write_pruned_folder(PipelineConfig(model="zoo:demo", out=tmp_path / "pruned"))  # MNIST-5k, ratio 0.5
     dense, specs = resolve_model("zoo:demo")

@@ -10,8 +10,8 @@ import pytest
 
 from toolchain.bundle import BundleConfig, default_out, roofline_prior_ms, write_bundle
 from toolchain.cli import main
-from toolchain.deploy import PipelineConfig
 from toolchain.errors import ToolchainError
+from toolchain.pipeline import PipelineConfig
 from toolchain.pruning import PruneConfig
 from toolchain.targets.devices import get_device
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from toolchain.data import resolve_data
-from toolchain.deploy import PipelineConfig, Step, write_pruned_folder
 from toolchain.errors import ToolchainError
+from toolchain.pipeline import PipelineConfig, Step, write_pruned_folder
 from toolchain.targets import RpcEndpoint
 from toolchain.targets.devices import DeviceProfile, get_device
 

@@ -113,7 +113,7 @@ def _pipeline_options(func):
 
 def _run_pipeline(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, protect, data, out, as_json,
                   target="cpu", budget=None):
-    from toolchain.deploy import PipelineConfig, write_pruned_folder
+    from toolchain.pipeline import PipelineConfig, write_pruned_folder
     from toolchain.pruning import PruneConfig
 
     config = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, inputs=inputs,
@@ -248,7 +248,7 @@ def deploy_cmd(model, weights, input_shape, inputs, trust_pickle, ratio, round_t
                as_json) -> None:
     """Prune for a target, export, verify, and write the deploy bundle with its manifest."""
     from toolchain.bundle import BundleConfig, default_out, latency_summary, write_bundle
-    from toolchain.deploy import PipelineConfig
+    from toolchain.pipeline import PipelineConfig
     from toolchain.pruning import PruneConfig
     from toolchain.targets.devices import get_device
 

@@ -35,7 +35,15 @@ from toolchain.errors import ToolchainError
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    """A pruning-under-a-budget job: exactly one of `budget_ms` / `budget_ratio` (of dense measured latency)."""
+    """A pruning-under-a-budget job: exactly one of `budget_ms` / `budget_ratio` (of dense measured latency).
+
+    >>> config = toolchain.BudgetConfig(budget_ratio=0.5, criterion="taylor", allocator="lpnet")
+    >>> (config.lower_ratio, config.aim_ratio, config.max_iterations)   # the band, the first aim, the tries
+    (0.9, 0.95, 8)
+    >>> toolchain.BudgetConfig(budget_ms=2.0, budget_ratio=0.5)
+    Traceback (most recent call last):
+    toolchain.errors.ToolchainError: give exactly one of --budget-ms or --budget-ratio
+    """
 
     budget_ms: float | None = None
     budget_ratio: float | None = None

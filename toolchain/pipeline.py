@@ -1,5 +1,7 @@
-"""Writing output folders: a verified pruned model (`model.onnx`, `arch.json`,
-`weights.safetensors`, `manifest.json`), built in a temporary folder and renamed into place.
+"""The prune pipeline: model -> prune (ratio or budget) -> recover -> verify -> export -> output folder.
+
+A verified pruned model (`model.onnx`, `arch.json`, `weights.safetensors`, `manifest.json`) is built in a
+temporary folder and renamed into place. `toolchain.deploy` runs it for a device (`toolchain.bundle`).
 
 >>> folder = write_pruned_folder(PipelineConfig(model="zoo:demo", out=Path("dist/demo")))   # doctest: +SKIP
 """
