@@ -64,3 +64,12 @@ def test_the_narrowest_model_over_budget_ends_the_search_after_timings_paused_by
         search.observe(search.measure(trial))
     assert trial.outcome == UNREACHABLE and search.trials == [trial]
     assert len(timed) == 4 and len(trial.timings_ms) == 4  # the first timing, one at once, two after pauses
+
+
+def test_the_trial_module_examples_run():
+    import doctest
+
+    import toolchain.budget_trial
+
+    results = doctest.testmod(toolchain.budget_trial)
+    assert results.failed == 0 and results.attempted >= 4

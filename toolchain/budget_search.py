@@ -187,7 +187,7 @@ class BudgetSearch:
     geometric bisection once targets on both sides of the band are known). After the first miss the next
     widths come from the measurements (`between_measured`, `refinement`) when they have something new.
 
-    >>> search = BudgetSearch(problem, config, budget_ms, dense_ms, build, measure_ms, x)        # doctest: +SKIP
+    >>> search = BudgetSearch(problem, config, budget_ms, dense_ms, build, measurer, x)          # doctest: +SKIP
     >>> while (trial := search.propose()) is not None:                                         # doctest: +SKIP
     ...     search.observe(search.measure(trial))
     """
