@@ -10,6 +10,8 @@ from torch.utils.data import Subset
 
 from toolchain.allocate import BudgetConfig
 from toolchain.budget import PredictorInfo, prune_to_budget
+from toolchain.budget_providers import BudgetProviders, using_providers
+from toolchain.budget_trial import Trial
 from toolchain.data import DataSplits, load_mnist5k
 from toolchain.errors import ToolchainError
 from toolchain.models import resolve_model
@@ -65,6 +67,17 @@ def predictor(fixed_ms: float = 0.1) -> PredictorInfo:
     return PredictorInfo(LinearLatency(fixed_ms), "synthetic", None, {})
 
 
+def fake_providers(measure_ms, label: str = "cpu/fake/1t") -> BudgetProviders:
+    """A synthetic predictor and a fake target as a budget run's providers."""
+    return BudgetProviders(lambda *_args: predictor(0.1), measure_ms, label)
+
+
+def measured(measured_ms: float, predictor_ms: float, widths: dict[str, int]) -> Trial:
+    """An earlier trial of the search, as the helpers of toolchain.budget_search see it."""
+    return Trial(widths, "allocator:test", aim_ms=0.0, predictor_ms=predictor_ms, predicted_ms=predictor_ms,
+                 measured_ms=measured_ms)
+
+
 def test_misses_are_tightened_until_the_measured_latency_meets_the_budget(demo):
     model, x = demo
     measure_ms, calls = fake_target(fixed_ms=1.0)  # the target has a larger fixed cost than predicted
@@ -108,23 +121,24 @@ def test_the_walk_between_measured_models_interpolates_one_group_step_at_a_time(
     problem = AllocationProblem(groups, curves={}, latency=None)
     low, high = {"a": 16, "b": 8}, {"a": 48, "b": 24}  # a: 4 steps up, b: 2 steps up
     config = BudgetConfig(budget_ms=1.0)
-    between = between_measured(problem, config, 1.0, [(0.8, 0.0, low), (1.2, 0.0, high)])
+    between = between_measured(problem, config, 1.0, [measured(0.8, 0.0, low), measured(1.2, 0.0, high)])
     # aim 0.95 ms is 37.5% of the way from 0.8 to 1.2 ms: 2 of the 6 steps, one of each group (b's first step
     # sits at a quarter of the path, a's first at an eighth)
     assert between == {"a": 24, "b": 16}
     # a disturbed timing of the secant's point (1.5 ms, above the band) does not end the walk: the untried
     # point nearest to it comes next
-    disturbed = [(0.8, 0.0, low), (1.2, 0.0, high), (1.5, 0.0, between)]
+    disturbed = [measured(0.8, 0.0, low), measured(1.2, 0.0, high), measured(1.5, 0.0, between)]
     assert between_measured(problem, config, 1.0, disturbed) == {"a": 24, "b": 8}
     # a point of the walk measured below its lower end becomes the new lower end (latency is not monotone
     # along a walk; keeping the slower end made walks stall next to their first secant point)
-    dipped = [(0.8, 0.0, low), (1.2, 0.0, high), (0.7, 0.0, {"a": 24, "b": 16})]
+    dipped = [measured(0.8, 0.0, low), measured(1.2, 0.0, high), measured(0.7, 0.0, {"a": 24, "b": 16})]
     assert between_measured(problem, config, 1.0, dipped) == {"a": 40, "b": 16}
     # and a point measured above the band, but slower than the upper end, becomes the new upper end
-    peaked = [(0.8, 0.0, low), (1.2, 0.0, high), (1.25, 0.0, {"a": 32, "b": 16})]
+    peaked = [measured(0.8, 0.0, low), measured(1.2, 0.0, high), measured(1.25, 0.0, {"a": 32, "b": 16})]
     assert between_measured(problem, config, 1.0, peaked) == {"a": 24, "b": 8}
-    assert between_measured(problem, config, 1.0, [(0.8, 0.0, low)]) is None  # nothing above the band yet
-    assert between_measured(problem, config, 1.0, [(0.8, 0.0, low), (1.2, 0.0, {"a": 24, "b": 8})]) is None
+    assert between_measured(problem, config, 1.0, [measured(0.8, 0.0, low)]) is None  # nothing above the band yet
+    assert between_measured(problem, config, 1.0,
+                            [measured(0.8, 0.0, low), measured(1.2, 0.0, {"a": 24, "b": 8})]) is None
 
 
 def test_the_nearest_untried_neighbour_pays_for_a_step_up_with_a_step_down():
@@ -142,11 +156,11 @@ def test_the_nearest_untried_neighbour_pays_for_a_step_up_with_a_step_down():
     config = BudgetConfig(budget_ms=1.0)
     # predicted 0.72 ms, measured 0.85 (calibration x1.18): a up one step overshoots (1.04 ms), b up one step
     # falls short (0.897 ms); a up and b down lands in the band (0.99 ms)
-    measured = [(0.85, 0.72, {"a": 32, "b": 16})]
-    assert nearest_untried(problem, config, 1.0, measured) == {"a": 40, "b": 8}
+    trials = [measured(0.85, 0.72, {"a": 32, "b": 16})]
+    assert nearest_untried(problem, config, 1.0, trials) == {"a": 40, "b": 8}
     # once that was measured (and missed), the untried neighbour predicted nearest the aim (0.95 ms)
-    measured.append((0.85, 0.84, {"a": 40, "b": 8}))
-    assert nearest_untried(problem, config, 1.0, measured) == {"a": 32, "b": 24}
+    trials.append(measured(0.85, 0.84, {"a": 40, "b": 8}))
+    assert nearest_untried(problem, config, 1.0, trials) == {"a": 32, "b": 24}
 
 
 def test_a_model_measured_over_budget_is_timed_again_before_the_miss_counts(demo):
@@ -168,8 +182,7 @@ def test_a_model_measured_over_budget_is_timed_again_before_the_miss_counts(demo
     assert len(manifest["iterations"]) == 1 and len(calls) == 3  # dense, the try, its second timing
 
 
-def test_unreachable_budget_names_the_narrowest_measured_latency(demo, monkeypatch):
-    monkeypatch.setattr("toolchain.budget.UNREACHABLE_PAUSE_S", 0.0)
+def test_unreachable_budget_names_the_narrowest_measured_latency(demo):
     model, x = demo
     measure_ms, _ = fake_target(fixed_ms=1.0)
     timed = []  # the widths of every model timed
@@ -179,8 +192,8 @@ def test_unreachable_budget_names_the_narrowest_measured_latency(demo, monkeypat
         return measure_ms(m, example_input)
 
     with pytest.raises(ToolchainError, match=r"unreachable.*narrowest allowed model measures \d+\.\d+ ms"):
-        prune_to_budget(model, x, BudgetConfig(budget_ms=1.2, criterion="l1", allocator="knapsack"),
-                        predictor(0.1), recording)
+        prune_to_budget(model, x, BudgetConfig(budget_ms=1.2, criterion="l1", allocator="knapsack",
+                                               unreachable_pause_s=0.0), predictor(0.1), recording)
     # the verdict rests on four timings of the narrowest model: the first, one at once, two after pauses
     assert len(set(timed[-4:])) == 1 and timed[-5] != timed[-1]
 
@@ -229,19 +242,24 @@ def test_with_data_the_manifest_has_accuracies_and_recovery(demo):
     assert set(manifest["wall_s"]) >= {"saliency", "allocate_and_measure", "recover"}
 
 
-class _FakeTarget:
-    label = "cpu/fake/1t"
-
-
 @pytest.fixture
-def fake_budget_backend(monkeypatch):
+def fake_budget_backend():
     """The CLI's budget path with a synthetic predictor and a deterministic fake target."""
-    import toolchain.budget as budget
-
     measure_ms, _ = fake_target(fixed_ms=0.1)
-    monkeypatch.setattr(budget, "find_or_build_predictor", lambda *args, **kwargs: predictor(0.1))
-    monkeypatch.setattr(budget, "target_measure", lambda spec: measure_ms)
-    monkeypatch.setattr(budget, "resolve_target", lambda spec: _FakeTarget())
+    with using_providers(fake_providers(measure_ms)):
+        yield
+
+
+def test_a_budget_job_runs_on_the_providers_it_is_given(demo):
+    from toolchain.budget import BudgetJob
+
+    model, x = demo
+    measure_ms, calls = fake_target(fixed_ms=0.1)
+    job = BudgetJob(BudgetConfig(budget_ms=2.5, criterion="l1", allocator="uniform"),
+                    providers=fake_providers(measure_ms, label="board/fake"))
+    manifest = job.run("zoo:demo", model, x, None, lambda _: None).manifest
+    assert manifest["latency_target"]["label"] == "board/fake"
+    assert manifest["measured_latency_ms"] <= 2.5 and len(calls) == 1 + len(manifest["iterations"])
 
 
 def test_cli_prune_with_a_budget_writes_the_latency_fields(tmp_path, capsys, fake_budget_backend):
@@ -297,8 +315,9 @@ def test_baselines_are_refined_only_once_measurements_bracket_the_band():
     problem = AllocationProblem(groups, curves, TwoGroupLatency())
     config = BudgetConfig(budget_ms=1.0, allocator="macs")
     # below the band at 16/16 (0.50 ms predicted), above it at 24/16 (0.66 ms): adjacent, nothing between
-    measured = [(0.85, 0.50, {"stem.0": 16, "layer1.0.conv1": 16}), (1.1, 0.66, {"stem.0": 24, "layer1.0.conv1": 16})]
-    assert refinement(problem, config, 1.0, measured) is None  # a baseline keeps its own rule...
-    refined = refinement(problem, config, 1.0, measured, bracketed=True)  # ...until the bracket is exhausted
+    trials = [measured(0.85, 0.50, {"stem.0": 16, "layer1.0.conv1": 16}),
+              measured(1.1, 0.66, {"stem.0": 24, "layer1.0.conv1": 16})]
+    assert refinement(problem, config, 1.0, trials) is None  # a baseline keeps its own rule...
+    refined = refinement(problem, config, 1.0, trials, bracketed=True)  # ...until the bracket is exhausted
     # calibrated at the measured 0.85 ms, the aim (0.95 ms) is 0.559 predicted ms: one step of the cheap group
     assert refined == {"stem.0": 16, "layer1.0.conv1": 24}

@@ -11,9 +11,9 @@ import pytest
 from toolchain import defaults
 from toolchain.bundle import BundleConfig, default_out, roofline_prior_ms, write_bundle
 from toolchain.cli import main
-from toolchain.deploy import PipelineConfig
 from toolchain.errors import ToolchainError
 from toolchain.manifest import Manifest
+from toolchain.pipeline import PipelineConfig
 from toolchain.pruning import PruneConfig
 from toolchain.targets.devices import get_device
 

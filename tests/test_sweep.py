@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from tests.test_budget import fake_target, predictor
+from tests.test_budget import fake_providers, fake_target
 from toolchain.cli import main
 from toolchain.errors import ToolchainError
 from toolchain.sweep import SweepConfig, parse_budgets, read_rows, run_sweep
@@ -20,9 +21,9 @@ def test_parse_budgets():
             parse_budgets(bad)
 
 
-def _config(out) -> SweepConfig:
+def _config(out, measure_ms) -> SweepConfig:
     return SweepConfig(model="zoo:demo", out=out, budgets=(0.5, 0.8), criteria=("l1", "random"),
-                       allocators=("uniform", "knapsack"), data="none")
+                       allocators=("uniform", "knapsack"), data="none", providers=fake_providers(measure_ms))
 
 
 def test_sweep_resumes_after_an_interruption(tmp_path):
@@ -36,12 +37,12 @@ def test_sweep_resumes_after_an_interruption(tmp_path):
         return measure_ms(model, x)
 
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(_config(tmp_path), predictor=predictor(0.1), measure_ms=interrupted)
+        run_sweep(_config(tmp_path, interrupted))
     first = {row["key"]: row for row in read_rows(tmp_path)}
     assert 0 < len(first) < 8
 
     resumed_measure, resumed_calls = fake_target(fixed_ms=0.1)
-    rows = run_sweep(_config(tmp_path), predictor=predictor(0.1), measure_ms=resumed_measure)
+    rows = run_sweep(_config(tmp_path, resumed_measure))
     assert len(rows) == 8  # 2 budgets x 2 criteria x 2 allocators, each once
     assert len({row["key"] for row in rows}) == 8
     for key, row in first.items():  # finished points were not run again
@@ -60,14 +61,14 @@ def test_sweep_resumes_after_an_interruption(tmp_path):
 @pytest.mark.parametrize("cut_at", ["mid-row", "before the newline"])
 def test_a_row_torn_by_a_kill_is_repaired_and_the_resumed_sweep_appends_cleanly(tmp_path, cut_at):
     measure_ms, _ = fake_target(fixed_ms=0.1)
-    run_sweep(_config(tmp_path), predictor=predictor(0.1), measure_ms=measure_ms)
+    run_sweep(_config(tmp_path, measure_ms))
     path = tmp_path / "rows.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)
     last = lines[-1]
     torn = last[: len(last) // 2] if cut_at == "mid-row" else last[:-1]
     path.write_bytes(b"".join(lines[:-1]) + torn)
     notes = []
-    rows = run_sweep(_config(tmp_path), predictor=predictor(0.1), measure_ms=measure_ms, step=notes.append)
+    rows = run_sweep(_config(tmp_path, measure_ms), step=notes.append)
     assert len(rows) == 8 and all(row["error"] is None for row in rows)
     assert all(json.loads(line) for line in path.read_text().splitlines()), "every line is a whole row"
     assert len(path.read_text().splitlines()) == 8
@@ -77,11 +78,10 @@ def test_a_row_torn_by_a_kill_is_repaired_and_the_resumed_sweep_appends_cleanly(
 def test_sweep_refuses_another_model_in_the_same_folder(tmp_path):
     measure_ms, _ = fake_target(fixed_ms=0.1)
     config = SweepConfig(model="zoo:demo", out=tmp_path, budgets=(0.8,), criteria=("l1",), allocators=("uniform",),
-                         data="none")
-    run_sweep(config, predictor=predictor(0.1), measure_ms=measure_ms)
+                         data="none", providers=fake_providers(measure_ms))
+    run_sweep(config)
     with pytest.raises(ToolchainError, match="another model"):
-        run_sweep(SweepConfig(model="zoo:resnet56_cifar", out=tmp_path, budgets=(0.8,), data="none"),
-                  predictor=predictor(0.1), measure_ms=measure_ms)
+        run_sweep(replace(config, model="zoo:resnet56_cifar"))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -4,15 +4,24 @@
 >>> result = toolchain.prune(toolchain.create_model("demo"), torch.randn(1, 1, 28, 28), ratio=0.5)
 >>> result.manifest["macs"] < result.manifest["dense_macs"]
 True
+
+Pruning under a latency budget measured on a target: `prune_to_budget` with a `BudgetConfig` (the
+predictor from `load_predictor`, or found or built by `BudgetJob`); the whole pipeline to a deploy
+bundle: `deploy`. Each public name's docstring has a worked example (tests/test_public_api.py runs them).
 """
 
+from toolchain.allocate import BudgetConfig
 from toolchain.archive import load_pruned
+from toolchain.budget import prune_to_budget
+from toolchain.deployment import deploy
 from toolchain.errors import ToolchainError
 from toolchain.graph import ChannelGroup, PruningGraph, count_macs_params
+from toolchain.latency.predictors import load_predictor
 from toolchain.models import create_model, list_models, resolve_model
 from toolchain.pruning import PruneConfig, PruneResult, prune
 
 __all__ = [
+    # ratio pruning and the model zoo
     "ChannelGroup",
     "PruneConfig",
     "PruneResult",
@@ -24,4 +33,9 @@ __all__ = [
     "load_pruned",
     "prune",
     "resolve_model",
+    # latency budgets on a target, and deployment
+    "BudgetConfig",
+    "deploy",
+    "load_predictor",
+    "prune_to_budget",
 ]

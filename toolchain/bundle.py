@@ -22,9 +22,9 @@ import torch
 
 from toolchain import defaults
 from toolchain.data import resolve_data
-from toolchain.deploy import PipelineConfig, Step, write_pruned_folder
 from toolchain.errors import ToolchainError
 from toolchain.manifest import Accuracy, Deployment, Latencies, Latency, Manifest
+from toolchain.pipeline import PipelineConfig, Step, write_pruned_folder
 from toolchain.targets import RpcEndpoint
 from toolchain.targets.devices import DeviceProfile, get_device
 

@@ -9,6 +9,9 @@ never overlap however many workers run.
 
 >>> rows = run_sweep(SweepConfig(model="zoo:demo", out=Path("runs/sweep-demo"), budgets=(0.5, 0.7),
 ...                              criteria=("l1", "taylor"), allocators=("lpnet", "uniform")))   # doctest: +SKIP
+
+`SweepConfig.providers` replaces the target's predictor and timings (fakes in tests); such a sweep runs in
+this process, since providers are not sent to worker processes.
 """
 
 from __future__ import annotations
@@ -26,16 +29,10 @@ from pathlib import Path
 import torch
 
 from toolchain.allocate import BudgetConfig
-from toolchain.budget import (
-    PROFILE_DB,
-    PredictorInfo,
-    TargetSpec,
-    find_or_build_predictor,
-    prune_to_budget,
-    score_model,
-)
+from toolchain.budget import PROFILE_DB, TargetSpec, prune_to_budget, score_model, target_providers
+from toolchain.budget_providers import BudgetProviders, Measurer, PredictorInfo
 from toolchain.errors import ToolchainError
-from toolchain.inputs import make_inputs, specs_key, vocab_size_of
+from toolchain.inputs import make_inputs, vocab_size_of
 from toolchain.manifest import BUDGET_BAND_LOW, Accuracy, Manifest
 from toolchain.output_folder import check_writable
 from toolchain.saliency import SaliencyConfig
@@ -66,6 +63,7 @@ class SweepConfig:
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     lower_ratio: float = BUDGET_BAND_LOW  # the hit band is [lower_ratio, 1] x budget
     db_path: str = PROFILE_DB  # measurement database for a predictor built on the fly
+    providers: BudgetProviders | None = field(default=None, compare=False)  # None: the target's
 
 
 def parse_budgets(text: str) -> tuple[float, ...]:
@@ -182,9 +180,10 @@ def _row(config: SweepConfig, budget_ratio: float, criterion: str, allocator: st
 
 
 def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float, str]], dense_ms: float,
-                   predictor: PredictorInfo | None = None, measure_ms: Callable | None = None) -> int:
-    """All points of one criterion (scores computed once); returns the number of rows written."""
-    from toolchain.budget import target_measure
+                   predictor: PredictorInfo | None = None, measurer: Measurer | None = None) -> int:
+    """All points of one criterion (scores computed once); returns the number of rows written. A worker
+    process is given neither `predictor` nor `measurer` and takes the target's (the predictor the parent
+    found or built is at `config.predictor` by then)."""
     from toolchain.data import check_data_fits, resolve_data
     from toolchain.models import resolve_model
 
@@ -194,9 +193,10 @@ def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float
     data = resolve_data(config.data, config.model)
     if data is not None:
         check_data_fits(dense, data, config.data or "mnist5k")
-    if predictor is None:
-        predictor = find_or_build_predictor(config.model, dense, specs_key(specs), config.target, config.predictor)
-    measure_ms = measure_ms or target_measure(config.target)
+    if predictor is None or measurer is None:
+        providers = target_providers(config.target, config.predictor, config.db_path)
+        predictor = providers.predictor(config.model, dense, example_input, lambda _: None)
+        measurer = providers.measurer
     scored = score_model(dense, example_input, criterion, (), data, config.saliency)
     for budget_ratio, allocator in points:
         start_s = time.perf_counter()
@@ -204,8 +204,8 @@ def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float
                               finetune_steps=config.finetune_steps, refine_rounds=config.refine_rounds,
                               lower_ratio=config.lower_ratio)
         try:
-            result = prune_to_budget(dense, example_input, budget, predictor, measure_ms, data, config.saliency,
-                                     scored=scored, dense_latency_ms=dense_ms)
+            result = prune_to_budget(dense, example_input, budget, predictor, measurer, data=data,
+                                     saliency=config.saliency, scored=scored, dense_latency_ms=dense_ms)
             manifest, error = result.manifest, None
         except ToolchainError as exc:
             manifest, error = None, str(exc)
@@ -214,11 +214,8 @@ def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float
     return len(points)
 
 
-def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None,
-              predictor: PredictorInfo | None = None, measure_ms: Callable | None = None) -> list[dict]:
-    """Run every point not yet in `config.out`; returns all rows. `predictor`/`measure_ms` are for tests
-    (in-process only: they are not sent to worker processes)."""
-    from toolchain.budget import target_measure
+def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None) -> list[dict]:
+    """Run every point not yet in `config.out`; returns all rows."""
     from toolchain.models import resolve_model
 
     out = Path(config.out)
@@ -232,16 +229,15 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None,
         if previous.get("identity") != json.loads(json.dumps(identity)):
             raise ToolchainError(f"{out} holds a sweep of another model/target/data; choose another --out")
     dense, specs = resolve_model(config.model, config.weights, config.input_shape)
-    if predictor is None:
-        step("finding or building the latency predictor")
-        predictor = find_or_build_predictor(config.model, dense, specs_key(specs), config.target, config.predictor,
-                                            db_path=config.db_path, step=step)
-        config = replace(config, predictor=predictor.artifact)
+    example_input = make_inputs(specs, vocab_size_of(dense))
+    providers = config.providers or target_providers(config.target, config.predictor, config.db_path)
+    step("finding or building the latency predictor")
+    predictor = providers.predictor(config.model, dense, example_input, step)
+    config = replace(config, predictor=predictor.artifact)
     dense_ms = json.loads(meta_path.read_text()).get("dense_latency_ms") if meta_path.is_file() else None
     if dense_ms is None:
         step("measuring the dense model")
-        example_input = make_inputs(specs, vocab_size_of(dense))
-        dense_ms = (measure_ms or target_measure(config.target))(dense, example_input)
+        dense_ms = providers.measurer(dense, example_input)
     meta_path.write_text(json.dumps({"identity": identity, "dense_latency_ms": dense_ms,
                                      "predictor": predictor.artifact, "heldout_error": predictor.heldout_error},
                                     indent=1) + "\n")
@@ -258,12 +254,12 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None,
         tasks = [(c, [p for p in points if p[1] == a]) for c, points in tasks for a in config.allocators
                  if any(p[1] == a for p in points)]
     step(f"{sum(len(p) for _, p in tasks)} points to run ({len(done)} already done)")
-    if config.workers > 1 and measure_ms is None and len(tasks) > 1:
+    if config.workers > 1 and config.providers is None and len(tasks) > 1:
         with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(_run_criterion, config, c, p, dense_ms) for c, p in tasks]
             for future in futures:
                 future.result()
     else:
         for criterion, points in tasks:
-            _run_criterion(config, criterion, points, dense_ms, predictor, measure_ms)
+            _run_criterion(config, criterion, points, dense_ms, predictor, providers.measurer)
     return write_tables(out)

@@ -36,7 +36,15 @@ from toolchain.manifest import BUDGET_BAND_LOW
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    """A pruning-under-a-budget job: exactly one of `budget_ms` / `budget_ratio` (of dense measured latency)."""
+    """A pruning-under-a-budget job: exactly one of `budget_ms` / `budget_ratio` (of dense measured latency).
+
+    >>> config = toolchain.BudgetConfig(budget_ratio=0.5, criterion="taylor", allocator="lpnet")
+    >>> (config.lower_ratio, config.aim_ratio, config.max_iterations)   # the band, the first aim, the tries
+    (0.9, 0.95, 8)
+    >>> toolchain.BudgetConfig(budget_ms=2.0, budget_ratio=0.5)
+    Traceback (most recent call last):
+    toolchain.errors.ToolchainError: give exactly one of --budget-ms or --budget-ratio
+    """
 
     budget_ms: float | None = None
     budget_ratio: float | None = None
@@ -51,6 +59,7 @@ class BudgetConfig:
     refine_rounds: int = 2  # lpnet/knapsack: exchange rounds on the joint calibration loss (0: none)
     finetune_steps: int = 0  # distillation steps after BN re-calibration (0: low-data, no fine-tuning)
     protect: tuple[str, ...] = ()
+    unreachable_pause_s: float = 2.0  # pause before each extra timing of the narrowest model measured over budget
 
     def __post_init__(self) -> None:
         if (self.budget_ms is None) == (self.budget_ratio is None):

@@ -41,7 +41,7 @@ def deploy(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, p
     """Prune for a target, export, verify, and write the deploy bundle with its manifest."""
     from toolchain.allocate import BudgetConfig
     from toolchain.bundle import BundleConfig, default_out, write_bundle
-    from toolchain.deploy import PipelineConfig
+    from toolchain.pipeline import PipelineConfig
     from toolchain.pruning import PruneConfig
     from toolchain.saliency import SaliencyConfig
     from toolchain.targets.devices import get_device

@@ -55,7 +55,7 @@ def prune(target, backend, threads, clock, statistic, budget_ms, budget_ratio, c
 def run_pipeline(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, protect, data, out, as_json,
                  target, budget, quiet) -> None:
     """Write the pruned folder and print its manifest (`--json`) or a summary."""
-    from toolchain.deploy import PipelineConfig, write_pruned_folder
+    from toolchain.pipeline import PipelineConfig, write_pruned_folder
     from toolchain.pruning import PruneConfig
 
     config = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, inputs=inputs,

@@ -151,7 +151,13 @@ def create_predictor(name: str, meta: ArtifactMeta) -> LatencyPredictor:
 def load_predictor(
     path: str | Path, target: str | None = None, backend: str | None = None, threads: int | None = None
 ) -> LatencyPredictor:
-    """Load an artifact written by `toolchain fit`; given a target, refuse an artifact for another one."""
+    """Load an artifact written by `toolchain fit`; given a target, refuse an artifact for another one.
+
+    >>> artifacts = Path(toolchain.latency.__file__).parent / "artifacts"          # bundled with the package
+    >>> predictor = toolchain.load_predictor(artifacts / "resnet18-cpu-onnxruntime-lpnet", target="cpu")
+    >>> predictor.name, predictor.meta.statistic, len(predictor.group_names)       # predicts min latency
+    ('lpnet', 'min', 12)
+    """
     meta, params, tensors = read_artifact(path)
     predictor = create_predictor(meta.predictor, meta)
     try:

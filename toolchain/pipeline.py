@@ -1,5 +1,7 @@
-"""Writing output folders: a verified pruned model (`model.onnx`, `arch.json`,
-`weights.safetensors`, `manifest.json`), built in a temporary folder and renamed into place.
+"""The prune pipeline: model -> prune (ratio or budget) -> recover -> verify -> export -> output folder.
+
+A verified pruned model (`model.onnx`, `arch.json`, `weights.safetensors`, `manifest.json`) is built in a
+temporary folder and renamed into place. `toolchain.deploy` runs it for a device (`toolchain.bundle`).
 
 >>> folder = write_pruned_folder(PipelineConfig(model="zoo:demo", out=Path("dist/demo")))   # doctest: +SKIP
 """
@@ -15,14 +17,13 @@ import torch
 from toolchain.archive import write_arch_and_weights
 from toolchain.budget import BudgetJob
 from toolchain.data import check_data_fits, resolve_data
-from toolchain.evaluate import accuracy
 from toolchain.export.onnx import export_onnx
 from toolchain.inputs import InputSpecs, ModelInputs, make_inputs, specs_to_json, vocab_size_of
 from toolchain.manifest import Manifest
 from toolchain.models import resolve_model
 from toolchain.output_folder import atomic_folder, check_output_folder, stamp_of, write_json
 from toolchain.pruning import PruneConfig, check_runs, prune
-from toolchain.recover import recalibrate_batchnorm
+from toolchain.recover import RecoveryConfig, recover
 
 MANIFEST = "manifest.json"
 
@@ -50,7 +51,8 @@ Extension = Callable[[Path, torch.nn.Module, ModelInputs, object, dict, Step], N
 
 
 def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, extend: Extension | None = None) -> dict:
-    """Prune, recover (BatchNorm re-calibration), export and verify; return the manifest.
+    """Prune, recover (`toolchain.recover`: by the budget run, or here after a ratio prune), export and
+    verify; return the manifest.
 
     `extend` adds target-specific artifacts (a TVM library, engine scripts) before the folder is
     renamed into place, so a failure there leaves nothing half-written either.
@@ -63,10 +65,6 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
     data = resolve_data(config.data, config.model)
     if data is not None:
         check_data_fits(dense, data, config.data or "mnist5k")
-    dense_accuracy = None
-    if data is not None:
-        step("evaluating the dense model")
-        dense_accuracy = accuracy(dense, data.test)
     step("pruning")
     if config.budget is not None:
         result = config.budget.run(config.model, dense, example_input, data, step)
@@ -76,13 +74,10 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
                 "target": config.target, **result.manifest, "inputs": specs_to_json(specs)}
     if config.budget is not None:
         manifest["ratio"] = None  # widths came from the budget, not from a uniform ratio
-    if data is not None and config.budget is not None:  # recovered and evaluated by the budget loop
-        manifest["accuracy_data"] = config.data or "mnist5k"
-    elif data is not None:
-        step("re-calibrating BatchNorm and evaluating")
-        recalibrate_batchnorm(result.model, data.calib)
-        manifest["dense_accuracy"] = dense_accuracy
-        manifest["accuracy"] = accuracy(result.model, data.test)
+    elif data is not None:  # a budget run recovers and evaluates its model itself
+        recovered = recover(result.model, dense, data, RecoveryConfig(), step)
+        manifest["dense_accuracy"], manifest["accuracy"] = recovered["dense_accuracy"], recovered["accuracy"]
+    if data is not None:
         manifest["accuracy_data"] = config.data or "mnist5k"
     with atomic_folder(config.out) as tmp:
         step("exporting ONNX and verifying it against PyTorch")

@@ -1,0 +1,59 @@
+"""`toolchain.deploy`: a model to a deploy bundle in one call, the pipeline `toolchain deploy` runs.
+
+model -> prune (ratio or latency budget) -> recover -> verify -> export (ONNX, TVM; TensorRT scripts for
+boards) -> bundle folder with its manifest (`toolchain.pipeline`, `toolchain.bundle`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from toolchain import defaults
+from toolchain.allocate import BudgetConfig
+from toolchain.budget import BudgetJob, TargetSpec, resolve_target
+from toolchain.bundle import BundleConfig, write_bundle
+from toolchain.errors import ToolchainError
+from toolchain.latency.campaign import resolve_clock
+from toolchain.pipeline import PipelineConfig, Step
+from toolchain.pruning import PruneConfig
+from toolchain.targets.devices import get_device
+
+
+def deploy(model: str, out: str | Path, how: PruneConfig | BudgetConfig | BudgetJob | None = None,
+           device: str | BundleConfig = defaults.TARGET, data: str | None = None,
+           step: Step = lambda _: None) -> dict:
+    """Prune `model` for `device`, recover, verify, export, and write its deploy bundle to `out`; the manifest.
+
+    `how`: a ratio prune (`PruneConfig`; None: the default one), or a latency budget (`BudgetConfig`: timed
+    on this host for device "cpu", on the board for a `BundleConfig` with `rpc`; a `BudgetJob` chooses the
+    timing or passes providers). `data`: "mnist5k", "cifar10:DIR", "file.py:function" or "none" (None:
+    MNIST-5k for zoo:demo).
+
+    >>> out = Path(tempfile.mkdtemp()) / "demo"
+    >>> manifest = toolchain.deploy("zoo:demo", out, toolchain.PruneConfig(ratio=0.5), device="cpu")
+    >>> manifest["macs"] < manifest["dense_macs"], (out / manifest["tvm"]["library"]).is_file()
+    (True, True)
+    """
+    how = how if how is not None else PruneConfig()
+    bundle = device if isinstance(device, BundleConfig) else BundleConfig(device=device)
+    job = _budget_job(how, bundle) if isinstance(how, (BudgetConfig, BudgetJob)) else None
+    prune = how if isinstance(how, PruneConfig) else PruneConfig(round_to=job.budget.round_to,
+                                                                 protect=job.budget.protect)
+    pipeline = PipelineConfig(model=model, out=Path(out), data=data, prune=prune,
+                              target=get_device(bundle.device).name, budget=job)
+    return write_bundle(bundle, pipeline, step)
+
+
+def _budget_job(how: BudgetConfig | BudgetJob, bundle: BundleConfig) -> BudgetJob:
+    """A budget is met by measuring on the target: this host for "cpu", otherwise the board over RPC."""
+    if isinstance(how, BudgetJob):
+        return how
+    device = get_device(bundle.device)
+    if device.name != "cpu" and bundle.rpc is None:
+        raise ToolchainError(f"a latency budget is met by measuring on the target; for {device.name} give the "
+                             "board (BundleConfig(rpc=...)), or prune by ratio (the bundle then labels its "
+                             "latency as predicted)")
+    # Timed as `toolchain deploy` times: the measurement policy's defaults, the clock resolved for the target.
+    spec = TargetSpec(defaults.TARGET, rpc=bundle.rpc, statistic=defaults.STATISTIC)
+    return BudgetJob(how, replace(spec, clock=resolve_clock(defaults.CLOCK, resolve_target(spec))))
