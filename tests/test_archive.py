@@ -123,3 +123,16 @@ def test_a_non_persistent_buffer_that_changed_shape_is_refused(tmp_path):
     dense.proj.register_buffer("scratch", torch.zeros(8), persistent=False)
     with pytest.raises(ToolchainError, match="non-persistent buffer 'scratch'"):
         write_arch_and_weights(tmp_path, result.model, dense, "unused", specs_of(torch.randn(2, 4)), result.widths)
+
+
+def test_modules_that_check_their_state_dict_version_reload(tmp_path):
+    """torchvision's MNASNet refuses a state dict without module versions, which a safetensors file lacks."""
+    pytest.importorskip("torchvision", reason="torchvision is not installed")
+    from toolchain.coverage import build
+
+    built = build("torchvision:mnasnet0_5", "small")
+    result = prune(built.model, built.inputs, ratio=0.5)
+    write_arch_and_weights(tmp_path, result.model, built.model, "unused", specs_of(built.inputs), result.widths)
+    rebuilt, _ = load_pruned(tmp_path, model=build("torchvision:mnasnet0_5", "small").model)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(built.inputs), result.model(built.inputs))

@@ -6,6 +6,7 @@ import importlib.util
 import pickle
 import sys
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -120,4 +121,8 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
             k = mismatched[0]
             parts.append(f"shape mismatch at {k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}")
         raise ToolchainError(f"weights {path} do not match the model: " + "; ".join(parts))
+    # A safetensors file has no module versions: give the model's own (torchvision's MNASNet refuses a state
+    # dict without them), as if the file had been written by this version of the model's code.
+    state = OrderedDict(state)
+    state._metadata = getattr(expected, "_metadata", None)  # type: ignore[attr-defined]
     model.load_state_dict(state, strict=True)
