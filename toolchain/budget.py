@@ -371,7 +371,8 @@ class measurement_lock:
 def target_measure(spec: TargetSpec) -> MeasureFn:
     """A `measure_ms(model, x)` timing on the target (ms by `spec.statistic`), compiled on one torch thread,
     under the lock."""
-    from toolchain.latency.measure import measure, torch_threads
+    from toolchain.latency.measure import measure
+    from toolchain.threads import torch_threads
 
     target = resolve_target(spec)
     config = spec.measure_config()

@@ -25,13 +25,14 @@ from toolchain.errors import ToolchainError
 from toolchain.inputs import InputSpecs, ModelInputs, make_inputs, specs_from_key, specs_key, vocab_size_of
 from toolchain.latency.features import COMPUTE_OPS, LayerSpec, layer_specs, total_macs
 from toolchain.latency.fingerprint import fingerprint_id, machine_fingerprint
-from toolchain.latency.measure import CLOCKS, MeasureConfig, Measurement, latency_ms, measure, torch_threads
+from toolchain.latency.measure import CLOCKS, MeasureConfig, Measurement, latency_ms, measure
 from toolchain.latency.rpc import with_retries
 from toolchain.latency.sampling import layer_grid_ratios, sample_width_configs
 from toolchain.latency.sentinel import SentinelCheck, time_chunk
 from toolchain.latency.store import MeasurementRow, MeasurementStore, config_key
 from toolchain.latency.variants import BuiltVariant, VariantBuilder, build_here, job_input
 from toolchain.targets import RpcEndpoint, Target, get_target
+from toolchain.threads import torch_threads
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from toolchain.errors import ToolchainError
 from toolchain.targets import Runner
@@ -41,17 +39,6 @@ def check_statistic(statistic: str) -> str:
 def latency_ms(record, statistic: str = "median") -> float:
     """The latency in ms by `statistic` of anything with `median_ms` / `min_ms` (a Measurement, a stored row)."""
     return getattr(record, f"{check_statistic(statistic)}_ms")
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with `count` torch threads (builds and training on a busy 2-core machine use 1)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)
