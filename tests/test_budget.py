@@ -237,11 +237,12 @@ class _FakeTarget:
 def fake_budget_backend(monkeypatch):
     """The CLI's budget path with a synthetic predictor and a deterministic fake target."""
     import toolchain.budget as budget
+    from toolchain.targets import Target
 
     measure_ms, _ = fake_target(fixed_ms=0.1)
     monkeypatch.setattr(budget, "find_or_build_predictor", lambda *args, **kwargs: predictor(0.1))
     monkeypatch.setattr(budget, "target_measure", lambda spec: measure_ms)
-    monkeypatch.setattr(budget, "resolve_target", lambda spec: _FakeTarget())
+    monkeypatch.setattr(Target, "resolve", lambda self: _FakeTarget())
 
 
 def test_cli_prune_with_a_budget_writes_the_latency_fields(tmp_path, capsys, fake_budget_backend):

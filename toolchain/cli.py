@@ -6,7 +6,6 @@ import contextlib
 import importlib
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -189,16 +188,16 @@ def prune_cmd(target, backend, threads, clock, statistic, budget_ms, budget_rati
     job = None
     if budget_ms is not None or budget_ratio is not None:
         from toolchain.allocate import BudgetConfig
-        from toolchain.budget import BudgetJob, TargetSpec
-        from toolchain.latency.campaign import resolve_clock
+        from toolchain.budget import BudgetJob
         from toolchain.saliency import SaliencyConfig
-        from toolchain.targets import get_target
+        from toolchain.targets import Target
 
-        clock = resolve_clock(clock, get_target(target, backend, threads))
+        measured_on = Target(target, backend, threads, clock, statistic, profile_samples=profile_samples)
+        measured_on.resolve()  # an unknown target or backend fails here, before the model is loaded
         job = BudgetJob(
             BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
                          round_to=kwargs["round_to"], finetune_steps=finetune_steps, protect=tuple(kwargs["protect"])),
-            TargetSpec(target, backend, threads, clock, statistic, profile_samples=profile_samples), predictor,
+            measured_on, predictor,
             SaliencyConfig(shapley_samples=shapley_samples), on_progress=_progress_bar(kwargs["as_json"]))
     _run_pipeline(**kwargs, target=target, budget=job)
 
@@ -258,11 +257,11 @@ def deploy_cmd(model, weights, input_shape, inputs, trust_pickle, ratio, round_t
     if rpc_tracker or rpc_key:
         from toolchain.latency.rpc import parse_tracker
         from toolchain.targets import RpcEndpoint
+        from toolchain.targets.devices import rpc_target_json
 
         if not (rpc_tracker and rpc_key):
             raise ToolchainError("--rpc-tracker and --rpc-key go together")
-        board_target = "" if device.name == "cpu" else json.dumps(dict(device.tvm_host_target))
-        rpc = RpcEndpoint(*parse_tracker(rpc_tracker), rpc_key, board_target)
+        rpc = RpcEndpoint(*parse_tracker(rpc_tracker), rpc_key, rpc_target_json(device))
     job = None
     if budget_ms is not None or budget_ratio is not None:
         if device.name != "cpu" and rpc is None:
@@ -270,15 +269,13 @@ def deploy_cmd(model, weights, input_shape, inputs, trust_pickle, ratio, round_t
                                  "board with --rpc-tracker/--rpc-key (RPC_TRACKER/RPC_KEY), or use --ratio (the "
                                  "bundle then labels its latency as predicted)")
         from toolchain.allocate import BudgetConfig
-        from toolchain.budget import BudgetJob, TargetSpec, resolve_target
-        from toolchain.commands.timing_options import DEFAULT_STATISTIC
-        from toolchain.latency.campaign import resolve_clock
+        from toolchain.budget import BudgetJob
+        from toolchain.targets import Target
 
-        # Timed as the benchmarks time: the thread-CPU clock here (wall on a board) and the minimum of agreeing
-        # attempts. With the wall clock and the median, the on-the-fly predictor learnt the host's slow spells
-        # and the final model's accuracy swung between fresh clones (26-71% on the demo).
-        spec = TargetSpec("cpu", rpc=rpc, statistic=DEFAULT_STATISTIC)
-        spec = replace(spec, clock=resolve_clock("auto", resolve_target(spec)))
+        # Timed as the benchmarks time (Target's defaults): the thread-CPU clock here (wall on a board) and the
+        # minimum of agreeing attempts. With the wall clock and the median, the on-the-fly predictor learnt the
+        # host's slow spells and the final model's accuracy swung between fresh clones (26-71% on the demo).
+        spec = Target("cpu", rpc=rpc)
         job = BudgetJob(BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion,
                                      allocator=allocator, round_to=round_to, finetune_steps=finetune_steps,
                                      protect=tuple(protect)),

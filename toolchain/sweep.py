@@ -26,18 +26,14 @@ from pathlib import Path
 import torch
 
 from toolchain.allocate import BudgetConfig
-from toolchain.budget import (
-    PROFILE_DB,
-    PredictorInfo,
-    TargetSpec,
-    find_or_build_predictor,
-    prune_to_budget,
-    score_model,
-)
+from toolchain.budget import prune_to_budget, score_model
 from toolchain.errors import ToolchainError
 from toolchain.inputs import make_inputs, specs_key, vocab_size_of
+from toolchain.latency.provision import PROFILE_DB, PredictorInfo, find_or_build_predictor
+from toolchain.latency.timing import target_measure
 from toolchain.output_folder import check_writable
 from toolchain.saliency import SaliencyConfig
+from toolchain.targets import Target
 
 ROWS = "rows.jsonl"
 COLUMNS = ("key", "model", "budget_ratio", "budget_ms", "criterion", "allocator", "predicted_latency_ms",
@@ -54,7 +50,7 @@ class SweepConfig:
     budgets: tuple[float, ...]  # shares of the dense model's measured latency
     criteria: tuple[str, ...] = ("l2",)
     allocators: tuple[str, ...] = ("lpnet",)
-    target: TargetSpec = TargetSpec()
+    target: Target = Target()
     data: str | None = None
     weights: str | None = None
     input_shape: tuple[int, ...] | None = None
@@ -179,7 +175,6 @@ def _row(config: SweepConfig, budget_ratio: float, criterion: str, allocator: st
 def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float, str]], dense_ms: float,
                    predictor: PredictorInfo | None = None, measure_ms: Callable | None = None) -> int:
     """All points of one criterion (scores computed once); returns the number of rows written."""
-    from toolchain.budget import target_measure
     from toolchain.data import check_data_fits, resolve_data
     from toolchain.models import resolve_model
 
@@ -213,7 +208,6 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None,
               predictor: PredictorInfo | None = None, measure_ms: Callable | None = None) -> list[dict]:
     """Run every point not yet in `config.out`; returns all rows. `predictor`/`measure_ms` are for tests
     (in-process only: they are not sent to worker processes)."""
-    from toolchain.budget import target_measure
     from toolchain.models import resolve_model
 
     out = Path(config.out)

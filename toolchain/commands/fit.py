@@ -9,12 +9,12 @@ import click
 from toolchain.commands.timing_options import statistic_option
 from toolchain.commands.validation import OPEN_FRACTION, THREADS, count
 from toolchain.latency.fitting import FitConfig, fit_predictor
-from toolchain.latency.predictors import list_predictors
+from toolchain.latency.predictors import list_predictor_kinds
 
 
 @click.command("fit")
 @click.option("--db", "db_path", default="runs/latency.db", show_default=True)
-@click.option("--predictor", "predictor_name", required=True, help=f"one of: {', '.join(list_predictors())}")
+@click.option("--predictor", "predictor_name", required=True, help=f"one of: {', '.join(list_predictor_kinds())}")
 @click.option("--model", "models", multiple=True, help="model spec(s) to train on (default: all in the database)")
 @click.option("--target", default="cpu", show_default=True)
 @click.option("--backend", default="onnxruntime", show_default=True)

@@ -14,32 +14,29 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from toolchain import defaults
 from toolchain.commands.input_options import input_option
 from toolchain.commands.timing_options import clock_option, statistic_option
 from toolchain.commands.validation import NON_NEGATIVE_MS, SHARE, THREADS, count
 from toolchain.inputs import specs_key
-from toolchain.latency.campaign import CampaignConfig, resolve_clock, run_campaign
+from toolchain.latency.campaign import CampaignConfig, run_campaign
 from toolchain.latency.measure import MeasureConfig
 from toolchain.latency.rpc import parse_tracker
 from toolchain.models.sources import source_examples
 from toolchain.shapes import parse_shape
-from toolchain.targets import RpcEndpoint, get_target
+from toolchain.targets import RpcEndpoint, get_target, resolve_clock
 
 
 def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str | None) -> str:
     """A remote device is reached through TVM RPC; its CPU target comes from the device table."""
-    import json
-
     from toolchain.errors import ToolchainError
-    from toolchain.targets.devices import get_device
+    from toolchain.targets.devices import get_device, rpc_target_json
 
     device = get_device(device_name)
-    if device.name == "cpu":
-        return ""
-    if not (rpc_tracker and rpc_key):
+    if device.name != "cpu" and not (rpc_tracker and rpc_key):
         raise ToolchainError(f"profiling {device.name} needs the board: give --rpc-tracker HOST:PORT and --rpc-key "
                              "(make profile TARGET=... RPC_TRACKER=... RPC_KEY=...)")
-    return json.dumps(dict(device.tvm_host_target))
+    return rpc_target_json(device)
 
 
 @click.command("profile")
@@ -67,11 +64,12 @@ def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str |
     type=count(0),
     help="configurations re-measured (3 replicates each) to estimate the noise floor",
 )
-@click.option("--warmup", default=5, show_default=True, type=count(0), help="warm-up runs per attempt")
-@click.option("--runs", default=25, show_default=True, type=count(1), help="timed runs per attempt")
+@click.option("--warmup", default=defaults.WARMUP_RUNS, show_default=True, type=count(0),
+              help="warm-up runs per attempt")
+@click.option("--runs", default=defaults.TIMED_RUNS, show_default=True, type=count(1), help="timed runs per attempt")
 @clock_option
 @statistic_option
-@click.option("--min-timed-ms", default=0.0, show_default=True, type=NON_NEGATIVE_MS,
+@click.option("--min-timed-ms", default=defaults.MIN_TIMED_MS, show_default=True, type=NON_NEGATIVE_MS,
               help="timed runs of an attempt span at least this long (more runs for small models)")
 @click.option("--build-workers", default=2, show_default=True, type=click.IntRange(min=1),
               help="processes building each chunk's variants before it is timed (never while timing)")

@@ -46,19 +46,18 @@ def sweep(model, weights, input_shape, data, target, backend, threads, clock, st
           finetune_steps, shapley_samples, profile_samples, predictor, workers, out) -> None:
     """Run every budget x criterion x allocator point; rows go to OUT/rows.csv and OUT/rows.json."""
     from toolchain.allocate import list_allocators
-    from toolchain.budget import TargetSpec
     from toolchain.cli import Steps
-    from toolchain.latency.campaign import resolve_clock
     from toolchain.saliency import SaliencyConfig, list_criteria
     from toolchain.sweep import SweepConfig, parse_budgets, run_sweep
-    from toolchain.targets import get_target
+    from toolchain.targets import Target
 
-    clock = resolve_clock(clock, get_target(target, backend, threads))
+    measured_on = Target(target, backend, threads, clock, statistic, profile_samples=profile_samples)
+    measured_on.resolve()  # an unknown target or backend fails here, before the model is loaded
     config = SweepConfig(
         model=model, out=out, budgets=parse_budgets(budgets),
         criteria=_names(criteria, list_criteria(), "criterion"),
         allocators=_names(allocators, list_allocators(), "allocator"),
-        target=TargetSpec(target, backend, threads, clock, statistic, profile_samples=profile_samples),
+        target=measured_on,
         data=data, weights=weights, input_shape=input_shape,
         finetune_steps=finetune_steps, workers=workers, predictor=predictor,
         saliency=SaliencyConfig(shapley_samples=shapley_samples))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import click
 
-from toolchain.latency.campaign import AUTO_CLOCK
 from toolchain.latency.measure import CLOCKS, STATISTICS
+from toolchain.targets import AUTO_CLOCK
 
 DEFAULT_STATISTIC = "min"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
@@ -31,7 +31,7 @@ from toolchain.latency.sampling import layer_grid_ratios, sample_width_configs
 from toolchain.latency.sentinel import SentinelCheck, time_chunk
 from toolchain.latency.store import MeasurementRow, MeasurementStore, config_key
 from toolchain.latency.variants import BuiltVariant, VariantBuilder, build_here, job_input
-from toolchain.targets import RpcEndpoint, Target, get_target
+from toolchain.targets import RpcEndpoint, Runtime, get_target, resolve_clock, runs_on_timing_thread
 from toolchain.threads import torch_threads
 
 
@@ -132,28 +132,9 @@ def plan_jobs(config: CampaignConfig, groups, dense_layers: list[LayerSpec], inp
 # Starting a worker (a fresh interpreter importing torch and building the model) costs seconds; below this
 # many configurations to measure, building them here is as quick.
 MIN_JOBS_FOR_BUILD_WORKERS = 32
-AUTO_CLOCK = "auto"  # the CLI's default: `resolve_clock` picks the clock for the target
 
 
-def runs_on_timing_thread(target: Target) -> bool:
-    """The whole inference runs on the calling thread, so that thread's CPU clock is the inference's time."""
-    return target.name == "cpu" and target.threads == 1 and target.backend in ("onnxruntime", "torch") \
-        and target.rpc is None
-
-
-def resolve_clock(clock: str, target: Target) -> str:
-    """`auto`: the thread-CPU clock where the inference runs on the timing thread (time other processes hold
-    the core is not counted, so timings on a shared machine repeat), the wall clock everywhere else.
-
-    >>> resolve_clock("auto", get_target("cpu")), resolve_clock("auto", get_target("cpu", threads=2))
-    ('thread_cpu', 'wall')
-    """
-    if clock != AUTO_CLOCK:
-        return clock
-    return "thread_cpu" if runs_on_timing_thread(target) else "wall"
-
-
-def check_clock(config: CampaignConfig, target: Target) -> None:
+def check_clock(config: CampaignConfig, target: Runtime) -> None:
     """The thread-CPU clock is only meaningful when the whole inference runs on the calling thread."""
     if config.measure.clock not in CLOCKS:
         raise ToolchainError(f"unknown clock {config.measure.clock!r}; valid: {', '.join(CLOCKS)}")
@@ -164,7 +145,7 @@ def check_clock(config: CampaignConfig, target: Target) -> None:
         )
 
 
-def _check_machine(store: MeasurementStore, config: CampaignConfig, target: Target, machine_id: str) -> None:
+def _check_machine(store: MeasurementStore, config: CampaignConfig, target: Runtime, machine_id: str) -> None:
     others = store.fingerprint_ids(config.model, target.name, target.backend, target.threads) - {machine_id}
     if others:
         raise ToolchainError(
@@ -179,13 +160,14 @@ def run_campaign(
 ) -> CampaignReport:
     """Measure every planned configuration not yet in the database; `on_progress(done, total, what)`."""
     target = get_target(config.target, config.backend, config.threads, rpc=config.rpc)
+    config = replace(config, measure=replace(config.measure, clock=resolve_clock(config.measure.clock, target)))
     check_clock(config, target)
     # Building variants (tracing, export) on one torch thread: several times faster on a busy machine.
     with torch_threads(1):
         return _run(config, target, on_progress)
 
 
-def _run(config: CampaignConfig, target: Target, on_progress) -> CampaignReport:
+def _run(config: CampaignConfig, target: Runtime, on_progress) -> CampaignReport:
     from toolchain.graph import PruningGraph
     from toolchain.models import resolve_model
 
@@ -225,7 +207,7 @@ def _input_channels(specs: InputSpecs) -> int:
     return first.shape[1] if first.torch_dtype.is_floating_point and len(first.shape) > 1 else 1
 
 
-def _job_key(job: Job, model: str, input_shape, target: Target) -> str:
+def _job_key(job: Job, model: str, input_shape, target: Runtime) -> str:
     return config_key(
         job.kind, model, job.widths, input_shape, target.name, target.backend, target.threads, job.replicate
     )
@@ -236,7 +218,7 @@ class _Run:
     """One campaign run: what it measures, where, and where the rows go."""
 
     config: CampaignConfig
-    target: Target
+    target: Runtime
     input_shape: tuple[int, ...]  # the model's, also for single-op rows
     fingerprint: dict
     machine_id: str

@@ -13,26 +13,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from toolchain import defaults
 from toolchain.errors import ToolchainError
 from toolchain.latency.features import spec_from_dict
 from toolchain.latency.measure import latency_ms
 from toolchain.latency.predictors import LatencyPredictor, LatencyQuery, create_predictor, predictor_class
 from toolchain.latency.predictors.artifact import ArtifactMeta, training_data_hash
 from toolchain.latency.store import MeasurementRow, MeasurementStore, now_utc
+from toolchain.targets import DEFAULT_BACKEND
 
 
 @dataclass(frozen=True)
 class FitConfig:
+    """What to fit on which rows; target, threads and statistic default as in `toolchain.defaults`, the
+    backend to the device's default backend."""
+
     db_path: str
     predictor: str
     models: tuple[str, ...] = ()  # empty: every model measured on the target (lpnet needs exactly one)
-    target: str = "cpu"
-    backend: str = "onnxruntime"
-    threads: int = 1
+    target: str = defaults.TARGET
+    backend: str | None = defaults.BACKEND  # None: the target's default backend
+    threads: int = defaults.THREADS
     heldout_fraction: float = 0.2
     max_train: int = 0  # 0: use every training configuration
     train_steps: int = 0  # 0: the predictor's default number of optimiser steps
-    statistic: str = "median"  # per-configuration latency to learn: median or min of the timed runs
+    statistic: str = defaults.STATISTIC  # per-configuration latency to learn: median or min of the timed runs
+
+    def __post_init__(self):
+        if self.backend is None:  # rows are stored under the backend's name, never under None
+            object.__setattr__(self, "backend", DEFAULT_BACKEND.get(self.target))
 
 
 def is_heldout(config_key: str, heldout_fraction: float) -> bool:
@@ -81,7 +90,7 @@ def _describe(store: MeasurementStore) -> str:
 
 
 def split_queries(rows: list[MeasurementRow], heldout_fraction: float,
-                  statistic: str = "median") -> tuple[list[LatencyQuery], list[LatencyQuery]]:
+                  statistic: str = defaults.STATISTIC) -> tuple[list[LatencyQuery], list[LatencyQuery]]:
     """Split by a hash of each configuration's key (stable across runs and machines). A small set whose hashes all
     fall on the training side still holds out one configuration (the one hashed lowest): the split of a handful
     of configurations must not depend on luck, e.g. on the folder a model file happens to live in."""
