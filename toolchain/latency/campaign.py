@@ -8,8 +8,9 @@ the sentinel; on a remote device, one configuration). On a remote device (TVM RP
 retried, then reported; what was measured stays.
 
 Example:
-    >>> report = run_campaign(CampaignConfig(model="zoo:resnet18", db_path="runs/latency.db", samples=300))
-    >>> report.measured, report.skipped
+    >>> config = CampaignConfig.for_target("zoo:resnet18", "runs/latency.db", Target("cpu"), samples=300)
+    >>> report = run_campaign(config)                                                     # doctest: +SKIP
+    >>> report.measured, report.skipped                                                   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from toolchain.latency.sampling import layer_grid_ratios, sample_width_configs
 from toolchain.latency.sentinel import SentinelCheck, time_chunk
 from toolchain.latency.store import MeasurementRow, MeasurementStore, config_key
 from toolchain.latency.variants import BuiltVariant, VariantBuilder, build_here, job_input
-from toolchain.targets import RpcEndpoint, Runtime, get_target, resolve_clock, runs_on_timing_thread
+from toolchain.targets import RpcEndpoint, Runtime, Target, get_target, resolve_clock, runs_on_timing_thread
 from toolchain.threads import torch_threads
 
 
@@ -61,6 +62,17 @@ class CampaignConfig:
     # toolchain.latency.variants). 1: build in this process.
     build_workers: int = 2
     rpc: RpcEndpoint | None = None
+
+    @classmethod
+    def for_target(cls, model: str, db_path: str, target: Target, **fields) -> CampaignConfig:
+        """A campaign on `target`, timed by its measurement policy (`Target.measure_config()`).
+
+        >>> CampaignConfig.for_target("zoo:demo", "runs/latency.db", Target("cpu")).measure.min_timed_ms
+        100.0
+        """
+        runtime = target.resolve()
+        return cls(model=model, db_path=db_path, target=runtime.name, backend=runtime.backend,
+                   threads=runtime.threads, measure=target.measure_config(), rpc=target.rpc, **fields)
 
 
 @dataclass(frozen=True)

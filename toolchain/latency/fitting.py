@@ -4,9 +4,9 @@ The held-out split is by configuration key (a hash), so it is deterministic and 
 order; re-measurements of one configuration (replicate > 0, the noise floor) are never trained on.
 
 Example:
-    >>> predictor = fit_predictor(FitConfig(db_path="runs/latency.db", predictor="lpnet",
-    ...                                     models=("zoo:resnet18",)))
-    >>> predictor.meta.heldout_metrics["within_10pct"]
+    >>> config = FitConfig.for_target("runs/latency.db", "lpnet", Target("cpu"), models=("zoo:resnet18",))
+    >>> predictor = fit_predictor(config)                                                 # doctest: +SKIP
+    >>> predictor.meta.heldout_metrics["within_10pct"]                                    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from toolchain.latency.measure import latency_ms
 from toolchain.latency.predictors import LatencyPredictor, LatencyQuery, create_predictor, predictor_class
 from toolchain.latency.predictors.artifact import ArtifactMeta, training_data_hash
 from toolchain.latency.store import MeasurementRow, MeasurementStore, now_utc
-from toolchain.targets import DEFAULT_BACKEND
+from toolchain.targets import DEFAULT_BACKEND, Target
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,17 @@ class FitConfig:
     max_train: int = 0  # 0: use every training configuration
     train_steps: int = 0  # 0: the predictor's default number of optimiser steps
     statistic: str = defaults.STATISTIC  # per-configuration latency to learn: median or min of the timed runs
+
+    @classmethod
+    def for_target(cls, db_path: str, predictor: str, target: Target, **fields) -> FitConfig:
+        """A fit on the rows measured on `target`, learning its statistic.
+
+        >>> FitConfig.for_target("runs/latency.db", "lpnet", Target("cpu", statistic="median")).statistic
+        'median'
+        """
+        runtime = target.resolve()
+        return cls(db_path=db_path, predictor=predictor, target=runtime.name, backend=runtime.backend,
+                   threads=runtime.threads, statistic=target.statistic, **fields)
 
     def __post_init__(self):
         if self.backend is None:  # rows are stored under the backend's name, never under None

@@ -107,15 +107,12 @@ def _build_predictor(model_spec: str, input_shape: tuple, target: Target, path: 
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     step(f"no latency predictor for {model_spec} on {runtime.label}: profiling {target.profile_samples} "
          f"configurations into {db_path}")
-    campaign = CampaignConfig(model=model_spec, db_path=db_path, target=runtime.name, backend=runtime.backend,
-                              threads=runtime.threads, samples=target.profile_samples, input_shape=tuple(input_shape),
-                              measure=target.measure_config(), rpc=target.rpc)
+    campaign = CampaignConfig.for_target(model_spec, db_path, target, samples=target.profile_samples,
+                                         input_shape=tuple(input_shape))
     with measurement_lock(target.lock_path):
         report = run_campaign(campaign, on_progress)
     if report.failed:
         raise ToolchainError(f"profiling failed for {len(report.failed)} configurations: {report.failed[0]}")
     step("fitting the lpnet latency predictor")
-    predictor = fit_predictor(FitConfig(db_path=db_path, predictor="lpnet", models=(model_spec,),
-                                        target=runtime.name, backend=runtime.backend, threads=runtime.threads,
-                                        statistic=target.statistic))
+    predictor = fit_predictor(FitConfig.for_target(db_path, "lpnet", target, models=(model_spec,)))
     predictor.save(path)
