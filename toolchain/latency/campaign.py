@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from torch import nn
 
+from toolchain import defaults
 from toolchain.errors import ToolchainError
 from toolchain.inputs import InputSpecs, ModelInputs, make_inputs, specs_from_key, specs_key, vocab_size_of
 from toolchain.latency.features import COMPUTE_OPS, LayerSpec, layer_specs, total_macs
@@ -42,9 +43,9 @@ class CampaignConfig:
     db_path: str
     # An inputs key (`toolchain.inputs.specs_key`): a shape, or `name:dtype:shape` texts; None: the source's own.
     input_shape: tuple | None = None
-    target: str = "cpu"
-    backend: str | None = None
-    threads: int = 1
+    target: str = defaults.TARGET
+    backend: str | None = defaults.BACKEND
+    threads: int = defaults.THREADS
     samples: int = 300
     seed: int = 0
     min_ratio: float = 0.1  # smallest width a budget may ask for, as a fraction of the dense width

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from torch import nn
 
+from toolchain import defaults
 from toolchain.errors import ToolchainError
 from toolchain.inputs import ModelInputs
 
@@ -73,7 +74,7 @@ class Runtime:
 
     name: str
     backend: str
-    threads: int = 1
+    threads: int = defaults.THREADS
     rpc: RpcEndpoint | None = field(default=None, compare=False)
 
     @property
@@ -136,7 +137,7 @@ def _valid_choices() -> str:
 
 
 def get_target(
-    name: str, backend: str | None = None, threads: int = 1, rpc: RpcEndpoint | None = None
+    name: str, backend: str | None = defaults.BACKEND, threads: int = defaults.THREADS, rpc: RpcEndpoint | None = None
 ) -> Runtime:
     """Look up a target; raises ToolchainError naming the valid choices, or why a backend is unavailable."""
     if name not in DEFAULT_BACKEND:
