@@ -228,10 +228,10 @@ def _cell(row: dict | None) -> str:
 
 
 def main() -> None:
-    from toolchain.budget import TargetSpec, resolve_target
     from toolchain.latency.fingerprint import machine_fingerprint
     from toolchain.saliency import SaliencyConfig
     from toolchain.sweep import SweepConfig, parse_budgets, run_sweep
+    from toolchain.targets import Target
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,resnet56,mobilenet_v2")
@@ -255,9 +255,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    spec = TargetSpec("cpu", "onnxruntime", 1, args.clock, args.statistic, warmup_runs=2, timed_runs=15,
-                      profile_samples=args.profile_samples)
-    fingerprint = machine_fingerprint(resolve_target(spec))
+    spec = Target("cpu", "onnxruntime", 1, args.clock, args.statistic, warmup_runs=2, timed_runs=15,
+                    profile_samples=args.profile_samples)
+    fingerprint = machine_fingerprint(spec.resolve())
     environment = (f"{fingerprint.get('cpu_model', 'cpu').split()[0].lower()}-{platform.machine()}-"
                    f"ort{fingerprint['versions'].get('onnxruntime', '?')}-1t-{args.clock}-{args.statistic}")
     out = args.out or HERE.parent / "results" / f"sweep-{environment}"

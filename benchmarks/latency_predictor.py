@@ -23,10 +23,11 @@ import torch
 from toolchain.latency.campaign import CampaignConfig, run_campaign
 from toolchain.latency.fingerprint import fingerprint_id, machine_fingerprint
 from toolchain.latency.fitting import FitConfig, fit_predictor, load_rows, split_queries
-from toolchain.latency.measure import STATISTICS, MeasureConfig, latency_ms, measure, torch_threads
+from toolchain.latency.measure import STATISTICS, MeasureConfig, latency_ms, measure
 from toolchain.latency.predictors import LatencyQuery
 from toolchain.latency.store import MeasurementStore
 from toolchain.targets import get_target
+from toolchain.threads import torch_threads
 
 PREDICTORS = ("lpnet", "layerwise", "lut", "macs")
 

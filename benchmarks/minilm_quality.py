@@ -26,16 +26,16 @@ from pathlib import Path
 
 import torch
 
-from toolchain.budget import measurement_lock
 from toolchain.data.english_sentences import load_english_sentences
 from toolchain.embedding_quality import DistillConfig, compare_embeddings, distill_embeddings
 from toolchain.errors import ToolchainError
 from toolchain.export.onnx import compare_with_pytorch
 from toolchain.graph import PruningGraph
-from toolchain.latency.measure import CLOCKS, STATISTICS, MeasureConfig, measure, torch_threads
+from toolchain.latency.measure import CLOCKS, STATISTICS, MeasureConfig, measure
 from toolchain.models import create_model, model_example_inputs
 from toolchain.models.minilm import SEQUENCE_LENGTH, embed, tokenize
-from toolchain.targets import get_target
+from toolchain.targets import get_target, measurement_lock
+from toolchain.threads import torch_threads
 from toolchain.transformer_pruning import (
     CRITERIA,
     BudgetSearchConfig,

@@ -131,13 +131,14 @@ def test_budget_deploy_profiles_fits_prunes_and_measures_on_the_board_through_rp
     """The closed loop against a TVM RPC server on 127.0.0.1 standing in for the board."""
     pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
     from toolchain.allocate import BudgetConfig
-    from toolchain.budget import BudgetJob, TargetSpec
+    from toolchain.budget import BudgetJob
     from toolchain.latency.rpc import loopback_cluster
     from toolchain.latency.store import MeasurementStore
+    from toolchain.targets import Target
 
     db = tmp_path / "runs" / "latency.db"
     with loopback_cluster(key="board", tracker_port=9590) as cluster:
-        spec = TargetSpec("cpu", rpc=cluster.endpoint, profile_samples=12, warmup_runs=1, timed_runs=5)
+        spec = Target("cpu", rpc=cluster.endpoint, profile_samples=12, warmup_runs=1, timed_runs=5)
         job = BudgetJob(BudgetConfig(budget_ratio=0.7, criterion="l2", allocator="uniform", max_iterations=2),
                         spec, predictor=str(tmp_path / "predictor"), db_path=str(db))
         manifest = write_bundle(BundleConfig(device="cpu", rpc=cluster.endpoint),

@@ -12,8 +12,8 @@ import torch
 import toolchain
 from tests.test_budget import fake_target, predictor
 
-# The names a budget run needs, one door for each. (A `Target` value joins them when the target side has one.)
-BUDGET_API = ("prune_to_budget", "BudgetConfig", "deploy", "load_predictor")
+# The names a budget run needs, one door for each.
+BUDGET_API = ("prune_to_budget", "BudgetConfig", "Target", "deploy", "load_predictor")
 
 
 def test_every_public_name_is_importable_from_toolchain():
@@ -34,6 +34,7 @@ def _run_examples(obj) -> doctest.TestResults:
     budget run (a synthetic predictor, a deterministic target) and the demo model's input `x`."""
     measurer, _ = fake_target(fixed_ms=0.1)
     scope = {"toolchain": toolchain, "torch": torch, "Path": Path, "tempfile": tempfile,
+             "Target": toolchain.Target, "load_predictor": toolchain.load_predictor,
              "predictor": predictor(0.1), "measurer": measurer, "x": torch.randn(1, 1, 28, 28)}
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     tests = doctest.DocTestFinder(recurse=False).find(obj, obj.__name__, globs=scope)
@@ -44,7 +45,7 @@ def _run_examples(obj) -> doctest.TestResults:
 
 
 @pytest.mark.parametrize("name", [
-    "prune_to_budget", "BudgetConfig", "load_predictor",
+    "prune_to_budget", "BudgetConfig", "Target", "load_predictor",
     pytest.param("deploy", marks=[pytest.mark.tvm, pytest.mark.slow]),  # compiles the TVM library for this host
 ])
 def test_the_docstring_example_of_each_budget_entry_point_runs(name):

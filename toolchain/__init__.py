@@ -6,7 +6,7 @@
 True
 
 Pruning under a latency budget measured on a target: `prune_to_budget` with a `BudgetConfig` (the
-predictor from `load_predictor`, or found or built by `BudgetJob`); the whole pipeline to a deploy
+predictor from `load_predictor`, or found or built by `BudgetJob`) on a `Target`; the whole pipeline to a deploy
 bundle: `deploy`. Each public name's docstring has a worked example (tests/test_public_api.py runs them).
 """
 
@@ -16,9 +16,10 @@ from toolchain.budget import prune_to_budget
 from toolchain.deployment import deploy
 from toolchain.errors import ToolchainError
 from toolchain.graph import ChannelGroup, PruningGraph, count_macs_params
-from toolchain.latency.predictors import load_predictor
+from toolchain.latency import list_predictors, load_predictor, predict
 from toolchain.models import create_model, list_models, resolve_model
 from toolchain.pruning import PruneConfig, PruneResult, prune
+from toolchain.targets import Target
 
 __all__ = [
     # ratio pruning and the model zoo
@@ -35,7 +36,10 @@ __all__ = [
     "resolve_model",
     # latency budgets on a target, and deployment
     "BudgetConfig",
+    "Target",
     "deploy",
+    "list_predictors",
     "load_predictor",
+    "predict",
     "prune_to_budget",
 ]

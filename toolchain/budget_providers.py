@@ -20,20 +20,10 @@ from typing import Protocol
 
 from torch import nn
 
-from toolchain.allocate import LatencyModel
 from toolchain.inputs import ModelInputs
+from toolchain.latency.provision import PredictorInfo  # noqa: F401 - the providers' result type, one definition
 
 Step = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class PredictorInfo:
-    """The latency model used and where it came from (goes into the manifest)."""
-
-    latency: LatencyModel
-    name: str
-    artifact: str | None
-    heldout_error: dict
 
 
 class Measurer(Protocol):

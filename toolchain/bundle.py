@@ -108,15 +108,15 @@ def _measure_on_host(model: torch.nn.Module, example_input: torch.Tensor, latenc
 def _measure_through_rpc(model: torch.nn.Module, example_input: torch.Tensor, latency: Latencies,
                          device: DeviceProfile, endpoint: RpcEndpoint, statistic: str) -> Latencies:
     """Compile on this host for the board's CPU, upload, and time with TVM's evaluator on the board."""
-    import json
+    from dataclasses import replace
 
     from toolchain.latency.fingerprint import machine_fingerprint
     from toolchain.latency.measure import measure
     from toolchain.latency.rpc import DeviceLostError, tracker_unreachable_reason, with_retries
     from toolchain.targets import get_target
+    from toolchain.targets.devices import rpc_target_json
 
-    board_target = "" if device.name == "cpu" else json.dumps(dict(device.tvm_host_target))
-    endpoint = replace(endpoint, tvm_target_json=endpoint.tvm_target_json or board_target)
+    endpoint = replace(endpoint, tvm_target_json=endpoint.tvm_target_json or rpc_target_json(device))
     target = get_target("cpu", "tvm", 1, rpc=endpoint)
     config = _measure_config(target, statistic)
     unreachable = tracker_unreachable_reason(endpoint)

@@ -6,17 +6,16 @@ boards) -> bundle folder with its manifest (`toolchain.pipeline`, `toolchain.bun
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 from toolchain import defaults
 from toolchain.allocate import BudgetConfig
-from toolchain.budget import BudgetJob, TargetSpec, resolve_target
+from toolchain.budget import BudgetJob
 from toolchain.bundle import BundleConfig, write_bundle
 from toolchain.errors import ToolchainError
-from toolchain.latency.campaign import resolve_clock
 from toolchain.pipeline import PipelineConfig, Step
 from toolchain.pruning import PruneConfig
+from toolchain.targets import Target
 from toolchain.targets.devices import get_device
 
 
@@ -55,5 +54,4 @@ def _budget_job(how: BudgetConfig | BudgetJob, bundle: BundleConfig) -> BudgetJo
                              "board (BundleConfig(rpc=...)), or prune by ratio (the bundle then labels its "
                              "latency as predicted)")
     # Timed as `toolchain deploy` times: the measurement policy's defaults, the clock resolved for the target.
-    spec = TargetSpec(defaults.TARGET, rpc=bundle.rpc, statistic=defaults.STATISTIC)
-    return BudgetJob(how, replace(spec, clock=resolve_clock(defaults.CLOCK, resolve_target(spec))))
+    return BudgetJob(how, Target(defaults.TARGET, rpc=bundle.rpc))

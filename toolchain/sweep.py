@@ -29,13 +29,15 @@ from pathlib import Path
 import torch
 
 from toolchain.allocate import BudgetConfig
-from toolchain.budget import PROFILE_DB, TargetSpec, prune_to_budget, score_model, target_providers
+from toolchain.budget import prune_to_budget, score_model, target_providers
 from toolchain.budget_providers import BudgetProviders, Measurer, PredictorInfo
 from toolchain.errors import ToolchainError
 from toolchain.inputs import make_inputs, vocab_size_of
+from toolchain.latency.provision import PROFILE_DB
 from toolchain.manifest import BUDGET_BAND_LOW, Accuracy, Manifest
 from toolchain.output_folder import check_writable
 from toolchain.saliency import SaliencyConfig
+from toolchain.targets import Target
 
 ROWS = "rows.jsonl"
 COLUMNS = ("key", "model", "budget_ratio", "budget_ms", "criterion", "allocator", "predicted_latency_ms",
@@ -52,7 +54,7 @@ class SweepConfig:
     budgets: tuple[float, ...]  # shares of the dense model's measured latency
     criteria: tuple[str, ...] = ("l2",)
     allocators: tuple[str, ...] = ("lpnet",)
-    target: TargetSpec = TargetSpec()
+    target: Target = Target()
     data: str | None = None
     weights: str | None = None
     input_shape: tuple[int, ...] | None = None
@@ -214,6 +216,14 @@ def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float
     return len(points)
 
 
+def _target_identity(target: Target) -> dict:
+    """The target as sweep.json records it; `name` is the key sweeps written before `Target` used for the device,
+    so their folders still resume."""
+    identity = asdict(target)
+    identity["name"] = identity.pop("device")
+    return identity
+
+
 def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None) -> list[dict]:
     """Run every point not yet in `config.out`; returns all rows."""
     from toolchain.models import resolve_model
@@ -222,7 +232,7 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None)
     check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     identity = {"model": config.model, "weights": config.weights, "input_shape": config.input_shape,
-                "target": asdict(config.target), "data": config.data}
+                "target": _target_identity(config.target), "data": config.data}
     meta_path = out / "sweep.json"
     if meta_path.is_file():
         previous = json.loads(meta_path.read_text())

@@ -79,13 +79,14 @@ def test_measurement_value_by_statistic():
 
 
 def test_a_budget_refuses_a_predictor_fitted_on_another_statistic(synthetic_db, tmp_path):
-    from toolchain.budget import TargetSpec, find_or_build_predictor
+    from toolchain.latency.provision import find_or_build_predictor
+    from toolchain.targets import Target
 
-    artifact = fit_predictor(FitConfig(db_path=str(synthetic_db), predictor="lpnet", train_steps=10)).save(
-        tmp_path / "lpnet")
+    artifact = fit_predictor(FitConfig(db_path=str(synthetic_db), predictor="lpnet", train_steps=10,
+                                       statistic="median")).save(tmp_path / "lpnet")
     with pytest.raises(ToolchainError, match="predicts median latency, but the target measures min"):
         find_or_build_predictor("synthetic:net", torch.nn.Identity(), INPUT_SHAPE,
-                                TargetSpec("cpu", "onnxruntime", statistic="min"), artifact=str(artifact))
+                                Target("cpu", "onnxruntime", statistic="min"), artifact=str(artifact))
 
 
 def _outdated_lpnet(synthetic_db, folder):
@@ -101,11 +102,12 @@ def _outdated_lpnet(synthetic_db, folder):
 
 def test_an_outdated_default_predictor_is_refitted_and_a_users_own_is_not_touched(synthetic_db, tmp_path,
                                                                                     monkeypatch):
-    from toolchain import budget
     from toolchain.errors import OutdatedArtifactError
+    from toolchain.latency import provision
+    from toolchain.targets import Target
 
-    spec = budget.TargetSpec("cpu", "onnxruntime")
-    default = budget.default_predictor_path("synthetic:net", INPUT_SHAPE, spec)
+    spec = Target("cpu", "onnxruntime")
+    default = provision.default_predictor_path("synthetic:net", INPUT_SHAPE, spec)
     monkeypatch.chdir(tmp_path)
     _outdated_lpnet(synthetic_db, tmp_path / default)
     with pytest.raises(OutdatedArtifactError):
@@ -113,16 +115,16 @@ def test_an_outdated_default_predictor_is_refitted_and_a_users_own_is_not_touche
     rebuilt = []
 
     def rebuild(*args, **kwargs):
-        rebuilt.append(args[4])
+        rebuilt.append(args[3])  # the artifact path
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(budget, "_build_predictor", rebuild)
+    monkeypatch.setattr(provision, "_build_predictor", rebuild)
     with pytest.raises(RuntimeError, match="stop here"):
-        budget.find_or_build_predictor("synthetic:net", torch.nn.Identity(), INPUT_SHAPE, spec)
+        provision.find_or_build_predictor("synthetic:net", torch.nn.Identity(), INPUT_SHAPE, spec)
     assert rebuilt == [default]
     with pytest.raises(OutdatedArtifactError, match="refit it with `toolchain fit`"):
-        budget.find_or_build_predictor("synthetic:net", torch.nn.Identity(), INPUT_SHAPE, spec,
-                                       artifact=str(tmp_path / default))
+        provision.find_or_build_predictor("synthetic:net", torch.nn.Identity(), INPUT_SHAPE, spec,
+                                          artifact=str(tmp_path / default))
 
 
 def test_an_artifact_never_replaces_a_folder_of_other_files(synthetic_db, tmp_path):

@@ -8,7 +8,7 @@ from latency_synthetic import GROUPS, INPUT_SHAPE, synthetic_layers, synthetic_r
 
 from toolchain.errors import ToolchainError
 from toolchain.latency.fitting import FitConfig, fit_predictor
-from toolchain.latency.predictors import LatencyQuery, list_predictors, load_predictor
+from toolchain.latency.predictors import LatencyQuery, list_predictor_kinds, load_predictor
 from toolchain.latency.store import MeasurementStore
 
 TRAIN_STEPS = {"lpnet": 600, "layerwise": 400}
@@ -24,7 +24,7 @@ def fitted(synthetic_db):
 
 
 def test_registry_lists_every_predictor():
-    assert {"lpnet", "layerwise", "macs", "lut"} <= set(list_predictors())
+    assert {"lpnet", "layerwise", "macs", "lut"} <= set(list_predictor_kinds())
 
 
 @pytest.mark.parametrize("name, min_within_10pct", [("lpnet", 0.8), ("layerwise", 0.8), ("macs", 0.3)])
@@ -146,10 +146,11 @@ def test_a_damaged_artifact_is_one_clear_error(fitted, tmp_path, corruption):
 
 
 def test_a_damaged_predictor_during_a_budget_prune_is_one_clear_error(fitted, tmp_path):
-    from toolchain.budget import TargetSpec, find_or_build_predictor
+    from toolchain.latency.provision import find_or_build_predictor
     from toolchain.models import create_model
+    from toolchain.targets import Target
 
     out = fitted["lpnet"].save(tmp_path / "lpnet")
     _truncate_weights(out)
     with pytest.raises(ToolchainError, match="weights .* are unreadable"):
-        find_or_build_predictor("zoo:demo", create_model("demo"), (1, 1, 28, 28), TargetSpec(), str(out))
+        find_or_build_predictor("zoo:demo", create_model("demo"), (1, 1, 28, 28), Target(), str(out))

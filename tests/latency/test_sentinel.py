@@ -24,7 +24,7 @@ def test_check_judges_each_chunk_against_the_best_sentinel_so_far():
 
 def test_time_chunk_interleaves_attempts_and_reports_the_sentinel_and_errors():
     clock = FakeClock()
-    config = MeasureConfig(warmup_runs=0, timed_runs=2, statistic="min", max_attempts=3)
+    config = MeasureConfig(warmup_runs=0, timed_runs=2, statistic="min", max_attempts=3, min_timed_ms=0.0)
     sentinel = ScriptedRunner(clock, [5.0])
     quick = ScriptedRunner(clock, [2.0])
     settling = ScriptedRunner(clock, [4.0, 4.0, 3.0, 3.0, 3.0, 3.0])  # attempt 1 slow, attempts 2 and 3 agree

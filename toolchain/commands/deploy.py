@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import click
 
-from toolchain import defaults
 from toolchain.commands.console import Steps, library_output_to_stderr, progress_bar
 from toolchain.commands.options import (
     budget_options,
@@ -44,12 +42,12 @@ def deploy(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, p
     from toolchain.pipeline import PipelineConfig
     from toolchain.pruning import PruneConfig
     from toolchain.saliency import SaliencyConfig
-    from toolchain.targets.devices import get_device
+    from toolchain.targets.devices import get_device, rpc_target_json
 
     device = get_device(target)
     out = out or default_out(device.name, model)
     # The board's TVM target comes from the device table; cpu is this host's own llvm.
-    board_target = "" if device.name == "cpu" else json.dumps(dict(device.tvm_host_target))
+    board_target = rpc_target_json(device)
     rpc = rpc_endpoint(rpc_tracker, rpc_key, board_target)
     job = None
     if budget_ms is not None or budget_ratio is not None:
@@ -76,14 +74,13 @@ def _budget_job(device: str, rpc, budget, predictor, profile_samples: int, salie
         raise ToolchainError(f"a latency budget is met by measuring on the target; for {device} give the "
                              "board with --rpc-tracker/--rpc-key (RPC_TRACKER/RPC_KEY), or use --ratio (the "
                              "bundle then labels its latency as predicted)")
-    from toolchain.budget import BudgetJob, TargetSpec, resolve_target
-    from toolchain.latency.campaign import resolve_clock
+    from toolchain.budget import BudgetJob
+    from toolchain.targets import Target
 
-    # Timed as the benchmarks time: the thread-CPU clock here (wall on a board) and the minimum of agreeing
-    # attempts. With the wall clock and the median, the on-the-fly predictor learnt the host's slow spells
-    # and the final model's accuracy swung between fresh clones (26-71% on the demo).
-    spec = TargetSpec("cpu", rpc=rpc, statistic=defaults.STATISTIC, profile_samples=profile_samples)
-    spec = replace(spec, clock=resolve_clock(defaults.CLOCK, resolve_target(spec)))
+    # Timed as the benchmarks time (Target's defaults): the thread-CPU clock here (wall on a board) and the
+    # minimum of agreeing attempts. With the wall clock and the median, the on-the-fly predictor learnt the
+    # host's slow spells and the final model's accuracy swung between fresh clones (26-71% on the demo).
+    spec = Target("cpu", rpc=rpc, profile_samples=profile_samples)
     return BudgetJob(budget, spec, predictor, saliency, on_progress=progress_bar(quiet))
 
 

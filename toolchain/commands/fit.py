@@ -19,10 +19,10 @@ from toolchain.commands.options import (
 )
 from toolchain.commands.validation import OPEN_FRACTION, count
 from toolchain.latency.fitting import FitConfig, fit_predictor
-from toolchain.latency.predictors import list_predictors
+from toolchain.latency.predictors import list_predictor_kinds
 from toolchain.targets import list_targets
 
-PREDICTORS = RegistryChoice("predictor", list_predictors)
+PREDICTORS = RegistryChoice("predictor", list_predictor_kinds)
 
 
 @click.command("fit")

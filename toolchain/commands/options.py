@@ -25,18 +25,17 @@ import click
 
 from toolchain import defaults
 from toolchain.allocate import BudgetConfig, list_allocators
-from toolchain.budget import PROFILE_DB
 from toolchain.bundle import ENGINE_PRECISIONS, BundleConfig
 from toolchain.commands.validation import FRACTION_BELOW_ONE, POSITIVE_MS, ROUND_TO, SHARE, THREADS, count
 from toolchain.errors import ToolchainError
 from toolchain.inputs import DTYPES, InputSpec, InputSpecs
-from toolchain.latency.campaign import AUTO_CLOCK
 from toolchain.latency.measure import CLOCKS, STATISTICS
+from toolchain.latency.provision import PROFILE_DB
 from toolchain.models.sources import source_examples
 from toolchain.pruning import PruneConfig
 from toolchain.saliency import SaliencyConfig, get_criterion, list_criteria
 from toolchain.shapes import parse_shape
-from toolchain.targets import get_target, list_targets
+from toolchain.targets import AUTO_CLOCK, get_target, list_targets
 from toolchain.targets.devices import ALIASES, get_device, list_devices
 
 Decorator = Callable[[Callable], Callable]

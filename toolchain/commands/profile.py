@@ -23,15 +23,13 @@ from toolchain.latency.campaign import CampaignConfig, CampaignReport
 def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str | None) -> str:
     """A remote device is reached through TVM RPC; its CPU target comes from the device table."""
     from toolchain.errors import ToolchainError
-    from toolchain.targets.devices import get_device
+    from toolchain.targets.devices import get_device, rpc_target_json
 
     device = get_device(device_name)
-    if device.name == "cpu":
-        return ""
-    if not (rpc_tracker and rpc_key):
+    if device.name != "cpu" and not (rpc_tracker and rpc_key):
         raise ToolchainError(f"profiling {device.name} needs the board: give --rpc-tracker HOST:PORT and --rpc-key "
                              "(make profile TARGET=... RPC_TRACKER=... RPC_KEY=...)")
-    return json.dumps(dict(device.tvm_host_target))
+    return rpc_target_json(device)
 
 
 @click.command("profile")
@@ -66,9 +64,8 @@ def profile(model, input_shape, inputs, target, backend, threads, clock, statist
             device):
     """Sample per-group widths, build each pruned variant, time it, and store one row per configuration."""
     from toolchain.inputs import specs_key
-    from toolchain.latency.campaign import resolve_clock
     from toolchain.latency.measure import MeasureConfig
-    from toolchain.targets import get_target
+    from toolchain.targets import get_target, resolve_clock
 
     if inputs and input_shape:
         raise click.UsageError("give --input or --input-shape, not both")

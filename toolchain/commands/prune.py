@@ -38,16 +38,16 @@ def prune(target, backend, threads, clock, statistic, budget_ms, budget_ratio, c
     job = None
     if budget_ms is not None or budget_ratio is not None:
         from toolchain.allocate import BudgetConfig
-        from toolchain.budget import BudgetJob, TargetSpec
-        from toolchain.latency.campaign import resolve_clock
+        from toolchain.budget import BudgetJob
         from toolchain.saliency import SaliencyConfig
-        from toolchain.targets import get_target
+        from toolchain.targets import Target
 
-        clock = resolve_clock(clock, get_target(target, backend, threads))
+        measured_on = Target(target, backend, threads, clock, statistic, profile_samples=profile_samples)
+        measured_on.resolve()  # an unknown target or backend fails here, before the model is loaded
         job = BudgetJob(
             BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
                          round_to=kwargs["round_to"], finetune_steps=finetune_steps, protect=tuple(kwargs["protect"])),
-            TargetSpec(target, backend, threads, clock, statistic, profile_samples=profile_samples), predictor,
+            measured_on, predictor,
             SaliencyConfig(shapley_samples=shapley_samples), on_progress=progress_bar(kwargs["as_json"] or quiet))
     run_pipeline(**kwargs, target=target, budget=job, quiet=quiet)
 

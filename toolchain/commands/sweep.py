@@ -46,16 +46,15 @@ def sweep(model, weights, input_shape, data, target, backend, threads, clock, st
 
     With --finetune-steps > 0 every point also reports accuracy after that much distillation fine-tuning.
     """
-    from toolchain.budget import TargetSpec
-    from toolchain.latency.campaign import resolve_clock
     from toolchain.saliency import SaliencyConfig
     from toolchain.sweep import SweepConfig, parse_budgets, run_sweep
-    from toolchain.targets import get_target
+    from toolchain.targets import Target
 
-    clock = resolve_clock(clock, get_target(target, backend, threads))
+    measured_on = Target(target, backend, threads, clock, statistic, profile_samples=profile_samples)
+    measured_on.resolve()  # an unknown target or backend fails here, before the model is loaded
     config = SweepConfig(
         model=model, out=out, budgets=parse_budgets(budgets), criteria=criteria, allocators=allocators,
-        target=TargetSpec(target, backend, threads, clock, statistic, profile_samples=profile_samples),
+        target=measured_on,
         data=data, weights=weights, input_shape=input_shape,
         finetune_steps=finetune_steps, workers=workers, predictor=predictor,
         saliency=SaliencyConfig(shapley_samples=shapley_samples))

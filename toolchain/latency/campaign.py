@@ -8,8 +8,9 @@ the sentinel; on a remote device, one configuration). On a remote device (TVM RP
 retried, then reported; what was measured stays.
 
 Example:
-    >>> report = run_campaign(CampaignConfig(model="zoo:resnet18", db_path="runs/latency.db", samples=300))
-    >>> report.measured, report.skipped
+    >>> config = CampaignConfig.for_target("zoo:resnet18", "runs/latency.db", Target("cpu"), samples=300)
+    >>> report = run_campaign(config)                                                     # doctest: +SKIP
+    >>> report.measured, report.skipped                                                   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,21 +18,23 @@ from __future__ import annotations
 import copy
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
+from toolchain import defaults
 from toolchain.errors import ToolchainError
 from toolchain.inputs import InputSpecs, ModelInputs, make_inputs, specs_from_key, specs_key, vocab_size_of
 from toolchain.latency.features import COMPUTE_OPS, LayerSpec, layer_specs, total_macs
 from toolchain.latency.fingerprint import fingerprint_id, machine_fingerprint
-from toolchain.latency.measure import CLOCKS, MeasureConfig, Measurement, latency_ms, measure, torch_threads
+from toolchain.latency.measure import CLOCKS, MeasureConfig, Measurement, latency_ms, measure
 from toolchain.latency.rpc import with_retries
 from toolchain.latency.sampling import layer_grid_ratios, sample_width_configs
 from toolchain.latency.sentinel import SentinelCheck, time_chunk
 from toolchain.latency.store import MeasurementRow, MeasurementStore, config_key
 from toolchain.latency.variants import BuiltVariant, VariantBuilder, build_here, job_input
-from toolchain.targets import RpcEndpoint, Target, get_target
+from toolchain.targets import RpcEndpoint, Runtime, Target, get_target, resolve_clock, runs_on_timing_thread
+from toolchain.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,9 @@ class CampaignConfig:
     db_path: str
     # An inputs key (`toolchain.inputs.specs_key`): a shape, or `name:dtype:shape` texts; None: the source's own.
     input_shape: tuple | None = None
-    target: str = "cpu"
-    backend: str | None = None
-    threads: int = 1
+    target: str = defaults.TARGET
+    backend: str | None = defaults.BACKEND
+    threads: int = defaults.THREADS
     samples: int = 300
     seed: int = 0
     min_ratio: float = 0.1  # smallest width a budget may ask for, as a fraction of the dense width
@@ -60,6 +63,17 @@ class CampaignConfig:
     # toolchain.latency.variants). 1: build in this process.
     build_workers: int = 2
     rpc: RpcEndpoint | None = None
+
+    @classmethod
+    def for_target(cls, model: str, db_path: str, target: Target, **fields) -> CampaignConfig:
+        """A campaign on `target`, timed by its measurement policy (`Target.measure_config()`).
+
+        >>> CampaignConfig.for_target("zoo:demo", "runs/latency.db", Target("cpu")).measure.min_timed_ms
+        100.0
+        """
+        runtime = target.resolve()
+        return cls(model=model, db_path=db_path, target=runtime.name, backend=runtime.backend,
+                   threads=runtime.threads, measure=target.measure_config(), rpc=target.rpc, **fields)
 
 
 @dataclass(frozen=True)
@@ -131,28 +145,9 @@ def plan_jobs(config: CampaignConfig, groups, dense_layers: list[LayerSpec], inp
 # Starting a worker (a fresh interpreter importing torch and building the model) costs seconds; below this
 # many configurations to measure, building them here is as quick.
 MIN_JOBS_FOR_BUILD_WORKERS = 32
-AUTO_CLOCK = "auto"  # the CLI's default: `resolve_clock` picks the clock for the target
 
 
-def runs_on_timing_thread(target: Target) -> bool:
-    """The whole inference runs on the calling thread, so that thread's CPU clock is the inference's time."""
-    return target.name == "cpu" and target.threads == 1 and target.backend in ("onnxruntime", "torch") \
-        and target.rpc is None
-
-
-def resolve_clock(clock: str, target: Target) -> str:
-    """`auto`: the thread-CPU clock where the inference runs on the timing thread (time other processes hold
-    the core is not counted, so timings on a shared machine repeat), the wall clock everywhere else.
-
-    >>> resolve_clock("auto", get_target("cpu")), resolve_clock("auto", get_target("cpu", threads=2))
-    ('thread_cpu', 'wall')
-    """
-    if clock != AUTO_CLOCK:
-        return clock
-    return "thread_cpu" if runs_on_timing_thread(target) else "wall"
-
-
-def check_clock(config: CampaignConfig, target: Target) -> None:
+def check_clock(config: CampaignConfig, target: Runtime) -> None:
     """The thread-CPU clock is only meaningful when the whole inference runs on the calling thread."""
     if config.measure.clock not in CLOCKS:
         raise ToolchainError(f"unknown clock {config.measure.clock!r}; valid: {', '.join(CLOCKS)}")
@@ -163,7 +158,7 @@ def check_clock(config: CampaignConfig, target: Target) -> None:
         )
 
 
-def _check_machine(store: MeasurementStore, config: CampaignConfig, target: Target, machine_id: str) -> None:
+def _check_machine(store: MeasurementStore, config: CampaignConfig, target: Runtime, machine_id: str) -> None:
     others = store.fingerprint_ids(config.model, target.name, target.backend, target.threads) - {machine_id}
     if others:
         raise ToolchainError(
@@ -178,13 +173,14 @@ def run_campaign(
 ) -> CampaignReport:
     """Measure every planned configuration not yet in the database; `on_progress(done, total, what)`."""
     target = get_target(config.target, config.backend, config.threads, rpc=config.rpc)
+    config = replace(config, measure=replace(config.measure, clock=resolve_clock(config.measure.clock, target)))
     check_clock(config, target)
     # Building variants (tracing, export) on one torch thread: several times faster on a busy machine.
     with torch_threads(1):
         return _run(config, target, on_progress)
 
 
-def _run(config: CampaignConfig, target: Target, on_progress) -> CampaignReport:
+def _run(config: CampaignConfig, target: Runtime, on_progress) -> CampaignReport:
     from toolchain.graph import PruningGraph
     from toolchain.models import resolve_model
 
@@ -224,7 +220,7 @@ def _input_channels(specs: InputSpecs) -> int:
     return first.shape[1] if first.torch_dtype.is_floating_point and len(first.shape) > 1 else 1
 
 
-def _job_key(job: Job, model: str, input_shape, target: Target) -> str:
+def _job_key(job: Job, model: str, input_shape, target: Runtime) -> str:
     return config_key(
         job.kind, model, job.widths, input_shape, target.name, target.backend, target.threads, job.replicate
     )
@@ -235,7 +231,7 @@ class _Run:
     """One campaign run: what it measures, where, and where the rows go."""
 
     config: CampaignConfig
-    target: Target
+    target: Runtime
     input_shape: tuple[int, ...]  # the model's, also for single-op rows
     fingerprint: dict
     machine_id: str

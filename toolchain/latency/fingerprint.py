@@ -16,7 +16,7 @@ import json
 import os
 import platform
 
-from toolchain.targets import Target
+from toolchain.targets import Runtime
 
 # Facts that change between runs on the same machine; left out of the identity hash.
 VOLATILE_KEYS = ("gpu_clocks_mhz", "gpu_temperature_c", "gpu_power_w", "load_average")
@@ -60,7 +60,7 @@ def _nvml_facts() -> dict:
             pass
 
 
-def machine_fingerprint(target: Target) -> dict:
+def machine_fingerprint(target: Runtime) -> dict:
     """Facts about the machine timing for `target` (for RPC: the host plus the remote key and TVM target)."""
     facts = {
         "target": target.name,

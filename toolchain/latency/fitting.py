@@ -4,35 +4,55 @@ The held-out split is by configuration key (a hash), so it is deterministic and 
 order; re-measurements of one configuration (replicate > 0, the noise floor) are never trained on.
 
 Example:
-    >>> predictor = fit_predictor(FitConfig(db_path="runs/latency.db", predictor="lpnet",
-    ...                                     models=("zoo:resnet18",)))
-    >>> predictor.meta.heldout_metrics["within_10pct"]
+    >>> config = FitConfig.for_target("runs/latency.db", "lpnet", Target("cpu"), models=("zoo:resnet18",))
+    >>> predictor = fit_predictor(config)                                                 # doctest: +SKIP
+    >>> predictor.meta.heldout_metrics["within_10pct"]                                    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from toolchain import defaults
 from toolchain.errors import ToolchainError
 from toolchain.latency.features import spec_from_dict
 from toolchain.latency.measure import latency_ms
 from toolchain.latency.predictors import LatencyPredictor, LatencyQuery, create_predictor, predictor_class
 from toolchain.latency.predictors.artifact import ArtifactMeta, training_data_hash
 from toolchain.latency.store import MeasurementRow, MeasurementStore, now_utc
+from toolchain.targets import DEFAULT_BACKEND, Target
 
 
 @dataclass(frozen=True)
 class FitConfig:
+    """What to fit on which rows; target, threads and statistic default as in `toolchain.defaults`, the
+    backend to the device's default backend."""
+
     db_path: str
     predictor: str
     models: tuple[str, ...] = ()  # empty: every model measured on the target (lpnet needs exactly one)
-    target: str = "cpu"
-    backend: str = "onnxruntime"
-    threads: int = 1
+    target: str = defaults.TARGET
+    backend: str | None = defaults.BACKEND  # None: the target's default backend
+    threads: int = defaults.THREADS
     heldout_fraction: float = 0.2
     max_train: int = 0  # 0: use every training configuration
     train_steps: int = 0  # 0: the predictor's default number of optimiser steps
-    statistic: str = "median"  # per-configuration latency to learn: median or min of the timed runs
+    statistic: str = defaults.STATISTIC  # per-configuration latency to learn: median or min of the timed runs
+
+    @classmethod
+    def for_target(cls, db_path: str, predictor: str, target: Target, **fields) -> FitConfig:
+        """A fit on the rows measured on `target`, learning its statistic.
+
+        >>> FitConfig.for_target("runs/latency.db", "lpnet", Target("cpu", statistic="median")).statistic
+        'median'
+        """
+        runtime = target.resolve()
+        return cls(db_path=db_path, predictor=predictor, target=runtime.name, backend=runtime.backend,
+                   threads=runtime.threads, statistic=target.statistic, **fields)
+
+    def __post_init__(self):
+        if self.backend is None:  # rows are stored under the backend's name, never under None
+            object.__setattr__(self, "backend", DEFAULT_BACKEND.get(self.target))
 
 
 def is_heldout(config_key: str, heldout_fraction: float) -> bool:
@@ -81,7 +101,7 @@ def _describe(store: MeasurementStore) -> str:
 
 
 def split_queries(rows: list[MeasurementRow], heldout_fraction: float,
-                  statistic: str = "median") -> tuple[list[LatencyQuery], list[LatencyQuery]]:
+                  statistic: str = defaults.STATISTIC) -> tuple[list[LatencyQuery], list[LatencyQuery]]:
     """Split by a hash of each configuration's key (stable across runs and machines). A small set whose hashes all
     fall on the training side still holds out one configuration (the one hashed lowest): the split of a handful
     of configurations must not depend on luck, e.g. on the folder a model file happens to live in."""

@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from toolchain import defaults
 from toolchain.errors import ToolchainError
-from toolchain.targets import Runner
+from toolchain.targets import Runner, resolve_clock
 
 # Host clocks, in seconds. `thread_cpu` counts only the CPU time of the calling thread: on a shared machine
 # it leaves out the time other processes hold the core, which wall-clock time cannot. It is valid only where
 # the whole inference runs on the calling thread (cpu target, 1 thread, onnxruntime or torch).
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread_cpu": time.thread_time}
-# The number that stands for "the latency" of a measurement. `median` is the default; `min` is the robust
-# choice on a shared machine, where interference only ever adds time (on this project's 2-vCPU host the
+# The number that stands for "the latency" of a measurement. `min` (the default, toolchain.defaults) is the
+# robust choice on a shared machine, where interference only ever adds time (on this project's 2-vCPU host the
 # same configuration re-measured agrees far more often by its minimum than by its median; BENCHMARKS.md).
 STATISTICS = ("median", "min")
 MAX_TIMED_RUNS = 2000
@@ -38,39 +37,33 @@ def check_statistic(statistic: str) -> str:
     return statistic
 
 
-def latency_ms(record, statistic: str = "median") -> float:
+def latency_ms(record, statistic: str = defaults.STATISTIC) -> float:
     """The latency in ms by `statistic` of anything with `median_ms` / `min_ms` (a Measurement, a stored row)."""
     return getattr(record, f"{check_statistic(statistic)}_ms")
 
 
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with `count` torch threads (builds and training on a busy 2-core machine use 1)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @dataclass(frozen=True)
 class MeasureConfig:
-    warmup_runs: int = 5
-    timed_runs: int = 25
+    """How one timing is taken; defaults from `toolchain.defaults` (`Target.measure_config()` fills it for a
+    target, with the clock resolved)."""
+
+    warmup_runs: int = defaults.WARMUP_RUNS
+    timed_runs: int = defaults.TIMED_RUNS
     # Which latency the measurement is for (a name in STATISTICS); it decides when to stop re-measuring.
     # `median`: an attempt is done when its IQR / median is at most `max_relative_iqr`.
     # `min`: done when the two smallest attempt minima agree within `min_agreement` (relative). A burst of
     # interference that covers a whole attempt leaves its runs evenly slow (a small IQR), so only a second
     # attempt that agrees shows the minimum is the machine's and not the burst's.
-    statistic: str = "median"
+    statistic: str = defaults.STATISTIC
     max_relative_iqr: float = 0.05
     min_agreement: float = 0.03
     max_attempts: int = 4
-    clock: str = "wall"  # a key of CLOCKS; devices with their own timer ignore it
+    # A key of CLOCKS, or `auto` (toolchain.targets.resolve_clock): with no target to resolve it against, the
+    # harness reads `auto` as the wall clock, valid for every runner. Devices with their own timer ignore it.
+    clock: str = defaults.CLOCK
     # Timed runs go on until they span at least this many ms (at most MAX_TIMED_RUNS): a sub-ms model's
     # 25 runs last a few ms, short enough for one burst of interference to cover all of them.
-    min_timed_ms: float = 0.0
+    min_timed_ms: float = defaults.MIN_TIMED_MS
 
 
 @dataclass(frozen=True)
@@ -84,7 +77,7 @@ class Measurement:
     attempts: int
     stable: bool
 
-    def value(self, statistic: str = "median") -> float:
+    def value(self, statistic: str = defaults.STATISTIC) -> float:
         """The latency in ms by `statistic` (a name in STATISTICS)."""
         return latency_ms(self, statistic)
 
@@ -178,7 +171,7 @@ def measure_interleaved(
     its result is None.
     """
     check_statistic(config.statistic)
-    clock = clock or CLOCKS[config.clock]
+    clock = clock or CLOCKS[resolve_clock(config.clock, None)]
     attempts: dict[int, list[Measurement]] = {i: [] for i in range(len(runners))}
     results: list[Measurement | None] = [None] * len(runners)
     for attempt in range(1, config.max_attempts + 1):

@@ -32,7 +32,7 @@ from torch import nn
 
 from toolchain.inputs import ModelInputs, make_inputs, specs_from_key, vocab_size_of
 from toolchain.latency.features import LayerSpec, layer_specs
-from toolchain.targets import Runner, Target
+from toolchain.targets import Runner, Runtime
 
 
 def build_variant(model: nn.Module, example_input: ModelInputs, widths: dict[str, int]) -> nn.Module:
@@ -86,14 +86,14 @@ class BuiltVariant:
     compiled: bytes | None = None
     module: nn.Module | None = None
 
-    def runner(self, target: Target, example_input: ModelInputs) -> Runner:
+    def runner(self, target: Runtime, example_input: ModelInputs) -> Runner:
         if self.compiled is not None:
             return target.load(self.compiled, example_input)
         return target.prepare(self.module, example_input)
 
 
 def build_here(kind: str, widths: dict, model: nn.Module, example_input: ModelInputs,
-               compile_for: Target | None = None) -> BuiltVariant:
+               compile_for: Runtime | None = None) -> BuiltVariant:
     """A job's variant built in this process: the module, or its bytes compiled for `compile_for`."""
     variant, variant_input = variant_of(kind, widths, model, example_input)
     layers = tuple(layer.to_dict() for layer in layer_specs(variant, variant_input))
@@ -106,7 +106,7 @@ def build_here(kind: str, widths: dict, model: nn.Module, example_input: ModelIn
 _WORKER: dict = {}  # in a worker: its own copy of the model, its input and the target
 
 
-def _start_worker(model_spec: str, input_shape: tuple[int, ...], target: Target, parent_pid: int) -> None:
+def _start_worker(model_spec: str, input_shape: tuple[int, ...], target: Runtime, parent_pid: int) -> None:
     from toolchain.models import resolve_model
 
     _exit_with_parent(parent_pid)
@@ -138,7 +138,7 @@ class VariantBuilder:
     """
 
     def __init__(self, model_spec: str, input_shape: tuple[int, ...], model: nn.Module,
-                 example_input: ModelInputs, target: Target, workers: int = 2):
+                 example_input: ModelInputs, target: Runtime, workers: int = 2):
         self.model, self.example_input = model, example_input
         self._pool = None
         if workers > 1 and target.compiles_to_bytes:

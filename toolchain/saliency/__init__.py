@@ -25,8 +25,8 @@ from torch import nn
 
 from toolchain.errors import ToolchainError
 from toolchain.graph import PruningGraph
-from toolchain.latency.measure import torch_threads
 from toolchain.saliency._masking import Batch, calibration_batches
+from toolchain.threads import torch_threads
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from toolchain.graph import PruningGraph
-from toolchain.latency.measure import torch_threads
 from toolchain.saliency._masking import batch_statistics, calibration_batches, masked, task_loss
+from toolchain.threads import torch_threads
 
 MIN_SENSITIVITY = 1e-4  # a group is never free to remove: keeps the loss curves strictly ordered
 

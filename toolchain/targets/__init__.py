@@ -1,14 +1,17 @@
 """Targets: where a model runs and how it is compiled and timed.
 
-A *target* is a device class (`cpu`, `cuda`); a *backend* is the runtime that compiles and times a model
-on it (`onnxruntime`, `tvm`, `torch`, `tensorrt`). Backends register themselves with `@register_backend`;
-`get_target` is the one door and `list_targets` the one listing. Device facts (peak FLOP/s, bandwidth)
-live in the device table, never here.
+A `Target` (toolchain/targets/target.py) is the value that says where and how latency is measured: device,
+backend, threads, clock, statistic, runs. It resolves to a `Runtime`: a device class (`cpu`, `cuda`) with the
+backend that compiles and times a model on it (`onnxruntime`, `tvm`, `torch`, `tensorrt`). Backends register
+themselves with `@register_backend`; `get_target` is the one door to a runtime and `list_targets` the one
+listing. Device facts (peak FLOP/s, bandwidth) live in the device table (devices.py), never here.
 
 Example:
-    >>> target = get_target("cpu")                      # onnxruntime, 1 thread
-    >>> runner = target.prepare(model, torch.randn(1, 3, 224, 224))
-    >>> runner.run()                                    # one synchronous inference
+    >>> runtime = Target("cpu").resolve()                 # onnxruntime, 1 thread
+    >>> runtime.label
+    'cpu/onnxruntime/1t'
+    >>> runner = runtime.prepare(model, example_input)    # doctest: +SKIP
+    >>> runner.run()                                      # one synchronous inference  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Protocol
 
 from torch import nn
 
+from toolchain import defaults
 from toolchain.errors import ToolchainError
 from toolchain.inputs import ModelInputs
 
@@ -51,11 +55,11 @@ class Runner(Protocol):
 class Backend(Protocol):
     """What a backend module registers: availability, versions, and compile-for-timing."""
 
-    def unavailable_reason(self, target: Target) -> str | None: ...
+    def unavailable_reason(self, target: Runtime) -> str | None: ...
 
     def versions(self) -> dict[str, str]: ...
 
-    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Target) -> Runner: ...
+    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Runtime) -> Runner: ...
 
     # Optional, for backends whose compiled form is plain bytes (ONNX Runtime): `compile` may then run in
     # another process and `load` bind its result here (a profiling campaign builds variants in parallel).
@@ -64,12 +68,13 @@ class Backend(Protocol):
 
 
 @dataclass(frozen=True)
-class Target:
-    """A device class + backend + host threads (+ optional remote RPC endpoint)."""
+class Runtime:
+    """A device class + backend + host threads (+ optional remote RPC endpoint), checked available: what
+    compiles and times a model. Made by `get_target` (or `Target.resolve()`)."""
 
     name: str
     backend: str
-    threads: int = 1
+    threads: int = defaults.THREADS
     rpc: RpcEndpoint | None = field(default=None, compare=False)
 
     @property
@@ -132,8 +137,8 @@ def _valid_choices() -> str:
 
 
 def get_target(
-    name: str, backend: str | None = None, threads: int = 1, rpc: RpcEndpoint | None = None
-) -> Target:
+    name: str, backend: str | None = defaults.BACKEND, threads: int = defaults.THREADS, rpc: RpcEndpoint | None = None
+) -> Runtime:
     """Look up a target; raises ToolchainError naming the valid choices, or why a backend is unavailable."""
     if name not in DEFAULT_BACKEND:
         raise ToolchainError(f"unknown target {name!r}; valid targets/backends: {_valid_choices()}")
@@ -146,16 +151,23 @@ def get_target(
         raise ToolchainError(f"--threads must be >= 1, got {threads}")
     if rpc is not None and backend != "tvm":
         raise ToolchainError(f"remote devices are timed through TVM RPC; use --backend tvm, not {backend!r}")
-    target = Target(name=name, backend=backend, threads=threads, rpc=rpc)
+    target = Runtime(name=name, backend=backend, threads=threads, rpc=rpc)
     reason = _backend_impl(target).unavailable_reason(target)
     if reason:
         raise ToolchainError(f"backend {backend!r} for target {name!r} is unavailable: {reason}")
     return target
 
 
-def _backend_impl(target: Target) -> Backend:
+def _backend_impl(target: Runtime) -> Backend:
     return _BACKENDS[(target.name, target.backend)]()
 
 
 # Registration happens on import; every backend imports its runtime lazily, inside its methods.
 from toolchain.targets.backends import onnxruntime_backend, tensorrt_backend, torch_backend, tvm_backend  # noqa: E402,F401,I001
+# The measurement value and its lock, on top of the runtimes above.
+from toolchain.targets.measurement import MEASUREMENT_LOCK, measurement_lock  # noqa: E402,I001
+from toolchain.targets.target import AUTO_CLOCK, Target, resolve_clock, runs_on_timing_thread  # noqa: E402,I001
+
+__all__ = ["AUTO_CLOCK", "DEFAULT_BACKEND", "MEASUREMENT_LOCK", "Backend", "RpcEndpoint", "Runner", "Runtime", "Target",
+           "get_target", "list_targets", "measurement_lock", "register_backend", "resolve_clock",
+           "runs_on_timing_thread"]

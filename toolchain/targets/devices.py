@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from collections.abc import Mapping
@@ -187,6 +188,19 @@ ALIASES = MappingProxyType({"jetson": "jetson-orin"})
 def list_devices() -> list[str]:
     """Canonical device names, sorted (aliases are in `ALIASES`)."""
     return sorted(_DEVICES)
+
+
+def rpc_target_json(device: DeviceProfile | str) -> str:
+    """The TVM target, as JSON, that a device's CPU is compiled for when it is timed through TVM RPC (the
+    `RpcEndpoint.tvm_target_json` of a board); empty for this host, whose loopback compiles for its own `llvm`.
+
+    >>> rpc_target_json("jetson")
+    '{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a78ae"}'
+    >>> rpc_target_json("cpu")
+    ''
+    """
+    profile = get_device(device) if isinstance(device, str) else device
+    return "" if profile.name == "cpu" else json.dumps(dict(profile.tvm_host_target))
 
 
 def get_device(name: str) -> DeviceProfile:

@@ -6,7 +6,7 @@
     lut        per-layer single-op lookup table, summed (NetAdapt / HALP style baseline)
 
 Example:
-    >>> predictor = load_predictor("toolchain/latency/artifacts/resnet18-cpu-ort-lpnet")
+    >>> predictor = load_predictor("toolchain/latency/artifacts/resnet18-cpu-onnxruntime-lpnet")
     >>> predictor.predict_ms(LatencyQuery.from_model("zoo:resnet18", model, (1, 3, 224, 224), widths))
     12.3
 """
@@ -20,6 +20,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from toolchain import defaults
 from toolchain.errors import ToolchainError
 from toolchain.inputs import make_inputs, specs_from_key, vocab_size_of
 from toolchain.latency.features import LayerSpec, layer_specs, spec_from_dict, total_macs
@@ -52,7 +53,7 @@ class LatencyQuery:
         return cls(model_spec, tuple(input_shape), widths, tuple(layers))
 
     @classmethod
-    def from_row(cls, row, statistic: str = "median") -> LatencyQuery:
+    def from_row(cls, row, statistic: str = defaults.STATISTIC) -> LatencyQuery:
         """A training sample from a `toolchain.latency.store.MeasurementRow`, its latency taken by `statistic`."""
         return cls(
             row.model,
@@ -134,13 +135,15 @@ def register_predictor(cls: type[LatencyPredictor]) -> type[LatencyPredictor]:
     return cls
 
 
-def list_predictors() -> list[str]:
+def list_predictor_kinds() -> list[str]:
+    """The registered predictor kinds (lpnet, layerwise, macs, lut); `toolchain.latency.list_predictors()` lists
+    fitted artifacts."""
     return sorted(_PREDICTORS)
 
 
 def predictor_class(name: str) -> type[LatencyPredictor]:
     if name not in _PREDICTORS:
-        raise ToolchainError(f"unknown predictor {name!r}; valid: {', '.join(list_predictors())}")
+        raise ToolchainError(f"unknown predictor {name!r}; valid: {', '.join(list_predictor_kinds())}")
     return _PREDICTORS[name]
 
 

@@ -41,7 +41,9 @@ class ArtifactMeta:
     n_single_ops: int = 0  # single-op measurements trained on (layerwise)
     heldout_metrics: dict = field(default_factory=dict)
     created_at: str = ""
-    statistic: str = "median"  # which per-configuration latency it was trained on and predicts (median, min)
+    # Which per-configuration latency it was trained on and predicts (median, min). Not a policy default: an
+    # artifact written before this field existed was fitted on the median (fit_predictor always sets it).
+    statistic: str = "median"
     artifact_version: int = ARTIFACT_VERSION
 
     @property

@@ -24,12 +24,12 @@ from torch import nn
 
 from toolchain.errors import ToolchainError
 from toolchain.latency.features import FEATURE_NAMES, layer_features
-from toolchain.latency.measure import torch_threads
 from toolchain.latency.predictors import (
     LatencyPredictor,
     LatencyQuery,
     register_predictor,
 )
+from toolchain.threads import torch_threads
 
 HIDDEN_UNITS = 64
 LEARNING_RATE = 3e-3

@@ -38,8 +38,8 @@ from torch import nn
 
 from toolchain.errors import OutdatedArtifactError, ToolchainError
 from toolchain.latency.features import COMPUTE_OPS
-from toolchain.latency.measure import torch_threads
 from toolchain.latency.predictors import LatencyPredictor, LatencyQuery, register_predictor
+from toolchain.threads import torch_threads
 
 HIDDEN_UNITS = 64
 ENSEMBLE_SIZE = 3

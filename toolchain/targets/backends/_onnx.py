@@ -9,12 +9,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolchain import defaults
 from toolchain.inputs import ModelInputs, as_positional, input_names, input_tensors
 
 INPUT_NAME = "input"  # of a one-tensor model; named inputs keep their names
 
 
-def onnx_bytes_for_timing(model: nn.Module, example_input: ModelInputs, opset: int = 17) -> bytes:
+def onnx_bytes_for_timing(model: nn.Module, example_input: ModelInputs, opset: int = defaults.ONNX_OPSET) -> bytes:
     """Serialised ONNX of `model` at the fixed shapes (and dtypes) of `example_input`.
 
     Timing needs only a faithful graph, not the export proofs of `toolchain.export.onnx`; the TorchScript

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from toolchain.inputs import ModelInputs
-from toolchain.targets import Target, register_backend
+from toolchain.targets import Runtime, register_backend
 from toolchain.targets.backends._onnx import onnx_bytes_for_timing, onnx_feeds
 
 
@@ -36,7 +36,7 @@ class OnnxRuntimeRunner:
 
 @register_backend("cpu", "onnxruntime")
 class OnnxRuntimeBackend:
-    def unavailable_reason(self, target: Target) -> str | None:
+    def unavailable_reason(self, target: Runtime) -> str | None:
         try:
             metadata.version("onnxruntime")
         except metadata.PackageNotFoundError:
@@ -46,11 +46,11 @@ class OnnxRuntimeBackend:
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": metadata.version("onnxruntime"), "torch": torch.__version__}
 
-    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Target) -> OnnxRuntimeRunner:
+    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Runtime) -> OnnxRuntimeRunner:
         return self.load(self.compile(model, example_input, target), example_input, target)
 
-    def compile(self, model: nn.Module, example_input: ModelInputs, target: Target) -> bytes:
+    def compile(self, model: nn.Module, example_input: ModelInputs, target: Runtime) -> bytes:
         return onnx_bytes_for_timing(model, example_input)
 
-    def load(self, compiled: bytes, example_input: ModelInputs, target: Target) -> OnnxRuntimeRunner:
+    def load(self, compiled: bytes, example_input: ModelInputs, target: Runtime) -> OnnxRuntimeRunner:
         return OnnxRuntimeRunner(compiled, onnx_feeds(example_input), target.threads)

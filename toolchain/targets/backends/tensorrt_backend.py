@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from toolchain.errors import ToolchainError
-from toolchain.targets import Target, register_backend
+from toolchain.targets import Runtime, register_backend
 
 
 @register_backend("cuda", "tensorrt")
 class TensorRtBackend:
-    def unavailable_reason(self, target: Target) -> str | None:
+    def unavailable_reason(self, target: Runtime) -> str | None:
         try:
             metadata.version("tensorrt")
         except metadata.PackageNotFoundError:
@@ -28,7 +28,7 @@ class TensorRtBackend:
     def versions(self) -> dict[str, str]:
         return {"tensorrt": metadata.version("tensorrt"), "torch": torch.__version__}
 
-    def prepare(self, model: nn.Module, example_input: torch.Tensor, target: Target):
+    def prepare(self, model: nn.Module, example_input: torch.Tensor, target: Runtime):
         raise ToolchainError(
             "timing through TensorRT needs toolchain.export.tensorrt, which is not merged yet"
         )

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from toolchain.inputs import ModelInputs, call_model, inputs_to
-from toolchain.targets import Target, register_backend
+from toolchain.targets import Runtime, register_backend
 
 
 class TorchCpuRunner:
@@ -50,23 +50,23 @@ class TorchCudaRunner:
 
 @register_backend("cpu", "torch")
 class TorchCpuBackend:
-    def unavailable_reason(self, target: Target) -> str | None:
+    def unavailable_reason(self, target: Runtime) -> str | None:
         return None
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
 
-    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Target) -> TorchCpuRunner:
+    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Runtime) -> TorchCpuRunner:
         return TorchCpuRunner(model, inputs_to(example_input, "cpu"), target.threads)
 
 
 @register_backend("cuda", "torch")
 class TorchCudaBackend:
-    def unavailable_reason(self, target: Target) -> str | None:
+    def unavailable_reason(self, target: Runtime) -> str | None:
         return None if torch.cuda.is_available() else "no CUDA GPU is visible to torch"
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__, "cuda": str(torch.version.cuda)}
 
-    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Target) -> TorchCudaRunner:
+    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Runtime) -> TorchCudaRunner:
         return TorchCudaRunner(model, example_input)

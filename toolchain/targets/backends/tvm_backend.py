@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from toolchain.inputs import ModelInputs, input_tensors
-from toolchain.targets import RpcEndpoint, Target, register_backend
+from toolchain.targets import RpcEndpoint, Runtime, register_backend
 from toolchain.targets.backends._onnx import onnx_bytes_for_timing
 
 HOST_TVM_TARGET = {"kind": "llvm"}
@@ -106,7 +106,7 @@ def drop_remote_session(endpoint: RpcEndpoint) -> None:
 class _TvmBackend:
     device_kind = "cpu"
 
-    def unavailable_reason(self, target: Target) -> str | None:
+    def unavailable_reason(self, target: Runtime) -> str | None:
         try:
             metadata.version("apache-tvm")
         except metadata.PackageNotFoundError:
@@ -116,12 +116,12 @@ class _TvmBackend:
     def versions(self) -> dict[str, str]:
         return {"apache-tvm": metadata.version("apache-tvm"), "torch": torch.__version__}
 
-    def tvm_target(self, target: Target) -> dict:
+    def tvm_target(self, target: Runtime) -> dict:
         if target.rpc is not None and target.rpc.tvm_target_json:
             return json.loads(target.rpc.tvm_target_json)
         return HOST_TVM_TARGET if self.device_kind == "cpu" else {"kind": "cuda"}
 
-    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Target) -> TvmRunner:
+    def prepare(self, model: nn.Module, example_input: ModelInputs, target: Runtime) -> TvmRunner:
         import tvm
 
         executable = compile_onnx(onnx_bytes_for_timing(model, example_input), self.tvm_target(target))
@@ -152,7 +152,7 @@ class TvmCpuBackend(_TvmBackend):
 class TvmCudaBackend(_TvmBackend):
     device_kind = "cuda"
 
-    def unavailable_reason(self, target: Target) -> str | None:
+    def unavailable_reason(self, target: Runtime) -> str | None:
         reason = super().unavailable_reason(target)
         if reason or target.rpc is not None:
             return reason
