@@ -35,7 +35,7 @@ ENGINE_PRECISIONS = ("fp16", "int8")
 class BundleConfig:
     """Which device the bundle is for and how its TensorRT engine is built there."""
 
-    device: str = "cpu"
+    device: str = defaults.TARGET
     precision: str = "fp16"  # the engine precision build_engine.sh asks for: fp16 or int8
     calib_batches: int = 8  # calibration batches used for the INT8 cache
     rpc: RpcEndpoint | None = None  # the board, reached through a TVM RPC tracker, to measure on

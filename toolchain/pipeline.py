@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from toolchain import defaults
 from toolchain.archive import write_arch_and_weights
 from toolchain.budget import BudgetJob
 from toolchain.data import check_data_fits, resolve_data
@@ -40,7 +41,7 @@ class PipelineConfig:
     trust_pickle: bool = False  # let a source load pickle checkpoints (`--trust-pickle`)
     data: str | None = None  # None: MNIST-5k for zoo:demo, nothing otherwise
     prune: PruneConfig = field(default_factory=PruneConfig)
-    target: str = "cpu"
+    target: str = defaults.TARGET
     budget: BudgetJob | None = None  # prune under a latency budget instead of `prune.ratio`
 
 

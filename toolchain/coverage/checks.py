@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolchain import defaults
 from toolchain.inputs import ModelInputs, call_model, flatten_outputs, input_names, input_tensors
 
 ONNX_MAX_REL_ERR = 1e-4  # the toolchain's own fp32 tolerance (toolchain.export.onnx.MAX_REL_ERR_FP32)
@@ -59,7 +60,8 @@ def shape_problem(dense: list[torch.Tensor], pruned: list[torch.Tensor]) -> str 
     return None
 
 
-def export_onnx_any_inputs(model: nn.Module, inputs: ModelInputs, path: str | Path, opset: int = 17) -> Path:
+def export_onnx_any_inputs(model: nn.Module, inputs: ModelInputs, path: str | Path,
+                           opset: int = defaults.ONNX_OPSET) -> Path:
     """Export with tensor, tuple or named inputs (names kept), TorchScript exporter first, dynamo second."""
     path = Path(path)
     args = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs) if isinstance(inputs, (tuple, list)) \
