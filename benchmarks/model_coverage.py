@@ -206,7 +206,8 @@ def _run_toolchain_api(built, limit_s: int) -> dict:
 
 def _run_toolchain_cli(key: str, built, limit_s: int, workdir: Path) -> dict | None:
     """The CLI run, or None when the CLI has no source/option for this model yet (the caller falls back)."""
-    from toolchain import load_pruned
+    from toolchain import load_pruned, resolve_model
+    from toolchain.archive import arch_inputs
     from toolchain.coverage.checks import parameter_count, run_outputs
 
     spec = built.cli
@@ -240,7 +241,10 @@ def _run_toolchain_cli(key: str, built, limit_s: int, workdir: Path) -> dict | N
         pruned, _manifest = load_pruned(out)
     except Exception as exc:
         return {**row, "status": "crash", "detail": f"written folder does not load: {_first_line(exc)}"}
-    return {**_check_pruned(pruned, built, run_outputs(built.model, built.inputs), parameter_count(built.model),
+    # Parameters are compared with the model the CLI pruned, built again from its source: it may differ from the
+    # registry's (torchvision's GoogLeNet keeps its training-only aux heads there, which no forward runs).
+    dense_params = parameter_count(resolve_model(model_arg, inputs=arch_inputs(_manifest))[0])
+    return {**_check_pruned(pruned, built, run_outputs(built.model, built.inputs), dense_params,
                             out / "model.onnx"), **row}
 
 
