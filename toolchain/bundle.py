@@ -79,24 +79,15 @@ def _write_executable(path: Path, text: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
-def _measure_config(target, statistic: str):
-    """The measurement policy's defaults (toolchain/defaults.py) with the run's statistic."""
-    from toolchain.latency.campaign import resolve_clock
-    from toolchain.latency.measure import MeasureConfig
-
-    return MeasureConfig(warmup_runs=defaults.WARMUP_RUNS, timed_runs=defaults.TIMED_RUNS, statistic=statistic,
-                         clock=resolve_clock(defaults.CLOCK, target), min_timed_ms=defaults.MIN_TIMED_MS)
-
-
 def _measure_on_host(model: torch.nn.Module, example_input: torch.Tensor, latency: Latencies,
                      statistic: str) -> Latencies:
     """Time the pruned model on this machine with the measurement harness (not a prediction)."""
     from toolchain.latency.fingerprint import machine_fingerprint
     from toolchain.latency.measure import measure
-    from toolchain.targets import get_target
+    from toolchain.targets import Target
 
-    target = get_target("cpu")
-    config = _measure_config(target, statistic)
+    measured_on = Target(defaults.TARGET, statistic=statistic)  # the measurement policy, with the run's statistic
+    target, config = measured_on.resolve(), measured_on.measure_config()
     result = measure(target.prepare(model, example_input), config)
     how = f": {statistic} of {len(result.samples_ms)} runs after {config.warmup_runs} warm-up runs, IQR " \
           f"{result.iqr_ms:.3f} ms"
@@ -113,12 +104,12 @@ def _measure_through_rpc(model: torch.nn.Module, example_input: torch.Tensor, la
     from toolchain.latency.fingerprint import machine_fingerprint
     from toolchain.latency.measure import measure
     from toolchain.latency.rpc import DeviceLostError, tracker_unreachable_reason, with_retries
-    from toolchain.targets import get_target
+    from toolchain.targets import Target
     from toolchain.targets.devices import rpc_target_json
 
     endpoint = replace(endpoint, tvm_target_json=endpoint.tvm_target_json or rpc_target_json(device))
-    target = get_target("cpu", "tvm", 1, rpc=endpoint)
-    config = _measure_config(target, statistic)
+    measured_on = Target(defaults.TARGET, "tvm", rpc=endpoint, statistic=statistic)
+    target, config = measured_on.resolve(), measured_on.measure_config()
     unreachable = tracker_unreachable_reason(endpoint)
     if unreachable is not None:
         return replace(latency, unreachable=f"device {endpoint.key!r}: {unreachable}")
