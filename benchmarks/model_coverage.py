@@ -376,8 +376,9 @@ def summarise(rows: dict[str, dict]) -> dict:
         counts = Counter(r["status"] for r in results)
         totals[column] = {"models": len(results), "ok_percent": 100.0 * counts["ok"] / max(len(results), 1),
                           "wrong": counts["wrong"],
-                          "tracebacks": sum("traceback" in r.get("detail", "").lower() or
-                                            (r["status"] == "crash") for r in results),
+                          # a crash can be a clean one-line error (exit 2: error: ...); only Python's own
+                          # traceback output counts here
+                          "tracebacks": sum(r.get("detail", "").startswith("traceback:") for r in results),
                           "counts": dict(counts)}
     verdicts = Counter(f["versus_torch_pruning"] for f in families.values())
     return {"totals": totals, "families": families,
