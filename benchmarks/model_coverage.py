@@ -367,9 +367,11 @@ def summarise(rows: dict[str, dict]) -> dict:
     families = {}
     for family, columns in sorted(by_family.items()):
         best_tp, ours = max(score(columns["tp_auto"]), score(columns["tp_hand"])), score(columns["toolchain"])
+        compared = len(columns["toolchain"]) == len(columns["tp_auto"]) == len(columns["tp_hand"]) > 0
+        verdict = "beaten" if ours > best_tp else "tie" if ours == best_tp else "behind"
+        # a family whose Torch-Pruning rows were not (all) run is not compared: an empty column is no result
         families[family] = {"counts": {c: dict(Counter(r["status"] for r in columns[c])) for c in COLUMNS},
-                            "versus_torch_pruning": "beaten" if ours > best_tp else "tie" if ours == best_tp
-                            else "behind"}
+                            "versus_torch_pruning": verdict if compared else "not compared"}
     totals = {}
     for column in COLUMNS:
         results = [row["columns"][column] for row in rows.values() if column in row["columns"]]
@@ -383,7 +385,7 @@ def summarise(rows: dict[str, dict]) -> dict:
     verdicts = Counter(f["versus_torch_pruning"] for f in families.values())
     return {"totals": totals, "families": families,
             "families_beaten": f"{verdicts['beaten']}/{len(families)} (tie {verdicts['tie']}, behind "
-                               f"{verdicts['behind']})"}
+                               f"{verdicts['behind']}, not compared {verdicts['not compared']})"}
 
 
 def _cell(result: dict | None) -> str:
@@ -403,7 +405,7 @@ def write_markdown(path: Path, payload: dict) -> None:
              f"Environment: {json.dumps(payload['environment'])}", "",
              f"Limits: {payload.get('timeout_s')} s per pruning step (wall), {payload.get('memory_gb')} GB of "
              f"address space per subprocess; {len(payload['rows'])} models.", "",
-             "| column | models | ok % | wrong | crashes (tracebacks) | statuses |", "|---|---|---|---|---|---|"]
+             "| column | models | ok % | wrong | tracebacks | statuses |", "|---|---|---|---|---|---|"]
     for column, total in summary["totals"].items():
         lines.append(f"| {column} | {total['models']} | {total['ok_percent']:.0f} | {total['wrong']} | "
                      f"{total['tracebacks']} | {total['counts']} |")
