@@ -208,3 +208,15 @@ def test_an_interrupt_while_the_cluster_starts_is_one_line(monkeypatch, capsys):
     assert rpc.main(["--port", "19620"]) == 130
     err = capsys.readouterr().err
     assert err.startswith("error: stopped while") and err.count("\n") == 1
+
+
+def test_the_rpc_module_runs_as_main_without_a_double_import_warning():
+    """`python -m toolchain.latency.rpc` warned that the module was imported (by the package's public face)
+    before it ran as __main__; the modules that use its retries import it on use."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "toolchain.latency.rpc", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--key" in done.stdout and "RuntimeWarning" not in done.stderr

@@ -28,7 +28,6 @@ from toolchain.inputs import InputSpecs, ModelInputs, make_inputs, specs_from_ke
 from toolchain.latency.features import COMPUTE_OPS, LayerSpec, layer_specs, total_macs
 from toolchain.latency.fingerprint import fingerprint_id, machine_fingerprint
 from toolchain.latency.measure import CLOCKS, MeasureConfig, Measurement, latency_ms, measure
-from toolchain.latency.rpc import with_retries
 from toolchain.latency.sampling import layer_grid_ratios, sample_width_configs
 from toolchain.latency.sentinel import SentinelCheck, time_chunk
 from toolchain.latency.store import MeasurementRow, MeasurementStore, config_key
@@ -316,6 +315,8 @@ def _time_queue(pending: list[Job], run: _Run, sentinel, check: SentinelCheck, b
 
 def _run_remote(pending: list[Job], run: _Run) -> None:
     """One at a time, compile + upload + time inside the retries (a board that drops is reconnected)."""
+    from toolchain.latency.rpc import with_retries  # on use: `python -m toolchain.latency.rpc` runs it as main
+
     config = run.config
     for index, job in enumerate(pending):
         if run.on_progress:

@@ -15,7 +15,6 @@ from torch import nn
 
 from toolchain.inputs import ModelInputs
 from toolchain.latency.measure import measure
-from toolchain.latency.rpc import with_retries
 from toolchain.targets import Target, measurement_lock
 from toolchain.threads import torch_threads
 
@@ -41,6 +40,8 @@ def target_measure(target: Target) -> MeasureFn:
         # Compile, upload and time inside the lock and with retries: a session opened before waiting for the
         # lock can expire while it waits, and a board that drops is reconnected (DeviceLostError after the
         # retries, one line).
+        from toolchain.latency.rpc import with_retries  # on use: `python -m toolchain.latency.rpc` runs it as main
+
         with measurement_lock(target.lock_path):
             return with_retries(lambda: timed(model, example_input), target.rpc, "timing a pruned model")
 
