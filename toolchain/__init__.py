@@ -10,16 +10,29 @@ predictor from `load_predictor`, or found or built by `BudgetJob`) on a `Target`
 bundle: `deploy`. Each public name's docstring has a worked example (tests/test_public_api.py runs them).
 """
 
+import importlib
+
 from toolchain.allocate import BudgetConfig
 from toolchain.archive import load_pruned
-from toolchain.budget import prune_to_budget
-from toolchain.deployment import deploy
 from toolchain.errors import ToolchainError
 from toolchain.graph import ChannelGroup, PruningGraph, count_macs_params
-from toolchain.latency import list_predictors, load_predictor, predict
 from toolchain.models import create_model, list_models, resolve_model
 from toolchain.pruning import PruneConfig, PruneResult, prune
 from toolchain.targets import Target
+
+# Imported on first use: the budget loop and the latency package (predictors, campaign, scipy) add ~1.8 s to
+# `import toolchain`, which ratio pruning and `load_pruned` never need.
+_ON_USE = {"prune_to_budget": "toolchain.budget", "deploy": "toolchain.deployment",
+           **dict.fromkeys(("list_predictors", "load_predictor", "predict"), "toolchain.latency")}
+
+
+def __getattr__(name: str):
+    if name not in _ON_USE:
+        raise AttributeError(f"module 'toolchain' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_ON_USE[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     # ratio pruning and the model zoo

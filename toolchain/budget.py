@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from toolchain.allocate import BudgetConfig, build_problem
-from toolchain.budget_providers import BudgetProviders, Measurer, PredictorInfo, Step, active_providers
+from toolchain.budget_providers import BudgetProviders, Measurer, Step, active_providers
 from toolchain.budget_search import BudgetSearch
 from toolchain.budget_trial import Trial
 from toolchain.graph import PruningGraph, count_macs_params
 from toolchain.inputs import ModelInputs, specs_key, specs_of
-from toolchain.latency.provision import PROFILE_DB, find_or_build_predictor
+from toolchain.latency.provision import PROFILE_DB, PredictorInfo, find_or_build_predictor
 from toolchain.latency.timing import target_measure
 from toolchain.manifest import Manifest
 from toolchain.pruning import PruneConfig, PruneResult, prune

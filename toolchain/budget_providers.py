@@ -21,7 +21,7 @@ from typing import Protocol
 from torch import nn
 
 from toolchain.inputs import ModelInputs
-from toolchain.latency.provision import PredictorInfo  # noqa: F401 - the providers' result type, one definition
+from toolchain.latency.provision import PredictorInfo
 
 Step = Callable[[str], None]
 

@@ -99,8 +99,6 @@ def _measure_on_host(model: torch.nn.Module, example_input: torch.Tensor, latenc
 def _measure_through_rpc(model: torch.nn.Module, example_input: torch.Tensor, latency: Latencies,
                          device: DeviceProfile, endpoint: RpcEndpoint, statistic: str) -> Latencies:
     """Compile on this host for the board's CPU, upload, and time with TVM's evaluator on the board."""
-    from dataclasses import replace
-
     from toolchain.latency.fingerprint import machine_fingerprint
     from toolchain.latency.measure import measure
     from toolchain.latency.rpc import DeviceLostError, tracker_unreachable_reason, with_retries

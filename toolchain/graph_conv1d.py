@@ -58,10 +58,9 @@ def is_projection(layer) -> bool:
     return isinstance(layer, nn.Linear) or (Conv1D is not None and isinstance(layer, Conv1D))
 
 
-def conv1d_magnitude(group, width: int, p: int = 2) -> torch.Tensor:
-    """Per root channel, the L`p` norm of its weights over a group's `Conv1D` layers (Torch-Pruning's importance
-    skips them): the norm itself for p=2, the sum of |w| for p=1 (`conv1d_norms`)."""
-    return conv1d_norms(group, width, p).sqrt() if p == 2 else conv1d_norms(group, width, p)
+def conv1d_magnitude(group, width: int) -> torch.Tensor:
+    """L2 magnitude per root channel over a group's `Conv1D` layers (Torch-Pruning's importance skips them)."""
+    return conv1d_norms(group, width, 2).sqrt()
 
 
 def conv1d_norms(group, width: int, p: int) -> torch.Tensor:

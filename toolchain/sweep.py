@@ -30,10 +30,10 @@ import torch
 
 from toolchain.allocate import BudgetConfig
 from toolchain.budget import prune_to_budget, score_model, target_providers
-from toolchain.budget_providers import BudgetProviders, Measurer, PredictorInfo
+from toolchain.budget_providers import BudgetProviders, Measurer
 from toolchain.errors import ToolchainError
 from toolchain.inputs import make_inputs, vocab_size_of
-from toolchain.latency.provision import PROFILE_DB
+from toolchain.latency.provision import PROFILE_DB, PredictorInfo
 from toolchain.manifest import BUDGET_BAND_LOW, Accuracy, Manifest
 from toolchain.output_folder import check_writable
 from toolchain.saliency import SaliencyConfig
