@@ -49,7 +49,8 @@ def _fake_target(model, _example_input) -> float:
 def ratio_folder(tmp_path_factory) -> dict:
     """A folder written by `toolchain prune --ratio` on the demo model (with MNIST-5k accuracies)."""
     out = tmp_path_factory.mktemp("prune") / "demo"
-    assert main(["prune", "--model", "zoo:demo", "--ratio", "0.5", "--out", str(out), "--json"]) == 0
+    assert main(["prune", "--model", "zoo:demo", "--ratio", "0.5", "--finetune-steps", "2", "--out", str(out),
+                 "--json"]) == 0
     return json.loads((out / "manifest.json").read_text())
 
 
