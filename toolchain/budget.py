@@ -118,17 +118,18 @@ def prune_to_budget(dense: nn.Module, example_input: ModelInputs, config: Budget
     saliency, wall_s = saliency or SaliencyConfig(), {}
     criterion, criterion_note = resolve_criterion(config.criterion, data)
     if criterion_note is not None:
-        step(f"criterion: {criterion_note}")
+        if scored is None:  # else said by whoever scored it (BudgetJob.run)
+            step(f"criterion: {criterion_note}")
         config = replace(config, criterion=criterion)
+    if scored is None or scored.criterion != config.criterion:  # first: a criterion that needs data fails here
+        step(f"scoring channels ({config.criterion})")
+        scored = score_model(dense, example_input, config.criterion, config.protect, data, saliency)
     with _timed(wall_s, "measure_dense"):
         if dense_latency_ms is None:
             step("measuring the dense model on the target")
             dense_latency_ms = measurer(dense, example_input)
     dense_runs, dense_latency_ms = run_stats(dense_latency_ms), by_statistic(dense_latency_ms, config.budget_statistic)
     budget_ms = config.budget_ms if config.budget_ms is not None else config.budget_ratio * dense_latency_ms
-    if scored is None or scored.criterion != config.criterion:
-        step(f"scoring channels ({config.criterion})")
-        scored = score_model(dense, example_input, config.criterion, config.protect, data, saliency)
     wall_s["saliency"] = scored.seconds
     search = _budget_search(dense, example_input, config, predictor, measurer, data, saliency, scored,
                             budget_ms, dense_latency_ms, step)
@@ -235,9 +236,13 @@ class BudgetJob:
         providers = (self.providers or active_providers()
                      or target_providers(self.target, self.predictor, self.db_path, self.on_progress))
         spec = model_spec if isinstance(model_spec, str) else type(model_spec).__name__
+        # Scored before the predictor is found or built (minutes): a criterion that needs data fails at once.
+        criterion, note = resolve_criterion(self.budget.criterion, data)
+        step(f"scoring channels ({note if note else criterion})")
+        scored = score_model(dense, example_input, criterion, self.budget.protect, data, self.saliency)
         info = providers.predictor(spec, dense, example_input, step)
         result = prune_to_budget(dense, example_input, self.budget, info, providers.measurer, data=data,
-                                 saliency=self.saliency, step=step, on_recovery=self.on_recovery)
+                                 saliency=self.saliency, step=step, scored=scored, on_recovery=self.on_recovery)
         result.manifest["latency_target"] = {**self.target.describe(), "label": providers.label}
         if result.manifest.get("budget_statistic") is None:  # met on the measurement's own statistic
             result.manifest["budget_statistic"] = self.target.statistic
