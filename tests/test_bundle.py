@@ -66,6 +66,8 @@ def test_host_bundle_has_a_tvm_library_checked_against_pytorch(tmp_path):
     assert manifest["latency"]["statistic"] == defaults.STATISTIC and manifest["latency"]["clock"] == "thread_cpu"
     assert manifest["measured_latency_ms"] == manifest["latency"]["measured_ms"]
     assert f"{defaults.STATISTIC} of " in manifest["latency"]["source"]
+    runs = manifest["latency_runs"]["measured"]  # the other statistics of the same timed runs
+    assert runs["min_ms"] <= runs["median_ms"] <= runs["p90_ms"] and runs["runs"] >= defaults.TIMED_RUNS
     assert Manifest.from_json(manifest).to_json() == manifest
 
 

@@ -71,6 +71,11 @@ def run_stats(measured: float) -> dict | None:
             "p90_ms": round(measured.p90_ms, 4), "runs": measured.runs}
 
 
+def runs_of(result) -> dict:
+    """`run_stats` of a `toolchain.latency.measure.Measurement` (its kept attempt's runs)."""
+    return run_stats(MeasuredMs.of_samples(result.samples_ms, "min", None, min_ms=result.min_ms))
+
+
 def target_timer(target: Target):
     """A measurer like `toolchain.latency.timing.target_measure(target)` whose result is a `MeasuredMs`."""
     from toolchain.latency.measure import measure

@@ -74,8 +74,9 @@ class Latency:
     runs: dict | None = None  # min_ms, median_ms, p90_ms and number of the same timed runs, where recorded
 
     @classmethod
-    def measured_on(cls, label: str, ms: float, statistic: str | None, clock: str | None, how: str = "") -> Latency:
-        return cls(ms, f"measured on {label}{how}", statistic, clock)
+    def measured_on(cls, label: str, ms: float, statistic: str | None, clock: str | None, how: str = "",
+                    runs: dict | None = None) -> Latency:
+        return cls(ms, f"measured on {label}{how}", statistic, clock, runs)
 
     @classmethod
     def predicted_by(cls, predictor: str, ms: float | None, how: str = "") -> Latency:

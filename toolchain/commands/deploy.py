@@ -100,6 +100,9 @@ def _print_bundle(manifest: dict, out, device: str) -> None:
 
     print_summary(manifest, out)
     click.echo(f"  TVM library: {out}/{manifest['tvm']['library']}")
-    click.echo(f"  {latency_summary(Manifest.from_json(manifest).latency, device)}")
+    latency = Manifest.from_json(manifest).latency
+    click.echo(f"  {latency_summary(latency, device)}")
+    if latency.measured is not None and latency.measured.spread() and manifest.get("budget_ms") is None:
+        click.echo(f"    {latency.measured.describe()}; {latency.measured.spread()}")  # a budget run said so above
     if "tensorrt" in manifest:
         click.echo(f"on the board: copy {out}/ there, then run ./build_engine.sh && python3 run.py model.engine")
