@@ -268,8 +268,9 @@ def recovery_config(recover_seconds: float, no_recover: bool, finetune_steps: in
 
 budget_statistic_option = click.option(
     "--budget-statistic", type=click.Choice(BUDGET_STATISTICS), default=None,
-    help="the statistic of the timed runs the budget is met on (default: --statistic's, min: other work on a "
-         "shared machine only adds time, so the fastest run repeats best; median/p90: the typical/slow run)")
+    help="the statistic of the timed runs the budget is met on (default: the measurement's statistic, min, or "
+         "prune's --statistic; min: other work on a shared machine only adds time, so the fastest run repeats "
+         "best; median/p90: the typical/slow run on this machine)")
 shapley_samples_option = click.option(
     "--shapley-samples", type=count(1), default=SaliencyConfig.shapley_samples, show_default=True,
     help="Monte Carlo permutations per group for --criterion shapley (its cost bound)")
