@@ -124,6 +124,18 @@ def test_the_teacher_cache_returns_the_teachers_logits_computing_each_sample_onc
     assert calls[:2] == [2, 1]
 
 
+
+def test_a_teacher_output_too_large_to_cache_is_computed_every_time(monkeypatch):
+    monkeypatch.setattr("toolchain.recover.MAX_CACHED_LOGITS", 4)
+    teacher = nn.Linear(3, 2)
+    inputs = torch.randn(5, 3)
+    cache = _TeacherCache(teacher, size=5)  # 5 samples x 2 logits > 4
+    with torch.no_grad():
+        assert torch.allclose(cache(torch.tensor([0, 1]), inputs[:2]), teacher(inputs[:2]))
+        assert torch.allclose(cache(torch.tensor([1, 2]), inputs[1:3]), teacher(inputs[1:3]))
+    assert cache.logits is None and cache.filled is None
+
+
 def test_one_cycle_warms_up_then_anneals_to_zero():
     assert one_cycle_lr(0.0, 1.0) == pytest.approx(0.1) and one_cycle_lr(0.1, 1.0) == pytest.approx(1.0)
     assert one_cycle_lr(1.0, 1.0) == pytest.approx(0.0) and one_cycle_lr(2.0, 1.0) == pytest.approx(0.0)

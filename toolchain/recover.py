@@ -32,6 +32,7 @@ from toolchain.threads import torch_threads
 # on load; 90 s is enough for the demo at half its latency to come back to within ~0.3 points of the dense
 # model (BENCHMARKS.md), and keeps `make deploy` (profile + fit + prune + recover + export) under 4 minutes.
 DEFAULT_RECOVER_SECONDS = 90.0
+MAX_CACHED_LOGITS = 50_000_000  # teacher outputs kept in memory at most (200 MB of float32)
 OnProgress = Callable[[float, float, str], None]  # (done, total, what): seconds (or steps) done of the bound
 
 # Why a distillation ended (the manifest's `recovery.stop_reason`).
@@ -151,10 +152,15 @@ class _TeacherCache:
 
     @torch.no_grad()
     def __call__(self, indices: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        if self.filled is None:  # too large to cache: computed every time
+            return self.teacher(inputs)
         missing = ~self.filled[indices]
         if bool(missing.any()):
             fresh = self.teacher(inputs[missing])
             if self.logits is None:
+                if len(self.filled) * fresh[0].numel() > MAX_CACHED_LOGITS:  # e.g. ImageNet: 1.2 M x 1000 floats
+                    self.filled = None
+                    return self.teacher(inputs)
                 self.logits = torch.empty(len(self.filled), *fresh.shape[1:], dtype=fresh.dtype)
             self.logits[indices[missing]] = fresh
             self.filled[indices[missing]] = True
