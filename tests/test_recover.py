@@ -18,6 +18,7 @@ from toolchain.errors import ToolchainError
 from toolchain.models import resolve_model
 from toolchain.pruning import prune
 from toolchain.recover import (
+    EMPTY_TRAIN_SPLIT,
     NO_TRAIN_SPLIT,
     PLATEAU,
     REACHED_DENSE,
@@ -109,6 +110,9 @@ def test_no_recover_and_data_without_a_train_split_recalibrate_batchnorm_only(sm
     no_train = DataSplits(None, small_mnist.calib, small_mnist.test)
     done = recover(copy.deepcopy(pruned), dense, no_train)
     assert not done["recovery"]["ran"] and done["recovery"]["stop_reason"] == NO_TRAIN_SPLIT
+    empty = DataSplits(Subset(small_mnist.train, []), small_mnist.calib, small_mnist.test)
+    done = recover(copy.deepcopy(pruned), dense, empty, RecoveryConfig(seconds=600))  # ends at once, no busy loop
+    assert done["recovery"]["stop_reason"] == EMPTY_TRAIN_SPLIT and done["recovery"]["steps"] == 0
 
 
 def test_the_teacher_cache_returns_the_teachers_logits_computing_each_sample_once():

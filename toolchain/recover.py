@@ -42,6 +42,7 @@ TIME_LIMIT = "time limit"
 STEPS_DONE = "fixed number of steps done"
 TURNED_OFF = "turned off (BatchNorm re-calibration only)"
 NO_TRAIN_SPLIT = "the data has no train split (BatchNorm re-calibration only)"
+EMPTY_TRAIN_SPLIT = "the train split is empty"
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,8 @@ def _train(student: nn.Module, teacher: nn.Module, train: Dataset, calib: Datase
            report: dict, on_progress: OnProgress | None, total: float, start_s: float) -> tuple[int, str]:
     """The distillation loop of `distill`; returns (steps taken, stop reason)."""
     timed = config.mode == "seconds"
+    if len(train) == 0:  # nothing to draw from (and a sampler over nothing refuses to be built)
+        return 0, EMPTY_TRAIN_SPLIT
     loader = DataLoader(_Indexed(train), batch_size=config.batch_size, shuffle=True,
                         drop_last=len(train) >= 2 * config.batch_size,  # no tiny last batch (noisy BN statistics)
                         generator=torch.Generator().manual_seed(config.seed))
