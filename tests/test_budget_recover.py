@@ -25,8 +25,9 @@ def test_recover_recalibrates_then_distils_and_says_what_it_did(small_mnist, fin
     means_before = pruned.get_submodule("stem.1").running_mean.clone()
     done = recover(pruned, dense, small_mnist, RecoveryConfig(finetune_steps=finetune_steps))
     assert list(done) == ["dense_accuracy", "accuracy_before_recovery", "accuracy",
-                          "accuracy_after_bn_recalibration", "finetune_steps"]  # the manifest's order
+                          "accuracy_after_bn_recalibration", "finetune_steps", "recovery"]  # the manifest's order
     assert done["finetune_steps"] == finetune_steps and done["dense_accuracy"] > 0.9
+    assert done["recovery"]["ran"] == (finetune_steps > 0) and done["recovery"]["steps"] == finetune_steps
     assert not pruned.get_submodule("stem.1").running_mean.equal(means_before)  # statistics re-estimated
     if finetune_steps == 0:
         assert done["accuracy"] == done["accuracy_after_bn_recalibration"]
@@ -38,7 +39,8 @@ def test_a_ratio_prune_in_the_pipeline_is_recovered_by_the_same_function(tmp_pat
     from toolchain.inputs import make_inputs
     from toolchain.pipeline import PipelineConfig, write_pruned_folder
 
-    manifest = write_pruned_folder(PipelineConfig(model="zoo:demo", out=tmp_path / "pruned"))  # MNIST-5k, ratio 0.5
+    recovery = RecoveryConfig(finetune_steps=2)  # fixed steps: the same result both ways
+    manifest = write_pruned_folder(PipelineConfig(model="zoo:demo", out=tmp_path / "pruned", recovery=recovery))
     dense, specs = resolve_model("zoo:demo")
-    done = recover(prune(dense, make_inputs(specs), ratio=0.5).model, dense, load_mnist5k())
+    done = recover(prune(dense, make_inputs(specs), ratio=0.5).model, dense, load_mnist5k(), recovery)
     assert (manifest["dense_accuracy"], manifest["accuracy"]) == (done["dense_accuracy"], done["accuracy"])

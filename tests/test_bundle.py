@@ -15,6 +15,7 @@ from toolchain.errors import ToolchainError
 from toolchain.manifest import Manifest
 from toolchain.pipeline import PipelineConfig
 from toolchain.pruning import PruneConfig
+from toolchain.recover import RecoveryConfig
 from toolchain.targets.devices import get_device
 
 pytestmark = pytest.mark.tvm
@@ -31,7 +32,8 @@ def test_jetson_bundle_holds_cross_built_library_engine_scripts_and_honest_manif
         pytest.skip("the aarch64 cross compiler could not be installed through apt")
     out = tmp_path / "jetson"
     manifest = write_bundle(BundleConfig(device="jetson"),
-                            PipelineConfig(model="zoo:demo", out=out, prune=PruneConfig(ratio=0.5)))
+                            PipelineConfig(model="zoo:demo", out=out, prune=PruneConfig(ratio=0.5),
+                                           recovery=RecoveryConfig(distill=False)))
     files = {p.name for p in out.iterdir()}
     assert {"model.onnx", "arch.json", "weights.safetensors", "manifest.json", "README.md", "build_engine.sh",
             "run.py", "calib.cache", "model.jetson-orin.so"} <= files
@@ -64,6 +66,8 @@ def test_host_bundle_has_a_tvm_library_checked_against_pytorch(tmp_path):
     assert manifest["latency"]["statistic"] == defaults.STATISTIC and manifest["latency"]["clock"] == "thread_cpu"
     assert manifest["measured_latency_ms"] == manifest["latency"]["measured_ms"]
     assert f"{defaults.STATISTIC} of " in manifest["latency"]["source"]
+    runs = manifest["latency_runs"]["measured"]  # the other statistics of the same timed runs
+    assert runs["min_ms"] <= runs["median_ms"] <= runs["p90_ms"] and runs["runs"] >= defaults.TIMED_RUNS
     assert Manifest.from_json(manifest).to_json() == manifest
 
 
@@ -139,7 +143,8 @@ def test_budget_deploy_profiles_fits_prunes_and_measures_on_the_board_through_rp
     db = tmp_path / "runs" / "latency.db"
     with loopback_cluster(key="board", tracker_port=9590) as cluster:
         spec = Target("cpu", rpc=cluster.endpoint, profile_samples=12, warmup_runs=1, timed_runs=5)
-        job = BudgetJob(BudgetConfig(budget_ratio=0.7, criterion="l2", allocator="uniform", max_iterations=2),
+        job = BudgetJob(BudgetConfig(budget_ratio=0.7, criterion="l2", allocator="uniform", max_iterations=2,
+                                     finetune_steps=0),
                         spec, predictor=str(tmp_path / "predictor"), db_path=str(db))
         manifest = write_bundle(BundleConfig(device="cpu", rpc=cluster.endpoint),
                                 PipelineConfig(model="zoo:demo", out=tmp_path / "b", budget=job))

@@ -49,7 +49,8 @@ def _fake_target(model, _example_input) -> float:
 def ratio_folder(tmp_path_factory) -> dict:
     """A folder written by `toolchain prune --ratio` on the demo model (with MNIST-5k accuracies)."""
     out = tmp_path_factory.mktemp("prune") / "demo"
-    assert main(["prune", "--model", "zoo:demo", "--ratio", "0.5", "--out", str(out), "--json"]) == 0
+    assert main(["prune", "--model", "zoo:demo", "--ratio", "0.5", "--finetune-steps", "2", "--out", str(out),
+                 "--json"]) == 0
     return json.loads((out / "manifest.json").read_text())
 
 
@@ -100,8 +101,11 @@ def test_the_cli_summary_reads_the_typed_manifest(budget_manifest, ratio_folder)
     lines = summary_lines(Manifest.from_json(written))
     assert lines[0].startswith("  params 308,074 -> ") and "ONNX verified against PyTorch" in lines[-1]
     budget_lines = summary_lines(Manifest.from_json({**budget_manifest, "onnx_max_rel_err": 1e-7}))
-    assert budget_lines[-1].startswith("  latency on cpu/onnxruntime/1t: budget ")
-    assert " ms (min) (predicted " in budget_lines[-1] and budget_lines[-1].endswith("l1 + knapsack")
+    latency = next(line for line in budget_lines if line.startswith("  latency on cpu/onnxruntime/1t: budget "))
+    assert "met on the min of the timed runs; measured " in latency and latency.endswith(" ms (min, thread-CPU)")
+    assert budget_lines[-1].startswith("    dense ") and budget_lines[-1].endswith("l1 + knapsack")
+    recovered = next(line for line in lines if line.startswith("  recovery: distillation"))
+    assert "2 steps in " in recovered and "stopped: fixed number of steps done" in recovered
 
 
 def test_unknown_keys_of_other_writers_survive_a_round_trip():

@@ -24,17 +24,39 @@ from torch import nn
 from toolchain.allocate import BudgetConfig, build_problem
 from toolchain.budget_providers import BudgetProviders, Measurer, Step, active_providers
 from toolchain.budget_search import BudgetSearch
+from toolchain.budget_timing import by_statistic, run_stats, target_timer
 from toolchain.budget_trial import Trial
 from toolchain.graph import PruningGraph, count_macs_params
 from toolchain.inputs import ModelInputs, specs_key, specs_of
 from toolchain.latency.provision import PROFILE_DB, PredictorInfo, find_or_build_predictor
-from toolchain.latency.timing import target_measure
 from toolchain.manifest import Manifest
 from toolchain.pruning import PruneConfig, PruneResult, prune
-from toolchain.recover import RecoveryConfig, recover
+from toolchain.recover import OnProgress, recover
 from toolchain.saliency import SaliencyConfig, score_groups_report
 from toolchain.saliency.probe import masked_loss, probe_sensitivity
 from toolchain.targets import Target
+
+# `criterion="auto"` (the CLI's default): the data-driven criterion where there is data, else a data-free one,
+# so a budget run without --data prunes (by weight magnitude) instead of stopping; the manifest says which and why.
+AUTO_CRITERION = "auto"
+DATA_CRITERION = "taylor"  # first-order loss change: the better choice with calibration data (BENCHMARKS.md)
+DATA_FREE_CRITERION = "l2"
+
+
+def resolve_criterion(criterion: str, data) -> tuple[str, str | None]:
+    """The criterion a budget run scores with, and why when it was chosen for the user (`auto`).
+
+    >>> resolve_criterion("auto", None)
+    ('l2', 'l2 (data-free weight magnitude): no data was given, and taylor needs calibration data')
+    >>> resolve_criterion("taylor", None)     # asked for explicitly: scoring refuses it without data
+    ('taylor', None)
+    """
+    if criterion != AUTO_CRITERION:
+        return criterion, None
+    if data is not None:
+        return DATA_CRITERION, f"{DATA_CRITERION} (chosen by auto: calibration data was given)"
+    return DATA_FREE_CRITERION, (f"{DATA_FREE_CRITERION} (data-free weight magnitude): no data was given, and "
+                                 f"{DATA_CRITERION} needs calibration data")
 
 
 def _macs_counter(dense: nn.Module, example_input: ModelInputs, protect: tuple[str, ...]):
@@ -79,12 +101,14 @@ def score_model(dense: nn.Module, example_input: ModelInputs, criterion: str, pr
 def prune_to_budget(dense: nn.Module, example_input: ModelInputs, config: BudgetConfig, predictor: PredictorInfo,
                     measurer: Measurer, *, data=None, saliency: SaliencyConfig | None = None,
                     step: Step = lambda _: None, scored: ScoredModel | None = None,
-                    dense_latency_ms: float | None = None) -> PruneResult:
+                    dense_latency_ms: float | None = None, on_recovery: OnProgress | None = None) -> PruneResult:
     """A pruned copy of `dense` whose latency, timed on the target by `measurer`, meets the budget; its manifest.
 
     `predictor`: widths -> predicted ms (`target_providers` gives a target's pair; the example's are fakes from
-    tests/test_public_api.py). `data` enables data-driven criteria, recovery and accuracies; `scored` and
-    `dense_latency_ms` let a sweep score and time the dense model once for many budgets.
+    tests/test_public_api.py). `data` enables data-driven criteria, recovery (`config.recovery_config`:
+    distillation bounded by time unless turned off) and accuracies; `scored` and `dense_latency_ms` let a sweep
+    score and time the dense model once for many budgets. `on_recovery(done, total, what)` shows recovery's
+    progress. Latencies are by `config.budget_statistic` where the measurer returns the runs' statistics.
 
     >>> config = toolchain.BudgetConfig(budget_ratio=0.6, criterion="l1", allocator="knapsack")
     >>> result = toolchain.prune_to_budget(toolchain.create_model("demo"), x, config, predictor, measurer)
@@ -92,14 +116,20 @@ def prune_to_budget(dense: nn.Module, example_input: ModelInputs, config: Budget
     True
     """
     saliency, wall_s = saliency or SaliencyConfig(), {}
+    criterion, criterion_note = resolve_criterion(config.criterion, data)
+    if criterion_note is not None:
+        if scored is None:  # else said by whoever scored it (BudgetJob.run)
+            step(f"criterion: {criterion_note}")
+        config = replace(config, criterion=criterion)
+    if scored is None or scored.criterion != config.criterion:  # first: a criterion that needs data fails here
+        step(f"scoring channels ({config.criterion})")
+        scored = score_model(dense, example_input, config.criterion, config.protect, data, saliency)
     with _timed(wall_s, "measure_dense"):
         if dense_latency_ms is None:
             step("measuring the dense model on the target")
             dense_latency_ms = measurer(dense, example_input)
+    dense_runs, dense_latency_ms = run_stats(dense_latency_ms), by_statistic(dense_latency_ms, config.budget_statistic)
     budget_ms = config.budget_ms if config.budget_ms is not None else config.budget_ratio * dense_latency_ms
-    if scored is None or scored.criterion != config.criterion:
-        step(f"scoring channels ({config.criterion})")
-        scored = score_model(dense, example_input, config.criterion, config.protect, data, saliency)
     wall_s["saliency"] = scored.seconds
     search = _budget_search(dense, example_input, config, predictor, measurer, data, saliency, scored,
                             budget_ms, dense_latency_ms, step)
@@ -109,9 +139,13 @@ def prune_to_budget(dense: nn.Module, example_input: ModelInputs, config: Budget
     best = search.best()
     result, saliency_report = _final_model(dense, example_input, config, scored, best, data, saliency, step)
     manifest = {**result.manifest, **_budget_fields(config, search, best, result, saliency_report, predictor)}
+    if best.run_stats or dense_runs:  # the measurer returned the runs' statistics (MeasuredMs)
+        manifest["latency_runs"] = {"measured": best.run_stats, "dense": dense_runs}
+    if criterion_note is not None:
+        manifest["criterion_note"] = criterion_note
     with _timed(wall_s, "recover"):
         if data is not None:
-            manifest.update(recover(result.model, dense, data, RecoveryConfig(config.finetune_steps), step))
+            manifest.update(recover(result.model, dense, data, config.recovery_config, step, on_recovery))
     manifest["wall_s"] = {k: round(v, 2) for k, v in wall_s.items()}
     return replace(result, manifest=manifest)
 
@@ -162,6 +196,7 @@ def _budget_fields(config: BudgetConfig, search: BudgetSearch, best: Trial, resu
     return {"budget_ms": round(search.budget_ms, 4), "budget_ratio": config.budget_ratio,
             "dense_latency_ms": round(search.dense_ms, 4), "predicted_latency_ms": round(best.predicted_ms, 4),
             "measured_latency_ms": round(best.measured_ms, 4), "budget_met": best.measured_ms <= search.budget_ms,
+            **({"budget_statistic": config.budget_statistic} if config.budget_statistic else {}),
             "criterion": config.criterion, "allocator": config.allocator, "per_layer_widths": result.widths,
             "iterations": [t.record() for t in search.trials], "saliency": saliency_report,
             "predictor": {"name": predictor.name, "artifact": predictor.artifact,
@@ -176,7 +211,7 @@ def target_providers(spec: Target, artifact: str | None = None, db_path: str = P
         return find_or_build_predictor(model_spec, dense, specs_key(specs_of(example_input)), spec, artifact,
                                        db_path, on_progress, step)
 
-    return BudgetProviders(predictor, target_measure(spec), spec.where)
+    return BudgetProviders(predictor, target_timer(spec), spec.where)
 
 
 @dataclass(frozen=True)
@@ -194,15 +229,22 @@ class BudgetJob:
     saliency: SaliencyConfig = SaliencyConfig()
     db_path: str = PROFILE_DB
     on_progress: Callable[[int, int, str], None] | None = field(default=None, compare=False)
+    on_recovery: OnProgress | None = field(default=None, compare=False)  # recovery's progress (done, total, what)
     providers: BudgetProviders | None = field(default=None, compare=False)
 
     def run(self, model_spec, dense: nn.Module, example_input: ModelInputs, data, step: Step) -> PruneResult:
         providers = (self.providers or active_providers()
                      or target_providers(self.target, self.predictor, self.db_path, self.on_progress))
         spec = model_spec if isinstance(model_spec, str) else type(model_spec).__name__
+        # Scored before the predictor is found or built (minutes): a criterion that needs data fails at once.
+        criterion, note = resolve_criterion(self.budget.criterion, data)
+        step(f"scoring channels ({note if note else criterion})")
+        scored = score_model(dense, example_input, criterion, self.budget.protect, data, self.saliency)
         info = providers.predictor(spec, dense, example_input, step)
         result = prune_to_budget(dense, example_input, self.budget, info, providers.measurer, data=data,
-                                 saliency=self.saliency, step=step)
+                                 saliency=self.saliency, step=step, scored=scored, on_recovery=self.on_recovery)
         result.manifest["latency_target"] = {**self.target.describe(), "label": providers.label}
+        if result.manifest.get("budget_statistic") is None:  # met on the measurement's own statistic
+            result.manifest["budget_statistic"] = self.target.statistic
         # typed: the latency section says the measurement's statistic, clock and target (from latency_target)
         return replace(result, manifest=Manifest.from_json(result.manifest).to_json())

@@ -61,6 +61,7 @@ class Trial:
     calibration_check: dict | None = None  # the joint-loss check of an allocator's proposal (budget_check)
     timings_ms: list[float] = field(default_factory=list)  # every timing of this model, in order
     measured_ms: float | None = None  # the lowest timing of these widths, this trial's and earlier trials'
+    run_stats: dict | None = None  # min/median/p90 and number of the timed runs behind `measured_ms`, if known
     outcome: str | None = None  # MET, OVER, UNDER or UNREACHABLE once observed
     result: PruneResult | None = field(default=None, repr=False)  # the pruned model, once built
 

@@ -82,6 +82,7 @@ def _write_executable(path: Path, text: str) -> None:
 def _measure_on_host(model: torch.nn.Module, example_input: torch.Tensor, latency: Latencies,
                      statistic: str) -> Latencies:
     """Time the pruned model on this machine with the measurement harness (not a prediction)."""
+    from toolchain.budget_timing import runs_of
     from toolchain.latency.fingerprint import machine_fingerprint
     from toolchain.latency.measure import measure
     from toolchain.targets import Target
@@ -92,7 +93,7 @@ def _measure_on_host(model: torch.nn.Module, example_input: torch.Tensor, latenc
     how = f": {statistic} of {len(result.samples_ms)} runs after {config.warmup_runs} warm-up runs, IQR " \
           f"{result.iqr_ms:.3f} ms"
     return replace(latency, measured=Latency.measured_on(f"this host, {target.label}", result.value(statistic),
-                                                         statistic, config.clock, how),
+                                                         statistic, config.clock, how, runs_of(result)),
                    fingerprint=machine_fingerprint(target))
 
 

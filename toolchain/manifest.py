@@ -69,12 +69,14 @@ class Latency:
 
     ms: float | None
     source: str  # "measured on <target label>..." or "predicted by <predictor>..."
-    statistic: str | None = None  # of the timed runs, "min" or "median" (measurements only)
+    statistic: str | None = None  # of the timed runs, "min", "median" or "p90" (measurements only)
     clock: str | None = None  # "wall" or "thread_cpu" (measurements only)
+    runs: dict | None = None  # min_ms, median_ms, p90_ms and number of the same timed runs, where recorded
 
     @classmethod
-    def measured_on(cls, label: str, ms: float, statistic: str | None, clock: str | None, how: str = "") -> Latency:
-        return cls(ms, f"measured on {label}{how}", statistic, clock)
+    def measured_on(cls, label: str, ms: float, statistic: str | None, clock: str | None, how: str = "",
+                    runs: dict | None = None) -> Latency:
+        return cls(ms, f"measured on {label}{how}", statistic, clock, runs)
 
     @classmethod
     def predicted_by(cls, predictor: str, ms: float | None, how: str = "") -> Latency:
@@ -84,8 +86,30 @@ class Latency:
     def is_measured(self) -> bool:
         return self.source.startswith("measured")
 
+    def describe(self) -> str:
+        """The value with what it is, e.g. "0.319 ms (min of 263 runs, thread-CPU)".
 
-_STATISTIC_IN_TEXT = re.compile(r"\b(min|median) of \d+ runs")
+        >>> Latency(0.319, "measured on cpu", "min", "thread_cpu", {"runs": 263}).describe()
+        '0.319 ms (min of 263 runs, thread-CPU)'
+        >>> Latency.predicted_by("lpnet", 0.3).describe()
+        '0.300 ms (predicted)'
+        """
+        if not self.is_measured:
+            return f"{self.ms:.3f} ms (predicted)"
+        clock = {"thread_cpu": "thread-CPU"}.get(self.clock, self.clock or "clock not recorded")
+        runs = f" of {self.runs['runs']} runs" if self.runs and self.runs.get("runs") else ""
+        return f"{self.ms:.3f} ms ({self.statistic or 'statistic not recorded'}{runs}, {clock})"
+
+    def spread(self) -> str:
+        """The other statistics of the same runs, e.g. "median 0.331, p90 0.352 ms of the same runs"; "" if unknown."""
+        if not self.runs:
+            return ""
+        others = [f"{name} {self.runs[f'{name}_ms']:.3f}" for name in ("min", "median", "p90")
+                  if name != self.statistic and self.runs.get(f"{name}_ms") is not None]
+        return f"{', '.join(others)} ms of the same runs" if others else ""
+
+
+_STATISTIC_IN_TEXT = re.compile(r"\b(min|median|p90) of \d+ runs")
 
 
 @dataclass(frozen=True)
@@ -114,6 +138,9 @@ class Latencies:
         if self.predicted:
             section.update(predicted_ms=self.predicted.ms, prediction_source=self.predicted.source)
         _put(doc, "latency", section or None)
+        runs = {"measured": self.measured.runs if self.measured else None,
+                "dense": self.dense.runs if self.dense else None}
+        _put(doc, "latency_runs", runs if any(runs.values()) else None)  # min/median/p90 of the same runs
         _put(doc, "latency_target", self.policy)
         _put(doc, "latency_fingerprint", self.fingerprint)
         _put(doc, "latency_unreachable", self.unreachable)
@@ -130,12 +157,16 @@ class Latencies:
         source = section.get("source") or doc.get("latency_source") or (
             f"measured by the budget loop on {policy.get('label')}" if policy else "measured (source not recorded)")
         found = _STATISTIC_IN_TEXT.search(f"{source} {doc.get('latency_source') or ''}")
-        statistic = section.get("statistic") or (policy or {}).get("statistic") or (found[1] if found else None)
+        # The budget's statistic (a budget run) before the target's measurement policy: the budget loop reports
+        # every latency by the statistic the budget is met on.
+        statistic = (section.get("statistic") or doc.get("budget_statistic") or (policy or {}).get("statistic")
+                     or (found[1] if found else None))
         clock = section.get("clock") or (policy or {}).get("clock")
+        runs = _section(doc, "latency_runs")
         if measured_ms is not None:
-            measured = Latency(measured_ms, source, statistic, clock)
+            measured = Latency(measured_ms, source, statistic, clock, runs.get("measured"))
         if doc.get("dense_latency_ms") is not None:
-            dense = Latency(doc["dense_latency_ms"], source, statistic, clock)
+            dense = Latency(doc["dense_latency_ms"], source, statistic, clock, runs.get("dense"))
         predicted_ms = _first(doc.get("predicted_latency_ms"), section.get("predicted_ms"))
         if predicted_ms is not None or section.get("prediction_source"):
             predictor = _section(doc, "predictor")
@@ -181,14 +212,17 @@ class Accuracy:
     pruned: float | None = None
     before_recovery: float | None = None
     after_bn_recalibration: float | None = None
-    finetune_steps: int | None = None
+    finetune_steps: int | None = None  # distillation steps taken
+    # What recovery did: ran, mode (seconds/steps/off), seconds, thread_cpu_seconds, seconds_limit, steps,
+    # stop_reason, dense_calib_accuracy, calib_accuracy_before/after (toolchain.recover.recover).
+    recovery: dict | None = None
 
     def to_json(self) -> dict:
         doc: dict = {}
         for key, value in (("accuracy_data", self.data), ("dense_accuracy", self.dense), ("accuracy", self.pruned),
                            ("accuracy_before_recovery", self.before_recovery),
                            ("accuracy_after_bn_recalibration", self.after_bn_recalibration),
-                           ("finetune_steps", self.finetune_steps)):
+                           ("finetune_steps", self.finetune_steps), ("recovery", self.recovery)):
             _put(doc, key, value)
         return doc
 
@@ -230,7 +264,9 @@ class Budget:
     budget_ms: float
     budget_ratio: float | None = None  # of the dense model's measured latency; None when given in ms
     budget_met: bool | None = None
+    budget_statistic: str | None = None  # the statistic of the timed runs the budget was met on
     criterion: str | None = None
+    criterion_note: str | None = None  # why the criterion differs from the one asked for (no data: data-free)
     allocator: str | None = None
     per_layer_widths: dict | None = None
     iterations: tuple[Iteration, ...] | None = None
@@ -248,7 +284,8 @@ class Budget:
 
     def to_json(self) -> dict:
         doc = {"budget_ms": self.budget_ms, "budget_ratio": self.budget_ratio}
-        for key in ("budget_met", "criterion", "allocator", "per_layer_widths", "saliency", "predictor", "wall_s"):
+        for key in ("budget_met", "budget_statistic", "criterion", "criterion_note", "allocator", "per_layer_widths",
+                    "saliency", "predictor", "wall_s"):
             _put(doc, key, getattr(self, key))
         if self.iterations is not None:
             doc["iterations"] = [it.to_json() for it in self.iterations]
@@ -275,15 +312,18 @@ _VERIFICATION_KEYS = {"shrink_relative_error": "verified_relative_error", "onnx_
                       "onnx_opset": "onnx_opset"}
 _ACCURACY_KEYS = {"data": "accuracy_data", "dense": "dense_accuracy", "pruned": "accuracy",
                   "before_recovery": "accuracy_before_recovery",
-                  "after_bn_recalibration": "accuracy_after_bn_recalibration", "finetune_steps": "finetune_steps"}
+                  "after_bn_recalibration": "accuracy_after_bn_recalibration", "finetune_steps": "finetune_steps",
+                  "recovery": "recovery"}
 _BUDGET_KEYS = [f.name for f in fields(Budget)]
 _DEPLOYMENT_KEYS = [f.name for f in fields(Deployment)]
+# latency_source: version 1 only; latency_runs: min/median/p90 and count of the runs behind measured and dense
 _LATENCY_KEYS = ["dense_latency_ms", "predicted_latency_ms", "measured_latency_ms", "latency", "latency_target",
-                 "latency_fingerprint", "latency_unreachable", "latency_source"]  # latency_source: version 1 only
+                 "latency_fingerprint", "latency_unreachable", "latency_source", "latency_runs"]
 _TOP_KEYS = ["version", "model", "target", "input_shape", "inputs", "toolchain_version", "created_at"]
 # Fields that hold a JSON object or list: anything else is a malformed manifest (refused in one line).
 _OBJECT_KEYS = ("per_group_widths", "dense_group_widths", "frozen_groups", "per_layer_widths", "saliency", "predictor",
-                "wall_s", "device", "versions", "tvm", "tensorrt", "latency_target", "latency_fingerprint")
+                "wall_s", "device", "versions", "tvm", "tensorrt", "latency_target", "latency_fingerprint", "recovery",
+                "latency_runs")
 _LIST_KEYS = ("input_shape", "inputs", "protected_layers", "iterations")
 _KNOWN = {*_TOP_KEYS, *_PRUNING_KEYS.values(), *_VERIFICATION_KEYS.values(), *_ACCURACY_KEYS.values(),
           *_BUDGET_KEYS, *_DEPLOYMENT_KEYS, *_LATENCY_KEYS}
@@ -400,13 +440,33 @@ def summary_lines(manifest: Manifest) -> list[str]:
     if accuracy is not None and accuracy.pruned is not None:
         lines.append(f"  accuracy (measured on {accuracy.data} test split): "
                      f"{accuracy.dense:.2%} dense -> {accuracy.pruned:.2%} pruned")
+        lines += _recovery_lines(accuracy)
     lines.append(f"  ONNX verified against PyTorch: max relative error {manifest.verification.onnx_max_rel_err:.1e}")
     budget, latency = manifest.budget, manifest.latency
     if budget is not None:
         met = "met" if budget.budget_met else "MISSED"
         label = (latency.policy or {}).get("label", "the target")
-        lines.append(f"  latency on {label}: budget {budget.budget_ms:.3f} ms {met}; "
-                     f"measured {latency.measured.ms:.3f} ms ({latency.measured.statistic}) "
-                     f"(predicted {latency.predicted.ms:.3f}, dense {latency.dense.ms:.3f}); "
-                     f"{budget.criterion} + {budget.allocator}")
+        statistic = latency.measured.statistic or "the measurer's number"
+        lines.append(f"  latency on {label}: budget {budget.budget_ms:.3f} ms {met} on the {statistic} of the "
+                     f"timed runs; measured {latency.measured.describe()}")
+        if latency.measured.spread():
+            lines.append(f"    {latency.measured.spread()}")
+        dense = latency.dense.describe() if latency.dense else "not measured"
+        lines.append(f"    dense {dense}; predicted {latency.predicted.ms:.3f} ms; {budget.criterion} + "
+                     f"{budget.allocator}")
+        if budget.criterion_note:
+            lines.append(f"    criterion: {budget.criterion_note}")
     return lines
+
+
+def _recovery_lines(accuracy: Accuracy) -> list[str]:
+    """What recovery did, in one line (nothing for manifests written before it was recorded)."""
+    done = accuracy.recovery
+    if not done:
+        return []
+    if not done.get("ran"):
+        return [f"  recovery: BatchNorm re-calibration only ({done.get('stop_reason')})"]
+    return [f"  recovery: distillation from the dense model, {done.get('steps')} steps in {done.get('seconds')} s "
+            f"wall ({done.get('thread_cpu_seconds')} s thread-CPU), stopped: {done.get('stop_reason')}; calibration "
+            f"accuracy {done.get('calib_accuracy_before', 0):.2%} -> {done.get('calib_accuracy_after', 0):.2%} "
+            f"(dense {done.get('dense_calib_accuracy', 0):.2%})"]

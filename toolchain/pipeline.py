@@ -24,7 +24,7 @@ from toolchain.manifest import Manifest
 from toolchain.models import resolve_model
 from toolchain.output_folder import atomic_folder, check_output_folder, stamp_of, write_json
 from toolchain.pruning import PruneConfig, check_runs, prune
-from toolchain.recover import RecoveryConfig, recover
+from toolchain.recover import OnProgress, RecoveryConfig, recover
 
 MANIFEST = "manifest.json"
 
@@ -43,6 +43,9 @@ class PipelineConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     target: str = defaults.TARGET
     budget: BudgetJob | None = None  # prune under a latency budget instead of `prune.ratio`
+    # Recovery of a ratio prune when there is data (a budget run recovers by its BudgetConfig's).
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    on_recovery: OnProgress | None = field(default=None, compare=False)  # recovery's progress (done, total, what)
 
 
 Step = Callable[[str], None]
@@ -52,8 +55,9 @@ Extension = Callable[[Path, torch.nn.Module, ModelInputs, object, dict, Step], N
 
 
 def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, extend: Extension | None = None) -> dict:
-    """Prune, recover (`toolchain.recover`: by the budget run, or here after a ratio prune), export and
-    verify; return the manifest.
+    """Prune, recover (`toolchain.recover`: by the budget run, or here after a ratio prune; distillation from
+    the dense model bounded by time when there is data, `config.recovery`), export and verify; return the
+    manifest.
 
     `extend` adds target-specific artifacts (a TVM library, engine scripts) before the folder is
     renamed into place, so a failure there leaves nothing half-written either.
@@ -76,8 +80,7 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
     if config.budget is not None:
         manifest["ratio"] = None  # widths came from the budget, not from a uniform ratio
     elif data is not None:  # a budget run recovers and evaluates its model itself
-        recovered = recover(result.model, dense, data, RecoveryConfig(), step)
-        manifest["dense_accuracy"], manifest["accuracy"] = recovered["dense_accuracy"], recovered["accuracy"]
+        manifest.update(recover(result.model, dense, data, config.recovery, step, config.on_recovery))
     if data is not None:
         manifest["accuracy_data"] = config.data or "mnist5k"
     with atomic_folder(config.out) as tmp:

@@ -18,7 +18,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from toolchain.allocate._problem import (
     AllocationProblem,
@@ -30,8 +30,10 @@ from toolchain.allocate._problem import (
     greedy_repair,
     loss_curves,
 )
+from toolchain.budget_timing import BUDGET_STATISTICS
 from toolchain.errors import ToolchainError
 from toolchain.manifest import BUDGET_BAND_LOW
+from toolchain.recover import RecoveryConfig
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,14 @@ class BudgetConfig:
     lower_ratio: float = BUDGET_BAND_LOW  # a measured latency in [lower_ratio, 1] x budget is accepted
     aim_ratio: float = 0.95  # first aim, as a share of the budget
     refine_rounds: int = 2  # lpnet/knapsack: exchange rounds on the joint calibration loss (0: none)
-    finetune_steps: int = 0  # distillation steps after BN re-calibration (0: low-data, no fine-tuning)
+    # Recovery after pruning (with data): distillation bounded by time by default (`RecoveryConfig`).
+    recovery: RecoveryConfig = RecoveryConfig()
+    # A fixed number of distillation steps instead (0: BN re-calibration only), e.g. equal recovery for every
+    # method of a sweep; None: `recovery` decides.
+    finetune_steps: int | None = None
+    # The statistic of the timed runs the budget is met on (min, median, p90); None: the target's measurement
+    # statistic (`Target.statistic`, default min: interference only adds time, so the minimum repeats best).
+    budget_statistic: str | None = None
     protect: tuple[str, ...] = ()
     unreachable_pause_s: float = 2.0  # pause before each extra timing of the narrowest model measured over budget
 
@@ -72,6 +81,20 @@ class BudgetConfig:
             raise ToolchainError(f"min_keep_ratio must be in (0, 1], got {self.min_keep_ratio}")
         if self.max_iterations < 1:
             raise ToolchainError(f"max_iterations must be >= 1, got {self.max_iterations}")
+        if self.budget_statistic is not None and self.budget_statistic not in BUDGET_STATISTICS:
+            raise ToolchainError(f"unknown budget statistic {self.budget_statistic!r}; "
+                                 f"valid: {', '.join(BUDGET_STATISTICS)}")
+
+    @property
+    def recovery_config(self) -> RecoveryConfig:
+        """The recovery this run applies: `recovery`, or `finetune_steps` fixed steps when given.
+
+        >>> BudgetConfig(budget_ratio=0.5, finetune_steps=300).recovery_config.mode
+        'steps'
+        """
+        if self.finetune_steps is None:
+            return self.recovery
+        return replace(self.recovery, finetune_steps=self.finetune_steps)
 
 
 Allocator = Callable[[AllocationProblem, float], dict[str, int]]

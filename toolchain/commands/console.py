@@ -27,17 +27,19 @@ class Steps:
             stderr.print(f"[dim]…[/dim] {message}")
 
 
-def progress_bar(quiet: bool) -> OnProgress | None:
-    """An `on_progress(done, total, what)` drawing a rich progress bar on stderr (for profiling on the fly)."""
+def progress_bar(quiet: bool, title: str = "profiling", unit: str = "") -> OnProgress | None:
+    """An `on_progress(done, total, what)` drawing a rich progress bar on stderr: "profiling" configurations
+    (the predictor built on the fly), "recovering" seconds of distillation. None (no bar) when `quiet`."""
     if quiet:
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     state: dict = {}
+    counted = TextColumn(f"{{task.completed:.0f}}/{{task.total:.0f}} {unit}") if unit else MofNCompleteColumn()
 
-    def on_progress(done: int, total: int, what: str) -> None:
+    def on_progress(done: float, total: float, what: str) -> None:
         if "bar" not in state:
-            state["bar"] = Progress(TextColumn("profiling {task.description}"), BarColumn(), MofNCompleteColumn(),
+            state["bar"] = Progress(TextColumn(f"{title} {{task.description}}"), BarColumn(), counted,
                                     TimeRemainingColumn(), console=stderr)
             state["bar"].start()
             state["task"] = state["bar"].add_task(what, total=total)
@@ -46,6 +48,11 @@ def progress_bar(quiet: bool) -> OnProgress | None:
             state.pop("bar").stop()
 
     return on_progress
+
+
+def recovery_bar(quiet: bool, seconds_bounded: bool = True) -> OnProgress | None:
+    """Recovery's progress on stderr: seconds (or steps) of distillation, steps and calibration accuracy."""
+    return progress_bar(quiet, "recovering:", "s" if seconds_bounded else "steps")
 
 
 @contextlib.contextmanager

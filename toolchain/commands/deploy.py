@@ -6,7 +6,7 @@ import json
 
 import click
 
-from toolchain.commands.console import Steps, library_output_to_stderr, progress_bar
+from toolchain.commands.console import Steps, library_output_to_stderr, progress_bar, recovery_bar
 from toolchain.commands.options import (
     budget_options,
     device_option,
@@ -16,6 +16,8 @@ from toolchain.commands.options import (
     precision_option,
     pruning_options,
     quiet_option,
+    recovery_config,
+    recovery_options,
     rpc_endpoint,
     rpc_options,
 )
@@ -31,12 +33,17 @@ from toolchain.errors import ToolchainError
 @out_option(required=False, help="default: dist/<target>/<model>")
 @rpc_options
 @budget_options
+@recovery_options
 @json_option
 @quiet_option
 def deploy(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, protect, data, target, precision,
-           out, rpc_tracker, rpc_key, budget_ms, budget_ratio, criterion, allocator, predictor, profile_samples,
-           finetune_steps, shapley_samples, as_json, quiet) -> None:
-    """Prune for a target, export, verify, and write the deploy bundle with its manifest."""
+           out, rpc_tracker, rpc_key, budget_ms, budget_ratio, criterion, allocator, budget_statistic, predictor,
+           profile_samples, shapley_samples, recover_seconds, no_recover, finetune_steps, as_json, quiet) -> None:
+    """Prune for a target, export, verify, and write the deploy bundle with its manifest.
+
+    With data (--data, or MNIST-5k for zoo:demo) the pruned model is recovered by distillation from the dense
+    model for up to --recover-seconds.
+    """
     from toolchain.allocate import BudgetConfig
     from toolchain.bundle import BundleConfig, default_out, write_bundle
     from toolchain.pipeline import PipelineConfig
@@ -49,26 +56,29 @@ def deploy(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, p
     # The board's TVM target comes from the device table; cpu is this host's own llvm.
     board_target = rpc_target_json(device)
     rpc = rpc_endpoint(rpc_tracker, rpc_key, board_target)
+    recovery, quiet = recovery_config(recover_seconds, no_recover, finetune_steps), as_json or quiet
+    on_recovery = recovery_bar(quiet, recovery.mode == "seconds")
     job = None
     if budget_ms is not None or budget_ratio is not None:
         budget = BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
-                              round_to=round_to, finetune_steps=finetune_steps, protect=tuple(protect))
+                              round_to=round_to, recovery=recovery, budget_statistic=budget_statistic,
+                              protect=tuple(protect))
         job = _budget_job(device.name, rpc, budget, predictor, profile_samples,
-                          SaliencyConfig(shapley_samples=shapley_samples), as_json or quiet)
+                          SaliencyConfig(shapley_samples=shapley_samples), quiet, on_recovery)
     pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, inputs=inputs,
                               trust_pickle=trust_pickle, data=data,
                               prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)),
-                              target=device.name, budget=job)
+                              target=device.name, budget=job, recovery=recovery, on_recovery=on_recovery)
     with library_output_to_stderr():
         manifest = write_bundle(BundleConfig(device=device.name, precision=precision, rpc=rpc), pipeline,
-                                Steps(quiet=as_json or quiet))
+                                Steps(quiet=quiet))
     if as_json:
         click.echo(json.dumps(manifest, indent=1))
     else:
         _print_bundle(manifest, out, device.name)
 
 
-def _budget_job(device: str, rpc, budget, predictor, profile_samples: int, saliency, quiet: bool):
+def _budget_job(device: str, rpc, budget, predictor, profile_samples: int, saliency, quiet: bool, on_recovery):
     """The budget loop's job: measured on this host for cpu, on the board through RPC otherwise."""
     if device != "cpu" and rpc is None:
         raise ToolchainError(f"a latency budget is met by measuring on the target; for {device} give the "
@@ -81,7 +91,7 @@ def _budget_job(device: str, rpc, budget, predictor, profile_samples: int, salie
     # minimum of agreeing attempts. With the wall clock and the median, the on-the-fly predictor learnt the
     # host's slow spells and the final model's accuracy swung between fresh clones (26-71% on the demo).
     spec = Target("cpu", rpc=rpc, profile_samples=profile_samples)
-    return BudgetJob(budget, spec, predictor, saliency, on_progress=progress_bar(quiet))
+    return BudgetJob(budget, spec, predictor, saliency, on_progress=progress_bar(quiet), on_recovery=on_recovery)
 
 
 def _print_bundle(manifest: dict, out, device: str) -> None:
@@ -90,6 +100,9 @@ def _print_bundle(manifest: dict, out, device: str) -> None:
 
     print_summary(manifest, out)
     click.echo(f"  TVM library: {out}/{manifest['tvm']['library']}")
-    click.echo(f"  {latency_summary(Manifest.from_json(manifest).latency, device)}")
+    latency = Manifest.from_json(manifest).latency
+    click.echo(f"  {latency_summary(latency, device)}")
+    if latency.measured is not None and latency.measured.spread() and manifest.get("budget_ms") is None:
+        click.echo(f"    {latency.measured.describe()}; {latency.measured.spread()}")  # a budget run said so above
     if "tensorrt" in manifest:
         click.echo(f"on the board: copy {out}/ there, then run ./build_engine.sh && python3 run.py model.engine")

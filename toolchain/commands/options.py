@@ -25,14 +25,24 @@ import click
 
 from toolchain import defaults
 from toolchain.allocate import BudgetConfig, list_allocators
+from toolchain.budget_timing import BUDGET_STATISTICS
 from toolchain.bundle import ENGINE_PRECISIONS, BundleConfig
-from toolchain.commands.validation import FRACTION_BELOW_ONE, POSITIVE_MS, ROUND_TO, SHARE, THREADS, count
+from toolchain.commands.validation import (
+    FRACTION_BELOW_ONE,
+    POSITIVE_MS,
+    ROUND_TO,
+    SHARE,
+    THREADS,
+    count,
+    finite_float,
+)
 from toolchain.errors import ToolchainError
 from toolchain.inputs import DTYPES, InputSpec, InputSpecs
 from toolchain.latency.measure import CLOCKS, STATISTICS
 from toolchain.latency.provision import PROFILE_DB
 from toolchain.models.sources import source_examples
 from toolchain.pruning import PruneConfig
+from toolchain.recover import RecoveryConfig
 from toolchain.saliency import SaliencyConfig, get_criterion, list_criteria
 from toolchain.shapes import parse_shape
 from toolchain.targets import AUTO_CLOCK, get_target, list_targets
@@ -40,9 +50,9 @@ from toolchain.targets.devices import ALIASES, get_device, list_devices
 
 Decorator = Callable[[Callable], Callable]
 MODEL_HELP = source_examples()
-# The CLI's default saliency criterion, the one the README's `make deploy` results were taken with; it differs from
-# the library's `BudgetConfig` default (l2), so it is named here, once, for prune and deploy.
-DEFAULT_CRITERION = "taylor"
+# The CLI's default saliency criterion for prune and deploy: `auto` is taylor (the one the README's `make deploy`
+# results were taken with) where there is data, l2 (data-free) where there is none (toolchain.budget).
+DEFAULT_CRITERION = "auto"
 
 
 class RegistryChoice(click.ParamType):
@@ -94,7 +104,7 @@ def _target_name(name: str) -> None:
     get_target(name)  # only reached for a name the registry lacks: raises "unknown target …; valid: …"
 
 
-CRITERIA = RegistryChoice("criterion", list_criteria, get_criterion)
+CRITERIA = RegistryChoice("criterion", lambda: ["auto", *list_criteria()], get_criterion)
 ALLOCATORS = RegistryChoice("allocator", list_allocators)
 TARGETS = RegistryChoice("target", lambda: list(list_targets()), _target_name)
 DEVICES = RegistryChoice("device", lambda: [*list_devices(), *ALIASES], get_device)
@@ -237,8 +247,30 @@ profile_samples_option = click.option(
     "--profile-samples", type=click.IntRange(min=10), default=defaults.PROFILE_SAMPLES, show_default=True,
     help="configurations measured when the predictor is built on the fly")
 finetune_steps_option = click.option(
-    "--finetune-steps", type=count(0), default=BudgetConfig.finetune_steps, show_default=True,
-    help="distillation fine-tuning steps after BN re-calibration (0: no fine-tuning)")
+    "--finetune-steps", type=count(0), default=0, show_default=True,
+    help="distillation fine-tuning steps after BN re-calibration, the same for every point (0: no fine-tuning)")
+# prune and deploy recover by default (time-bounded distillation); these three choose how (RecoveryConfig).
+recovery_options = group(
+    click.option("--recover-seconds", type=finite_float(min=0.0), default=RecoveryConfig.seconds, show_default=True,
+                 help="with data: wall-clock bound of the distillation from the dense model after pruning (stops "
+                      "early once calibration accuracy reaches the dense model's or stops improving)"),
+    click.option("--no-recover", is_flag=True, help="BatchNorm re-calibration only, no distillation"),
+    click.option("--finetune-steps", type=count(0), default=None,
+                 help="a fixed number of distillation steps instead of --recover-seconds (no early stop)"))
+
+
+def recovery_config(recover_seconds: float, no_recover: bool, finetune_steps: int | None) -> RecoveryConfig:
+    """The `RecoveryConfig` of `recovery_options`; --no-recover with --finetune-steps is refused."""
+    if no_recover and finetune_steps:
+        raise ToolchainError("--no-recover and --finetune-steps contradict each other; give one")
+    return RecoveryConfig(finetune_steps=finetune_steps, seconds=recover_seconds, distill=not no_recover)
+
+
+budget_statistic_option = click.option(
+    "--budget-statistic", type=click.Choice(BUDGET_STATISTICS), default=None,
+    help="the statistic of the timed runs the budget is met on (default: the measurement's statistic, min, or "
+         "prune's --statistic; min: other work on a shared machine only adds time, so the fastest run repeats "
+         "best; median/p90: the typical/slow run on this machine)")
 shapley_samples_option = click.option(
     "--shapley-samples", type=count(1), default=SaliencyConfig.shapley_samples, show_default=True,
     help="Monte Carlo permutations per group for --criterion shapley (its cost bound)")
@@ -246,10 +278,10 @@ budget_options = group(
     click.option("--budget-ms", type=POSITIVE_MS, help="latency budget in ms on the target (replaces --ratio)"),
     click.option("--budget-ratio", type=SHARE, help="budget as a share of the dense model's measured latency"),
     click.option("--criterion", type=CRITERIA, default=DEFAULT_CRITERION, show_default=True,
-                 help="saliency criterion (with a budget)"),
+                 help="saliency criterion (with a budget); auto: taylor with data, l2 (data-free) without"),
     click.option("--allocator", type=ALLOCATORS, default=BudgetConfig.allocator, show_default=True,
                  help="width allocator (with a budget)"),
-    predictor_option, profile_samples_option, finetune_steps_option, shapley_samples_option)
+    budget_statistic_option, predictor_option, profile_samples_option, shapley_samples_option)
 
 
 # --- output ----------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from toolchain.commands.console import Steps, library_output_to_stderr, progress_bar
+from toolchain.commands.console import Steps, library_output_to_stderr, progress_bar, recovery_bar
 from toolchain.commands.options import (
     budget_options,
     json_option,
@@ -16,6 +16,8 @@ from toolchain.commands.options import (
     out_option,
     pruning_options,
     quiet_option,
+    recovery_config,
+    recovery_options,
     target_options,
 )
 
@@ -28,13 +30,19 @@ from toolchain.commands.options import (
 @quiet_option
 @target_options
 @budget_options
-def prune(target, backend, threads, clock, statistic, budget_ms, budget_ratio, criterion, allocator, predictor,
-          profile_samples, finetune_steps, shapley_samples, quiet, **kwargs) -> None:
+@recovery_options
+def prune(target, backend, threads, clock, statistic, budget_ms, budget_ratio, criterion, allocator, budget_statistic,
+          predictor, profile_samples, shapley_samples, recover_seconds, no_recover, finetune_steps, quiet,
+          **kwargs) -> None:
     """Physically remove channels and write a verified pruned-model folder.
 
     With --budget-ms or --budget-ratio the widths are chosen so that the model measured on --target meets
     the budget (predictor built on the fly if needed); otherwise --ratio removes that share everywhere.
+    With data (--data, or MNIST-5k for zoo:demo) the pruned model is recovered by distillation from the dense
+    model for up to --recover-seconds.
     """
+    recovery, quiet = recovery_config(recover_seconds, no_recover, finetune_steps), kwargs["as_json"] or quiet
+    on_recovery = recovery_bar(quiet, recovery.mode == "seconds")
     job = None
     if budget_ms is not None or budget_ratio is not None:
         from toolchain.allocate import BudgetConfig
@@ -46,14 +54,15 @@ def prune(target, backend, threads, clock, statistic, budget_ms, budget_ratio, c
         measured_on.resolve()  # an unknown target or backend fails here, before the model is loaded
         job = BudgetJob(
             BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
-                         round_to=kwargs["round_to"], finetune_steps=finetune_steps, protect=tuple(kwargs["protect"])),
-            measured_on, predictor,
-            SaliencyConfig(shapley_samples=shapley_samples), on_progress=progress_bar(kwargs["as_json"] or quiet))
-    run_pipeline(**kwargs, target=target, budget=job, quiet=quiet)
+                         round_to=kwargs["round_to"], recovery=recovery, budget_statistic=budget_statistic,
+                         protect=tuple(kwargs["protect"])),
+            measured_on, predictor, SaliencyConfig(shapley_samples=shapley_samples),
+            on_progress=progress_bar(quiet), on_recovery=on_recovery)
+    run_pipeline(**kwargs, target=target, budget=job, recovery=recovery, on_recovery=on_recovery, quiet=quiet)
 
 
 def run_pipeline(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, protect, data, out, as_json,
-                 target, budget, quiet) -> None:
+                 target, budget, recovery, on_recovery, quiet) -> None:
     """Write the pruned folder and print its manifest (`--json`) or a summary."""
     from toolchain.pipeline import PipelineConfig, write_pruned_folder
     from toolchain.pruning import PruneConfig
@@ -61,7 +70,7 @@ def run_pipeline(model, weights, input_shape, inputs, trust_pickle, ratio, round
     config = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, inputs=inputs,
                             trust_pickle=trust_pickle, data=data,
                             prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)), target=target,
-                            budget=budget)
+                            budget=budget, recovery=recovery, on_recovery=on_recovery)
     with library_output_to_stderr():
         manifest = write_pruned_folder(config, Steps(quiet=as_json or quiet))
     if as_json:
