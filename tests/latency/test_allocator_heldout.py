@@ -128,3 +128,16 @@ def test_a_fit_can_leave_allocator_configurations_out_of_training(tmp_path):
 def test_a_database_without_allocator_configurations_records_no_such_score(synthetic_db):
     predictor = fit_predictor(FitConfig(str(synthetic_db), "macs", models=("synthetic:net",), statistic="median"))
     assert predictor.meta.allocator_heldout_metrics == {} and predictor.meta.n_allocator_train == 0
+
+
+def test_lpnet_reads_a_configurations_macs_off_its_channel_maps(synthetic_db):
+    from latency_synthetic import synthetic_layers
+
+    from toolchain.latency.allocator_sampling import lpnet_macs_counter
+    from toolchain.latency.features import total_macs
+
+    predictor = fit_predictor(FitConfig(str(synthetic_db), "lpnet", models=("synthetic:net",), statistic="median",
+                                        train_steps=5))
+    macs = lpnet_macs_counter(predictor)
+    for widths in ({"stem": 32, "block1": 64, "block2": 128}, {"stem": 5, "block1": 17, "block2": 99}):
+        assert macs(widths) == pytest.approx(total_macs(synthetic_layers(widths)), rel=1e-4)

@@ -78,15 +78,30 @@ def _macs_counter(model: nn.Module, example_input: ModelInputs) -> Callable[[dic
     return macs
 
 
+def lpnet_macs_counter(predictor) -> Callable[[dict[str, int]], int]:
+    """MACs of a width configuration read off a fitted lpnet predictor's channel maps (groups it does not
+    name stay dense)."""
+    import torch
+
+    def macs(widths: dict[str, int]) -> int:
+        with torch.no_grad():
+            return int(predictor.module.macs(predictor.normalise(widths).unsqueeze(0))[0])
+
+    return macs
+
+
 def allocator_configs(model: nn.Module, example_input: ModelInputs, latency: LatencyModel,
-                      grid: AllocatorGrid = AllocatorGrid()) -> list[SampledConfig]:
+                      grid: AllocatorGrid = AllocatorGrid(),
+                      macs: Callable[[dict[str, int]], int] | None = None) -> list[SampledConfig]:
     """Every distinct configuration the grid's allocators choose under `latency`, first occurrence kept.
 
-    Budgets a round-to cannot reach (the narrowest allowed model predicted over budget) are skipped: a budget
-    run would refuse them too."""
+    `macs` counts a configuration's MACs for the `macs` baseline (default: shrink a copy and count, seconds
+    per call on a large model; `lpnet_macs_counter` reads them off a fitted lpnet instead). Budgets a round-to
+    cannot reach (the narrowest allowed model predicted over budget) are skipped: a budget run would refuse
+    them too."""
     graph = PruningGraph(copy.deepcopy(model).eval(), example_input)
     scores = score_groups(graph.model, graph, grid.criterion)
-    macs = _macs_counter(model, example_input)
+    macs = macs or _macs_counter(model, example_input)
     configs: dict[tuple, SampledConfig] = {}
     for round_to in grid.round_tos:
         problem = build_problem(graph.groups, scores, latency, round_to, grid.min_keep_ratio,
