@@ -25,7 +25,6 @@ import os
 import subprocess
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +120,48 @@ def independent_check(args, heldout, predictors: dict, model, example_input) -> 
     return result
 
 
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _metric_row(label: str, m: dict) -> str:
+    return (f"| {label} | {m['n']} | {m['mape_pct']:.2f}% | {_pct(m['within_5pct'])} | {_pct(m['within_10pct'])} | "
+            f"{m['max_error_pct']:.1f}% |")
+
+
+def markdown_report(result: dict) -> str:
+    """The tables of BENCHMARKS.md's allocator held-out paragraph, from the JSON this script writes."""
+    header = ["| what | n | MAPE | within ±5% | within ±10% | max error |", "|---|---|---|---|---|---|"]
+    lines = [f"`{result['command']}`", "", f"Load: start `{result['uptime_start']}`; end `{result.get('uptime_end')}`.",
+             f"Measurements: {result['measurements']}; allocator configurations timed: {result['allocator_timing']} "
+             "(already stored = drawn by the sampler too, kept under its tag); lpnet MACs / stored MACs: "
+             f"{result.get('lpnet_macs_over_stored_macs')}", "", *header]
+    for name, fit in result["fits"].items():
+        lines.append(_metric_row(f"`{name}` ({fit['n_train']} trained, {fit['n_allocator_train']} of them "
+                                 "allocator outputs): held-out allocator outputs", fit["allocator_heldout"]))
+        lines.append(_metric_row(f"`{name}`: held-out sampled configurations", fit["sampled_heldout"]))
+    independent = result["independent"]
+    lines.append(_metric_row("toolchain measurement vs plain onnxruntime timing (same files' configurations)",
+                             independent["toolchain_measurement_vs_independent"]))
+    for name in result["fits"]:
+        lines.append(_metric_row(f"`{name}` prediction vs plain onnxruntime timing",
+                                 independent[f"{name}_vs_independent"]))
+    floor = result["noise_floor_min"]
+    if floor.get("n"):
+        lines.append(f"| campaign re-measurements vs first measurement (noise floor) | {floor['n']} | "
+                     f"{floor['median_abs_dev_pct']:.2f}% (median) | {_pct(floor['within_5pct'])} | "
+                     f"{_pct(floor['within_10pct'])} | {floor['max_abs_dev_pct']:.1f}% |")
+    plain = independent["plain_timing"]
+    lines += ["", f"Plain timing's own spread (largest / smallest of a file's {plain['rounds']} round minima - 1): "
+              f"median {plain['round_spread_median_pct']:.2f}%, max {plain['round_spread_max_pct']:.2f}%, "
+              f"within 5% for {_pct(plain['round_spread_within_5pct'])} of files.", "", "Per allocator / round-to "
+              "(fit with allocator training, held-out allocator outputs):", "", *header]
+    for kind, groups in result["fits"]["with_allocator_training"]["allocator_breakdown"].items():
+        for name, m in groups.items():
+            lines.append(_metric_row(f"{kind} {name}", m))
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="zoo:resnet18")
@@ -136,7 +177,11 @@ def main() -> None:
     parser.add_argument("--db", default="runs/predhold/latency.db")
     parser.add_argument("--artifacts", default="runs/predhold/artifacts")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--render", default="", help="only rewrite the .md of this results JSON")
     args = parser.parse_args()
+    if args.render:
+        Path(args.render).with_suffix(".md").write_text(markdown_report(json.loads(Path(args.render).read_text())))
+        return
 
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     target = Target("cpu")  # the toolchain's defaults: onnxruntime, 1 thread, thread_cpu clock, min statistic
@@ -169,7 +214,7 @@ def main() -> None:
     result["measurements"] = {"campaign": report.planned, "allocator_configs": len(configs), "total": total}
     if total > MAX_MEASUREMENTS:
         raise SystemExit(f"{total} measurements planned, more than {MAX_MEASUREMENTS}: lower --samples")
-    given = time_given_configs(replace(campaign, build_workers=1), configs, _progress("allocator configs"))
+    given = time_given_configs(campaign, configs, _progress("allocator configs"))
     result["allocator_timing"] = {"planned": given.planned, "measured_now": given.measured,
                                   "already_stored": given.skipped, "failed": given.failed[:5]}
 
@@ -199,6 +244,7 @@ def main() -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, path)
+    path.with_suffix(".md").write_text(markdown_report(result))
     print(f"wrote {path}")
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from toolchain.inputs import make_inputs, specs_from_key, specs_key, vocab_size_of
-from toolchain.latency.campaign import CampaignConfig, CampaignReport, check_clock
+from toolchain.latency.campaign import MIN_JOBS_FOR_BUILD_WORKERS, CampaignConfig, CampaignReport, check_clock
 from toolchain.latency.features import LayerSpec, total_macs
 from toolchain.latency.fingerprint import fingerprint_id, machine_fingerprint
 from toolchain.latency.measure import Measurement, latency_ms
@@ -61,7 +61,8 @@ def time_given_configs(config: CampaignConfig, configs: Sequence[SampledConfig],
                 report.measured += int(store.insert(_row(config, target, input_shape, fingerprint, given, built,
                                                          result)))
 
-            with VariantBuilder(config.model, input_shape, model, example_input, target, 1) as builder:
+            workers = config.build_workers if len(pending) >= MIN_JOBS_FOR_BUILD_WORKERS else 1
+            with VariantBuilder(config.model, input_shape, model, example_input, target, workers) as builder:
                 _time_chunks(pending, config, builder, sentinel, example_input, target, store_row, report,
                              on_progress)
     return report
