@@ -141,3 +141,12 @@ def test_lpnet_reads_a_configurations_macs_off_its_channel_maps(synthetic_db):
     macs = lpnet_macs_counter(predictor)
     for widths in ({"stem": 32, "block1": 64, "block2": 128}, {"stem": 5, "block1": 17, "block2": 99}):
         assert macs(widths) == pytest.approx(total_macs(synthetic_layers(widths)), rel=1e-4)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import toolchain.latency.allocator_sampling as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -13,7 +13,7 @@ its data, but the widths per group, all the latency depends on, come from the al
 Example:
     >>> grid = AllocatorGrid(allocators=("uniform",), round_tos=(8,), budget_ratios=(0.5,))
     >>> configs = allocator_configs(model, x, latency_model, grid)               # doctest: +SKIP
-    >>> configs[0].tag
+    >>> configs[0].tag                                                             # doctest: +SKIP
     'alloc:uniform:r8:b0.50'
 """
 
@@ -58,8 +58,11 @@ class AllocatorGrid:
 
 
 def allocator_tag(allocator: str, round_to: int, budget_ratio: float) -> str:
-    """>>> allocator_tag("knapsack", 8, 0.5)
-    'alloc:knapsack:r8:b0.50'"""
+    """The sample tag of a configuration `allocator` chose at `round_to` under a budget ratio.
+
+    >>> allocator_tag("knapsack", 8, 0.5)
+    'alloc:knapsack:r8:b0.50'
+    """
     return f"{ALLOCATOR_TAG}{allocator}:r{round_to}:b{budget_ratio:.2f}"
 
 

@@ -81,8 +81,11 @@ def sample_width_configs(
 
 
 def is_allocator_tag(tag: str) -> bool:
-    """>>> is_allocator_tag("alloc:knapsack:r8:b0.50"), is_allocator_tag("sobol+aligned8")
-    (True, False)"""
+    """Whether a stored configuration's tag says an allocator produced it.
+
+    >>> is_allocator_tag("alloc:knapsack:r8:b0.50"), is_allocator_tag("sobol+aligned8")
+    (True, False)
+    """
     return tag.startswith(ALLOCATOR_TAG)
 
 
