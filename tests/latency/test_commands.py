@@ -153,3 +153,21 @@ def test_device_rpc_target_comes_from_the_device_table():
     target = json.loads(_device_rpc_target("jetson", "127.0.0.1:9190", "jetson-orin"))
     assert target["mtriple"] == "aarch64-linux-gnu"
     assert _device_rpc_target("cpu", None, None) == ""
+
+
+def test_predict_shows_the_score_on_allocator_outputs_when_the_artifact_has_one(tiny_artifact, tmp_path):
+    import shutil
+
+    scored = tmp_path / "scored"
+    shutil.copytree(tiny_artifact, scored)
+    document = json.loads((scored / "predictor.json").read_text())
+    document["meta"]["allocator_heldout_metrics"] = {"n": 4, "within_10pct": 0.75}
+    (scored / "predictor.json").write_text(json.dumps(document))
+    arguments = ["--model", TINY, "--input-shape", "1,3,16,16"]
+    plain = CliRunner().invoke(predict, ["--predictor", str(tiny_artifact), *arguments])
+    shown = CliRunner().invoke(predict, ["--predictor", str(scored), *arguments])
+    assert plain.exit_code == 0 and shown.exit_code == 0, plain.output + shown.output
+    assert "allocator outputs" not in plain.output
+    assert "on allocator outputs: 75%" in shown.output
+    answer = json.loads(CliRunner().invoke(predict, ["--predictor", str(scored), *arguments, "--json"]).output)
+    assert answer["allocator_heldout_metrics"] == {"n": 4, "within_10pct": 0.75}

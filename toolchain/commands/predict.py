@@ -79,12 +79,14 @@ def predict(artifact, pruned, model, input_shape, inputs, target, backend, threa
                     "threads": meta.threads,
                     "fingerprint_id": meta.fingerprint_id,
                     "heldout_metrics": meta.heldout_metrics,
+                    "allocator_heldout_metrics": meta.allocator_heldout_metrics,
                 }
             )
         )
         return
     within = meta.heldout_metrics.get("within_10pct")
     quality = f"; held-out within ±10%: {within:.0%}" if within is not None else ""
+    quality += f"; on allocator outputs: {a['within_10pct']:.0%}" if (a := meta.allocator_heldout_metrics) else ""
     click.echo(f"{predicted_ms:.3f} ms predicted ({meta.statistic} latency; {meta.predictor} for {meta.target_label}"
                f"{quality})")
 

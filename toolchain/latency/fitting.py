@@ -2,6 +2,8 @@
 
 The held-out split is by configuration key (a hash), so it is deterministic and independent of insertion
 order; re-measurements of one configuration (replicate > 0, the noise floor) are never trained on.
+Configurations an allocator produced are split on their own (`FitConfig.allocator_heldout_fraction`) and
+scored apart: `meta.allocator_heldout_metrics` is the predictor's score where the allocators use it.
 
 Example:
     >>> config = FitConfig.for_target("runs/latency.db", "lpnet", Target("cpu"), models=("zoo:resnet18",))
@@ -19,6 +21,7 @@ from toolchain.latency.features import spec_from_dict
 from toolchain.latency.measure import latency_ms
 from toolchain.latency.predictors import LatencyPredictor, LatencyQuery, create_predictor, predictor_class
 from toolchain.latency.predictors.artifact import ArtifactMeta, training_data_hash
+from toolchain.latency.sampling import is_allocator_tag
 from toolchain.latency.store import MeasurementRow, MeasurementStore, now_utc
 from toolchain.targets import DEFAULT_BACKEND, Target
 
@@ -38,6 +41,12 @@ class FitConfig:
     max_train: int = 0  # 0: use every training configuration
     train_steps: int = 0  # 0: the predictor's default number of optimiser steps
     statistic: str = defaults.STATISTIC  # per-configuration latency to learn: median or min of the timed runs
+    # Configurations an allocator produced (sample tag "alloc:..."; toolchain.latency.allocator_sampling): this
+    # share of them is held out and scored apart (meta.allocator_heldout_metrics); the rest is trained on
+    # unless `train_on_allocator_configs` is False (then the score says how a predictor fitted on sampled
+    # configurations alone does on them).
+    allocator_heldout_fraction: float = 0.5
+    train_on_allocator_configs: bool = True
 
     @classmethod
     def for_target(cls, db_path: str, predictor: str, target: Target, **fields) -> FitConfig:
@@ -121,6 +130,33 @@ def split_queries(rows: list[MeasurementRow], heldout_fraction: float,
     return train, heldout
 
 
+@dataclass(frozen=True)
+class Split:
+    """One model's rows as training and held-out queries; held-out allocator configurations kept apart."""
+
+    train: list[LatencyQuery]
+    heldout: list[LatencyQuery]  # sampled configurations (dense, uniform, Sobol, random)
+    allocator_heldout: list[LatencyQuery]  # configurations an allocator produced
+    n_allocator_train: int = 0
+
+
+def split_rows(rows: list[MeasurementRow], config: FitConfig) -> Split:
+    """Sampled and allocator-produced configurations, each split by the hash of their keys.
+
+    >>> split_rows([], FitConfig("m.db", "macs"))
+    Split(train=[], heldout=[], allocator_heldout=[], n_allocator_train=0)
+    """
+    sampled = [r for r in rows if not is_allocator_tag(r.sample_tag)]
+    allocated = [r for r in rows if is_allocator_tag(r.sample_tag)]
+    train, heldout = split_queries(sampled, config.heldout_fraction, config.statistic)
+    allocator_train, allocator_heldout = split_queries(allocated, config.allocator_heldout_fraction,
+                                                       config.statistic)
+    train = train[: config.max_train or None]
+    if not config.train_on_allocator_configs:
+        allocator_train = []
+    return Split(train + allocator_train, heldout, allocator_heldout, len(allocator_train))
+
+
 def fit_predictor(config: FitConfig) -> LatencyPredictor:
     """Fit `config.predictor` on the stored measurements; its metadata carries the held-out metrics."""
     with MeasurementStore(config.db_path, create=False) as store:
@@ -138,11 +174,13 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
             group_names = tuple(g[0] for g in groups)
             dense_widths = tuple(int(g[1]) for g in groups)
     single_ops = [r for r in single_ops if r.model in rows_by_model]
-    train, heldout = [], []
+    train, heldout, allocator_heldout, n_allocator_train = [], [], [], 0
     for rows in rows_by_model.values():
-        model_train, model_heldout = split_queries(rows, config.heldout_fraction, config.statistic)
-        train += model_train[: config.max_train or None]
-        heldout += model_heldout
+        split = split_rows(rows, config)
+        train += split.train
+        heldout += split.heldout
+        allocator_heldout += split.allocator_heldout
+        n_allocator_train += split.n_allocator_train
     if not train or not heldout:
         raise ToolchainError(
             f"need at least one training and one held-out configuration, got {len(train)} and "
@@ -164,6 +202,7 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
         dense_widths=dense_widths,
         training_data_hash=training_data_hash([(q.config_key, q.measured_ms) for q in train]),
         n_train=n_configurations,
+        n_allocator_train=n_allocator_train,
         n_single_ops=len(train) - n_configurations,
         created_at=now_utc(),
         statistic=config.statistic,
@@ -174,6 +213,7 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
     if hasattr(predictor, "set_table"):
         predictor.set_table([(spec_from_dict(r.widths), latency_ms(r, config.statistic)) for r in single_ops])
     predictor.fit(train)
-    metrics = predictor.evaluate(heldout)
-    predictor.meta = replace(predictor.meta, heldout_metrics=metrics)
+    predictor.meta = replace(predictor.meta, heldout_metrics=predictor.evaluate(heldout),
+                             allocator_heldout_metrics=predictor.evaluate(allocator_heldout) if allocator_heldout
+                             else {})
     return predictor

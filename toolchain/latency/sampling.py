@@ -23,6 +23,8 @@ from scipy.stats import qmc
 
 ALIGN_MULTIPLES = (8, 16, 32)
 UNIFORM_EVERY = 8  # one sample in UNIFORM_EVERY is a uniform-ratio configuration
+# sample_tag prefix of a configuration an allocator produced (toolchain.latency.allocator_sampling), not sampled
+ALLOCATOR_TAG = "alloc:"
 
 
 class GroupLike(Protocol):
@@ -76,6 +78,15 @@ def sample_width_configs(
         widths = {g.name: _width(r, g, min_ratio, align) for g, r in zip(groups, ratios, strict=True)}
         configs.append(SampledConfig(kind + (f"+aligned{align}" if align else ""), widths))
     return configs
+
+
+def is_allocator_tag(tag: str) -> bool:
+    """Whether a stored configuration's tag says an allocator produced it.
+
+    >>> is_allocator_tag("alloc:knapsack:r8:b0.50"), is_allocator_tag("sobol+aligned8")
+    (True, False)
+    """
+    return tag.startswith(ALLOCATOR_TAG)
 
 
 def layer_grid_ratios(levels: int) -> list[float]:

@@ -39,7 +39,11 @@ class ArtifactMeta:
     training_data_hash: str = ""
     n_train: int = 0  # whole-model configurations trained on
     n_single_ops: int = 0  # single-op measurements trained on (layerwise)
-    heldout_metrics: dict = field(default_factory=dict)
+    heldout_metrics: dict = field(default_factory=dict)  # on held-out sampled configurations
+    # On held-out configurations the allocators produced (toolchain.latency.allocator_sampling), never trained
+    # on; {} when the database held none. What the predictor is used for, so the number to trust.
+    allocator_heldout_metrics: dict = field(default_factory=dict)
+    n_allocator_train: int = 0  # allocator-produced configurations among the n_train
     created_at: str = ""
     # Which per-configuration latency it was trained on and predicts (median, min). Not a policy default: an
     # artifact written before this field existed was fitted on the median (fit_predictor always sets it).

@@ -150,6 +150,14 @@ class LPNet(nn.Module):
                  macs * half_out, outputs, outputs * off_out, inputs * off_in]
         return torch.cat([*terms, torch.ones_like(normalised_widths[..., :1])], dim=-1)
 
+    def macs(self, normalised_widths: torch.Tensor) -> torch.Tensor:
+        """MACs of the compute layers at these widths, from the channel maps learnt from measured configurations
+        (exact where those are: conv / linear channels are affine in the group widths)."""
+        group_channels = normalised_widths * self.dense_widths
+        c_in, c_out = self.channels(group_channels, "in_channels"), self.channels(group_channels, "out_channels")
+        c_groups = self.channels(group_channels, "groups").clamp_min(1.0)
+        return (self.is_compute * c_in * c_out / c_groups * self.kernel_area * self.out_area).sum(-1)
+
     def prior_ms(self, normalised_widths: torch.Tensor) -> torch.Tensor:
         return (self.prior_features(normalised_widths) @ self.prior_weights).clamp_min(1e-6)
 
