@@ -38,6 +38,7 @@ from toolchain.latency.provision import PROFILE_DB, PredictorInfo
 from toolchain.manifest import BUDGET_BAND_LOW, Accuracy, Manifest
 from toolchain.output_folder import check_writable
 from toolchain.saliency import SaliencyConfig
+from toolchain.sweep_executor import ExecutorConfig, check_executor, run_points_on_ray
 from toolchain.targets import Target
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class SweepConfig:
     lower_ratio: float = BUDGET_BAND_LOW  # the hit band is [lower_ratio, 1] x budget
     db_path: str = PROFILE_DB  # measurement database for a predictor built on the fly
     providers: BudgetProviders | None = field(default=None, compare=False)  # None: the target's
+    executor: ExecutorConfig = ExecutorConfig()  # local processes, or Ray tasks here or on a cluster
 
 
 def parse_budgets(text: str) -> tuple[float, ...]:
@@ -136,7 +138,7 @@ def repair_rows(out: Path) -> str | None:
         return f"{path}: the last row had lost its line end (an earlier kill); added it"
 
 
-def _append_row(out: Path, row: dict) -> None:
+def append_row(out: Path, row: dict) -> None:
     with open(Path(out) / ROWS, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         handle.write(json.dumps(row) + "\n")
@@ -228,6 +230,11 @@ def run_point(config: SweepConfig, prepared: PreparedCriterion, budget_ratio: fl
     return _row(config, budget_ratio, criterion, allocator, manifest, error, time.perf_counter() - start_s)
 
 
+def failed_row(config: SweepConfig, budget_ratio: float, criterion: str, allocator: str, error: str) -> dict:
+    """The row of a point that ended without a result of its own (its worker died): the error, no timing."""
+    return {**_row(config, budget_ratio, criterion, allocator, None, error, 0.0), "point_s": None}
+
+
 def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float, str]], dense_ms: float,
                    predictor: PredictorInfo | None = None, measurer: Measurer | None = None) -> int:
     """All points of one criterion (scores computed once); returns the number of rows written. A worker
@@ -239,7 +246,7 @@ def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float
         predictor = providers.predictor(config.model, prepared.dense, prepared.example_input, lambda _: None)
         measurer = providers.measurer
     for budget_ratio, allocator in points:
-        _append_row(config.out, run_point(config, prepared, budget_ratio, allocator, dense_ms, predictor, measurer))
+        append_row(config.out, run_point(config, prepared, budget_ratio, allocator, dense_ms, predictor, measurer))
     return len(points)
 
 
@@ -257,6 +264,7 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None)
 
     out = Path(config.out)
     check_writable(out)
+    check_executor(config.executor, config.workers)
     out.mkdir(parents=True, exist_ok=True)
     identity = {"model": config.model, "weights": config.weights, "input_shape": config.input_shape,
                 "target": _target_identity(config.target), "data": config.data}
@@ -291,7 +299,10 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None)
         tasks = [(c, [p for p in points if p[1] == a]) for c, points in tasks for a in config.allocators
                  if any(p[1] == a for p in points)]
     step(f"{sum(len(p) for _, p in tasks)} points to run ({len(done)} already done)")
-    if config.workers > 1 and config.providers is None and len(tasks) > 1:
+    if config.executor.kind == "ray":
+        points = [(c, b, a) for c, criterion_points in tasks for b, a in criterion_points]
+        run_points_on_ray(config, points, dense_ms, predictor, providers.measurer, step)
+    elif config.workers > 1 and config.providers is None and len(tasks) > 1:
         with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(_run_criterion, config, c, p, dense_ms) for c, p in tasks]
             for future in futures:
