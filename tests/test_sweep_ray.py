@@ -78,11 +78,11 @@ class CheckedMeasurer:
         return fake_measure_ms(model, example_input, self.sentinel)
 
 
-def _config(out: Path, executor: ExecutorConfig = ExecutorConfig(), measurer=fake_measure_ms,
+def _config(out: Path, executor: ExecutorConfig | None = None, measurer=fake_measure_ms,
             latency: LinearLatency | None = None, budgets=(0.5, 0.8)) -> SweepConfig:
     info = PredictorInfo(latency or LinearLatency(0.1), "synthetic", None, {})
     return SweepConfig(model="zoo:demo", out=out, budgets=budgets, criteria=("l1", "l2"),
-                       allocators=("uniform", "knapsack"), data="none", executor=executor,
+                       allocators=("uniform", "knapsack"), data="none", executor=executor or ExecutorConfig(),
                        providers=BudgetProviders(lambda *_args: info, measurer, "cpu/fake/1t"))
 
 
@@ -100,6 +100,7 @@ def _compared(rows: list[dict]) -> list[dict]:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_gives_the_local_executors_rows_and_resumes_its_sweep(tmp_path, ray_instance):
     local = run_sweep(_config(tmp_path / "local"))
     started = run_sweep(_config(tmp_path / "mixed", budgets=(0.5,)))  # a local sweep, stopped after budget 0.5
@@ -117,6 +118,7 @@ def test_ray_gives_the_local_executors_rows_and_resumes_its_sweep(tmp_path, ray_
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_a_point_whose_worker_is_killed_runs_again(tmp_path, ray_instance):
     latency = LinearLatency(0.1, die="once", marker=str(tmp_path / "died"))
     rows = run_sweep(_config(tmp_path / "out", ExecutorConfig("ray", max_retries=1), latency=latency))
@@ -126,6 +128,7 @@ def test_a_point_whose_worker_is_killed_runs_again(tmp_path, ray_instance):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_a_point_whose_worker_keeps_dying_is_recorded_and_the_sweep_goes_on(tmp_path, ray_instance):
     config = replace(_config(tmp_path, ExecutorConfig("ray", max_retries=0), latency=LinearLatency(0.1, "always")),
                      criteria=("l1",), budgets=(0.5,))

@@ -81,7 +81,7 @@ def _import_ray():
 @contextmanager
 def ray_session(executor: ExecutorConfig) -> Iterator[Any]:
     """Ray, started here or joined at `executor.ray_address`; shut down afterwards only if started here
-    (a caller that already runs Ray, e.g. a test's instance, keeps it)."""
+    (a caller that already runs Ray, e.g. a test's instance, keeps it, and its measuring lane)."""
     ray = _import_ray()
     if ray.is_initialized():
         yield ray
@@ -95,43 +95,44 @@ def ray_session(executor: ExecutorConfig) -> Iterator[Any]:
     try:
         yield ray
     finally:
+        _LANES.clear()
         ray.shutdown()
 
 
 @dataclass
 class Progress:
-    """Points done / running / failed, as one line for the step messages (`running` counts points submitted
-    and not finished: some may still be queued for a free CPU)."""
+    """Points done / running / failed, as one line for the step messages.
+
+    >>> Progress(total=8, done=3, failed=1).line(running=2)
+    'points: 3 done, 2 running, 1 failed (of 8)'
+    """
 
     total: int
     done: int = 0
     failed: int = 0
 
-    def line(self) -> str:
-        running = self.total - self.done - self.failed
+    def line(self, running: int) -> str:
         return f"points: {self.done} done, {running} running, {self.failed} failed (of {self.total})"
 
 
-class _DeviceMeasurer:
-    """Ray actor on the driver's node: times models with the driver's measurer, one call at a time."""
+class _DeviceLane:
+    """Ray actor on the driver's node that runs timings one call at a time (a sync actor's concurrency is 1)."""
 
-    def __init__(self, measurer: Measurer):
-        self.measurer = measurer
-
-    def measure(self, model, example_input) -> float:
-        return self.measurer(model, example_input)
+    def measure(self, measurer: Measurer, model, example_input) -> float:
+        return measurer(model, example_input)
 
 
 @dataclass(frozen=True)
-class _ThroughActor:
-    """A `Measurer` for a task: sends the model to the measuring actor and waits for its timing."""
+class _ThroughLane:
+    """A `Measurer` for a task: sends the model to the driver node's lane and waits for its timing."""
 
-    actor: Any
+    lane: Any
+    measurer: Measurer
 
     def __call__(self, model, example_input) -> float:
         import ray
 
-        return ray.get(self.actor.measure.remote(model, example_input))
+        return ray.get(self.lane.measure.remote(self.measurer, model, example_input))
 
 
 _PREPARED: dict = {}  # in a worker process: the last criterion's loaded model and scores (one: models are large)
@@ -150,16 +151,24 @@ def _point_task(config: SweepConfig, point: Point, dense_ms: float, predictor: P
     return run_point(config, _PREPARED[key], budget_ratio, allocator, dense_ms, predictor, measurer)
 
 
+_LANES: dict[tuple[str, str], Any] = {}  # (Ray job, node) -> lane handle, held so later sweeps reuse its process
+
+
 def _measurer_for_tasks(ray, config: SweepConfig, measurer: Measurer) -> Measurer:
-    """A board's measurer as it is (its tracker queues timings); otherwise one through an actor on this node."""
+    """A board's measurer as it is (its tracker queues timings); otherwise one through this node's lane. The
+    lane's handle is kept for the Ray session (an actor without handles ends), so a later sweep of the same
+    session (tests, a notebook) finds it with torch imported already."""
     if config.target.rpc is not None and config.providers is None:
         return measurer
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-    actor = ray.remote(_DeviceMeasurer).options(num_cpus=0, scheduling_strategy=here, max_restarts=2,
-                                                max_task_retries=2).remote(measurer)
-    return _ThroughActor(actor)
+    context = ray.get_runtime_context()
+    key = (context.get_job_id(), context.get_node_id())
+    if key not in _LANES:
+        here = NodeAffinitySchedulingStrategy(node_id=key[1], soft=False)
+        _LANES[key] = ray.remote(_DeviceLane).options(num_cpus=0, scheduling_strategy=here, max_restarts=2,
+                                                      max_task_retries=2).remote()
+    return _ThroughLane(_LANES[key], measurer)
 
 
 def _error_of(exc: Exception, retries: int) -> str:
@@ -174,29 +183,39 @@ def _error_of(exc: Exception, retries: int) -> str:
 def run_points_on_ray(config: SweepConfig, points: list[Point], dense_ms: float, predictor: PredictorInfo,
                       measurer: Measurer, step: Callable[[str], None]) -> None:
     """Run `points` as Ray tasks; append each row to `config.out` as it arrives, failed points included."""
-    from toolchain.sweep import append_row, failed_row
+    from toolchain.sweep import append_row
 
     executor = config.executor
-    shipped = replace(config, providers=None)  # providers hold callables for this process only
     with ray_session(executor) as ray:
-        task_measurer = _measurer_for_tasks(ray, config, measurer)
-        remote = ray.remote(_point_task).options(num_cpus=1, max_retries=executor.max_retries)
-        shared = [ray.put(value) for value in (shipped, dense_ms, predictor, task_measurer)]  # sent once
-        config_ref, *rest = shared
-        pending = {remote.remote(config_ref, point, *rest): point for point in points}
-        progress = Progress(len(points))
-        step(progress.line())
-        while pending:
+        task = ray.remote(_point_task).options(num_cpus=1, max_retries=executor.max_retries)
+        lane_measurer = _measurer_for_tasks(ray, config, measurer)
+        # sent once, not with every task; providers hold callables for this process only
+        config_ref, dense_ref, predictor_ref, measurer_ref = (
+            ray.put(value) for value in (replace(config, providers=None), dense_ms, predictor, lane_measurer))
+        # No more tasks in flight than CPUs: a task waiting for a timing lends its CPU back to Ray, which would
+        # otherwise start another worker process (another torch import) for a queued point.
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        queued, pending, progress = list(points), {}, Progress(len(points))
+        while queued or pending:
+            while queued and len(pending) < slots:
+                point = queued.pop(0)
+                pending[task.remote(config_ref, point, dense_ref, predictor_ref, measurer_ref)] = point
+            step(progress.line(running=len(pending)))
             ready, _ = ray.wait(list(pending), num_returns=1)
             point = pending.pop(ready[0])
-            try:
-                row = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:  # an unexpected exception, or the worker died after retries
-                criterion, budget_ratio, allocator = point
-                row = failed_row(config, budget_ratio, criterion, allocator, _error_of(exc, executor.max_retries))
+            row = _row_of(ray, ready[0], point, config)
             append_row(config.out, row)
-            if row["error"] is None:
-                progress.done += 1
-            else:
-                progress.failed += 1
-            step(progress.line())
+            progress.done += row["error"] is None
+            progress.failed += row["error"] is not None
+        step(progress.line(running=0))
+
+
+def _row_of(ray, ref, point: Point, config: SweepConfig) -> dict:
+    """The finished task's row, or a row with the error when the task raised or its worker died after retries."""
+    from toolchain.sweep import failed_row
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        criterion, budget_ratio, allocator = point
+        return failed_row(config, budget_ratio, criterion, allocator, _error_of(exc, config.executor.max_retries))
