@@ -15,6 +15,7 @@ A point whose worker dies runs again (`max_retries`), then gets a row with the e
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -91,7 +92,10 @@ def ray_session(executor: ExecutorConfig) -> Iterator[Any]:
         ray.init(address=executor.ray_address, num_cpus=None if executor.ray_address else executor.ray_num_cpus,
                  include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        raise ToolchainError(f"could not {where}: {str(exc).strip().splitlines()[0]}") from None
+        # Ray turns token authentication on by itself for "auto" only; its own error does not say so.
+        hint = "; a cluster with token authentication also needs RAY_AUTH_MODE=token and its token" \
+            if executor.ray_address not in (None, "auto") and "RAY_AUTH_MODE" not in os.environ else ""
+        raise ToolchainError(f"could not {where}: {str(exc).strip().splitlines()[0]}{hint}") from None
     try:
         yield ray
     finally:
