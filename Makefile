@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PAIR)
-	$(BIN)/python -m pip install -q -e '.[dev,tvm,models]'
+	$(BIN)/python -m pip install -q -e '.[dev,tvm,models,ray]'
 	@touch $(STAMP)
 
 # TARGET: a device from the device table (`toolchain targets` lists them; jetson = jetson-orin).

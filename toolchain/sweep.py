@@ -25,19 +25,24 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from toolchain.allocate import BudgetConfig
-from toolchain.budget import prune_to_budget, score_model, target_providers
+from toolchain.budget import ScoredModel, prune_to_budget, score_model, target_providers
 from toolchain.budget_providers import BudgetProviders, Measurer
 from toolchain.errors import ToolchainError
-from toolchain.inputs import make_inputs, vocab_size_of
+from toolchain.inputs import ModelInputs, make_inputs, vocab_size_of
 from toolchain.latency.provision import PROFILE_DB, PredictorInfo
 from toolchain.manifest import BUDGET_BAND_LOW, Accuracy, Manifest
 from toolchain.output_folder import check_writable
 from toolchain.saliency import SaliencyConfig
+from toolchain.sweep_executor import ExecutorConfig, check_executor, run_points_on_ray
 from toolchain.targets import Target
+
+if TYPE_CHECKING:
+    from toolchain.data import DataSplits
 
 ROWS = "rows.jsonl"
 COLUMNS = ("key", "model", "budget_ratio", "budget_ms", "criterion", "allocator", "predicted_latency_ms",
@@ -66,6 +71,7 @@ class SweepConfig:
     lower_ratio: float = BUDGET_BAND_LOW  # the hit band is [lower_ratio, 1] x budget
     db_path: str = PROFILE_DB  # measurement database for a predictor built on the fly
     providers: BudgetProviders | None = field(default=None, compare=False)  # None: the target's
+    executor: ExecutorConfig = ExecutorConfig()  # local processes, or Ray tasks here or on a cluster
 
 
 def parse_budgets(text: str) -> tuple[float, ...]:
@@ -132,7 +138,7 @@ def repair_rows(out: Path) -> str | None:
         return f"{path}: the last row had lost its line end (an earlier kill); added it"
 
 
-def _append_row(out: Path, row: dict) -> None:
+def append_row(out: Path, row: dict) -> None:
     with open(Path(out) / ROWS, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         handle.write(json.dumps(row) + "\n")
@@ -181,11 +187,18 @@ def _row(config: SweepConfig, budget_ratio: float, criterion: str, allocator: st
     return row
 
 
-def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float, str]], dense_ms: float,
-                   predictor: PredictorInfo | None = None, measurer: Measurer | None = None) -> int:
-    """All points of one criterion (scores computed once); returns the number of rows written. A worker
-    process is given neither `predictor` nor `measurer` and takes the target's (the predictor the parent
-    found or built is at `config.predictor` by then)."""
+@dataclass(frozen=True)
+class PreparedCriterion:
+    """What every point of one criterion shares: the dense model, its inputs, the data and the scores."""
+
+    dense: torch.nn.Module
+    example_input: ModelInputs
+    data: DataSplits | None
+    scored: ScoredModel
+
+
+def prepare_criterion(config: SweepConfig, criterion: str) -> PreparedCriterion:
+    """Load the model and data and score the model once for all points of `criterion`."""
     from toolchain.data import check_data_fits, resolve_data
     from toolchain.models import resolve_model
 
@@ -195,24 +208,45 @@ def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float
     data = resolve_data(config.data, config.model)
     if data is not None:
         check_data_fits(dense, data, config.data or "mnist5k")
+    scored = score_model(dense, example_input, criterion, (), data, config.saliency)
+    return PreparedCriterion(dense, example_input, data, scored)
+
+
+def run_point(config: SweepConfig, prepared: PreparedCriterion, budget_ratio: float, allocator: str, dense_ms: float,
+              predictor: PredictorInfo, measurer: Measurer) -> dict:
+    """Prune, recover and evaluate one point; its row (a `ToolchainError` becomes the row's error)."""
+    start_s = time.perf_counter()
+    criterion = prepared.scored.criterion
+    budget = BudgetConfig(budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
+                          finetune_steps=config.finetune_steps, refine_rounds=config.refine_rounds,
+                          lower_ratio=config.lower_ratio)
+    try:
+        result = prune_to_budget(prepared.dense, prepared.example_input, budget, predictor, measurer,
+                                 data=prepared.data, saliency=config.saliency, scored=prepared.scored,
+                                 dense_latency_ms=dense_ms)
+        manifest, error = result.manifest, None
+    except ToolchainError as exc:
+        manifest, error = None, str(exc)
+    return _row(config, budget_ratio, criterion, allocator, manifest, error, time.perf_counter() - start_s)
+
+
+def failed_row(config: SweepConfig, budget_ratio: float, criterion: str, allocator: str, error: str) -> dict:
+    """The row of a point that ended without a result of its own (its worker died): the error, no timing."""
+    return {**_row(config, budget_ratio, criterion, allocator, None, error, 0.0), "point_s": None}
+
+
+def _run_criterion(config: SweepConfig, criterion: str, points: list[tuple[float, str]], dense_ms: float,
+                   predictor: PredictorInfo | None = None, measurer: Measurer | None = None) -> int:
+    """All points of one criterion (scores computed once); returns the number of rows written. A worker
+    process is given neither `predictor` nor `measurer` and takes the target's (the predictor the parent
+    found or built is at `config.predictor` by then)."""
+    prepared = prepare_criterion(config, criterion)
     if predictor is None or measurer is None:
         providers = target_providers(config.target, config.predictor, config.db_path)
-        predictor = providers.predictor(config.model, dense, example_input, lambda _: None)
+        predictor = providers.predictor(config.model, prepared.dense, prepared.example_input, lambda _: None)
         measurer = providers.measurer
-    scored = score_model(dense, example_input, criterion, (), data, config.saliency)
     for budget_ratio, allocator in points:
-        start_s = time.perf_counter()
-        budget = BudgetConfig(budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
-                              finetune_steps=config.finetune_steps, refine_rounds=config.refine_rounds,
-                              lower_ratio=config.lower_ratio)
-        try:
-            result = prune_to_budget(dense, example_input, budget, predictor, measurer, data=data,
-                                     saliency=config.saliency, scored=scored, dense_latency_ms=dense_ms)
-            manifest, error = result.manifest, None
-        except ToolchainError as exc:
-            manifest, error = None, str(exc)
-        _append_row(config.out, _row(config, budget_ratio, criterion, allocator, manifest, error,
-                                     time.perf_counter() - start_s))
+        append_row(config.out, run_point(config, prepared, budget_ratio, allocator, dense_ms, predictor, measurer))
     return len(points)
 
 
@@ -230,6 +264,7 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None)
 
     out = Path(config.out)
     check_writable(out)
+    check_executor(config.executor, config.workers)
     out.mkdir(parents=True, exist_ok=True)
     identity = {"model": config.model, "weights": config.weights, "input_shape": config.input_shape,
                 "target": _target_identity(config.target), "data": config.data}
@@ -264,7 +299,10 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None)
         tasks = [(c, [p for p in points if p[1] == a]) for c, points in tasks for a in config.allocators
                  if any(p[1] == a for p in points)]
     step(f"{sum(len(p) for _, p in tasks)} points to run ({len(done)} already done)")
-    if config.workers > 1 and config.providers is None and len(tasks) > 1:
+    if config.executor.kind == "ray":
+        points = [(c, b, a) for c, criterion_points in tasks for b, a in criterion_points]
+        run_points_on_ray(config, points, dense_ms, predictor, providers.measurer, step)
+    elif config.workers > 1 and config.providers is None and len(tasks) > 1:
         with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(_run_criterion, config, c, p, dense_ms) for c, p in tasks]
             for future in futures:

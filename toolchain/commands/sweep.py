@@ -38,16 +38,24 @@ from toolchain.commands.options import (
 @predictor_option
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="processes (one criterion each); measurements never overlap")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine's processes; ray: one Ray task per point (pip install 'toolchain[ray]')")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="join this Ray cluster (auto or HOST:PORT; this machine a node of it); default: start Ray here")
 @out_option()
 @quiet_option
 def sweep(model, weights, input_shape, data, target, backend, threads, clock, statistic, budgets, criteria, allocators,
-          finetune_steps, shapley_samples, profile_samples, predictor, workers, out, quiet) -> None:
+          finetune_steps, shapley_samples, profile_samples, predictor, workers, executor, ray_address, out,
+          quiet) -> None:
     """Run every budget x criterion x allocator point; rows go to OUT/rows.csv and OUT/rows.json.
 
     With --finetune-steps > 0 every point also reports accuracy after that much distillation fine-tuning.
+    With --executor ray each point is a Ray task; timings still run one at a time, on this machine's device
+    (or queued by the board's tracker).
     """
     from toolchain.saliency import SaliencyConfig
     from toolchain.sweep import SweepConfig, parse_budgets, run_sweep
+    from toolchain.sweep_executor import ExecutorConfig
     from toolchain.targets import Target
 
     measured_on = Target(target, backend, threads, clock, statistic, profile_samples=profile_samples)
@@ -57,7 +65,8 @@ def sweep(model, weights, input_shape, data, target, backend, threads, clock, st
         target=measured_on,
         data=data, weights=weights, input_shape=input_shape,
         finetune_steps=finetune_steps, workers=workers, predictor=predictor,
-        saliency=SaliencyConfig(shapley_samples=shapley_samples))
+        saliency=SaliencyConfig(shapley_samples=shapley_samples),
+        executor=ExecutorConfig(executor, ray_address=ray_address))
     rows = run_sweep(config, Steps(quiet))
     measured = [r for r in rows if r.get("error") is None]
     hits = sum(bool(r["within_band"]) for r in measured)
