@@ -101,7 +101,9 @@ def test_sessions_are_renewed_before_the_server_would_expire_them(monkeypatch):
     assert second.median_ms > 0
 
 
-def test_device_that_disappears_is_retried_then_reported_and_rows_are_kept(tmp_path):
+def test_device_that_disappears_is_reported_when_it_was_the_last_and_rows_are_kept(tmp_path):
+    from toolchain.latency.farm import FarmSettings
+
     with loopback_cluster(key="flaky", tracker_port=9490) as cluster:
         config = CampaignConfig(
             model=TINY,
@@ -111,13 +113,14 @@ def test_device_that_disappears_is_retried_then_reported_and_rows_are_kept(tmp_p
             samples=6,
             measure=QUICK,
             rpc=cluster.endpoint,
+            farm=FarmSettings(wait_s=2.0),  # how long its worker waits for another board before it gives up
         )
 
         def stop_after_two(done, total, what):
             if done == 2:
                 cluster.stop_device()
 
-        with pytest.raises(DeviceLostError, match="device 'flaky'.*failed 3 times"):
+        with pytest.raises(DeviceLostError, match="every device with key 'flaky'.*was lost.*4 configuration"):
             run_campaign(config, on_progress=stop_after_two)
     with MeasurementStore(config.db_path) as store:
         assert len(store.rows()) == 2
@@ -200,7 +203,7 @@ def test_an_interrupt_while_the_cluster_starts_is_one_line(monkeypatch, capsys):
     from toolchain.latency import rpc
 
     @contextmanager
-    def interrupted_while_starting(key, tracker_port):
+    def interrupted_while_starting(key, tracker_port, devices):
         raise KeyboardInterrupt
         yield
 

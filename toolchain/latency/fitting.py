@@ -19,6 +19,7 @@ from toolchain.latency.features import spec_from_dict
 from toolchain.latency.measure import latency_ms
 from toolchain.latency.predictors import LatencyPredictor, LatencyQuery, create_predictor, predictor_class
 from toolchain.latency.predictors.artifact import ArtifactMeta, training_data_hash
+from toolchain.latency.spread import board_spread
 from toolchain.latency.store import MeasurementRow, MeasurementStore, now_utc
 from toolchain.targets import DEFAULT_BACKEND, Target
 
@@ -137,6 +138,7 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
             groups = store.groups(first.model, first.input_shape)
             group_names = tuple(g[0] for g in groups)
             dense_widths = tuple(int(g[1]) for g in groups)
+        device_spread = board_spread(store.device_timings(first.fingerprint_id), config.statistic)
     single_ops = [r for r in single_ops if r.model in rows_by_model]
     train, heldout = [], []
     for rows in rows_by_model.values():
@@ -167,6 +169,7 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
         n_single_ops=len(train) - n_configurations,
         created_at=now_utc(),
         statistic=config.statistic,
+        device_spread=device_spread,
     )
     predictor = create_predictor(config.predictor, meta)
     if config.train_steps:
