@@ -14,6 +14,8 @@ from toolchain.targets import RpcEndpoint
 
 pytest.importorskip("tvm", reason="the RPC path needs apache-tvm")
 pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
+from processes import alive, descendants  # noqa: E402
+
 from toolchain.latency.rpc import loopback_cluster  # noqa: E402
 
 pytestmark = pytest.mark.tvm
@@ -145,32 +147,6 @@ def test_retries_recover_from_a_transient_failure():
         with_retries(always_fails, endpoint, "timing", attempts=2, sleep=lambda s: None)
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (read from /proc)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [child for child, of in parents.items() if of == parent]
-        found += children
-        frontier += children
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 def test_sigterm_stops_the_tracker_and_device_server_too():
     import signal
@@ -182,18 +158,18 @@ def test_sigterm_stops_the_tracker_and_device_server_too():
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "tracker 127.0.0.1:" in process.stdout.readline()
-        children = _descendants(process.pid)
+        children = descendants(process.pid)
         assert children, "a tracker and a device server run as child processes"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 143
         deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(pid) for pid in children), "children outlived the SIGTERMed parent"
+        assert not any(alive(pid) for pid in children), "children outlived the SIGTERMed parent"
     finally:
         process.kill()
         process.wait()
-        for pid in _descendants(process.pid):
+        for pid in descendants(process.pid):
             os.kill(pid, signal.SIGKILL)
 
 

@@ -94,3 +94,8 @@ def fingerprint_id(fingerprint: dict) -> str:
 def device_of(fingerprint: dict) -> str:
     """The farm board that timed a row ("" where one machine or one board timed everything)."""
     return fingerprint.get(DEVICE_KEY, "")
+
+
+def kind_fingerprint(fingerprint: dict) -> dict:
+    """The fingerprint without the board: what a predictor for every board of a kind records."""
+    return {key: value for key, value in fingerprint.items() if key != DEVICE_KEY}

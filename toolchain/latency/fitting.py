@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from toolchain import defaults
 from toolchain.errors import ToolchainError
 from toolchain.latency.features import spec_from_dict
+from toolchain.latency.fingerprint import kind_fingerprint
 from toolchain.latency.measure import latency_ms
 from toolchain.latency.predictors import LatencyPredictor, LatencyQuery, create_predictor, predictor_class
 from toolchain.latency.predictors.artifact import ArtifactMeta, training_data_hash
@@ -159,7 +160,7 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
         backend=config.backend,
         threads=config.threads,
         fingerprint_id=first.fingerprint_id,
-        fingerprint=first.fingerprint,
+        fingerprint=kind_fingerprint(first.fingerprint),
         models=tuple(rows_by_model),
         input_shapes={m: list(rows[0].input_shape) for m, rows in rows_by_model.items()},
         group_names=group_names,

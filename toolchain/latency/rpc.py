@@ -61,6 +61,11 @@ class LoopbackCluster:
     endpoint: RpcEndpoint
     servers: list
 
+    @property
+    def addresses(self) -> list[str]:
+        """Each device server's address as the tracker hands it out ("127.0.0.1:PORT")."""
+        return [f"{LOOPBACK_HOST}:{server.port}" for server in self.servers]
+
     def stop_device(self, index: int = 0) -> None:
         self.servers[index].terminate()
 
