@@ -75,6 +75,8 @@ def profile(model, input_shape, inputs, target, backend, threads, clock, statist
     if device is not None:
         rpc_target = _device_rpc_target(device, rpc_tracker, rpc_key) or rpc_target
     rpc = rpc_endpoint(rpc_tracker, rpc_key, rpc_target)
+    if spread_configs and rpc is None:
+        raise click.UsageError("--spread-configs needs a farm: give --rpc-tracker and --rpc-key")
     if rpc is not None:
         backend = backend or "tvm"  # a remote device is timed through TVM RPC
     # Bad names fail before the progress bar appears.
@@ -85,8 +87,6 @@ def profile(model, input_shape, inputs, target, backend, threads, clock, statist
         noise_configs=noise_configs, build_workers=build_workers, rpc=rpc, spread_configs=spread_configs,
         measure=MeasureConfig(warmup_runs=warmup, timed_runs=runs, clock=clock, statistic=statistic,
                               min_timed_ms=min_timed_ms))
-    if spread_configs and rpc is None:
-        raise click.UsageError("--spread-configs needs a farm: give --rpc-tracker and --rpc-key")
     report = _run_with_progress(config)
     summary = {"db": db_path, "planned": report.planned, "measured": report.measured,
                "already_stored": report.skipped, "failed": len(report.failed), "build_workers": report.build_workers}

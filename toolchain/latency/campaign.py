@@ -184,6 +184,11 @@ def run_campaign(
     target = get_target(config.target, config.backend, config.threads, rpc=config.rpc)
     config = replace(config, measure=replace(config.measure, clock=resolve_clock(config.measure.clock, target)))
     check_clock(config, target)
+    if config.rpc is not None:
+        from toolchain.latency.rpc import tracker_unreachable_reason  # on use (see _run_remote)
+
+        if reason := tracker_unreachable_reason(config.rpc):
+            raise ToolchainError(reason)  # before the model is built or the database touched
     # Building variants (tracing, export) on one torch thread: several times faster on a busy machine.
     with torch_threads(1):
         return _run(config, target, on_progress)

@@ -3,8 +3,10 @@
 Each row has a unique `config_key` (hash of what was measured and where), so a resumed campaign skips what
 is already there and never duplicates; every row is committed on its own as soon as it is settled. A campaign
 times its configurations in chunks (`CampaignConfig.interleave`, 16 by default; one at a time on a remote
-device) whose rows settle together, so a killed campaign redoes at most the chunk it was timing. A locked or
-corrupt file raises ToolchainError, never an empty result.
+device) whose rows settle together, so a killed campaign redoes at most the chunk it was timing. On a device
+farm each row names its board in its fingerprint, and `device_timings` holds the spread set: the same
+configurations timed once on every board. A locked or corrupt file raises ToolchainError, never an empty
+result.
 
 Example:
     >>> with MeasurementStore("runs/latency.db") as store:
