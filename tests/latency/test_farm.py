@@ -18,6 +18,11 @@ ENDPOINT = RpcEndpoint("127.0.0.1", 1, "fake-board")
 QUICK = FarmSettings(wait_s=0.1)
 
 
+class FakeBoard(Board):
+    def close(self) -> None:
+        self.session = None  # no RPC session to collect (Board.close runs the garbage collector: ~1 s)
+
+
 class FakeTracker:
     """Hands out each board once; a board that failed never comes back (it is gone)."""
 
@@ -27,15 +32,16 @@ class FakeTracker:
     def open_board(self, endpoint, wait_s):
         with self.lock:
             if self.free:
-                return Board(self.free.pop(0), session=object())
+                return FakeBoard(self.free.pop(0), session=object())
         raise NoBoardError(f"no free board with key {endpoint.key!r} within {wait_s:g} s")
 
 
 @pytest.fixture
 def tracker(monkeypatch):
-    def install(addresses):
+    def install(addresses, free_at_start=None):
         fake = FakeTracker(addresses)
-        monkeypatch.setattr(farm, "free_boards", lambda endpoint: len(fake.free))
+        free = len(addresses) if free_at_start is None else free_at_start
+        monkeypatch.setattr(farm, "free_boards", lambda endpoint: free)
         monkeypatch.setattr(farm, "open_board", fake.open_board)
         monkeypatch.setattr(rpc, "tracker_unreachable_reason", lambda endpoint: None)
         return fake
@@ -166,6 +172,22 @@ def test_pinned_jobs_are_timed_on_every_board(tracker):
              settings=QUICK)
     assert sorted(seen.pinned) == [("p0", "a:1"), ("p0", "b:2"), ("p1", "a:1"), ("p1", "b:2")]
     assert sorted(job for job, _ in seen.settled) == list(range(4))
+
+
+def test_a_board_that_replaces_a_failed_one_times_its_own_pinned_jobs(tracker):
+    tracker(["a:1", "spare:2"], free_at_start=1)  # one worker; the spare board answers its second request
+    seen = Recorder()
+
+    def work(job, board):
+        if board.address == "a:1":
+            raise ConnectionError("board rebooted")
+        return job, board.address
+
+    report = run_farm(ENDPOINT, [0, 1], work, seen.settle, seen.fail, pinned=lambda address: ["p0", "p1"],
+                      settings=QUICK)
+    assert seen.pinned == [("p0", "spare:2"), ("p1", "spare:2")]
+    assert sorted(seen.settled) == [(0, "spare:2"), (1, "spare:2")]
+    assert report.boards == ["a:1", "spare:2"] and report.lost == ["a:1: ConnectionError: board rebooted"]
 
 
 def test_no_free_board_is_one_clear_error(tracker):

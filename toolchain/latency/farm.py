@@ -193,12 +193,14 @@ class _Farm:
         return stop
 
     def worker(self) -> None:
-        board = None
+        board, pinned_done = None, set()
         try:
             board = self._board(None)
-            if board is not None:
-                board = self._pinned_jobs(board)
             while board is not None and not self.finished.is_set():
+                if board.address not in pinned_done:  # a board new to this worker: its own jobs first
+                    pinned_done.add(board.address)
+                    board = self._pinned_jobs(board)
+                    continue
                 try:
                     job, failures = self.jobs.get(timeout=POLL_S)
                 except queue.Empty:
@@ -225,7 +227,7 @@ class _Farm:
         return board
 
     def _pinned_jobs(self, board: Board) -> Board | None:
-        """The jobs this board times itself; a board that fails here is replaced (its pinned jobs dropped)."""
+        """The jobs this board times itself; a board that fails here is replaced (the rest of them dropped)."""
         for job in self.pinned(board.address):
             try:
                 self.events.put(("done", job, self.work(job, board), board.address, True))
