@@ -74,7 +74,11 @@ def free_boards(endpoint: RpcEndpoint) -> int:
     """How many boards under the key are free at the tracker now (0 for a key it has never seen)."""
     from tvm import rpc
 
-    summary = rpc.connect_tracker(endpoint.tracker_host, endpoint.tracker_port).summary()
+    tracker = rpc.connect_tracker(endpoint.tracker_host, endpoint.tracker_port)
+    try:
+        summary = tracker.summary()
+    finally:
+        tracker.close()
     return int(summary.get("queue_info", {}).get(endpoint.key, {}).get("free", 0))
 
 
