@@ -38,9 +38,10 @@ class FakeTracker:
 
 @pytest.fixture
 def tracker(monkeypatch):
-    def install(addresses, free_at_start=None):
+    def install(addresses, free_at_start=-1):
+        """`free_at_start`: what the tracker's summary says (default: every board; None: a key it never saw)."""
         fake = FakeTracker(addresses)
-        free = len(addresses) if free_at_start is None else free_at_start
+        free = len(addresses) if free_at_start == -1 else free_at_start
         monkeypatch.setattr(farm, "free_boards", lambda endpoint: free)
         monkeypatch.setattr(farm, "open_board", fake.open_board)
         monkeypatch.setattr(rpc, "tracker_unreachable_reason", lambda endpoint: None)
@@ -190,10 +191,17 @@ def test_a_board_that_replaces_a_failed_one_times_its_own_pinned_jobs(tracker):
     assert report.boards == ["a:1", "spare:2"] and report.lost == ["a:1: ConnectionError: board rebooted"]
 
 
-def test_no_free_board_is_one_clear_error(tracker):
-    tracker([])
-    with pytest.raises(ToolchainError, match="has no free device with key 'fake-board'"):
+def test_a_key_the_tracker_never_saw_is_one_clear_error(tracker):
+    tracker([], free_at_start=None)
+    with pytest.raises(ToolchainError, match="has no device with key 'fake-board'"):
         run_farm(ENDPOINT, [0], lambda job, board: None, Recorder().settle, Recorder().fail, settings=QUICK)
+
+
+def test_when_every_board_is_busy_one_worker_waits_for_one(tracker):
+    tracker(["a:1"], free_at_start=0)  # busy at the summary, free by the time the worker asks
+    seen = Recorder()
+    run_farm(ENDPOINT, [0, 1], lambda job, board: (job, board.address), seen.settle, seen.fail, settings=QUICK)
+    assert sorted(seen.settled) == [(0, "a:1"), (1, "a:1")]
 
 
 def test_boards_of_one_kind_share_an_identity_and_rows_name_their_board():

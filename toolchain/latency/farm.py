@@ -70,8 +70,8 @@ class FarmReport:
     lost: list[str] = field(default_factory=list)  # "address: why" for each board failure
 
 
-def free_boards(endpoint: RpcEndpoint) -> int:
-    """How many boards under the key are free at the tracker now (0 for a key it has never seen)."""
+def free_boards(endpoint: RpcEndpoint) -> int | None:
+    """How many boards under the key are free at the tracker now; None for a key it has never seen."""
     from tvm import rpc
 
     tracker = rpc.connect_tracker(endpoint.tracker_host, endpoint.tracker_port)
@@ -79,7 +79,8 @@ def free_boards(endpoint: RpcEndpoint) -> int:
         summary = tracker.summary()
     finally:
         tracker.close()
-    return int(summary.get("queue_info", {}).get(endpoint.key, {}).get("free", 0))
+    queue_info = summary.get("queue_info", {})
+    return int(queue_info[endpoint.key].get("free", 0)) if endpoint.key in queue_info else None
 
 
 def open_board(endpoint: RpcEndpoint, wait_s: float) -> Board:
@@ -129,10 +130,11 @@ def run_farm(
     reason = tracker_unreachable_reason(endpoint)
     if reason:
         raise ToolchainError(reason)
-    boards = free_boards(endpoint)
-    if boards == 0:
-        raise ToolchainError(f"tracker {endpoint.tracker_host}:{endpoint.tracker_port} has no free device with "
-                             f"key {endpoint.key!r}")
+    free = free_boards(endpoint)
+    if free is None:
+        raise ToolchainError(f"tracker {endpoint.tracker_host}:{endpoint.tracker_port} has no device with key "
+                             f"{endpoint.key!r}")
+    boards = max(free, 1)  # every board busy (another client): one worker waits `wait_s` for one
     farm = _Farm(endpoint, work, pinned, settings)
     for job in jobs:
         farm.jobs.put((job, 0))
