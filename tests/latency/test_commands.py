@@ -145,6 +145,25 @@ def test_profile_of_a_remote_device_without_rpc_says_what_is_needed(tmp_path):
     assert not (tmp_path / "x.db").exists()
 
 
+def test_spread_configs_need_a_farm(tmp_path, capsys):
+    from toolchain.cli import main
+
+    code = main(["profile", "--model", TINY, "--input-shape", "1,3,16,16", "--spread-configs", "2",
+                 "--db", str(tmp_path / "x.db")])
+    assert code == 2 and "--spread-configs needs a farm" in capsys.readouterr().err
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_profile_on_an_unreachable_farm_is_one_line(tmp_path, capsys):
+    from toolchain.cli import main
+
+    code = main(["profile", "--model", TINY, "--input-shape", "1,3,16,16", "--rpc-tracker", "127.0.0.1:1",
+                 "--rpc-key", "jetson", "--db", str(tmp_path / "x.db")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: tracker 127.0.0.1:1 is unreachable") and err.count("\n") == 1
+    assert not (tmp_path / "x.db").exists()
+
+
 def test_device_rpc_target_comes_from_the_device_table():
     import json
 

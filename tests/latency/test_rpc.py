@@ -14,6 +14,8 @@ from toolchain.targets import RpcEndpoint
 
 pytest.importorskip("tvm", reason="the RPC path needs apache-tvm")
 pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
+from processes import alive, descendants  # noqa: E402
+
 from toolchain.latency.rpc import loopback_cluster  # noqa: E402
 
 pytestmark = pytest.mark.tvm
@@ -101,7 +103,9 @@ def test_sessions_are_renewed_before_the_server_would_expire_them(monkeypatch):
     assert second.median_ms > 0
 
 
-def test_device_that_disappears_is_retried_then_reported_and_rows_are_kept(tmp_path):
+def test_device_that_disappears_is_reported_when_it_was_the_last_and_rows_are_kept(tmp_path):
+    from toolchain.latency.farm import FarmSettings
+
     with loopback_cluster(key="flaky", tracker_port=9490) as cluster:
         config = CampaignConfig(
             model=TINY,
@@ -111,13 +115,14 @@ def test_device_that_disappears_is_retried_then_reported_and_rows_are_kept(tmp_p
             samples=6,
             measure=QUICK,
             rpc=cluster.endpoint,
+            farm=FarmSettings(wait_s=2.0),  # how long its worker waits for another board before it gives up
         )
 
         def stop_after_two(done, total, what):
             if done == 2:
                 cluster.stop_device()
 
-        with pytest.raises(DeviceLostError, match="device 'flaky'.*failed 3 times"):
+        with pytest.raises(DeviceLostError, match="every device with key 'flaky'.*was lost.*4 configuration"):
             run_campaign(config, on_progress=stop_after_two)
     with MeasurementStore(config.db_path) as store:
         assert len(store.rows()) == 2
@@ -142,32 +147,6 @@ def test_retries_recover_from_a_transient_failure():
         with_retries(always_fails, endpoint, "timing", attempts=2, sleep=lambda s: None)
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (read from /proc)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [child for child, of in parents.items() if of == parent]
-        found += children
-        frontier += children
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 def test_sigterm_stops_the_tracker_and_device_server_too():
     import signal
@@ -179,18 +158,18 @@ def test_sigterm_stops_the_tracker_and_device_server_too():
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "tracker 127.0.0.1:" in process.stdout.readline()
-        children = _descendants(process.pid)
+        children = descendants(process.pid)
         assert children, "a tracker and a device server run as child processes"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 143
         deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(_alive(pid) for pid in children), "children outlived the SIGTERMed parent"
+        assert not any(alive(pid) for pid in children), "children outlived the SIGTERMed parent"
     finally:
         process.kill()
         process.wait()
-        for pid in _descendants(process.pid):
+        for pid in descendants(process.pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -200,7 +179,7 @@ def test_an_interrupt_while_the_cluster_starts_is_one_line(monkeypatch, capsys):
     from toolchain.latency import rpc
 
     @contextmanager
-    def interrupted_while_starting(key, tracker_port):
+    def interrupted_while_starting(key, tracker_port, devices):
         raise KeyboardInterrupt
         yield
 

@@ -55,13 +55,16 @@ def _device_rpc_target(device_name: str, rpc_tracker: str | None, rpc_key: str |
 @click.option("--build-workers", default=CampaignConfig.build_workers, show_default=True, type=count(1),
               help="processes building each chunk's variants before it is timed (never while timing)")
 @rpc_options
+@click.option("--spread-configs", default=CampaignConfig.spread_configs, show_default=True, type=count(0),
+              help="on a farm (--rpc-tracker/--rpc-key): time this many configurations on every board too, to "
+                   "measure how much the boards differ")
 @click.option("--rpc-target", default="", help='TVM target of the device as JSON, e.g. {"kind": "llvm", ...}')
 @click.option("--device", default=None,
               help="a device from the device table (jetson, h100, ...): its CPU is profiled through TVM RPC, "
                    "with --rpc-target taken from the table")
 def profile(model, input_shape, inputs, target, backend, threads, clock, statistic, samples, db_path, seed, min_ratio,
-            layer_levels, noise_configs, warmup, runs, min_timed_ms, build_workers, rpc_tracker, rpc_key, rpc_target,
-            device):
+            layer_levels, noise_configs, warmup, runs, min_timed_ms, build_workers, rpc_tracker, rpc_key,
+            spread_configs, rpc_target, device):
     """Sample per-group widths, build each pruned variant, time it, and store one row per configuration."""
     from toolchain.inputs import specs_key
     from toolchain.latency.measure import MeasureConfig
@@ -72,6 +75,8 @@ def profile(model, input_shape, inputs, target, backend, threads, clock, statist
     if device is not None:
         rpc_target = _device_rpc_target(device, rpc_tracker, rpc_key) or rpc_target
     rpc = rpc_endpoint(rpc_tracker, rpc_key, rpc_target)
+    if spread_configs and rpc is None:
+        raise click.UsageError("--spread-configs needs a farm: give --rpc-tracker and --rpc-key")
     if rpc is not None:
         backend = backend or "tvm"  # a remote device is timed through TVM RPC
     # Bad names fail before the progress bar appears.
@@ -79,17 +84,28 @@ def profile(model, input_shape, inputs, target, backend, threads, clock, statist
     config = CampaignConfig(
         model=model, input_shape=specs_key(inputs) if inputs else input_shape, db_path=db_path, target=target,
         backend=backend, threads=threads, samples=samples, seed=seed, min_ratio=min_ratio, layer_levels=layer_levels,
-        noise_configs=noise_configs, build_workers=build_workers, rpc=rpc,
+        noise_configs=noise_configs, build_workers=build_workers, rpc=rpc, spread_configs=spread_configs,
         measure=MeasureConfig(warmup_runs=warmup, timed_runs=runs, clock=clock, statistic=statistic,
                               min_timed_ms=min_timed_ms))
     report = _run_with_progress(config)
-    click.echo(json.dumps({"db": db_path, "planned": report.planned, "measured": report.measured,
-                           "already_stored": report.skipped, "failed": len(report.failed),
-                           "build_workers": report.build_workers}))
+    summary = {"db": db_path, "planned": report.planned, "measured": report.measured,
+               "already_stored": report.skipped, "failed": len(report.failed), "build_workers": report.build_workers}
+    if rpc is not None:
+        summary.update(devices=report.devices, lost=report.lost, device_spread=_device_spread(db_path, statistic))
+    click.echo(json.dumps(summary))
     for failure in report.failed[:10]:
         click.echo(f"failed: {failure}", err=True)
     if report.failed:
         raise SystemExit(1)
+
+
+def _device_spread(db_path: str, statistic: str) -> dict:
+    """How much the farm's boards differ, from every per-board timing in the database ({}: fewer than two)."""
+    from toolchain.latency.spread import board_spread
+    from toolchain.latency.store import MeasurementStore
+
+    with MeasurementStore(db_path) as store:
+        return board_spread(store.device_timings(), statistic)
 
 
 def _run_with_progress(config: CampaignConfig) -> CampaignReport:

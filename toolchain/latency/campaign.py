@@ -4,8 +4,10 @@
 Resumable by construction: the configuration list depends only on (model, seed, samples), every row is
 committed as soon as its chunk is timed, and a configuration already in the database is skipped. Killing the
 campaign loses at most the chunk being timed (`interleave` configurations, timed together in rounds next to
-the sentinel; on a remote device, one configuration). On a remote device (TVM RPC) a failing device is
-retried, then reported; what was measured stays.
+the sentinel; on remote devices, the one configuration each board is timing). Remote devices (TVM RPC) are a
+farm: every free board under the key times at once (toolchain.latency.farm); a board that fails gives its
+configuration back to the others, and only when every board is lost does the campaign stop; what was
+measured stays.
 
 Example:
     >>> config = CampaignConfig.for_target("zoo:resnet18", "runs/latency.db", Target("cpu"), samples=300)
@@ -16,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,12 +28,13 @@ from torch import nn
 from toolchain import defaults
 from toolchain.errors import ToolchainError
 from toolchain.inputs import InputSpecs, ModelInputs, make_inputs, specs_from_key, specs_key, vocab_size_of
+from toolchain.latency.farm import FarmSettings
 from toolchain.latency.features import COMPUTE_OPS, LayerSpec, layer_specs, total_macs
-from toolchain.latency.fingerprint import fingerprint_id, machine_fingerprint
+from toolchain.latency.fingerprint import DEVICE_KEY, fingerprint_id, machine_fingerprint
 from toolchain.latency.measure import CLOCKS, MeasureConfig, Measurement, latency_ms, measure
 from toolchain.latency.sampling import layer_grid_ratios, sample_width_configs
 from toolchain.latency.sentinel import SentinelCheck, time_chunk
-from toolchain.latency.store import MeasurementRow, MeasurementStore, config_key
+from toolchain.latency.store import DeviceTiming, MeasurementRow, MeasurementStore, config_key
 from toolchain.latency.variants import BuiltVariant, VariantBuilder, build_here, job_input
 from toolchain.targets import RpcEndpoint, Runtime, Target, get_target, resolve_clock, runs_on_timing_thread
 from toolchain.threads import torch_threads
@@ -62,6 +66,10 @@ class CampaignConfig:
     # toolchain.latency.variants). 1: build in this process.
     build_workers: int = 2
     rpc: RpcEndpoint | None = None
+    # On a farm (every free board under the RPC key times at once): this many of the sampled configurations
+    # are also timed on every board, to measure how much boards of one kind differ (toolchain.latency.spread).
+    spread_configs: int = 0
+    farm: FarmSettings = field(default_factory=FarmSettings)
 
     @classmethod
     def for_target(cls, model: str, db_path: str, target: Target, **fields) -> CampaignConfig:
@@ -91,6 +99,8 @@ class CampaignReport:
     failed: list[str] = field(default_factory=list)
     retimed: int = 0  # rows replaced by a re-timing in a quieter spell
     build_workers: int = 1  # processes that built the variants (1: this one)
+    devices: dict[str, int] = field(default_factory=dict)  # farm board -> rows it timed
+    lost: list[str] = field(default_factory=list)  # farm boards that failed ("address: why")
 
 
 def layer_grid(layers: list[LayerSpec], input_channels: int, levels: int) -> list[LayerSpec]:
@@ -174,6 +184,11 @@ def run_campaign(
     target = get_target(config.target, config.backend, config.threads, rpc=config.rpc)
     config = replace(config, measure=replace(config.measure, clock=resolve_clock(config.measure.clock, target)))
     check_clock(config, target)
+    if config.rpc is not None:
+        from toolchain.latency.rpc import tracker_unreachable_reason  # on use (see _run_remote)
+
+        if reason := tracker_unreachable_reason(config.rpc):
+            raise ToolchainError(reason)  # before the model is built or the database touched
     # Building variants (tracing, export) on one torch thread: several times faster on a busy machine.
     with torch_threads(1):
         return _run(config, target, on_progress)
@@ -205,7 +220,8 @@ def _run(config: CampaignConfig, target: Runtime, on_progress) -> CampaignReport
         pending = [job for key, job in jobs_by_key.items() if key not in done_keys]
         report.planned, report.skipped = len(jobs), len(jobs) - len(pending)
         run = _Run(
-            config, target, input_shape, fingerprint, machine_id, model, example_input, store, report, on_progress
+            config, target, input_shape, fingerprint, machine_id, model, example_input, store, report, on_progress,
+            tuple(jobs),
         )
         (_run_remote if config.rpc else _run_local)(pending, run)
         if on_progress:
@@ -239,6 +255,7 @@ class _Run:
     store: MeasurementStore
     report: CampaignReport
     on_progress: Callable[[int, int, str], None] | None
+    planned: tuple[Job, ...] = ()  # every job of the campaign, stored or not (the spread set survives a resume)
 
 
 def _build(batch: list[tuple[Job, int]], run: _Run, builder: VariantBuilder):
@@ -314,29 +331,65 @@ def _time_queue(pending: list[Job], run: _Run, sentinel, check: SentinelCheck, b
 
 
 def _run_remote(pending: list[Job], run: _Run) -> None:
-    """One at a time, compile + upload + time inside the retries (a board that drops is reconnected)."""
-    from toolchain.latency.rpc import with_retries  # on use: `python -m toolchain.latency.rpc` runs it as main
+    """On every free board under the RPC key at once (toolchain.latency.farm); with `spread_configs`, the first
+    configurations are also timed on every board (toolchain.latency.spread)."""
+    from toolchain.latency.farm import run_farm
 
-    config = run.config
-    for index, job in enumerate(pending):
+    config, store, report = run.config, run.store, run.report
+    spread_jobs = [job for job in run.planned if job.kind == "model"][: config.spread_configs]
+    spread_done = frozenset((t.config_key, t.device) for t in store.device_timings(run.machine_id))
+    settled = 0
+    host_lock = threading.Lock()  # one build + compile at a time on this host: torch's ONNX exporter is global
+
+    def pinned(address: str) -> list[Job]:
+        return [job for job in spread_jobs if (_key(job, run), address) not in spread_done]
+
+    def settle(job: Job, result: tuple[BuiltVariant, Measurement], address: str, is_pinned: bool) -> None:
+        nonlocal settled
+        built, measured = result
+        if is_pinned:
+            store.insert_device_timing(DeviceTiming(_key(job, run), address, run.machine_id, measured.median_ms,
+                                                    measured.min_ms))
+            return
+        inserted = store.insert(_row(job, run, built, measured, address))
+        report.measured += int(inserted)
+        report.devices[address] = report.devices.get(address, 0) + int(inserted)
+        settled += 1
         if run.on_progress:
-            run.on_progress(index, len(pending), f"{job.kind} {job.tag}")
-        try:
+            run.on_progress(settled, len(pending), f"{job.kind} {job.tag} on {address}")
+
+    def fail(job: Job, error: Exception) -> None:
+        report.failed.append(_failure(job, error))
+
+    farm = run_farm(config.rpc, pending, lambda job, board: _time_on_board(job, board, run, host_lock), settle,
+                    fail, pinned, config.farm)
+    report.lost += farm.lost
+
+
+def _key(job: Job, run: _Run) -> str:
+    return _job_key(job, run.config.model, run.input_shape, run.target)
+
+
+def _time_on_board(job: Job, board, run: _Run, host_lock: threading.Lock) -> tuple[BuiltVariant, Measurement]:
+    """Build and compile the job's variant here (JobError when that fails), then upload and time it on the board."""
+    from toolchain.latency.farm import JobError
+    from toolchain.targets.backends.tvm_backend import compile_for, load_on_session
+
+    try:
+        with host_lock:
             built = build_here(job.kind, job.widths, run.model, run.example_input)
             variant_input = job_input(job.kind, job.widths, run.example_input)
-
-            def timed() -> Measurement:
-                return measure(built.runner(run.target, variant_input), config.measure)  # noqa: B023
-
-            result = with_retries(timed, config.rpc, f"{job.kind} {job.tag}")
-        except Exception as error:  # noqa: BLE001 - reported per configuration (ToolchainError stops the run)
-            run.report.failed.append(_failure(job, error))
-            continue
-        run.report.measured += int(run.store.insert(_row(job, run, built, result)))
+            executable = compile_for(built.module, variant_input, run.target)
+    except ToolchainError:
+        raise
+    except Exception as error:
+        raise JobError(str(error)) from error
+    runner = load_on_session(executable, variant_input, run.target, board.session)
+    return BuiltVariant(built.layers), measure(runner, run.config.measure)
 
 
-def _row(job: Job, run: _Run, built: BuiltVariant, result: Measurement) -> MeasurementRow:
-    """The database row of one settled job."""
+def _row(job: Job, run: _Run, built: BuiltVariant, result: Measurement, device: str = "") -> MeasurementRow:
+    """The database row of one settled job; `device`: the farm board that timed it."""
     config, target = run.config, run.target
     layers = [LayerSpec(**layer) for layer in built.layers]
     return MeasurementRow(
@@ -352,7 +405,7 @@ def _row(job: Job, run: _Run, built: BuiltVariant, result: Measurement) -> Measu
         sample_tag=job.tag,
         macs=total_macs(layers),
         fingerprint_id=run.machine_id,
-        fingerprint=run.fingerprint,
+        fingerprint={**run.fingerprint, DEVICE_KEY: device} if device else run.fingerprint,
         median_ms=result.median_ms,
         iqr_ms=result.iqr_ms,
         mad_ms=result.mad_ms,

@@ -20,6 +20,9 @@ from toolchain.targets import Runtime
 
 # Facts that change between runs on the same machine; left out of the identity hash.
 VOLATILE_KEYS = ("gpu_clocks_mhz", "gpu_temperature_c", "gpu_power_w", "load_average")
+# Which board of a device farm timed a row (the address its tracker handed out, e.g. "10.0.0.7:9091"). Recorded
+# in every row, left out of the identity: boards of one kind share one identity, one database and one predictor.
+DEVICE_KEY = "rpc_device"
 
 
 def _cpu_model() -> str:
@@ -82,6 +85,17 @@ def machine_fingerprint(target: Runtime) -> dict:
 
 
 def fingerprint_id(fingerprint: dict) -> str:
-    """Stable 16-hex-digit identity of a fingerprint, ignoring volatile facts."""
-    stable = {k: v for k, v in fingerprint.items() if k not in VOLATILE_KEYS}
+    """Stable 16-hex-digit identity of a fingerprint (a machine, or a kind of board), ignoring volatile facts
+    and which board of a farm it was."""
+    stable = {k: v for k, v in fingerprint.items() if k not in VOLATILE_KEYS and k != DEVICE_KEY}
     return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def device_of(fingerprint: dict) -> str:
+    """The farm board that timed a row ("" where one machine or one board timed everything)."""
+    return fingerprint.get(DEVICE_KEY, "")
+
+
+def kind_fingerprint(fingerprint: dict) -> dict:
+    """The fingerprint without the board: what a predictor for every board of a kind records."""
+    return {key: value for key, value in fingerprint.items() if key != DEVICE_KEY}

@@ -18,10 +18,12 @@ from dataclasses import dataclass, replace
 from toolchain import defaults
 from toolchain.errors import ToolchainError
 from toolchain.latency.features import spec_from_dict
+from toolchain.latency.fingerprint import kind_fingerprint
 from toolchain.latency.measure import latency_ms
 from toolchain.latency.predictors import LatencyPredictor, LatencyQuery, create_predictor, predictor_class
 from toolchain.latency.predictors.artifact import ArtifactMeta, training_data_hash
 from toolchain.latency.sampling import is_allocator_tag
+from toolchain.latency.spread import board_spread
 from toolchain.latency.store import MeasurementRow, MeasurementStore, now_utc
 from toolchain.targets import DEFAULT_BACKEND, Target
 
@@ -173,6 +175,7 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
             groups = store.groups(first.model, first.input_shape)
             group_names = tuple(g[0] for g in groups)
             dense_widths = tuple(int(g[1]) for g in groups)
+        device_spread = board_spread(store.device_timings(first.fingerprint_id), config.statistic)
     single_ops = [r for r in single_ops if r.model in rows_by_model]
     train, heldout, allocator_heldout, n_allocator_train = [], [], [], 0
     for rows in rows_by_model.values():
@@ -195,7 +198,7 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
         backend=config.backend,
         threads=config.threads,
         fingerprint_id=first.fingerprint_id,
-        fingerprint=first.fingerprint,
+        fingerprint=kind_fingerprint(first.fingerprint),
         models=tuple(rows_by_model),
         input_shapes={m: list(rows[0].input_shape) for m, rows in rows_by_model.items()},
         group_names=group_names,
@@ -206,6 +209,7 @@ def fit_predictor(config: FitConfig) -> LatencyPredictor:
         n_single_ops=len(train) - n_configurations,
         created_at=now_utc(),
         statistic=config.statistic,
+        device_spread=device_spread,
     )
     predictor = create_predictor(config.predictor, meta)
     if config.train_steps:

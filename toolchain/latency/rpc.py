@@ -56,55 +56,67 @@ def with_retries(
 
 @dataclass
 class LoopbackCluster:
-    """A running loopback tracker + device server; `stop_device` makes the device disappear."""
+    """A running loopback tracker + device servers; `stop_device(i)` makes device i disappear."""
 
     endpoint: RpcEndpoint
-    server: object
+    servers: list
 
-    def stop_device(self) -> None:
-        self.server.terminate()
+    @property
+    def addresses(self) -> list[str]:
+        """Each device server's address as the tracker hands it out ("127.0.0.1:PORT")."""
+        return [f"{LOOPBACK_HOST}:{server.port}" for server in self.servers]
+
+    def stop_device(self, index: int = 0) -> None:
+        self.servers[index].terminate()
 
 
 @contextmanager
-def loopback_cluster(key: str = "loopback", tracker_port: int = 9190) -> Iterator[LoopbackCluster]:
-    """A TVM RPC tracker and one server registered under `key`, both on 127.0.0.1, stopped on exit."""
+def loopback_cluster(key: str = "loopback", tracker_port: int = 9190, devices: int = 1) -> Iterator[LoopbackCluster]:
+    """A TVM RPC tracker and `devices` servers registered under `key`, all on 127.0.0.1, stopped on exit.
+
+    Several servers are a loopback device farm: each is a board to the tracker (they share this machine's CPU).
+    """
     from tvm.rpc.server import Server
     from tvm.rpc.tracker import Tracker
 
+    if devices < 1:
+        raise ToolchainError(f"a loopback farm needs at least 1 device, got {devices}")
     tracker = Tracker(host=LOOPBACK_HOST, port=tracker_port, port_end=tracker_port + 200, silent=True)
-    server = None
+    servers: list = []
     endpoint = RpcEndpoint(LOOPBACK_HOST, tracker.port, key)
     try:
-        server = Server(
-            host=LOOPBACK_HOST,
-            port=tracker.port + 201,
-            port_end=tracker.port + 400,
-            tracker_addr=(LOOPBACK_HOST, tracker.port),
-            key=key,
-            silent=True,
-        )
-        _wait_until_registered(endpoint)
-        yield LoopbackCluster(endpoint, server)
+        for _ in range(devices):
+            servers.append(Server(
+                host=LOOPBACK_HOST,
+                port=tracker.port + 201,
+                port_end=tracker.port + 400,
+                tracker_addr=(LOOPBACK_HOST, tracker.port),
+                key=key,
+                silent=True,
+            ))
+        _wait_until_registered(endpoint, devices)
+        yield LoopbackCluster(endpoint, servers)
     finally:
         drop_remote_session(endpoint)
-        if server is not None:
+        for server in servers:
             server.terminate()
         tracker.terminate()
 
 
-def _wait_until_registered(endpoint: RpcEndpoint, wait_s: float = 20.0) -> None:
+def _wait_until_registered(endpoint: RpcEndpoint, devices: int = 1, wait_s: float = 20.0) -> None:
     from tvm import rpc
 
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         try:
             tracker = rpc.connect_tracker(endpoint.tracker_host, endpoint.tracker_port)
-            if tracker.summary().get("queue_info", {}).get(endpoint.key, {}).get("free", 0) > 0:
+            if tracker.summary().get("queue_info", {}).get(endpoint.key, {}).get("free", 0) >= devices:
                 return
         except (ConnectionError, OSError, RuntimeError):
             pass
         time.sleep(0.2)
-    raise ToolchainError(f"RPC server with key {endpoint.key!r} did not register with the tracker in {wait_s} s")
+    raise ToolchainError(f"{devices} RPC server(s) with key {endpoint.key!r} did not register with the tracker "
+                         f"in {wait_s} s")
 
 
 def tracker_unreachable_reason(endpoint: RpcEndpoint, timeout_s: float = 3.0) -> str | None:
@@ -139,8 +151,9 @@ def _raise_terminated(signum, _frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m toolchain.latency.rpc --key K [--port P]`: a loopback tracker and one device server on this
-    machine, for rehearsing `make deploy RPC_TRACKER=127.0.0.1:P RPC_KEY=K` without a board (Ctrl-C stops)."""
+    """`python -m toolchain.latency.rpc --key K [--port P] [--devices N]`: a loopback tracker and N device servers
+    on this machine, for rehearsing `make deploy RPC_TRACKER=127.0.0.1:P RPC_KEY=K` or a farm campaign without a
+    board (Ctrl-C stops)."""
     import argparse
     import signal
     import sys
@@ -148,15 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     parser.add_argument("--key", default="loopback")
     parser.add_argument("--port", type=int, default=9190, help="first tracker port to try")
+    parser.add_argument("--devices", type=int, default=1, help="device servers under the key (a loopback farm)")
     args = parser.parse_args(argv)
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     ready = False
     try:
-        with loopback_cluster(key=args.key, tracker_port=args.port) as cluster:
+        with loopback_cluster(key=args.key, tracker_port=args.port, devices=args.devices) as cluster:
             endpoint = cluster.endpoint
             ready = True
-            print(f"tracker {endpoint.tracker_host}:{endpoint.tracker_port}, device key {endpoint.key!r} "
-                  f"(this machine's CPU); Ctrl-C stops", flush=True)
+            print(f"tracker {endpoint.tracker_host}:{endpoint.tracker_port}, device key {endpoint.key!r}, "
+                  f"{args.devices} device server(s) (this machine's CPU); Ctrl-C stops", flush=True)
             while True:
                 time.sleep(3600)
     except (KeyboardInterrupt, Terminated) as stop:

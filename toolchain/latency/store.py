@@ -3,8 +3,10 @@
 Each row has a unique `config_key` (hash of what was measured and where), so a resumed campaign skips what
 is already there and never duplicates; every row is committed on its own as soon as it is settled. A campaign
 times its configurations in chunks (`CampaignConfig.interleave`, 16 by default; one at a time on a remote
-device) whose rows settle together, so a killed campaign redoes at most the chunk it was timing. A locked or
-corrupt file raises ToolchainError, never an empty result.
+device) whose rows settle together, so a killed campaign redoes at most the chunk it was timing. On a device
+farm each row names its board in its fingerprint, and `device_timings` holds the spread set: the same
+configurations timed once on every board. A locked or corrupt file raises ToolchainError, never an empty
+result.
 
 Example:
     >>> with MeasurementStore("runs/latency.db") as store:
@@ -62,6 +64,17 @@ CREATE TABLE IF NOT EXISTS architectures (
     input_shape_json TEXT NOT NULL,
     groups_json TEXT NOT NULL,
     PRIMARY KEY (model, input_shape_json)
+);
+-- The same configurations timed on every board of a farm (toolchain.latency.spread): how much boards of one
+-- kind differ. A configuration's own row stays in `measurements`; these are the per-board repeats.
+CREATE TABLE IF NOT EXISTS device_timings (
+    config_key TEXT NOT NULL,
+    device TEXT NOT NULL,
+    fingerprint_id TEXT NOT NULL,
+    median_ms REAL NOT NULL,
+    min_ms REAL NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (config_key, device)
 );
 CREATE INDEX IF NOT EXISTS measurements_by_target ON measurements (model, target, backend, threads, kind);
 """
@@ -122,6 +135,17 @@ class MeasurementRow:
             self.threads,
             self.replicate,
         )
+
+
+@dataclass(frozen=True)
+class DeviceTiming:
+    """One configuration timed on one board of a farm (`device` is its tracker address)."""
+
+    config_key: str
+    device: str
+    fingerprint_id: str
+    median_ms: float
+    min_ms: float
 
 
 def config_key(
@@ -261,6 +285,28 @@ class MeasurementStore:
         except sqlite3.Error as error:
             raise self._clear_error(error) from error
         return cursor.rowcount == 1
+
+    def insert_device_timing(self, timing: DeviceTiming) -> bool:
+        """Record one board's timing of a configuration; False when that board's timing is already stored."""
+        try:
+            with self.connection:
+                cursor = self.connection.execute(
+                    "INSERT INTO device_timings (config_key, device, fingerprint_id, median_ms, min_ms, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (config_key, device) DO NOTHING",
+                    (timing.config_key, timing.device, timing.fingerprint_id, timing.median_ms, timing.min_ms,
+                     now_utc()),
+                )
+        except sqlite3.Error as error:
+            raise self._clear_error(error) from error
+        return cursor.rowcount == 1
+
+    def device_timings(self, fingerprint_id: str | None = None) -> list[DeviceTiming]:
+        """Per-board timings (of one kind of device when `fingerprint_id` is given), in insertion order."""
+        sql = "SELECT config_key, device, fingerprint_id, median_ms, min_ms FROM device_timings"
+        params: tuple = ()
+        if fingerprint_id is not None:
+            sql, params = sql + " WHERE fingerprint_id = ?", (fingerprint_id,)
+        return [DeviceTiming(*found) for found in self._query(sql + " ORDER BY rowid", params)]
 
     def save_groups(self, model: str, input_shape, groups: list[tuple[str, int, int]]) -> None:
         """Record a model's channel groups in order as (name, dense_width, unit); the lpnet vector order."""

@@ -48,6 +48,9 @@ class ArtifactMeta:
     # Which per-configuration latency it was trained on and predicts (median, min). Not a policy default: an
     # artifact written before this field existed was fitted on the median (fit_predictor always sets it).
     statistic: str = "median"
+    # Boards of this kind timed on a farm: each board's offset from their mean (toolchain.latency.spread); {}
+    # when one machine or board timed everything.
+    device_spread: dict = field(default_factory=dict)
     artifact_version: int = ARTIFACT_VERSION
 
     @property

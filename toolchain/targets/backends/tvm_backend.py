@@ -116,31 +116,43 @@ class _TvmBackend:
     def versions(self) -> dict[str, str]:
         return {"apache-tvm": metadata.version("apache-tvm"), "torch": torch.__version__}
 
-    def tvm_target(self, target: Runtime) -> dict:
-        if target.rpc is not None and target.rpc.tvm_target_json:
-            return json.loads(target.rpc.tvm_target_json)
-        return HOST_TVM_TARGET if self.device_kind == "cpu" else {"kind": "cuda"}
-
     def prepare(self, model: nn.Module, example_input: ModelInputs, target: Runtime) -> TvmRunner:
         import tvm
 
-        executable = compile_onnx(onnx_bytes_for_timing(model, example_input), self.tvm_target(target))
+        executable = compile_for(model, example_input, target)
         if target.rpc is None:
             tvm.get_global_func("runtime.config_threadpool")(0, target.threads)
             device = tvm.cpu() if self.device_kind == "cpu" else tvm.cuda()
             return TvmRunner(executable, device, example_input)
-        session = remote_session(target.rpc)
-        with tempfile.TemporaryDirectory() as tmp:
-            library = Path(tmp) / "model.tar"
-            executable.export_library(str(library))
-            # One name per library content: the server dlopen()s the extracted shared object, and dlopen
-            # hands back the library already loaded under a path, so a reused name would time the first
-            # model uploaded in this session again instead of the new one.
-            remote_name = f"model-{hashlib.sha256(library.read_bytes()).hexdigest()[:16]}.tar"
-            session.upload(str(library), remote_name)
-        session.get_function("runtime.config_threadpool")(0, target.threads)
-        device = session.cpu() if self.device_kind == "cpu" else session.cuda()
-        return TvmRunner(session.load_module(remote_name), device, example_input, session=session)
+        return load_on_session(executable, example_input, target, remote_session(target.rpc))
+
+
+def compile_for(model: nn.Module, example_input: ModelInputs, target: Runtime):
+    """`model` compiled on this host for `target`'s device (its RPC endpoint's TVM target, if any)."""
+    return compile_onnx(onnx_bytes_for_timing(model, example_input), tvm_target(target))
+
+
+def tvm_target(target: Runtime) -> dict:
+    """The TVM target dict a model for `target` is compiled with (a board's own, from its RPC endpoint)."""
+    if target.rpc is not None and target.rpc.tvm_target_json:
+        return json.loads(target.rpc.tvm_target_json)
+    return HOST_TVM_TARGET if target.name == "cpu" else {"kind": "cuda"}
+
+
+def load_on_session(executable, example_input: ModelInputs, target: Runtime, session) -> TvmRunner:
+    """Upload a compiled model to the remote device of `session` and bind `example_input` there (a device farm
+    holds one session per board, so the session is an argument)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        library = Path(tmp) / "model.tar"
+        executable.export_library(str(library))
+        # One name per library content: the server dlopen()s the extracted shared object, and dlopen
+        # hands back the library already loaded under a path, so a reused name would time the first
+        # model uploaded in this session again instead of the new one.
+        remote_name = f"model-{hashlib.sha256(library.read_bytes()).hexdigest()[:16]}.tar"
+        session.upload(str(library), remote_name)
+    session.get_function("runtime.config_threadpool")(0, target.threads)
+    device = session.cpu() if target.name == "cpu" else session.cuda()
+    return TvmRunner(session.load_module(remote_name), device, example_input, session=session)
 
 
 @register_backend("cpu", "tvm")
