@@ -111,8 +111,9 @@ def plot(report: dict, path: Path) -> None:
                 ax.set_visible(False)
                 continue
             for m in methods:
-                points = sorted((p["measured_ms"], p["accuracy"]) for k, p in part["points"].items()
-                                if k.split("@")[0] == m and p["accuracy"]["mean"] is not None)
+                points = sorted(((p["measured_ms"], p["accuracy"]) for k, p in part["points"].items()
+                                 if k.split("@")[0] == m and p["accuracy"]["mean"] is not None),
+                                key=lambda p: p[0]["mean"])
                 if not points:
                     continue
                 ax.errorbar([p[0]["mean"] for p in points], [p[1]["mean"] for p in points],
