@@ -170,13 +170,33 @@ def collect_rows(model_folder: Path) -> list[dict]:
     return rows
 
 
+def _record_session(folder: Path, start_s: float, start_cpu_s: float, load_before: tuple) -> None:
+    """Append this process's time on one model and seed to the seed folder's `sessions.json` (a resumed seed has
+    several). Per folder, so processes running other seeds side by side never overwrite each other's."""
+    import os
+
+    path = folder / "sessions.json"
+    sessions = json.loads(path.read_text()) if path.is_file() else []
+    sessions.append({"wall_s": round(time.perf_counter() - start_s, 1),
+                     "process_cpu_s": round(time.process_time() - start_cpu_s, 1),
+                     "loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": os.getloadavg(),
+                     "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(sessions, indent=1) + "\n")
+    tmp.replace(path)
+
+
 def write_report(out: Path, report: dict) -> None:
+    import os
+
     from benchmarks.sweep_report import markdown as tables
     from benchmarks.sweep_report import plot, summarise
 
     for name, model in report["models"].items():
         model["summary"] = summarise(collect_rows(out / name), model["methods"])
-    tmp = out / "summary.json.tmp"
+        model["sessions"] = {folder.parent.name: json.loads(folder.read_text())
+                             for folder in sorted((out / name).glob("seed*/sessions.json"))}
+    tmp = out / f"summary.json.{os.getpid()}.tmp"  # processes running other seeds may write beside this one
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     tmp.replace(out / "summary.json")
     (out / "summary.md").write_text(tables(report))
@@ -223,7 +243,7 @@ def main() -> None:
     methods = [*args.allocators.split(","), *(f"tp-{a}" for a in args.anchors.split(",") if a)]
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     report = {"command": " ".join(["python -m benchmarks.budget_sweep", *sys.argv[1:]]), "fingerprint": fingerprint,
-              "runs": previous.get("runs", []), "models": previous.get("models", {})}
+              "models": previous.get("models", {})}
     for name in args.models.split(","):
         report["models"].setdefault(name, {"input_shape": list(MODELS[name][1])})["methods"] = methods
     if args.report_only:
@@ -247,10 +267,7 @@ def main() -> None:
                                  db_path=str(Path("runs") / f"latency-sweep-{environment}.db"))
             run_sweep(config, step)
             run_anchors(name, config.out, seed, args, spec, weights, step)
-            report["runs"].append({"model": name, "seed": seed, "wall_s": round(time.perf_counter() - start_s, 1),
-                                   "process_cpu_s": round(time.process_time() - start_cpu_s, 1),
-                                   "loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": os.getloadavg(),
-                                   "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())})
+            _record_session(config.out, start_s, start_cpu_s, load_before)
             write_report(out, report)
     print(f"wrote {out}/summary.json, summary.md and curves.png")
 

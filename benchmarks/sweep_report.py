@@ -6,6 +6,7 @@ method gets. `ACCURACIES` names them; the summary holds both.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from benchmarks.sweep_stats import area_between, common_range, curves_of, point_table, t_interval
@@ -127,6 +128,6 @@ def plot(report: dict, path: Path) -> None:
             ax.set_ylabel("test accuracy")
             ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=110)
     tmp.replace(path)
