@@ -35,7 +35,7 @@ IMPORTANCES = {"magnitude": lambda: tp.importance.MagnitudeImportance(p=2),
 class AnchorConfig:
     importance: str  # a key of IMPORTANCES
     max_ratio: float = 0.9  # global pruning ratio reached at the last step
-    steps: int = 45  # increments of the ratio (each one timed): 2 % of the channels per step
+    steps: int = 30  # increments of the ratio (each one timed): 3 % of the channels per step
     finetune_steps: int = 0  # the same fixed-step recovery the toolchain's points get
     taylor_batches: int = 2  # calibration batches (of 100) whose loss gradient Taylor importance reads
 
