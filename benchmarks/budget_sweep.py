@@ -166,7 +166,8 @@ def collect_rows(model_folder: Path) -> list[dict]:
     for folder in sorted(model_folder.glob("seed*")):
         seed = int(folder.name[4:])
         rows += [{**r, "method": r["allocator"], "seed": seed} for r in read_rows(folder)]
-        rows += [{**r, "seed": seed} for r in _read_jsonl(folder / ANCHOR_ROWS)]
+        anchors = {(r["method"], r["budget_ratio"]): r for r in _read_jsonl(folder / ANCHOR_ROWS)}  # last one wins
+        rows += [{**r, "seed": seed} for r in anchors.values()]
     return rows
 
 
@@ -219,6 +220,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="a measurement's latency (min: robust to the other jobs on a shared machine)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--report-only", action="store_true", help="rewrite the summary and plot from the rows")
+    parser.add_argument("--anchors-only", action="store_true",
+                        help="only the Torch-Pruning anchors (the seed's toolchain sweep must have timed the dense "
+                             "model): another process can run them beside the toolchain's points")
     return parser
 
 
@@ -265,7 +269,8 @@ def main() -> None:
                                  input_shape=shape, finetune_steps=args.finetune_steps,
                                  refine_rounds=args.refine_rounds, seed=seed,
                                  db_path=str(Path("runs") / f"latency-sweep-{environment}.db"))
-            run_sweep(config, step)
+            if not args.anchors_only:
+                run_sweep(config, step)
             run_anchors(name, config.out, seed, args, spec, weights, step)
             _record_session(config.out, start_s, start_cpu_s, load_before)
             write_report(out, report)
