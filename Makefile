@@ -96,11 +96,11 @@ profile: $(STAMP)
 		$(if $(RPC_TRACKER),--rpc-tracker $(RPC_TRACKER) --rpc-key $(RPC_KEY))
 
 # Budget sweep benchmark (cpu/onnxruntime, measured). It takes /tmp/toolchain-bench.lock around every
-# measurement itself: do not wrap it in flock. SWEEP_ARGS e.g. "--budgets 0.4,0.6,0.8 --workers 2".
+# measurement itself: do not wrap it in flock. SWEEP_ARGS e.g. "--models demo --seeds 1,2,3 --budgets 0.35,0.5,0.65".
 SWEEP_ARGS ?=
 .PHONY: sweep
 sweep: $(STAMP)
-	$(BIN)/python benchmarks/budget_sweep.py $(SWEEP_ARGS)
+	$(BIN)/python -m benchmarks.budget_sweep $(SWEEP_ARGS)
 
 # Model coverage: torchvision, timm, transformers and Ultralytics models pruned at 0.5 by the toolchain (CLI,
 # API where the CLI has no source yet) and by Torch-Pruning alone (auto and hand-written ignore lists); each in

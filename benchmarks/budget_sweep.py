@@ -1,18 +1,24 @@
-"""Benchmark: pruning under a latency budget on cpu/onnxruntime, measured.
+"""Benchmark: pruning under a latency budget on cpu/onnxruntime, measured, over seeds.
 
-For each model (the demo on MNIST-5k; ResNet-56 (CIFAR layout) and MobileNetV2 at small inputs, trained
-briefly here on MNIST-5k resized and replicated to 3 channels) it runs a budget sweep through
-`toolchain.sweep` (predictor built on the fly and reused, every point measured on the target) and reports:
+Does choosing per-layer widths through the latency predictor (`lpnet`, `knapsack`) keep more accuracy than
+latency-blind pruning at the same measured latency? For each model (the demo on MNIST-5k; ResNet-56 (CIFAR
+layout) and MobileNetV2 at small inputs, trained briefly here on MNIST-5k resized to 3 channels) and each seed
+(the calibration subset and the training order, `toolchain.sweep.reseeded`) it runs:
 
-* budget hit rate: share of points whose measured latency is in [0.90, 1.00] x budget;
-* accuracy against measured latency per allocator and criterion (Pareto plot, PNG), without fine-tuning
-  (BN re-calibration only) and, where run, with distillation fine-tuning;
-* each criterion's scoring cost in seconds.
+* the toolchain's budget sweep (`toolchain.sweep`, one criterion) for the allocators `lpnet`, `knapsack`,
+  `uniform` and `macs`, every point measured on the target;
+* Torch-Pruning's own global pruner (`sweep_anchor`, magnitude and Taylor importance) stepped until the same
+  measured latency on the same measurement;
 
-Results go to benchmarks/results/sweep-<environment>/ (rows per model, summary.json, summary.md,
-pareto.png). Do not wrap this in `flock`: every measurement takes /tmp/toolchain-bench.lock itself.
+every point recovered alike (BN re-calibration, then `--finetune-steps` of distillation). It reports, per
+point, mean and 95 % Student-t intervals over seeds, and compares methods by the area between their
+accuracy-vs-measured-latency curves over the common measured range, with a seed-paired interval.
 
-    .venv/bin/python benchmarks/budget_sweep.py --budgets 0.4,0.6,0.8
+Results go to benchmarks/results/sweep-seeds-<environment>/ (rows per model and seed, summary.json,
+summary.md, curves.png). Resumable: finished points are skipped. Do not wrap this in `flock`: every
+measurement takes /tmp/toolchain-bench.lock itself.
+
+    python -m benchmarks.budget_sweep --models demo --seeds 1,2,3 --budgets 0.35,0.5,0.65,0.8
 """
 
 from __future__ import annotations
@@ -111,193 +117,164 @@ def train_briefly(name: str, steps: int, seed: int = 0) -> tuple[Path, float]:
     return path, accuracy(model, data.test)
 
 
-# -- summaries -------------------------------------------------------------------------------------------------
-def summarise(rows: list[dict]) -> dict:
-    measured = [r for r in rows if r.get("error") is None]
-    summary = {"points": len(rows), "errors": [f"{r['key']}: {r['error']}" for r in rows if r.get("error")],
-               "hits": sum(bool(r["within_band"]) for r in measured), "measured_points": len(measured)}
-    summary["hit_rate"] = summary["hits"] / max(len(measured), 1)
-    summary["over_budget"] = sum(not r["budget_met"] for r in measured)
-    by_allocator: dict = {}
-    for r in measured:
-        entry = by_allocator.setdefault(r["allocator"], {"acc": [], "acc_ft": [], "ratio": []})
-        entry["acc"].append(r["accuracy_after_bn_recalibration"])
-        entry["ratio"].append(r["measured_latency_ms"] / r["dense_latency_ms"])
-        if r.get("accuracy_finetuned") is not None:
-            entry["acc_ft"].append(r["accuracy_finetuned"])
-    summary["mean_accuracy_by_allocator"] = {
-        a: {"no_finetune": _mean(v["acc"]), "finetuned": _mean(v["acc_ft"]),
-            "mean_measured_latency_ratio": _mean(v["ratio"])} for a, v in by_allocator.items()}
-    choices: dict = {}
-    for r in measured:
-        if r.get("calibration_choice") is not None:
-            choices.setdefault(r["allocator"], []).append(r["calibration_choice"])
-    # "1.0": the allocator's own proposal won; "0.0": uniform; between: a blend; "global": a global threshold
-    summary["calibration_choice"] = {a: {c: v.count(c) for c in sorted(set(v))} for a, v in choices.items()}
-    by_criterion: dict = {}
-    for r in measured:
-        entry = by_criterion.setdefault(r["criterion"], {"acc": [], "seconds": set()})
-        entry["acc"].append(r["accuracy_after_bn_recalibration"])
-        entry["seconds"].add(r["saliency_s"])
-    summary["criteria"] = {c: {"mean_accuracy_no_finetune": _mean(v["acc"]),
-                               "scoring_seconds": round(max(v["seconds"]), 2)} for c, v in by_criterion.items()}
-    return summary
+# -- the seeded sweep -------------------------------------------------------------------------------------------
+ANCHOR_ROWS = "anchor-rows.jsonl"
 
 
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return round(sum(values) / len(values), 4) if values else None
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: that point runs again
+    return rows
 
 
-def pareto_plot(rows_by_model: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
+def run_anchors(name: str, folder: Path, seed: int, args, spec, weights, step) -> None:
+    """Torch-Pruning's global pruner for each importance in `--anchors`, the budgets not yet in the folder."""
+    from benchmarks.sweep_anchor import AnchorConfig, method_name, run_anchor
+    from toolchain.data import resolve_data
+    from toolchain.latency.timing import target_measure
+    from toolchain.models import resolve_model
+    from toolchain.sweep import reseeded
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(rows_by_model), figsize=(6 * len(rows_by_model), 4.5), squeeze=False)
-    for ax, (model, rows) in zip(axes[0], rows_by_model.items()):
-        lines: dict = {}
-        for r in rows:
-            if r.get("error") is None:
-                lines.setdefault(f"{r['allocator']}/{r['criterion']}", []).append(
-                    (r["measured_latency_ms"], r["accuracy_after_bn_recalibration"]))
-        for label, points in sorted(lines.items()):
-            points.sort()
-            style = "-" if label.split("/")[0] in ("lpnet", "knapsack") else "--"
-            ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", ms=3, label=label)
-        dense = next((r for r in rows if r.get("error") is None), None)
-        if dense:
-            ax.axvline(dense["dense_latency_ms"], color="grey", lw=0.8)
-            ax.axhline(dense["dense_accuracy"], color="grey", lw=0.8)
-        ax.set_title(f"{model}: accuracy vs measured latency (no fine-tuning)")
-        ax.set_xlabel("measured latency (ms, cpu/onnxruntime, 1 thread)")
-        ax.set_ylabel("test accuracy after BN re-calibration")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    model_spec, shape, data_spec, _ = MODELS[name]
+    done = {(r["method"], r["budget_ratio"]) for r in _read_jsonl(folder / ANCHOR_ROWS)}
+    for importance in filter(None, args.anchors.split(",")):
+        config = AnchorConfig(importance, finetune_steps=args.finetune_steps)
+        budgets = tuple(b for b in args.budget_ratios if (method_name(config), b) not in done)
+        if not budgets:
+            continue
+        torch.manual_seed(seed)
+        dense, _ = resolve_model(model_spec, str(weights) if weights else None, shape)
+        data = reseeded(resolve_data(data_spec, model_spec), seed)
+        dense_ms = json.loads((folder / "sweep.json").read_text())["dense_latency_ms"]
+        rows = run_anchor(dense, torch.randn(*shape), data, config, budgets, dense_ms, target_measure(spec), step)
+        with open(folder / ANCHOR_ROWS, "a") as handle:
+            for row in rows:
+                handle.write(json.dumps({**row, "seed": seed}) + "\n")
 
 
-def markdown(report: dict, rows_by_model: dict[str, list[dict]]) -> str:
-    """Tables for BENCHMARKS.md from the summary and the rows (every figure read from the run's files)."""
-    lines = ["| model | input | dense ms | dense acc | predictor held-out MAPE | points | in [0.9, 1.0] x budget "
-             "| over budget | errors |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, m in report["models"].items():
-        mape = (m.get("predictor_heldout") or {}).get("mape_pct")
-        lines.append(f"| {name} | {'x'.join(map(str, m['input_shape']))} | {m['dense_latency_ms']:.3f} | "
-                     f"{_first_dense_accuracy(rows_by_model[name])} | {mape if mape is None else f'{mape:.1f}%'} | "
-                     f"{m['points']} | {m['hits']}/{m['measured_points']} ({m['hit_rate']:.0%}) | {m['over_budget']} "
-                     f"| {len(m['errors'])} |")
-    for name, rows in rows_by_model.items():
-        criteria = sorted({r["criterion"] for r in rows})
-        allocators = sorted({r["allocator"] for r in rows})
-        for criterion in criteria:
-            lines += ["", f"**{name}, criterion `{criterion}`**: measured ms / test accuracy after BN re-calibration"
-                      + (" / after fine-tuning" if any(r.get("accuracy_finetuned") is not None for r in rows) else ""),
-                      "", "| budget | " + " | ".join(allocators) + " |", "|---" * (len(allocators) + 1) + "|"]
-            for budget in sorted({r["budget_ratio"] for r in rows}):
-                cells = []
-                for allocator in allocators:
-                    r = next((r for r in rows if (r["budget_ratio"], r["criterion"], r["allocator"]) ==
-                              (budget, criterion, allocator)), None)
-                    cells.append(_cell(r))
-                lines.append(f"| {budget:g} | " + " | ".join(cells) + " |")
-    for name, m in report["models"].items():
-        if len(m["criteria"]) > 1:
-            lines += ["", f"**{name}: criteria (no fine-tuning)**", "",
-                      "| criterion | mean accuracy over points | scoring s |", "|---|---|---|"]
-            for criterion, c in sorted(m["criteria"].items()):
-                lines.append(f"| {criterion} | {c['mean_accuracy_no_finetune']} | {c['scoring_seconds']} |")
-    return "\n".join(lines) + "\n"
+def collect_rows(model_folder: Path) -> list[dict]:
+    """Every seed's rows, toolchain and anchor, with `method` (the allocator for toolchain rows) and `seed`."""
+    from toolchain.sweep import read_rows
+
+    rows = []
+    for folder in sorted(model_folder.glob("seed*")):
+        seed = int(folder.name[4:])
+        rows += [{**r, "method": r["allocator"], "seed": seed} for r in read_rows(folder)]
+        anchors = {(r["method"], r["budget_ratio"]): r for r in _read_jsonl(folder / ANCHOR_ROWS)}  # last one wins
+        rows += [{**r, "seed": seed} for r in anchors.values()]
+    return rows
 
 
-def _first_dense_accuracy(rows: list[dict]):
-    return next((f"{r['dense_accuracy']:.3f}" for r in rows if r.get("dense_accuracy") is not None), "-")
+def _record_session(folder: Path, start_s: float, start_cpu_s: float, load_before: tuple) -> None:
+    """Append this process's time on one model and seed to the seed folder's `sessions.json` (a resumed seed has
+    several). Per folder, so processes running other seeds side by side never overwrite each other's."""
+    import os
+
+    path = folder / "sessions.json"
+    sessions = json.loads(path.read_text()) if path.is_file() else []
+    sessions.append({"wall_s": round(time.perf_counter() - start_s, 1),
+                     "process_cpu_s": round(time.process_time() - start_cpu_s, 1),
+                     "loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": os.getloadavg(),
+                     "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(sessions, indent=1) + "\n")
+    tmp.replace(path)
 
 
-def _cell(row: dict | None) -> str:
-    if row is None:
-        return "-"
-    if row.get("error"):
-        return "error"
-    flag = "" if row["within_band"] else (" (over)" if not row["budget_met"] else " (<0.9)")
-    text = f"{row['measured_latency_ms']:.3f}{flag} / {row['accuracy_after_bn_recalibration']:.3f}"
-    if row.get("accuracy_finetuned") is not None:
-        text += f" / {row['accuracy_finetuned']:.3f}"
-    return text
+def write_report(out: Path, report: dict) -> None:
+    import os
+
+    from benchmarks.sweep_report import markdown as tables
+    from benchmarks.sweep_report import plot, summarise
+
+    for name, model in report["models"].items():
+        model["summary"] = summarise(collect_rows(out / name), model["methods"])
+        model["sessions"] = {folder.parent.name: json.loads(folder.read_text())
+                             for folder in sorted((out / name).glob("seed*/sessions.json"))}
+    tmp = out / f"summary.json.{os.getpid()}.tmp"  # processes running other seeds may write beside this one
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(out / "summary.json")
+    (out / "summary.md").write_text(tables(report))
+    plot(report, out / "curves.png")
 
 
-def main() -> None:
-    from toolchain.latency.fingerprint import machine_fingerprint
-    from toolchain.saliency import SaliencyConfig
-    from toolchain.sweep import SweepConfig, parse_budgets, run_sweep
-    from toolchain.targets import Target
-
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,resnet56,mobilenet_v2")
-    parser.add_argument("--budgets", default="0.3:0.9:0.1")
-    parser.add_argument("--criteria", default="l1,taylor,shapley,composite", help="for the demo")
-    parser.add_argument("--other-criteria", default="l1,taylor", help="for resnet56 and mobilenet_v2")
+    parser.add_argument("--seeds", default="1,2,3", help="each: calibration subset + training order")
+    parser.add_argument("--budgets", default="0.35,0.5,0.65,0.8")
+    parser.add_argument("--criterion", default="taylor", help="the toolchain allocators' saliency criterion")
     parser.add_argument("--allocators", default="lpnet,knapsack,uniform,macs")
-    parser.add_argument("--finetune-steps", type=int, default=0)
-    parser.add_argument("--shapley-samples", type=int, default=2)
+    parser.add_argument("--anchors", default="magnitude,taylor", help="Torch-Pruning importances ('' for none)")
+    parser.add_argument("--finetune-steps", type=int, default=30, help="the same for every method")
     parser.add_argument("--profile-samples", type=int, default=60)
     parser.add_argument("--refine-rounds", type=int, default=1)
-    # One process by default: on a 2-vCPU machine a second worker's scoring and evaluation run beside the
-    # other's measurements (measurements never overlap each other, but they do overlap other work).
-    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--clock", default="thread_cpu")
     parser.add_argument("--statistic", default="min", choices=STATISTICS,
                         help="a measurement's latency (min: robust to the other jobs on a shared machine)")
-    parser.add_argument("--tag", default="", help="suffix of each model's folder and of summary/plot names")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--report-only", action="store_true", help="rewrite summary.md and the plot from rows")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    parser.add_argument("--report-only", action="store_true", help="rewrite the summary and plot from the rows")
+    parser.add_argument("--anchors-only", action="store_true",
+                        help="only the Torch-Pruning anchors (the seed's toolchain sweep must have timed the dense "
+                             "model): another process can run them beside the toolchain's points")
+    return parser
 
+
+def main() -> None:
+    import os
+    import sys
+
+    from toolchain.latency.fingerprint import machine_fingerprint
+    from toolchain.sweep import SweepConfig, parse_budgets, run_sweep
+    from toolchain.targets import Target
+
+    args = _parser().parse_args()
+    args.budget_ratios = parse_budgets(args.budgets)
+    torch.set_num_threads(1)
     spec = Target("cpu", "onnxruntime", 1, args.clock, args.statistic, warmup_runs=2, timed_runs=15,
-                    profile_samples=args.profile_samples)
+                  profile_samples=args.profile_samples)
     fingerprint = machine_fingerprint(spec.resolve())
     environment = (f"{fingerprint.get('cpu_model', 'cpu').split()[0].lower()}-{platform.machine()}-"
                    f"ort{fingerprint['versions'].get('onnxruntime', '?')}-1t-{args.clock}-{args.statistic}")
-    out = args.out or HERE.parent / "results" / f"sweep-{environment}"
+    out = args.out or HERE.parent / "results" / f"sweep-seeds-{environment}"
     out.mkdir(parents=True, exist_ok=True)
+    methods = [*args.allocators.split(","), *(f"tp-{a}" for a in args.anchors.split(",") if a)]
+    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    report = {"command": " ".join(["python -m benchmarks.budget_sweep", *sys.argv[1:]]), "fingerprint": fingerprint,
+              "models": previous.get("models", {})}
+    for name in args.models.split(","):
+        report["models"].setdefault(name, {"input_shape": list(MODELS[name][1])})["methods"] = methods
     if args.report_only:
-        from toolchain.sweep import read_rows
-
-        report = json.loads((out / f"summary{args.tag}.json").read_text())
-        rows_by_model = {n: sorted(read_rows(out / f"{n}{args.tag}"), key=lambda r: r["key"]) for n in report["models"]}
-        pareto_plot(rows_by_model, out / f"pareto{args.tag}.png")
-        (out / f"summary{args.tag}.md").write_text(markdown(report, rows_by_model))
-        print((out / f"summary{args.tag}.md").read_text())
+        write_report(out, report)
+        print((out / "summary.md").read_text())
         return
-    rows_by_model, report = {}, {"command": " ".join(["benchmarks/budget_sweep.py", *__import__("sys").argv[1:]]),
-                                 "fingerprint": fingerprint, "models": {}}
     for name in args.models.split(","):
         model_spec, shape, data_spec, steps = MODELS[name]
-        start_s = time.perf_counter()
-        weights, dense_accuracy = (None, None) if steps is None else train_briefly(name, steps)
-        criteria = args.criteria if name == "demo" else args.other_criteria
-        config = SweepConfig(model=model_spec, out=out / f"{name}{args.tag}", budgets=parse_budgets(args.budgets),
-                             criteria=tuple(criteria.split(",")), allocators=tuple(args.allocators.split(",")),
-                             target=spec, data=data_spec, weights=str(weights) if weights else None,
-                             input_shape=shape, finetune_steps=args.finetune_steps, refine_rounds=args.refine_rounds,
-                             workers=args.workers, saliency=SaliencyConfig(shapley_samples=args.shapley_samples),
-                             db_path=str(Path("runs") / f"latency-sweep-{environment}.db"))
-        rows = run_sweep(config, lambda message, n=name: print(f"[{n}] {message}", flush=True))
-        rows_by_model[name] = rows
-        meta = json.loads((out / f"{name}{args.tag}" / "sweep.json").read_text())
-        report["models"][name] = {"model": model_spec, "input_shape": list(shape), "weights": str(weights),
-                                  "train_steps": steps, "trained_accuracy": dense_accuracy,
-                                  "dense_latency_ms": meta["dense_latency_ms"], "predictor": meta["predictor"],
-                                  "predictor_heldout": meta["heldout_error"], "wall_s": round(time.perf_counter()
-                                                                                              - start_s, 1),
-                                  **summarise(rows)}
-        (out / f"summary{args.tag}.json").write_text(json.dumps(report, indent=1) + "\n")
-        print(json.dumps(report["models"][name], indent=1), flush=True)
-    pareto_plot(rows_by_model, out / f"pareto{args.tag}.png")
-    (out / f"summary{args.tag}.md").write_text(markdown(report, rows_by_model))
-    print(f"wrote {out}/summary{args.tag}.json, .md and pareto{args.tag}.png")
+        weights, _ = (None, None) if steps is None else train_briefly(name, steps)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            start_s, start_cpu_s, load_before = time.perf_counter(), time.process_time(), os.getloadavg()
+
+            def step(message: str, n: str = name, s: int = seed) -> None:
+                print(f"[{n} s{s}] {message}", flush=True)
+
+            config = SweepConfig(model=model_spec, out=out / name / f"seed{seed}", budgets=args.budget_ratios,
+                                 criteria=(args.criterion,), allocators=tuple(args.allocators.split(",")),
+                                 target=spec, data=data_spec, weights=str(weights) if weights else None,
+                                 input_shape=shape, finetune_steps=args.finetune_steps,
+                                 refine_rounds=args.refine_rounds, seed=seed,
+                                 db_path=str(Path("runs") / f"latency-sweep-{environment}.db"))
+            if not args.anchors_only:
+                run_sweep(config, step)
+            run_anchors(name, config.out, seed, args, spec, weights, step)
+            _record_session(config.out, start_s, start_cpu_s, load_before)
+            write_report(out, report)
+    print(f"wrote {out}/summary.json, summary.md and curves.png")
 
 
 if __name__ == "__main__":

@@ -93,3 +93,24 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path, capsys, args, message):
     assert main(["sweep", "--model", "zoo:demo", "--out", str(tmp_path / "s"), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_reseeded_draws_calibration_and_order_by_seed_and_keeps_the_test_split():
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from toolchain.data import DataSplits
+    from toolchain.sweep import reseeded
+
+    def ids(dataset):
+        return sorted(int(dataset[i][1]) for i in range(len(dataset)))
+
+    splits = DataSplits(TensorDataset(torch.zeros(30, 1), torch.arange(30)),
+                        TensorDataset(torch.zeros(10, 1), torch.arange(30, 40)),
+                        TensorDataset(torch.zeros(5, 1), torch.arange(40, 45)))
+    one, again, two = reseeded(splits, 1), reseeded(splits, 1), reseeded(splits, 2)
+    assert (len(one.train), len(one.calib)) == (30, 10)
+    assert sorted(ids(one.train) + ids(one.calib)) == list(range(40))  # the same images, split anew
+    assert ids(one.calib) != list(range(30, 40))
+    assert ids(one.calib) == ids(again.calib) and ids(one.calib) != ids(two.calib)
+    assert one.test is splits.test

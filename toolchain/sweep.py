@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch.utils.data import ConcatDataset, Subset
 
 from toolchain.allocate import BudgetConfig
 from toolchain.budget import ScoredModel, prune_to_budget, score_model, target_providers
 from toolchain.budget_providers import BudgetProviders, Measurer
+from toolchain.data import DataSplits
 from toolchain.errors import ToolchainError
 from toolchain.inputs import ModelInputs, make_inputs, vocab_size_of
 from toolchain.latency.provision import PROFILE_DB, PredictorInfo
@@ -49,7 +51,7 @@ COLUMNS = ("key", "model", "budget_ratio", "budget_ms", "criterion", "allocator"
            "measured_latency_ms", "dense_latency_ms", "within_band", "budget_met", "macs", "dense_macs", "params",
            "dense_params", "dense_accuracy", "accuracy_before_recovery", "accuracy_after_bn_recalibration",
            "accuracy_finetuned", "finetune_steps", "iterations", "calibration_choice", "saliency_s", "saliency_cost",
-           "allocate_and_measure_s", "recover_s", "point_s", "error")
+           "allocate_and_measure_s", "recover_s", "point_s", "seed", "error")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class SweepConfig:
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     lower_ratio: float = BUDGET_BAND_LOW  # the hit band is [lower_ratio, 1] x budget
     db_path: str = PROFILE_DB  # measurement database for a predictor built on the fly
+    seed: int = 0  # > 0: the data's calibration subset and training order drawn with this seed (`reseeded`)
     providers: BudgetProviders | None = field(default=None, compare=False)  # None: the target's
     executor: ExecutorConfig = ExecutorConfig()  # local processes, or Ray tasks here or on a cluster
 
@@ -92,6 +95,26 @@ def parse_budgets(text: str) -> tuple[float, ...]:
     if not values or any(not 0.0 < v <= 1.0 for v in values):
         raise ToolchainError(f"--budgets {text!r}: every budget ratio must be in (0, 1]")
     return values
+
+
+def reseeded(data: DataSplits, seed: int) -> DataSplits:
+    """The same test split; calibration drawn from train + calibration and training order shuffled by `seed`.
+
+    Repeating a sweep over seeds then varies what a run depends on besides the method (which images score
+    and re-calibrate, the order fine-tuning sees), so differences between methods can be told from noise.
+
+    >>> splits = reseeded(load_mnist5k(), seed=1)                               # doctest: +SKIP
+    >>> (len(splits.train), len(splits.calib))                                  # doctest: +SKIP
+    (3500, 500)
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if data.train is None:
+        return DataSplits(None, Subset(data.calib, torch.randperm(len(data.calib), generator=generator).tolist()),
+                          data.test)
+    pool = ConcatDataset([data.train, data.calib])
+    order = torch.randperm(len(pool), generator=generator).tolist()
+    n_calib = len(data.calib)
+    return DataSplits(Subset(pool, order[n_calib:]), Subset(pool, order[:n_calib]), data.test)
 
 
 def point_key(budget_ratio: float, criterion: str, allocator: str) -> str:
@@ -161,7 +184,8 @@ def write_tables(out: Path) -> list[dict]:
 def _row(config: SweepConfig, budget_ratio: float, criterion: str, allocator: str, manifest: dict | None,
          error: str | None, seconds: float) -> dict:
     row = {"key": point_key(budget_ratio, criterion, allocator), "model": config.model, "budget_ratio": budget_ratio,
-           "criterion": criterion, "allocator": allocator, "point_s": round(seconds, 2), "error": error}
+           "criterion": criterion, "allocator": allocator, "point_s": round(seconds, 2), "seed": config.seed,
+           "error": error}
     if manifest is None:
         return row
     m = Manifest.from_json(manifest)
@@ -208,6 +232,8 @@ def prepare_criterion(config: SweepConfig, criterion: str) -> PreparedCriterion:
     data = resolve_data(config.data, config.model)
     if data is not None:
         check_data_fits(dense, data, config.data or "mnist5k")
+        if config.seed:
+            data = reseeded(data, config.seed)
     scored = score_model(dense, example_input, criterion, (), data, config.saliency)
     return PreparedCriterion(dense, example_input, data, scored)
 
@@ -267,7 +293,8 @@ def run_sweep(config: SweepConfig, step: Callable[[str], None] = lambda _: None)
     check_executor(config.executor, config.workers)
     out.mkdir(parents=True, exist_ok=True)
     identity = {"model": config.model, "weights": config.weights, "input_shape": config.input_shape,
-                "target": _target_identity(config.target), "data": config.data}
+                "target": _target_identity(config.target), "data": config.data,
+                **({"seed": config.seed} if config.seed else {})}  # seed 0: folders from before seeds resume
     meta_path = out / "sweep.json"
     if meta_path.is_file():
         previous = json.loads(meta_path.read_text())
