@@ -114,3 +114,14 @@ def test_reseeded_draws_calibration_and_order_by_seed_and_keeps_the_test_split()
     assert ids(one.calib) != list(range(30, 40))
     assert ids(one.calib) == ids(again.calib) and ids(one.calib) != ids(two.calib)
     assert one.test is splits.test
+
+
+def test_a_sweep_meets_its_budgets_on_the_statistic_asked_for_and_its_rows_name_it(tmp_path):
+    measure_ms, _ = fake_target(fixed_ms=0.1)
+    config = replace(_config(tmp_path, measure_ms), criteria=("l1",), allocators=("uniform",), budgets=(0.8,),
+                     budget_statistic="p90")
+    (row,) = run_sweep(config)
+    assert row["error"] is None
+    assert row["measured_statistic"] == "p90"
+    with pytest.raises(ToolchainError, match="budget statistic"):
+        run_sweep(replace(config, out=tmp_path / "other", budget_statistic="mean"))

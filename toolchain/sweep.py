@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
 ROWS = "rows.jsonl"
 COLUMNS = ("key", "model", "budget_ratio", "budget_ms", "criterion", "allocator", "predicted_latency_ms",
-           "measured_latency_ms", "dense_latency_ms", "within_band", "budget_met", "macs", "dense_macs", "params",
+           "measured_latency_ms", "measured_statistic", "measured_clock", "dense_latency_ms", "within_band",
+           "budget_met", "macs", "dense_macs", "params",
            "dense_params", "dense_accuracy", "accuracy_before_recovery", "accuracy_after_bn_recalibration",
            "accuracy_finetuned", "finetune_steps", "iterations", "calibration_choice", "saliency_s", "saliency_cost",
            "allocate_and_measure_s", "recover_s", "point_s", "seed", "error")
@@ -71,6 +72,7 @@ class SweepConfig:
     predictor: str | None = None
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     lower_ratio: float = BUDGET_BAND_LOW  # the hit band is [lower_ratio, 1] x budget
+    budget_statistic: str | None = None  # the timed runs' statistic each budget is met on (None: the target's)
     db_path: str = PROFILE_DB  # measurement database for a predictor built on the fly
     seed: int = 0  # > 0: the data's calibration subset and training order drawn with this seed (`reseeded`)
     providers: BudgetProviders | None = field(default=None, compare=False)  # None: the target's
@@ -195,7 +197,8 @@ def _row(config: SweepConfig, budget_ratio: float, criterion: str, allocator: st
     # allocation ("1.0" = the proposal, "0.0" = uniform) or "global" (one global score threshold).
     checks = [it.calibration_check["chosen"] for it in budget.iterations if it.calibration_check]
     row.update({"budget_ms": budget.budget_ms, "predicted_latency_ms": latency.predicted.ms,
-                "measured_latency_ms": latency.measured.ms, "dense_latency_ms": latency.dense.ms,
+                "measured_latency_ms": latency.measured.ms, "measured_statistic": latency.measured.statistic,
+                "measured_clock": latency.measured.clock, "dense_latency_ms": latency.dense.ms,
                 "budget_met": budget.budget_met, "macs": pruning.macs, "dense_macs": pruning.dense_macs,
                 "params": pruning.params, "dense_params": pruning.dense_params, "dense_accuracy": accuracy.dense,
                 "accuracy_before_recovery": accuracy.before_recovery,
@@ -245,7 +248,7 @@ def run_point(config: SweepConfig, prepared: PreparedCriterion, budget_ratio: fl
     criterion = prepared.scored.criterion
     budget = BudgetConfig(budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
                           finetune_steps=config.finetune_steps, refine_rounds=config.refine_rounds,
-                          lower_ratio=config.lower_ratio)
+                          lower_ratio=config.lower_ratio, budget_statistic=config.budget_statistic)
     try:
         result = prune_to_budget(prepared.dense, prepared.example_input, budget, predictor, measurer,
                                  data=prepared.data, saliency=config.saliency, scored=prepared.scored,

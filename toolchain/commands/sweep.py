@@ -8,6 +8,7 @@ from toolchain.commands.console import Steps
 from toolchain.commands.options import (
     ALLOCATOR_LIST,
     CRITERION_LIST,
+    budget_statistic_option,
     data_option,
     finetune_steps_option,
     input_shape_option,
@@ -33,6 +34,7 @@ from toolchain.commands.options import (
 @click.option("--criteria", type=CRITERION_LIST, default="l1,taylor,shapley,composite", show_default=True)
 @click.option("--allocators", type=ALLOCATOR_LIST, default="lpnet,knapsack,uniform,macs", show_default=True)
 @finetune_steps_option
+@budget_statistic_option
 @shapley_samples_option
 @profile_samples_option
 @predictor_option
@@ -45,8 +47,8 @@ from toolchain.commands.options import (
 @out_option()
 @quiet_option
 def sweep(model, weights, input_shape, data, target, backend, threads, clock, statistic, budgets, criteria, allocators,
-          finetune_steps, shapley_samples, profile_samples, predictor, workers, executor, ray_address, out,
-          quiet) -> None:
+          finetune_steps, budget_statistic, shapley_samples, profile_samples, predictor, workers, executor, ray_address,
+          out, quiet) -> None:
     """Run every budget x criterion x allocator point; rows go to OUT/rows.csv and OUT/rows.json.
 
     With --finetune-steps > 0 every point also reports accuracy after that much distillation fine-tuning.
@@ -64,11 +66,12 @@ def sweep(model, weights, input_shape, data, target, backend, threads, clock, st
         model=model, out=out, budgets=parse_budgets(budgets), criteria=criteria, allocators=allocators,
         target=measured_on,
         data=data, weights=weights, input_shape=input_shape,
-        finetune_steps=finetune_steps, workers=workers, predictor=predictor,
+        finetune_steps=finetune_steps, budget_statistic=budget_statistic, workers=workers, predictor=predictor,
         saliency=SaliencyConfig(shapley_samples=shapley_samples),
         executor=ExecutorConfig(executor, ray_address=ray_address))
     rows = run_sweep(config, Steps(quiet))
     measured = [r for r in rows if r.get("error") is None]
     hits = sum(bool(r["within_band"]) for r in measured)
     click.echo(f"wrote {out}/rows.csv and rows.json: {len(rows)} points, {len(rows) - len(measured)} errors; "
-               f"measured latency within [{config.lower_ratio:.2f}, 1.00] x budget: {hits}/{len(measured)}")
+               f"measured latency ({config.budget_statistic or measured_on.statistic} of the timed runs, "
+               f"{measured_on.clock} clock) within [{config.lower_ratio:.2f}, 1.00] x budget: {hits}/{len(measured)}")
