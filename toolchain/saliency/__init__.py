@@ -35,7 +35,11 @@ class SaliencyConfig:
 
     batch_size: int = 64  # calibration images per batch
     max_batches: int = 4  # calibration batches a criterion reads (Taylor accumulates over them)
-    shapley_samples: int = 4  # Monte Carlo permutations per group (the cost bound of `shapley`)
+    shapley_samples: int = 4  # Monte Carlo permutations per round; `shapley` checks convergence after each
+    shapley_seconds: float = 60.0  # time limit of `shapley` over all groups (each group gets one round at least)
+    shapley_max_permutations: int = 256  # per group, whatever time is left
+    shapley_stable_rounds: int = 2  # converged once the keep set is unchanged over this many successive rounds
+    shapley_clock: str = "wall"  # the limit's clock: "wall" or "cpu" (process CPU time: fair on a busy machine)
     shapley_batch: int = 16  # calibration images per evaluation of the Shapley game
     shapley_truncation: float = 0.05  # stop a permutation once the loss is this close (relative) to its end
     composite_of: tuple[str, ...] = ("l2", "taylor", "sensitivity", "redundancy")
@@ -43,6 +47,16 @@ class SaliencyConfig:
     target_widths: dict[str, int] = field(default_factory=dict)  # composite: judge at these widths instead
     seed: int = 0
     torch_threads: int = 1  # scoring on one thread: several times faster on a loaded 2-core machine
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_batches", "shapley_samples", "shapley_max_permutations",
+                     "shapley_stable_rounds", "shapley_batch"):
+            if getattr(self, name) < 1:
+                raise ToolchainError(f"saliency {name} must be at least 1, not {getattr(self, name)}")
+        if not self.shapley_seconds >= 0:
+            raise ToolchainError(f"saliency shapley_seconds must be >= 0, not {self.shapley_seconds}")
+        if self.shapley_clock not in ("wall", "cpu"):
+            raise ToolchainError(f"saliency shapley_clock must be 'wall' or 'cpu', not {self.shapley_clock!r}")
 
 
 @dataclass

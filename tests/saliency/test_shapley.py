@@ -1,0 +1,92 @@
+"""Adaptive Shapley: lockstep rounds equal one-at-a-time permutations, truncation, convergence and the limit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.saliency.test_criteria import DEAD, FIRST, setup  # noqa: F401  (setup is a fixture)
+from toolchain.errors import ToolchainError
+from toolchain.saliency import SaliencyConfig, ScoringContext, score_groups_report, shapley
+from toolchain.saliency._masking import calibration_batches
+from toolchain.saliency.shapley import _new_game, boundary_separated, permutation_round
+
+
+def _game(setup, name=FIRST, **config):  # noqa: F811
+    model, graph, calib = setup
+    config = SaliencyConfig(shapley_batch=8, **config)
+    context = ScoringContext(model, graph, calibration_batches(calib, 16, 1), config)
+    return _new_game(context, name), context
+
+
+def test_lockstep_round_equals_permutations_one_at_a_time(setup):  # noqa: F811
+    game, _ = _game(setup)
+    orders = torch.stack([torch.randperm(game.width, generator=torch.Generator().manual_seed(s)) for s in range(3)])
+    together = permutation_round(game, orders, truncation=0.0)
+    apart = torch.cat([permutation_round(game, orders[i:i + 1], truncation=0.0) for i in range(3)])
+    torch.testing.assert_close(together, apart, rtol=1e-5, atol=1e-6)
+    # Efficiency of each permutation: its marginals telescope to loss(empty) - loss(full).
+    torch.testing.assert_close(together.sum(dim=1), torch.full((3,), game.empty_loss - game.full_loss),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_truncation_stops_a_permutation_near_the_empty_coalition(setup, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(shapley, "MAX_ROWS_PER_FORWARD", 16)  # two coalitions of 8 images per forward
+    game, context = _game(setup, name="features.3")
+    orders = torch.stack([torch.randperm(game.width, generator=torch.Generator().manual_seed(s)) for s in range(2)])
+    context.cost.clear()
+    untruncated = permutation_round(game, orders, truncation=0.0)
+    full_cost = context.cost["evaluations"]
+    context.cost.clear()
+    truncated = permutation_round(game, orders, truncation=0.5)
+    assert context.cost["evaluations"] < full_cost
+    assert (truncated == 0).sum() > (untruncated == 0).sum()  # the tail of each permutation counts nothing
+    gap = abs(game.empty_loss - game.full_loss)
+    assert torch.all((truncated.sum(dim=1) - (game.empty_loss - game.full_loss)).abs() <= 0.5 * gap + 1e-6)
+
+
+def test_a_zero_time_limit_stops_every_group_after_one_round(setup):  # noqa: F811
+    model, graph, calib = setup
+    config = SaliencyConfig(shapley_samples=2, shapley_batch=8, shapley_seconds=0.0)
+    _, report = score_groups_report(model, graph, "shapley", calib, config)
+    assert report["permutations"] == 2 * len(graph.groups)
+    assert report["groups_hit_limit"] == len(graph.groups)
+    assert {g["status"] for g in report["per_group"].values()} == {"hit_time_limit"}
+
+
+def test_with_time_enough_groups_converge_before_the_permutation_cap(setup):  # noqa: F811
+    model, graph, calib = setup
+    config = SaliencyConfig(shapley_samples=2, shapley_batch=8, shapley_seconds=1e6, shapley_max_permutations=64,
+                            shapley_clock="cpu")
+    scores, report = score_groups_report(model, graph, "shapley", calib, config)
+    assert report["groups_converged"] == len(graph.groups)
+    for group in report["per_group"].values():
+        assert group["status"] in ("stable", "separated")
+        assert 2 <= group["permutations"] < 64
+    assert float(scores[FIRST][DEAD]) == 0.0
+    again, _ = score_groups_report(model, graph, "shapley", calib, config)  # seeded: the same estimate
+    assert all(torch.equal(scores[k], again[k]) for k in scores)
+
+
+def test_the_permutation_cap_bounds_a_group_that_never_settles(setup):  # noqa: F811
+    model, graph, calib = setup
+    config = SaliencyConfig(shapley_samples=1, shapley_batch=8, shapley_seconds=1e6, shapley_max_permutations=2,
+                            shapley_stable_rounds=5)
+    _, report = score_groups_report(model, graph, "shapley", calib, config)
+    statuses = {g["status"] for g in report["per_group"].values()}
+    assert statuses <= {"separated", "hit_permutation_cap"}
+    assert all(g["permutations"] <= 2 for g in report["per_group"].values())
+
+
+def test_boundary_separation_needs_intervals_apart():
+    mean = torch.tensor([5.0, 4.0, 1.0, 0.0])
+    assert boundary_separated(mean, torch.full((4,), 0.1), keep=2)
+    assert not boundary_separated(mean, torch.full((4,), 1.0), keep=2)  # 4 - 1.96 < 1 + 1.96
+    assert boundary_separated(mean, torch.full((4,), 10.0), keep=4)  # nothing pruned: nothing to separate
+
+
+@pytest.mark.parametrize("field, value", [("shapley_samples", 0), ("shapley_seconds", -1.0),
+                                          ("shapley_clock", "sundial"), ("shapley_max_permutations", 0)])
+def test_bad_shapley_settings_are_refused(field, value):
+    with pytest.raises(ToolchainError, match=field):
+        SaliencyConfig(**{field: value})
