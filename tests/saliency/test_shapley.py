@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from tests.saliency.test_criteria import DEAD, FIRST, setup  # noqa: F401  (setup is a fixture)
 from toolchain.errors import ToolchainError
+from toolchain.graph import PruningGraph
 from toolchain.saliency import SaliencyConfig, ScoringContext, score_groups_report, shapley
 from toolchain.saliency._masking import calibration_batches
 from toolchain.saliency.shapley import _new_game, boundary_separated, permutation_round
@@ -90,3 +92,41 @@ def test_boundary_separation_needs_intervals_apart():
 def test_bad_shapley_settings_are_refused(field, value):
     with pytest.raises(ToolchainError, match=field):
         SaliencyConfig(**{field: value})
+
+
+class _Block(nn.Module):
+    """A residual block whose one ReLU module is called twice (as torchvision's BasicBlock does)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(x + self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+
+
+def _residual_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), _Block(8), _Block(8),
+                          nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(), _Block(16),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+    return model.eval()
+
+
+def test_the_replayed_prefix_gives_the_losses_of_a_full_forward():
+    model = _residual_model()
+    graph = PruningGraph(model, torch.randn(1, 3, 8, 8))
+    inputs = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    context = ScoringContext(model, graph, calibration_batches(inputs, 8, 1), SaliencyConfig(shapley_batch=8))
+    masks = torch.rand(5, 16, generator=torch.Generator().manual_seed(3)).round()
+    replayed_somewhere = False
+    for group in graph.groups:
+        game = _new_game(context, group.name)
+        replayed_somewhere |= game.prefix is not None
+        with_prefix = game.losses(masks[:, :game.width])
+        game.prefix = None
+        torch.testing.assert_close(with_prefix, game.losses(masks[:, :game.width]), rtol=1e-5, atol=1e-6)
+    assert replayed_somewhere
+    assert all("forward" not in m.__dict__ for m in model.modules())  # every patched forward restored
