@@ -9,7 +9,7 @@ from torch import nn
 from toolchain.errors import ToolchainError
 from toolchain.graph import PruningGraph
 from toolchain.saliency import SaliencyConfig, list_criteria, score_groups, score_groups_report
-from toolchain.saliency._masking import masked, task_loss
+from toolchain.saliency._masking import batch_statistics, masked, task_loss
 
 DEAD = 3  # the channel of the first group whose weights, BatchNorm and readers are all zero
 FIRST = "features.0"
@@ -84,16 +84,18 @@ def test_shapley_gives_a_dead_channel_exactly_nothing_and_reports_its_cost(setup
 
 
 def test_untruncated_shapley_values_add_up_to_the_whole_game(setup):
-    """Efficiency: without truncation every permutation's marginals telescope to loss(empty) - loss(full)."""
+    """Efficiency (the first group is scored with the others whole): without truncation every permutation's
+    marginals telescope to loss(empty) - loss(full)."""
     model, graph, (inputs, labels) = setup
     config = SaliencyConfig(shapley_samples=2, shapley_batch=8, shapley_truncation=0.0, shapley_max_permutations=4)
     scores = score_groups(model, graph, "shapley", (inputs, labels), config)
     x, y = inputs[:8], labels[:8]
     with torch.no_grad():
         reference = model(x)
-        full = float(task_loss(reference, y, reference))
-        with masked(graph, {FIRST: torch.zeros(8)}):
-            empty = float(task_loss(model(x), y, reference))
+        with batch_statistics(model):  # the game re-estimates BatchNorm per coalition, as after pruning
+            full = float(task_loss(model(x), y, reference))
+            with masked(graph, {FIRST: torch.zeros(8)}):
+                empty = float(task_loss(model(x), y, reference))
     assert float(scores[FIRST].sum()) == pytest.approx(empty - full, abs=1e-4)
 
 

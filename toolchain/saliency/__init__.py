@@ -39,6 +39,7 @@ class SaliencyConfig:
     shapley_seconds: float = 60.0  # time limit of `shapley` over all groups (each group gets one round at least)
     shapley_max_permutations: int = 256  # per group, whatever time is left
     shapley_stable_rounds: int = 2  # converged once the keep set is unchanged over this many successive rounds
+    shapley_in_context: bool = True  # play each group's game with the groups scored before it pruned to width
     shapley_clock: str = "wall"  # the limit's clock: "wall" or "cpu" (process CPU time: fair on a busy machine)
     shapley_batch: int = 16  # calibration images per evaluation of the Shapley game
     shapley_truncation: float = 0.05  # stop a permutation once the loss is this close (relative) to its end

@@ -128,6 +128,42 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
+@contextmanager
+def per_coalition_statistics(model: nn.Module, rows: int) -> Iterator[None]:
+    """BatchNorm layers normalise each block of `rows` consecutive rows with that block's own statistics.
+
+    A replicated batch holds one coalition per block of rows; each is normalised as if BatchNorm had been
+    re-calibrated on its images after pruning (as `batch_statistics` does for a single batch), without one
+    coalition's statistics leaking into another's. Running statistics are neither used nor changed.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def forward_for(norm):
+        def forward(x):
+            blocks = x.reshape(-1, rows, *x.shape[1:])
+            dims = [1, *range(3, blocks.dim())]
+            mean = blocks.mean(dim=dims, keepdim=True)
+            var = blocks.var(dim=dims, unbiased=False, keepdim=True)
+            out = (blocks - mean) / torch.sqrt(var + norm.eps)
+            if norm.affine:
+                shape = [1, 1, -1] + [1] * (blocks.dim() - 3)
+                out = out * norm.weight.view(shape) + norm.bias.view(shape)
+            return out.reshape(x.shape)
+        return forward
+
+    saved = {norm: norm.__dict__.get("forward") for norm in norms}
+    for norm in norms:
+        norm.forward = forward_for(norm)
+    try:
+        yield
+    finally:
+        for norm, original in saved.items():
+            if original is None:
+                del norm.forward
+            else:
+                norm.forward = original
+
+
 def calibration_batches(calib, batch_size: int, max_batches: int) -> list[Batch]:
     """Normalise what a caller passes as calibration data into a list of (inputs, labels or None)."""
     if calib is None:

@@ -45,8 +45,10 @@ class PrefixCache:
 
     @classmethod
     @torch.no_grad()
-    def record(cls, model: nn.Module, graph: PruningGraph, name: str, inputs: torch.Tensor) -> PrefixCache:
-        """Record one forward of `inputs` with group `name`'s mask as the only tensor requiring a gradient."""
+    def record(cls, model: nn.Module, graph: PruningGraph, name: str, inputs: torch.Tensor,
+               fixed: dict[str, torch.Tensor] | None = None) -> PrefixCache:
+        """Record one forward of `inputs` with group `name`'s mask as the only tensor requiring a gradient
+        (and other groups held at their `fixed` keep masks)."""
         calls: list[_Call] = []
         stack: list[_Call] = []
         rows = inputs.shape[0]
@@ -68,7 +70,7 @@ class PrefixCache:
         try:
             for p, _ in saved:
                 p.requires_grad_(False)
-            with torch.enable_grad(), masked(graph, {name: mask}):
+            with torch.enable_grad(), masked(graph, {**(fixed or {}), name: mask}):
                 model(inputs)
         finally:
             for handle in handles:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from toolchain.saliency import ScoringContext, register_criterion
-from toolchain.saliency._masking import masked, root_width, task_loss
+from toolchain.saliency._masking import masked, per_coalition_statistics, root_width, task_loss
 from toolchain.saliency._prefix import PrefixCache
 
 MAX_ROWS_PER_FORWARD = 512
@@ -50,6 +50,7 @@ class _Game:
     reference: torch.Tensor
     full_loss: float = 0.0
     empty_loss: float = 0.0
+    pruned: dict[str, torch.Tensor] | None = None  # keep masks of the groups scored before this one
     prefix: PrefixCache | None = None  # layers the mask cannot change, replayed rather than recomputed
 
     def losses(self, masks: torch.Tensor) -> torch.Tensor:
@@ -61,8 +62,8 @@ class _Game:
             chunk = masks[start:start + per_forward]
             copies = chunk.shape[0]
             replaying = self.prefix.replaying(copies) if self.prefix else nullcontext()
-            with torch.no_grad(), masked(self.context.graph, {self.name: chunk.repeat_interleave(batch, dim=0)}), \
-                    replaying:
+            masks_now = {**(self.pruned or {}), self.name: chunk.repeat_interleave(batch, dim=0)}
+            with torch.no_grad(), masked(self.context.graph, masks_now), replaying:
                 outputs = self.context.model(self.inputs.repeat(copies, *[1] * (self.inputs.dim() - 1)))
             labels = None if self.labels is None else self.labels.repeat(copies)
             reference = self.reference.repeat(copies, *[1] * (self.reference.dim() - 1))
@@ -73,16 +74,16 @@ class _Game:
         return torch.cat(out)
 
 
-def _new_game(context: ScoringContext, name: str) -> _Game:
+def _new_game(context: ScoringContext, name: str, pruned: dict[str, torch.Tensor] | None = None) -> _Game:
     size = context.config.shapley_batch
     inputs, labels = context.batches[0]
     game = _Game(context, name, root_width(context.graph, name), inputs[:size],
-                 None if labels is None else labels[:size], context.references()[0][:size])
+                 None if labels is None else labels[:size], context.references()[0][:size], pruned=pruned)
     probes = torch.stack([torch.ones(game.width), torch.zeros(game.width),
                           (torch.arange(game.width) % 2).float()])
     direct = game.losses(probes)
     game.full_loss, game.empty_loss = float(direct[0]), float(direct[1])
-    game.prefix = PrefixCache.record(context.model, context.graph, name, game.inputs)
+    game.prefix = PrefixCache.record(context.model, context.graph, name, game.inputs, pruned)
     # The replay is used only where it reproduces the direct losses (the graph's habit: check every shortcut).
     if not game.prefix.replays or not torch.allclose(game.losses(probes), direct, rtol=1e-4, atol=1e-6):
         game.prefix = None
@@ -176,22 +177,37 @@ def _keep_width(context: ScoringContext, name: str, width: int) -> int:
     return int(wanted) if wanted else max(1, round(context.config.probe_keep_ratio * width))
 
 
+def _score_in_turn(context: ScoringContext, clock, start: float) -> tuple[dict, dict]:
+    """Each group's Shapley values in turn; with `shapley_in_context`, the groups already scored are held at
+    their keep widths, so a group is judged in the pruned network it will live in."""
+    config = context.config
+    generator = torch.Generator().manual_seed(config.seed)
+    widths = {g.name: g.width for g in context.graph.groups}
+    remaining_width = sum(widths.values())
+    scores, per_group, pruned = {}, {}, {}
+    for name in context.group_names:
+        # The groups still to score share what is left of the limit in proportion to their widths.
+        share = max(0.0, config.shapley_seconds - (clock() - start)) * widths[name] / remaining_width
+        game = _new_game(context, name, pruned if config.shapley_in_context else None)
+        keep = _keep_width(context, name, game.width)
+        scores[name], per_group[name] = group_shapley(game, keep, share, generator)
+        pruned[name] = torch.zeros(game.width)
+        pruned[name][torch.argsort(scores[name], descending=True, stable=True)[:keep]] = 1.0
+        remaining_width -= widths[name]
+    return scores, per_group
+
+
 @register_criterion("shapley")
 def shapley(context: ScoringContext) -> dict[str, torch.Tensor]:
     context.require_data("shapley")
     config = context.config
     clock = CLOCKS[config.shapley_clock]
     start = clock()
-    generator = torch.Generator().manual_seed(config.seed)
-    widths = {g.name: g.width for g in context.graph.groups}
-    remaining_width = sum(widths.values())
-    scores, per_group = {}, {}
-    for name in context.group_names:
-        # The groups still to score share what is left of the limit in proportion to their widths.
-        share = max(0.0, config.shapley_seconds - (clock() - start)) * widths[name] / remaining_width
-        game = _new_game(context, name)
-        scores[name], per_group[name] = group_shapley(game, _keep_width(context, name, game.width), share, generator)
-        remaining_width -= widths[name]
+    # BatchNorm re-estimated per coalition, as it will be after pruning (running statistics would score
+    # how a removal shifts the next layer's inputs, which re-calibration undoes, not what the channel carries).
+    rows = min(config.shapley_batch, context.batches[0][0].shape[0])
+    with per_coalition_statistics(context.model, rows):
+        scores, per_group = _score_in_turn(context, clock, start)
     statuses = [g["status"] for g in per_group.values()]
     context.cost.update({
         "permutations": sum(g["permutations"] for g in per_group.values()),
