@@ -10,7 +10,7 @@ from tests.saliency.test_criteria import DEAD, FIRST, setup  # noqa: F401  (setu
 from toolchain.errors import ToolchainError
 from toolchain.graph import PruningGraph
 from toolchain.saliency import SaliencyConfig, ScoringContext, score_groups_report, shapley
-from toolchain.saliency._masking import calibration_batches
+from toolchain.saliency._masking import batch_statistics, calibration_batches, per_coalition_statistics
 from toolchain.saliency.shapley import _new_game, boundary_separated, permutation_round
 
 
@@ -130,3 +130,16 @@ def test_the_replayed_prefix_gives_the_losses_of_a_full_forward():
         torch.testing.assert_close(with_prefix, game.losses(masks[:, :game.width]), rtol=1e-5, atol=1e-6)
     assert replayed_somewhere
     assert all("forward" not in m.__dict__ for m in model.modules())  # every patched forward restored
+
+
+def test_each_coalition_gets_its_own_batch_statistics(setup):  # noqa: F811
+    model, _graph, (inputs, _labels) = setup
+    first, second = inputs[:8], inputs[8:16] * 3.0 + 1.0  # two blocks with very different statistics
+    with torch.no_grad():
+        with batch_statistics(model):
+            apart = torch.cat([model(first), model(second)])
+        with per_coalition_statistics(model, rows=8):
+            together = model(torch.cat([first, second]))
+    torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert not any(m.training for m in model.modules())  # running statistics untouched, eval mode kept

@@ -5,9 +5,10 @@ A criterion is one function `fn(context) -> {group name: scores}` decorated with
 and the highest-scored channels are kept. `score_groups` is the one door.
 
     l1, l2      filter magnitude                 bn_scale     BatchNorm scale (network slimming)
-    taylor      first-order Taylor (Molchanov)   shapley      Monte Carlo Shapley value, truncated
+    taylor      first-order Taylor (Molchanov)   shapley      Monte Carlo Shapley value, sampled to stability
     redundancy  duplicated activations first     sensitivity  largest relative contribution downstream
     random      control                          composite    per group, the component that costs least loss
+                                                              (judged on held-apart images)
 
 >>> graph = PruningGraph(model, torch.randn(1, 1, 28, 28))                      # doctest: +SKIP
 >>> scores = score_groups(model, graph, "taylor", load_mnist5k().calib)         # doctest: +SKIP

@@ -2,22 +2,27 @@
 group's channels kept" (Ancona et al., 2020), estimated by Monte Carlo permutation sampling with truncation,
 sampled until each group's keep set is stable or its share of the time limit is spent.
 
-Each sampled permutation removes the group's channels one by one from the full coalition; a channel's
-marginal contribution is the loss increase its removal causes at that point. Once the coalition's loss is
+The game is played as the network will be after pruning: BatchNorm re-estimated on each coalition's images
+(`per_coalition_statistics`), and, with `shapley_in_context`, the groups scored before held at their keep
+widths. Each sampled permutation removes the group's channels one by one from the full coalition; a
+channel's marginal contribution is the loss increase its removal causes at that point. Once the loss is
 within `shapley_truncation` (relative) of the empty coalition's, the remaining marginals are taken as zero
 (truncated Monte Carlo, Ghorbani & Zou 2019). A round's permutations advance in lockstep, their next
-coalitions evaluated together in one forward pass on a replicated batch (one mask per row), so truncation
-stops a permutation within a few coalitions of where it could.
+coalitions evaluated together in one forward pass on a replicated batch (one mask per row), and the layers
+the mask cannot change are replayed from one recording (`_prefix.PrefixCache`) rather than recomputed.
 
 Rounds of `shapley_samples` permutations are drawn until the group converges: its keep set (the
 `target_widths` or `probe_keep_ratio` best channels) is unchanged over `shapley_stable_rounds` successive
 rounds, or every channel's 95% interval lies on its side of the keep/prune boundary. The time limit
 `shapley_seconds` is shared by the groups in proportion to their widths (a group always gets one round).
+The report says what it cost and how each group ended ("stable", "separated", "hit_time_limit",
+"hit_permutation_cap"):
 
->>> config = SaliencyConfig(shapley_seconds=30)                                        # doctest: +SKIP
->>> _, report = score_groups_report(model, graph, "shapley", calib, config)           # doctest: +SKIP
->>> report["groups_converged"], report["groups_hit_limit"], report["permutations"]  # doctest: +SKIP
-(5, 1, 212)
+>>> config = SaliencyConfig(shapley_seconds=30)                                     # doctest: +SKIP
+>>> _, report = score_groups_report(model, graph, "shapley", calib, config)        # doctest: +SKIP
+>>> sorted(report)                                                                 # doctest: +SKIP
+['criterion', 'evaluations', 'forward_passes', 'groups_converged', 'groups_hit_limit', 'images_forwarded',
+ 'per_group', 'permutations', 'seconds', 'wall_seconds']
 """
 
 from __future__ import annotations
