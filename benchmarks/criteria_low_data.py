@@ -43,7 +43,7 @@ from toolchain.saliency import SaliencyConfig, score_groups_report
 
 HERE = Path(__file__).resolve()
 RESULTS = HERE.parent / "results"
-PER_RATIO = {"composite", "shapley"}  # criteria that judge their choice at the pruned width: scored per ratio
+PER_RATIO = {"composite"}  # criteria that judge their choice at the pruned width: scored per ratio
 
 
 def _budget_sweep():
@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--calib-sizes", default="16,64,256")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--removed", default="0.5,0.3", type=lambda s: [float(x) for x in s.split(",")])
-    parser.add_argument("--shapley-seconds", type=float, default=20.0,
+    parser.add_argument("--shapley-seconds", type=float, default=15.0,
                         help="Shapley's limit per scoring, process CPU seconds")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--report-only", action="store_true")
