@@ -143,3 +143,13 @@ def test_each_coalition_gets_its_own_batch_statistics(setup):  # noqa: F811
     torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5)
     assert all("forward" not in m.__dict__ for m in model.modules())
     assert not any(m.training for m in model.modules())  # running statistics untouched, eval mode kept
+
+
+def test_calibration_batches_sample_a_class_sorted_dataset_across_its_classes():
+    labels = torch.arange(10).repeat_interleave(50)  # 500 images stored sorted by class, as MNIST-5k's splits
+    dataset = torch.utils.data.TensorDataset(torch.randn(500, 1, 4, 4), labels)
+    batches = calibration_batches(dataset, batch_size=16, max_batches=2)
+    assert [x.shape[0] for x, _ in batches] == [16, 16]
+    assert len(set(batches[0][1].tolist())) >= 5  # not the first 16 images (all of class 0)
+    again = calibration_batches(dataset, batch_size=16, max_batches=2)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))  # the same images every time

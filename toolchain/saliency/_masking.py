@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from toolchain.errors import ToolchainError
 from toolchain.graph import PruningGraph
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
+CALIBRATION_SAMPLE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -173,12 +174,12 @@ def calibration_batches(calib, batch_size: int, max_batches: int) -> list[Batch]
     if isinstance(calib, tuple) and len(calib) == 2 and isinstance(calib[0], torch.Tensor):
         return [(calib[0], calib[1])]
     if isinstance(calib, Dataset):
-        batches = []
-        for i, (inputs, labels) in enumerate(DataLoader(calib, batch_size=batch_size)):
-            if i >= max_batches:
-                break
-            batches.append((inputs, labels))
-        return batches
+        # A seeded sample, not the first images: splits are often stored sorted by class (MNIST-5k's are),
+        # and the first batches would then hold one or two classes. The seed is fixed so that every
+        # criterion and probe reads the same images.
+        generator = torch.Generator().manual_seed(CALIBRATION_SAMPLE_SEED)
+        chosen = torch.randperm(len(calib), generator=generator)[:batch_size * max_batches].tolist()
+        return [(inputs, labels) for inputs, labels in DataLoader(Subset(calib, chosen), batch_size=batch_size)]
     if isinstance(calib, Sequence):
         return [b if isinstance(b, tuple) else (b, None) for b in calib][:max_batches]
     raise ToolchainError(f"calibration data must be a tensor, (inputs, labels), or a Dataset, not {type(calib)}")
