@@ -123,7 +123,9 @@ def run_unit(args, sweep, loaded, name: str, size: int, seed: int, done: set, ou
 
 
 def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """The rows written so far, the first of each key (processes splitting the seeds may repeat a row)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return list({r["key"]: r for r in reversed(rows)}.values())[::-1]
 
 
 def interval_95(values: list[float]) -> tuple[float, float]:
