@@ -5,9 +5,10 @@ A criterion is one function `fn(context) -> {group name: scores}` decorated with
 and the highest-scored channels are kept. `score_groups` is the one door.
 
     l1, l2      filter magnitude                 bn_scale     BatchNorm scale (network slimming)
-    taylor      first-order Taylor (Molchanov)   shapley      Monte Carlo Shapley value, truncated
+    taylor      first-order Taylor (Molchanov)   shapley      Monte Carlo Shapley value, sampled to stability
     redundancy  duplicated activations first     sensitivity  largest relative contribution downstream
     random      control                          composite    per group, the component that costs least loss
+                                                              (judged on held-apart images)
 
 >>> graph = PruningGraph(model, torch.randn(1, 1, 28, 28))                      # doctest: +SKIP
 >>> scores = score_groups(model, graph, "taylor", load_mnist5k().calib)         # doctest: +SKIP
@@ -35,7 +36,12 @@ class SaliencyConfig:
 
     batch_size: int = 64  # calibration images per batch
     max_batches: int = 4  # calibration batches a criterion reads (Taylor accumulates over them)
-    shapley_samples: int = 4  # Monte Carlo permutations per group (the cost bound of `shapley`)
+    shapley_samples: int = 4  # Monte Carlo permutations per round; `shapley` checks convergence after each
+    shapley_seconds: float = 60.0  # time limit of `shapley` over all groups (each group gets one round at least)
+    shapley_max_permutations: int = 256  # per group, whatever time is left
+    shapley_stable_rounds: int = 2  # converged once the keep set is unchanged over this many successive rounds
+    shapley_in_context: bool = True  # play each group's game with the groups scored before it pruned to width
+    shapley_clock: str = "wall"  # the limit's clock: "wall" or "cpu" (process CPU time: fair on a busy machine)
     shapley_batch: int = 16  # calibration images per evaluation of the Shapley game
     shapley_truncation: float = 0.05  # stop a permutation once the loss is this close (relative) to its end
     composite_of: tuple[str, ...] = ("l2", "taylor", "sensitivity", "redundancy")
@@ -43,6 +49,16 @@ class SaliencyConfig:
     target_widths: dict[str, int] = field(default_factory=dict)  # composite: judge at these widths instead
     seed: int = 0
     torch_threads: int = 1  # scoring on one thread: several times faster on a loaded 2-core machine
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_batches", "shapley_samples", "shapley_max_permutations",
+                     "shapley_stable_rounds", "shapley_batch"):
+            if getattr(self, name) < 1:
+                raise ToolchainError(f"saliency {name} must be at least 1, not {getattr(self, name)}")
+        if not self.shapley_seconds >= 0:
+            raise ToolchainError(f"saliency shapley_seconds must be >= 0, not {self.shapley_seconds}")
+        if self.shapley_clock not in ("wall", "cpu"):
+            raise ToolchainError(f"saliency shapley_clock must be 'wall' or 'cpu', not {self.shapley_clock!r}")
 
 
 @dataclass

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from toolchain.errors import ToolchainError
 from toolchain.graph import PruningGraph
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
+CALIBRATION_SAMPLE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,42 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
+@contextmanager
+def per_coalition_statistics(model: nn.Module, rows: int) -> Iterator[None]:
+    """BatchNorm layers normalise each block of `rows` consecutive rows with that block's own statistics.
+
+    A replicated batch holds one coalition per block of rows; each is normalised as if BatchNorm had been
+    re-calibrated on its images after pruning (as `batch_statistics` does for a single batch), without one
+    coalition's statistics leaking into another's. Running statistics are neither used nor changed.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def forward_for(norm):
+        def forward(x):
+            blocks = x.reshape(-1, rows, *x.shape[1:])
+            dims = [1, *range(3, blocks.dim())]
+            mean = blocks.mean(dim=dims, keepdim=True)
+            var = blocks.var(dim=dims, unbiased=False, keepdim=True)
+            out = (blocks - mean) / torch.sqrt(var + norm.eps)
+            if norm.affine:
+                shape = [1, 1, -1] + [1] * (blocks.dim() - 3)
+                out = out * norm.weight.view(shape) + norm.bias.view(shape)
+            return out.reshape(x.shape)
+        return forward
+
+    saved = {norm: norm.__dict__.get("forward") for norm in norms}
+    for norm in norms:
+        norm.forward = forward_for(norm)
+    try:
+        yield
+    finally:
+        for norm, original in saved.items():
+            if original is None:
+                del norm.forward
+            else:
+                norm.forward = original
+
+
 def calibration_batches(calib, batch_size: int, max_batches: int) -> list[Batch]:
     """Normalise what a caller passes as calibration data into a list of (inputs, labels or None)."""
     if calib is None:
@@ -137,12 +174,12 @@ def calibration_batches(calib, batch_size: int, max_batches: int) -> list[Batch]
     if isinstance(calib, tuple) and len(calib) == 2 and isinstance(calib[0], torch.Tensor):
         return [(calib[0], calib[1])]
     if isinstance(calib, Dataset):
-        batches = []
-        for i, (inputs, labels) in enumerate(DataLoader(calib, batch_size=batch_size)):
-            if i >= max_batches:
-                break
-            batches.append((inputs, labels))
-        return batches
+        # A seeded sample, not the first images: splits are often stored sorted by class (MNIST-5k's are),
+        # and the first batches would then hold one or two classes. The seed is fixed so that every
+        # criterion and probe reads the same images.
+        generator = torch.Generator().manual_seed(CALIBRATION_SAMPLE_SEED)
+        chosen = torch.randperm(len(calib), generator=generator)[:batch_size * max_batches].tolist()
+        return [(inputs, labels) for inputs, labels in DataLoader(Subset(calib, chosen), batch_size=batch_size)]
     if isinstance(calib, Sequence):
         return [b if isinstance(b, tuple) else (b, None) for b in calib][:max_batches]
     raise ToolchainError(f"calibration data must be a tensor, (inputs, labels), or a Dataset, not {type(calib)}")
