@@ -67,6 +67,7 @@ BAD_VALUES = {
     **{(command, "--threads"): ints_outside(1, 1024) for command in ("prune", "profile", "fit", "predict", "sweep")},
     **{(command, "--profile-samples"): ints_outside(10) for command in ("prune", "deploy", "sweep")},
     **{(command, "--shapley-samples"): ints_outside(1) for command in ("prune", "deploy", "sweep")},
+    **{(command, "--shapley-seconds"): floats_outside(0.0, None) for command in ("prune", "deploy", "sweep")},
     ("export", "--opset"): ints_outside(17),
     ("profile", "--samples"): ints_outside(1),
     ("profile", "--seed"): ints_outside(0, 2**32 - 1),
@@ -77,6 +78,7 @@ BAD_VALUES = {
     ("profile", "--runs"): ints_outside(1),
     ("profile", "--min-timed-ms"): floats_outside(0.0, None),
     ("profile", "--build-workers"): ints_outside(1),
+    ("profile", "--spread-configs"): ints_outside(0),
     ("fit", "--heldout-fraction"): floats_outside(0.0, 1.0, low_open=True, high_open=True),
     ("fit", "--max-train"): ints_outside(0),
     ("sparsify", "--sparsity"): floats_outside(0.0, 1.0, high_open=True),
@@ -154,3 +156,12 @@ def test_the_shape_limit_is_finite():
     from toolchain.shapes import MAX_INPUT_ELEMENTS
 
     assert math.isfinite(MAX_INPUT_ELEMENTS)
+
+
+def test_the_shapley_options_reach_the_saliency_config():
+    from toolchain.commands.options import saliency_config
+    from toolchain.saliency import SaliencyConfig
+
+    assert saliency_config(6, 12.5) == SaliencyConfig(shapley_samples=6, shapley_seconds=12.5)
+    code, _, err = run_main(["prune", "--model", "zoo:demo", "--out", OUT, "--shapley-seconds", "-1"])
+    assert code != 0 and "--shapley-seconds" in err

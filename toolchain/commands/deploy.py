@@ -20,6 +20,7 @@ from toolchain.commands.options import (
     recovery_options,
     rpc_endpoint,
     rpc_options,
+    saliency_config,
 )
 from toolchain.commands.prune import print_summary
 from toolchain.errors import ToolchainError
@@ -38,7 +39,8 @@ from toolchain.errors import ToolchainError
 @quiet_option
 def deploy(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, protect, data, target, precision,
            out, rpc_tracker, rpc_key, budget_ms, budget_ratio, criterion, allocator, budget_statistic, predictor,
-           profile_samples, shapley_samples, recover_seconds, no_recover, finetune_steps, as_json, quiet) -> None:
+           profile_samples, shapley_samples, shapley_seconds, recover_seconds, no_recover, finetune_steps, as_json,
+           quiet) -> None:
     """Prune for a target, export, verify, and write the deploy bundle with its manifest.
 
     With data (--data, or MNIST-5k for zoo:demo) the pruned model is recovered by distillation from the dense
@@ -48,7 +50,6 @@ def deploy(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, p
     from toolchain.bundle import BundleConfig, default_out, write_bundle
     from toolchain.pipeline import PipelineConfig
     from toolchain.pruning import PruneConfig
-    from toolchain.saliency import SaliencyConfig
     from toolchain.targets.devices import get_device, rpc_target_json
 
     device = get_device(target)
@@ -64,7 +65,7 @@ def deploy(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, p
                               round_to=round_to, recovery=recovery, budget_statistic=budget_statistic,
                               protect=tuple(protect))
         job = _budget_job(device.name, rpc, budget, predictor, profile_samples,
-                          SaliencyConfig(shapley_samples=shapley_samples), quiet, on_recovery)
+                          saliency_config(shapley_samples, shapley_seconds), quiet, on_recovery)
     pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, inputs=inputs,
                               trust_pickle=trust_pickle, data=data,
                               prune=PruneConfig(ratio=ratio, round_to=round_to, protect=tuple(protect)),

@@ -271,9 +271,19 @@ budget_statistic_option = click.option(
     help="the statistic of the timed runs the budget is met on (default: the measurement's statistic, min, or "
          "prune's --statistic; min: other work on a shared machine only adds time, so the fastest run repeats "
          "best; median/p90: the typical/slow run on this machine)")
-shapley_samples_option = click.option(
-    "--shapley-samples", type=count(1), default=SaliencyConfig.shapley_samples, show_default=True,
-    help="Monte Carlo permutations per group for --criterion shapley (its cost bound)")
+shapley_samples_option = group(
+    click.option("--shapley-samples", type=count(1), default=SaliencyConfig.shapley_samples, show_default=True,
+                 help="--criterion shapley: permutations per round (it samples rounds until each group's ranking "
+                      "is stable, or --shapley-seconds runs out)"),
+    click.option("--shapley-seconds", type=finite_float(min=0.0), default=SaliencyConfig.shapley_seconds,
+                 show_default=True, help="--criterion shapley: time limit over all groups (each gets one round)"))
+
+
+def saliency_config(shapley_samples: int, shapley_seconds: float):
+    """The `SaliencyConfig` of `shapley_samples_option`."""
+    return SaliencyConfig(shapley_samples=shapley_samples, shapley_seconds=shapley_seconds)
+
+
 budget_options = group(
     click.option("--budget-ms", type=POSITIVE_MS, help="latency budget in ms on the target (replaces --ratio)"),
     click.option("--budget-ratio", type=SHARE, help="budget as a share of the dense model's measured latency"),

@@ -18,6 +18,7 @@ from toolchain.commands.options import (
     quiet_option,
     recovery_config,
     recovery_options,
+    saliency_config,
     target_options,
 )
 
@@ -32,8 +33,8 @@ from toolchain.commands.options import (
 @budget_options
 @recovery_options
 def prune(target, backend, threads, clock, statistic, budget_ms, budget_ratio, criterion, allocator, budget_statistic,
-          predictor, profile_samples, shapley_samples, recover_seconds, no_recover, finetune_steps, quiet,
-          **kwargs) -> None:
+          predictor, profile_samples, shapley_samples, shapley_seconds, recover_seconds, no_recover, finetune_steps,
+          quiet, **kwargs) -> None:
     """Physically remove channels and write a verified pruned-model folder.
 
     With --budget-ms or --budget-ratio the widths are chosen so that the model measured on --target meets
@@ -47,7 +48,6 @@ def prune(target, backend, threads, clock, statistic, budget_ms, budget_ratio, c
     if budget_ms is not None or budget_ratio is not None:
         from toolchain.allocate import BudgetConfig
         from toolchain.budget import BudgetJob
-        from toolchain.saliency import SaliencyConfig
         from toolchain.targets import Target
 
         measured_on = Target(target, backend, threads, clock, statistic, profile_samples=profile_samples)
@@ -56,7 +56,7 @@ def prune(target, backend, threads, clock, statistic, budget_ms, budget_ratio, c
             BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
                          round_to=kwargs["round_to"], recovery=recovery, budget_statistic=budget_statistic,
                          protect=tuple(kwargs["protect"])),
-            measured_on, predictor, SaliencyConfig(shapley_samples=shapley_samples),
+            measured_on, predictor, saliency_config(shapley_samples, shapley_seconds),
             on_progress=progress_bar(quiet), on_recovery=on_recovery)
     run_pipeline(**kwargs, target=target, budget=job, recovery=recovery, on_recovery=on_recovery, quiet=quiet)
 

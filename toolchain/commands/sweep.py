@@ -17,6 +17,7 @@ from toolchain.commands.options import (
     predictor_option,
     profile_samples_option,
     quiet_option,
+    saliency_config,
     shapley_samples_option,
     target_options,
     weights_option,
@@ -47,15 +48,14 @@ from toolchain.commands.options import (
 @out_option()
 @quiet_option
 def sweep(model, weights, input_shape, data, target, backend, threads, clock, statistic, budgets, criteria, allocators,
-          finetune_steps, budget_statistic, shapley_samples, profile_samples, predictor, workers, executor, ray_address,
-          out, quiet) -> None:
+          finetune_steps, budget_statistic, shapley_samples, shapley_seconds, profile_samples, predictor, workers,
+          executor, ray_address, out, quiet) -> None:
     """Run every budget x criterion x allocator point; rows go to OUT/rows.csv and OUT/rows.json.
 
     With --finetune-steps > 0 every point also reports accuracy after that much distillation fine-tuning.
     With --executor ray each point is a Ray task; timings still run one at a time, on this machine's device
     (or queued by the board's tracker).
     """
-    from toolchain.saliency import SaliencyConfig
     from toolchain.sweep import SweepConfig, parse_budgets, run_sweep
     from toolchain.sweep_executor import ExecutorConfig
     from toolchain.targets import Target
@@ -67,7 +67,7 @@ def sweep(model, weights, input_shape, data, target, backend, threads, clock, st
         target=measured_on,
         data=data, weights=weights, input_shape=input_shape,
         finetune_steps=finetune_steps, budget_statistic=budget_statistic, workers=workers, predictor=predictor,
-        saliency=SaliencyConfig(shapley_samples=shapley_samples),
+        saliency=saliency_config(shapley_samples, shapley_seconds),
         executor=ExecutorConfig(executor, ray_address=ray_address))
     rows = run_sweep(config, Steps(quiet))
     measured = [r for r in rows if r.get("error") is None]
