@@ -64,6 +64,14 @@ def _hf_bert():
     return transformers.BertModel(config), _tokens()
 
 
+def _hf_bert_eager():
+    """Eager attention (as zoo:minilm loads it) also returns per-head attention weights from each layer."""
+    config = transformers.BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=256, vocab_size=100, max_position_embeddings=64,
+                                     attn_implementation="eager")
+    return transformers.BertModel(config), _tokens()
+
+
 def _hf_vit():
     config = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                     intermediate_size=128, image_size=32, patch_size=8)
@@ -116,6 +124,8 @@ FAMILIES = {
     "timm_deit": (_timm_deit, {"blocks.0.attn": (2, 2), "blocks.1.attn": (2, 2)}),
     "timm_swin": (_timm_swin, {"layers.0.blocks.0.attn": (1, 1), "layers.1.blocks.1.attn": (2, 2)}),
     "hf_bert": (_hf_bert, {"encoder.layer.0.attention.self": (2, 2), "encoder.layer.1.attention.self": (2, 2)}),
+    "hf_bert_eager": (_hf_bert_eager, {"encoder.layer.0.attention.self": (2, 2),
+                                       "encoder.layer.1.attention.self": (2, 2)}),
     "hf_vit": (_hf_vit, {"layers.0.attention": (2, 2), "layers.1.attention": (2, 2)}),
     "hf_swin": (_hf_swin, {"encoder.layers.0.blocks.0.attention": (1, 1),
                            "encoder.layers.1.blocks.0.attention": (2, 2)}),
