@@ -37,6 +37,7 @@ from torch.utils.data import TensorDataset
 from toolchain.data import DataSplits, load_mnist5k
 from toolchain.latency.measure import STATISTICS
 from toolchain.models import create_model
+from toolchain.sweep import read_jsonl
 
 HERE = Path(__file__).resolve()
 WEIGHTS_DIR = Path("runs/bench-weights")
@@ -121,18 +122,6 @@ def train_briefly(name: str, steps: int, seed: int = 0) -> tuple[Path, float]:
 ANCHOR_ROWS = "anchor-rows.jsonl"
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill: that point runs again
-    return rows
-
-
 def run_anchors(name: str, folder: Path, seed: int, args, spec, weights, step) -> None:
     """Torch-Pruning's global pruner for each importance in `--anchors`, the budgets not yet in the folder."""
     from benchmarks.sweep_anchor import AnchorConfig, method_name, run_anchor
@@ -142,7 +131,7 @@ def run_anchors(name: str, folder: Path, seed: int, args, spec, weights, step) -
     from toolchain.sweep import reseeded
 
     model_spec, shape, data_spec, _ = MODELS[name]
-    done = {(r["method"], r["budget_ratio"]) for r in _read_jsonl(folder / ANCHOR_ROWS)}
+    done = {(r["method"], r["budget_ratio"]) for r in read_jsonl(folder / ANCHOR_ROWS)}
     for importance in filter(None, args.anchors.split(",")):
         config = AnchorConfig(importance, finetune_steps=args.finetune_steps)
         budgets = tuple(b for b in args.budget_ratios if (method_name(config), b) not in done)
@@ -166,7 +155,7 @@ def collect_rows(model_folder: Path) -> list[dict]:
     for folder in sorted(model_folder.glob("seed*")):
         seed = int(folder.name[4:])
         rows += [{**r, "method": r["allocator"], "seed": seed} for r in read_rows(folder)]
-        anchors = {(r["method"], r["budget_ratio"]): r for r in _read_jsonl(folder / ANCHOR_ROWS)}  # last one wins
+        anchors = {(r["method"], r["budget_ratio"]): r for r in read_jsonl(folder / ANCHOR_ROWS)}  # last one wins
         rows += [{**r, "seed": seed} for r in anchors.values()]
     return rows
 

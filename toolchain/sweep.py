@@ -123,17 +123,22 @@ def point_key(budget_ratio: float, criterion: str, allocator: str) -> str:
     return f"{budget_ratio:.3f}/{criterion}/{allocator}"
 
 
-def read_rows(out: Path) -> list[dict]:
-    path = Path(out) / ROWS
-    if not path.is_file():
+def read_jsonl(path: Path) -> list[dict]:
+    """The whole rows of an append-only JSON-lines file; a line cut by a kill mid-write is skipped (that
+    point runs again)."""
+    if not Path(path).is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in Path(path).read_text().splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            continue  # a line cut by a kill mid-write: that point runs again
-    return list({row["key"]: row for row in rows}.values())
+            continue
+    return rows
+
+
+def read_rows(out: Path) -> list[dict]:
+    return list({row["key"]: row for row in read_jsonl(Path(out) / ROWS)}.values())
 
 
 def repair_rows(out: Path) -> str | None:
