@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from kernels.admm import AdmmConfig, accuracy, admm_train_
-from kernels.patterns import Pattern
-from kernels.sparsify import SparsifyConfig, apply_pattern_, sparsify_
+from toolchain.kernels.admm import AdmmConfig, accuracy, admm_train_
+from toolchain.kernels.patterns import Pattern
+from toolchain.kernels.sparsify import SparsifyConfig, apply_pattern_, sparsify_
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -10,8 +10,7 @@ Reported per row: median and spread (inter-quartile range) in ms, speedup over d
 PyTorch, the ideal speedup (1 / (1 - sparsity) for blocks and stripes, 2x for 2:4), the
 share of it reached, and the effective TFLOP/s = dense FLOPs (2 * O * K * P) / time.
 
-Usage: ``flock /tmp/toolchain-bench.lock python -m benchmarks.kernels`` (``make bench-kernels``; run it
-as a module: as a script, this file would shadow the ``kernels`` package);
+Usage: ``flock /tmp/toolchain-bench.lock python -m benchmarks.kernels`` (``make bench-kernels``);
 ``--quick`` runs two tiny shapes as a smoke test. Results go to
 ``benchmarks/results/kernels-<environment>.{json,csv,png}``.
 """
@@ -34,8 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kernels.modules import SparseConv2d, SparseLinear
-from kernels.patterns import Pattern, project
+from toolchain.kernels.modules import SparseConv2d, SparseLinear
+from toolchain.kernels.patterns import Pattern, project
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NO_GPU = "not measured: no GPU in this environment"

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from kernels.admm import AdmmConfig, accuracy, admm_train_
-from kernels.patterns import Pattern, follows
-from kernels.sparsify import SparsifyConfig, apply_pattern_, sparsify_
+from toolchain.kernels.admm import AdmmConfig, accuracy, admm_train_
+from toolchain.kernels.patterns import Pattern, follows
+from toolchain.kernels.sparsify import SparsifyConfig, apply_pattern_, sparsify_
 
 
 def _problem():

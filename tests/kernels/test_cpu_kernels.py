@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from kernels.cpu import ops
-from kernels.formats import BlockSparseMatrix, NMSparseMatrix
-from kernels.patterns import block_mask, nm_mask
+from toolchain.kernels.cpu import ops
+from toolchain.kernels.formats import BlockSparseMatrix, NMSparseMatrix
+from toolchain.kernels.patterns import block_mask, nm_mask
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}  # fp32, K <= ~300: reordered sums only
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from kernels.modules import SparseConv2d, SparseLinear
-from kernels.patterns import Pattern, pattern_mask
-from kernels.sparsify import SparsifyConfig, apply_pattern_, eligible_layers, sparsify_
+from toolchain.kernels.modules import SparseConv2d, SparseLinear
+from toolchain.kernels.patterns import Pattern, pattern_mask
+from toolchain.kernels.sparsify import SparsifyConfig, apply_pattern_, eligible_layers, sparsify_
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from kernels.formats import BlockSparseMatrix, NMSparseMatrix
-from kernels.patterns import (
+from toolchain.kernels.formats import BlockSparseMatrix, NMSparseMatrix
+from toolchain.kernels.patterns import (
     Pattern,
     block_mask,
     follows,

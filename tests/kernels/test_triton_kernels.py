@@ -4,12 +4,12 @@
 import pytest
 import torch
 
-from kernels.formats import BlockSparseMatrix, NMSparseMatrix
-from kernels.patterns import block_mask, nm_mask
+from toolchain.kernels.formats import BlockSparseMatrix, NMSparseMatrix
+from toolchain.kernels.patterns import block_mask, nm_mask
 
 pytest.importorskip("triton", reason="triton is not installed")
-from kernels.triton.block_sparse import bsr_matmul, bsr_matmul_reference  # noqa: E402
-from kernels.triton.nm_sparse import nm_matmul, nm_matmul_reference  # noqa: E402
+from toolchain.kernels.triton.block_sparse import bsr_matmul, bsr_matmul_reference  # noqa: E402
+from toolchain.kernels.triton.nm_sparse import nm_matmul, nm_matmul_reference  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 requires_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (none visible to torch)")

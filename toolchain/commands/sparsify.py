@@ -14,11 +14,11 @@ from pathlib import Path
 import click
 import torch
 
-from kernels.patterns import Pattern
-from kernels.sparsify import SparsifyConfig, apply_pattern_, sparsify_
 from toolchain.commands.options import input_shape_option, json_option, model_option, out_option, weights_option
 from toolchain.commands.validation import FRACTION_BELOW_ONE
 from toolchain.inputs import call_model, flatten_outputs, make_inputs, vocab_size_of
+from toolchain.kernels.patterns import Pattern
+from toolchain.kernels.sparsify import SparsifyConfig, apply_pattern_, sparsify_
 
 # Sparse vs masked-dense outputs (fp32): the kernels only reorder the sums.
 OUTPUT_RTOL, OUTPUT_ATOL = 1e-3, 1e-4

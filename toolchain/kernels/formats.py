@@ -1,7 +1,7 @@
 """Compressed storage for micro-structured sparse weight matrices.
 
 A weight is handled in its GEMM view: a ``[out_features, K]`` matrix (see
-``kernels.patterns.gemm_view``). Two formats cover every pattern:
+``toolchain.kernels.patterns.gemm_view``). Two formats cover every pattern:
 
 - ``BlockSparseMatrix`` (BSR): nonzero ``R x C`` blocks, for block sparsity, stripes
   (``1 x C_in`` blocks in the conv view) and unified blocks.

@@ -4,7 +4,7 @@ The constrained problem ``min loss(W) s.t. W in S`` (S: the pattern's set) is sp
 ``min loss(W) + g(Z) s.t. W = Z``. Each round alternates
 
 1. a gradient step on ``loss(W) + rho/2 * ||W - Z + U||^2`` (``admm_epochs`` epochs of SGD/Adam),
-2. the projection ``Z = project(W + U)`` onto S (``kernels.patterns.project``),
+2. the projection ``Z = project(W + U)`` onto S (``toolchain.kernels.patterns.project``),
 3. the dual update ``U = U + W - Z``,
 
 then ``W`` is projected once more and fine-tuned on its fixed support (for unification:
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.patterns import Pattern, block_of, block_scores_sum, from_gemm_view, gemm_view, project
-from kernels.sparsify import SparsifyConfig, eligible_layers
+from toolchain.kernels.patterns import Pattern, block_of, block_scores_sum, from_gemm_view, gemm_view, project
+from toolchain.kernels.sparsify import SparsifyConfig, eligible_layers
 
 
 @dataclass(frozen=True)

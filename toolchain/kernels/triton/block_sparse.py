@@ -19,9 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.formats import BlockSparseMatrix
-from kernels.triton._operands import INTERPRET as _INTERPRET
-from kernels.triton._operands import check_operands
+from toolchain.kernels.formats import BlockSparseMatrix
+from toolchain.kernels.triton._operands import INTERPRET as _INTERPRET
+from toolchain.kernels.triton._operands import check_operands
 
 # Autotuned launch configurations (activation rows per program, warps, pipeline stages).
 CONFIGS = [

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.formats import _grouped
+from toolchain.kernels.formats import _grouped
 
 KINDS = ("nm", "block", "stripe", "unify")
 

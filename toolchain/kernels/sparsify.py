@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kernels.modules import SparseConv2d, SparseLinear, conv_is_supported
-from kernels.patterns import Pattern, project
+from toolchain.kernels.modules import SparseConv2d, SparseLinear, conv_is_supported
+from toolchain.kernels.patterns import Pattern, project
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class SparsifyConfig:
     pattern: ``"2:4"``, ``"N:M"``, ``"block4x4"``, ``"stripe"``, ``"unify4x4"``.
     sparsity: share of zero blocks/stripes (block, stripe, unify); ``None``: 0.5. Ignored by N:M.
     prune: project the weights onto the pattern by magnitude first; ``False`` expects weights
-        that already follow it (for example after ``kernels.admm``) and fails otherwise.
+        that already follow it (for example after ``toolchain.kernels.admm``) and fails otherwise.
     min_features: layers with fewer input or output features (channels) stay dense.
     """
 

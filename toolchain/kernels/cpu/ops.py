@@ -23,16 +23,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kernels.formats import BlockSparseMatrix, NMSparseMatrix
-from kernels.patterns import from_gemm_view
+from toolchain.kernels.formats import BlockSparseMatrix, NMSparseMatrix
+from toolchain.kernels.patterns import from_gemm_view
 
 _SOURCE = Path(__file__).with_name("sparse_gemm.cpp")
 
 
 def build_directory() -> Path:
-    """Where the compiled extension is cached (git-ignored ``build/`` of the repository)."""
+    """Where the compiled extension is cached: ``TOOLCHAIN_BUILD_DIR``, else the git-ignored ``build/`` of a
+    source checkout, else ``~/.cache/toolchain`` (an installed package must not write into site-packages)."""
     override = os.environ.get("TOOLCHAIN_BUILD_DIR")
-    root = Path(override) if override else Path(__file__).resolve().parents[2] / "build"
+    checkout = Path(__file__).resolve().parents[3]
+    if override:
+        root = Path(override)
+    elif (checkout / "pyproject.toml").is_file():
+        root = checkout / "build"
+    else:
+        root = Path.home() / ".cache" / "toolchain"
     path = root / "kernels-cpu"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -1,7 +1,7 @@
 """Sparse ``Linear`` / ``Conv2d`` modules that keep their weight compressed and dispatch to
 the kernels: Triton on CUDA tensors, the C++ edge-CPU kernel on CPU float32 tensors.
 
-The weight lives in its GEMM view (``kernels.patterns.gemm_view``) as buffers, so
+The weight lives in its GEMM view (``toolchain.kernels.patterns.gemm_view``) as buffers, so
 ``.to(device)``, ``.half()`` and ``state_dict`` work as usual.
 
 Example:
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.formats import BlockSparseMatrix, NMSparseMatrix
-from kernels.patterns import Pattern, block_of, follows, gemm_view, segment_of
+from toolchain.kernels.formats import BlockSparseMatrix, NMSparseMatrix
+from toolchain.kernels.patterns import Pattern, block_of, follows, gemm_view, segment_of
 
 
 class _SparseWeight(nn.Module):
@@ -58,16 +58,16 @@ class _SparseWeight(nn.Module):
     def rows_times_weight(self, x: torch.Tensor) -> torch.Tensor:
         """GPU/Triton form: ``x`` ``[P, K]`` (K in GEMM-view order) → ``[P, O]``."""
         if self.pattern.kind == "nm":
-            from kernels.triton.nm_sparse import nm_matmul
+            from toolchain.kernels.triton.nm_sparse import nm_matmul
 
             return nm_matmul(x, self.compressed())
-        from kernels.triton.block_sparse import bsr_matmul
+        from toolchain.kernels.triton.block_sparse import bsr_matmul
 
         return bsr_matmul(x, self.compressed())
 
     def weight_times_columns(self, x: torch.Tensor) -> torch.Tensor:
         """CPU form: ``x`` ``[B, K, L]`` → ``[B, O, L]``."""
-        from kernels.cpu import ops
+        from toolchain.kernels.cpu import ops
 
         if self.pattern.kind == "nm":
             return ops.nm_gemm(self.values, self.cpu_columns, x)
@@ -75,7 +75,7 @@ class _SparseWeight(nn.Module):
 
     def convolve(self, x: torch.Tensor, geometry) -> torch.Tensor:
         """CPU form of a convolution: NCHW ``x`` → NCHW output (implicit GEMM)."""
-        from kernels.cpu import ops
+        from toolchain.kernels.cpu import ops
 
         if self.pattern.kind == "nm":
             return ops.nm_conv2d(self.values, self.cpu_columns, x, geometry)
@@ -206,7 +206,7 @@ class SparseConv2d(nn.Module):
             y = self.sparse_weight.weight_times_columns(columns)
             y = y.reshape(batch, self.out_channels, height, width)
         elif not use_triton:
-            from kernels.cpu.ops import ConvGeometry
+            from toolchain.kernels.cpu.ops import ConvGeometry
 
             geometry = ConvGeometry(self.kernel_size, self.stride, self.padding, self.dilation)
             y = self.sparse_weight.convolve(x.contiguous(), geometry)

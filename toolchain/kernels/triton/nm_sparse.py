@@ -17,9 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.formats import NMSparseMatrix
-from kernels.triton._operands import INTERPRET as _INTERPRET
-from kernels.triton._operands import check_operands
+from toolchain.kernels.formats import NMSparseMatrix
+from toolchain.kernels.triton._operands import INTERPRET as _INTERPRET
+from toolchain.kernels.triton._operands import check_operands
 
 # Autotuned launch configurations (tile of activation rows x output features x K).
 CONFIGS = [

@@ -2,16 +2,16 @@
 
 Public entry points (Triton is imported only when a CUDA tensor reaches a sparse module):
 
-    >>> from kernels import SparsifyConfig, sparsify_
+    >>> from toolchain.kernels import SparsifyConfig, sparsify_
     >>> model = torch.nn.Sequential(torch.nn.Linear(64, 32))     # doctest: +SKIP
     >>> sparsify_(model, SparsifyConfig(pattern="block4x4", sparsity=0.8))   # doctest: +SKIP
     ['0']
 """
 
-from kernels.admm import AdmmConfig, admm_train_
-from kernels.modules import SparseConv2d, SparseLinear
-from kernels.patterns import Pattern
-from kernels.sparsify import SparsifyConfig, sparsify_
+from toolchain.kernels.admm import AdmmConfig, admm_train_
+from toolchain.kernels.modules import SparseConv2d, SparseLinear
+from toolchain.kernels.patterns import Pattern
+from toolchain.kernels.sparsify import SparsifyConfig, sparsify_
 
 __all__ = [
     "AdmmConfig",
