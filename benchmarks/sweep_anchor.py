@@ -38,6 +38,11 @@ class AnchorConfig:
     steps: int = 30  # increments of the ratio (each one timed): 3 % of the channels per step
     finetune_steps: int = 0  # the same fixed-step recovery the toolchain's points get
     taylor_batches: int = 2  # calibration batches (of 100) whose loss gradient Taylor importance reads
+    # Per-layer cap (Torch-Pruning's max_pruning_ratio): the toolchain's allocators keep at least
+    # `AllocationConfig.min_keep_ratio` = 0.1 of every group, so the anchor may not prune a layer further either
+    # (uncapped, global magnitude emptied whole layers of the demo and the comparison said nothing about allocation).
+    # Torch-Pruning checks the cap before each step, so a layer can end one step's share under it.
+    layer_max_ratio: float = 0.9
 
 
 def method_name(config: AnchorConfig) -> str:
@@ -67,6 +72,7 @@ def run_anchor(dense: nn.Module, example_input: torch.Tensor, data, config: Anch
     model = copy.deepcopy(dense).eval()
     pruner = tp.pruner.BasePruner(model, example_input, importance=IMPORTANCES[config.importance](),
                                   global_pruning=True, pruning_ratio=config.max_ratio,
+                                  max_pruning_ratio=config.layer_max_ratio,
                                   iterative_steps=config.steps, ignored_layers=_classifier(model))
     pending = sorted(budget_ratios, reverse=True)
     rows, timings = [], []
@@ -101,7 +107,8 @@ def _recovered_row(model: nn.Module, dense: nn.Module, example_input: torch.Tens
     macs, params = count_macs_params(pruned, example_input)
     return {"method": method_name(config), "budget_ratio": budget_ratio, "budget_ms": budget_ratio * dense_ms,
             "measured_latency_ms": measured_ms, "dense_latency_ms": dense_ms,
-            "global_ratio": round(config.max_ratio * index / config.steps, 4), "tp_step": index, "macs": macs,
+            "global_ratio": round(config.max_ratio * index / config.steps, 4), "tp_step": index,
+            "layer_max_ratio": config.layer_max_ratio, "macs": macs,
             "params": params, "dense_accuracy": done["dense_accuracy"],
             "accuracy_after_bn_recalibration": done["accuracy_after_bn_recalibration"],
             "accuracy_finetuned": done["accuracy"] if config.finetune_steps else None,

@@ -38,3 +38,25 @@ def test_anchor_rows_meet_their_budgets_on_the_measurer():
         assert reached[0.7]["method"] == f"tp-{importance}" and reached[0.7]["accuracy_finetuned"] is None
         assert [r["budget_ratio"] for r in rows if r["error"]] == [0.01]  # 90 % global ratio cannot reach 1 %
     assert dense.state_dict()["0.weight"].shape[0] == 16  # the dense model is left whole
+
+
+def test_anchor_never_prunes_a_layer_below_the_toolchains_floor():
+    """Uncapped global magnitude empties the layers with small weights; the anchor keeps about 1 - layer_max_ratio.
+
+    Torch-Pruning checks its cap before each step, so a layer can end up to one step's share under it."""
+    dense, x, data = _tiny()
+    with torch.no_grad():
+        dense[3].weight.mul_(1e-3)  # the second conv's filters all score far below the first's
+    kept = []
+
+    def widths_ms(model, example):
+        kept.append(min(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)))
+        return 1.0
+
+    run_anchor(dense, x, data, AnchorConfig("magnitude", steps=5, layer_max_ratio=0.75), (0.01,), 1.0, widths_ms)
+    assert kept and min(kept) >= 3  # 16 channels, 75 % pruned = 4 kept, less one step's overshoot
+    uncapped = []
+    run_anchor(dense, x, data, AnchorConfig("magnitude", steps=5, layer_max_ratio=1.0), (0.01,), 1.0,
+               lambda model, _: uncapped.append(min(m.out_channels for m in model.modules()
+                                                    if isinstance(m, nn.Conv2d))) or 1.0)
+    assert min(uncapped) == 1  # the test can fail: without the cap the weak layer is emptied
