@@ -23,6 +23,7 @@ from toolchain.targets import Target
 # Imported on first use: the budget loop and the latency package (predictors, campaign, scipy) add ~1.8 s to
 # `import toolchain`, which ratio pruning and `load_pruned` never need.
 _ON_USE = {"prune_to_budget": "toolchain.budget", "deploy": "toolchain.deployment",
+           "RecoveryConfig": "toolchain.recover",  # the function stays toolchain.recover.recover (module name)
            **dict.fromkeys(("list_predictors", "load_predictor", "predict"), "toolchain.latency")}
 
 
@@ -55,4 +56,6 @@ __all__ = [
     "load_predictor",
     "predict",
     "prune_to_budget",
+    # recovery of a pruned model (distillation from the dense one): deploy(..., recovery=RecoveryConfig(...))
+    "RecoveryConfig",
 ]
