@@ -78,7 +78,7 @@ report: $(STAMP)
 # other benchmarks on the shared machine; writes benchmarks/results/kernels-<environment>.*
 .PHONY: bench-kernels
 bench-kernels: $(STAMP)
-	flock /tmp/toolchain-bench.lock $(BIN)/python -m benchmarks.kernels
+	flock /tmp/toolchain-bench.lock $(BIN)/python -m benchmarks.sparse_kernels
 
 # Latency measurement (timings serialised with other benchmarks through one lock file when flock exists).
 SAMPLES ?=

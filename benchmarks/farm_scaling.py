@@ -35,7 +35,7 @@ from toolchain.latency.rpc import loopback_cluster
 
 
 def environment() -> dict:
-    from benchmarks.kernels import cpu_model_name
+    from benchmarks.sparse_kernels import cpu_model_name
 
     return {"cpu": cpu_model_name(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
             "apache_tvm": version("apache-tvm"), "torch": version("torch").split("+")[0]}

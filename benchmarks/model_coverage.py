@@ -341,7 +341,7 @@ def environment() -> dict:
 
     import torch
 
-    from benchmarks.kernels import cpu_model_name
+    from benchmarks.sparse_kernels import cpu_model_name
 
     # Torch-Pruning's own __version__ string lags its release (1.6.0 in 1.6.1): the installed metadata is right.
     return {"cpu": cpu_model_name(), "machine": platform.machine(), "logical_cpus": os.cpu_count(),

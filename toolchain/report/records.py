@@ -249,7 +249,7 @@ class PredictorBenchmark:
 
 @dataclass(frozen=True)
 class KernelBenchmark:
-    """A `benchmarks/kernels.py` result file: rows of layer, device, pattern, sparsity, backend, timings."""
+    """A `benchmarks/sparse_kernels.py` result file: rows of layer, device, pattern, sparsity, backend, timings."""
 
     source: str
     fingerprint_id: str | None

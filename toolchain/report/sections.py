@@ -152,7 +152,7 @@ def kernel_section(inputs: RunInputs, labels: FingerprintLabels) -> Section:
     title = "Sparse kernel benchmarks"
     if not inputs.kernel_benchmarks:
         return Section("kernels", title, (Missing("kernel benchmarks", "no kernels-*.json or .csv from "
-                                                  "benchmarks/kernels.py; run `make bench-kernels`"),))
+                                                  "benchmarks/sparse_kernels.py; run `make bench-kernels`"),))
     panels: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     ideal: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     cases: dict[tuple, dict] = {}

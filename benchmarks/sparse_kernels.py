@@ -10,7 +10,7 @@ Reported per row: median and spread (inter-quartile range) in ms, speedup over d
 PyTorch, the ideal speedup (1 / (1 - sparsity) for blocks and stripes, 2x for 2:4), the
 share of it reached, and the effective TFLOP/s = dense FLOPs (2 * O * K * P) / time.
 
-Usage: ``flock /tmp/toolchain-bench.lock python -m benchmarks.kernels`` (``make bench-kernels``);
+Usage: ``flock /tmp/toolchain-bench.lock python -m benchmarks.sparse_kernels`` (``make bench-kernels``);
 ``--quick`` runs two tiny shapes as a smoke test. Results go to
 ``benchmarks/results/kernels-<environment>.{json,csv,png}``.
 """
@@ -514,7 +514,7 @@ def main() -> None:
     else:
         rows += gpu_placeholder_rows(QUICK_LAYERS if args.quick else GPU_LAYERS, GPU_CASES)
     info["load_average_after_1_5_15"] = list(os.getloadavg())
-    command = "python -m benchmarks.kernels " + " ".join(
+    command = "python -m benchmarks.sparse_kernels " + " ".join(
         f"--{key.replace('_', '-')}" if value is True else f"--{key.replace('_', '-')} {value}"
         for key, value in vars(args).items()
         if value not in (False, None) and key != "out_dir"
