@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from benchmarks.sweep_stats import area_between, common_range, curves_of, point_table, t_interval
+from benchmarks.sweep_stats import area_between, common_range, curves_of, point_table, rank_agreement, t_interval
 
 ACCURACIES = {"accuracy_after_bn_recalibration": "BN re-calibration only",
               "accuracy_finetuned": "after fine-tuning"}
@@ -23,7 +23,8 @@ def summarise(rows: list[dict], methods: list[str]) -> dict:
                                              for r in rows if r.get("error")],
                "seeds": sorted({r["seed"] for r in rows}),
                "dense_latency_ms": t_interval(list({r["seed"]: r["dense_latency_ms"] for r in measured}.values())),
-               "dense_accuracy": next((r["dense_accuracy"] for r in measured if r.get("dense_accuracy")), None)}
+               "dense_accuracy": next((r["dense_accuracy"] for r in measured if r.get("dense_accuracy")), None),
+               "rank_agreement": {f"{b:g}": v for b, v in rank_agreement(measured, *ACCURACIES).items()}}
     for field in ACCURACIES:
         curves = curves_of(measured, field)
         if not curves:
@@ -90,6 +91,12 @@ def markdown(report: dict) -> str:
                 cells = [(_pm(part["areas"][f"{m} - {b}"], 100, 1) if f"{m} - {b}" in part["areas"] else "")
                          for b in methods]
                 lines.append(f"| {m} | {_pm(mean, 100, 1)} | " + " | ".join(cells) + " |")
+        agreement = s.get("rank_agreement") or {}
+        if agreement:
+            lines += ["", f"*{name}*: does the accuracy before fine-tuning (what the allocators' loss estimates aim "
+                      "at) rank the points as the accuracy after it does? Spearman ρ over every method and seed, "
+                      "per budget: " + "; ".join(f"{b}: ρ = {v['rho']:.2f} (p = {v['p_value']:.3f}, "
+                                                  f"{v['points']} points)" for b, v in agreement.items())]
     return "\n".join(lines) + "\n"
 
 

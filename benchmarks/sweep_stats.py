@@ -25,7 +25,7 @@ Curve = list[tuple[float, float]]  # (measured ms, accuracy) points, any order
 def t_interval(values: list[float], confidence: float = 0.95) -> dict:
     """Mean and Student-t half-width over independent runs (half-width None for fewer than two).
 
-    >>> t_interval([1.0, 2.0, 3.0])["half_width"] == round(stats.t.ppf(0.975, 2) / math.sqrt(3), 6)
+    >>> bool(t_interval([1.0, 2.0, 3.0])["half_width"] == round(stats.t.ppf(0.975, 2) / math.sqrt(3), 6))
     True
     """
     values = [float(v) for v in values if v is not None and not math.isnan(v)]
@@ -92,3 +92,25 @@ def point_table(rows: list[dict], accuracy_field: str) -> dict[tuple[str, float]
     return {key: {"measured_ms": t_interval([r["measured_latency_ms"] for r in group]),
                   "accuracy": t_interval([r.get(accuracy_field) for r in group]),
                   "seeds": sorted(r["seed"] for r in group)} for key, group in groups.items()}
+
+
+def rank_agreement(rows: list[dict], before: str, after: str) -> dict[float, dict]:
+    """Per budget ratio: Spearman's rank correlation between two accuracies of the same points (every method and
+    seed). The allocators optimise an estimate of the accuracy *before* recovery; a low correlation with the
+    accuracy *after* it says that objective cannot rank what is shipped.
+
+    >>> rows = [{"budget_ratio": 0.5, "a": x, "b": y} for x, y in [(0.1, 0.2), (0.2, 0.1), (0.3, 0.4), (0.4, 0.3)]]
+    >>> rank_agreement(rows, "a", "b")[0.5]["rho"]
+    0.6
+    """
+    by_budget: dict[float, list[tuple[float, float]]] = {}
+    for row in rows:
+        if row.get("error") is None and row.get(before) is not None and row.get(after) is not None:
+            by_budget.setdefault(row["budget_ratio"], []).append((row[before], row[after]))
+    result = {}
+    for budget, pairs in sorted(by_budget.items()):
+        if len(pairs) < 3 or len({p[0] for p in pairs}) < 2 or len({p[1] for p in pairs}) < 2:
+            continue  # no ranking to compare (too few points, or one side constant)
+        rho, p_value = stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs])
+        result[budget] = {"rho": round(float(rho), 3), "p_value": round(float(p_value), 4), "points": len(pairs)}
+    return result

@@ -34,8 +34,22 @@ def test_summary_areas_follow_the_accuracy_gaps(tmp_path):
     assert bn["areas"]["lpnet - uniform"]["mean"] == pytest.approx(0.2, abs=0.03)
     assert bn["areas"]["lpnet - uniform"]["n"] == 3
     assert "uniform" not in summary["accuracy_finetuned"]["mean_over_range"]  # no fine-tuned rows for it
+    assert summary["rank_agreement"] == {}  # fine-tuned accuracy is constant here: no ranking to compare
     report = {"models": {"demo": {"input_shape": [1, 1, 28, 28], "methods": METHODS, "summary": summary}}}
     text = markdown(report)
     assert "| lpnet |" in text and "− uniform" in text and "± " in text
     plot(report, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_rank_agreement_reports_when_fine_tuning_reorders_the_points():
+    rows = _rows()
+    for row in rows:  # after fine-tuning the order is reversed: the worst before is the best after
+        if row.get("error") is None:
+            row["accuracy_finetuned"] = 1.0 - row["accuracy_after_bn_recalibration"]
+    agreement = summarise(rows, METHODS)["rank_agreement"]
+    assert set(agreement) == {"0.4", "0.6", "0.8"}
+    assert all(v["rho"] == pytest.approx(-1.0) and v["points"] == 12 for v in agreement.values())
+    report = {"models": {"demo": {"input_shape": [1, 1, 28, 28], "methods": METHODS,
+                                  "summary": summarise(rows, METHODS)}}}
+    assert "ρ = -1.00" in markdown(report)
