@@ -30,7 +30,8 @@ def test_anchor_rows_meet_their_budgets_on_the_measurer():
         return count_macs_params(model, example)[0] / dense_macs
 
     for importance in ("magnitude", "taylor"):
-        rows = run_anchor(dense, x, data, AnchorConfig(importance, steps=10), (0.4, 0.7, 0.01), 1.0, macs_ms)
+        rows = run_anchor(dense, x, data, AnchorConfig(importance, steps=10, round_to=None), (0.4, 0.7, 0.01), 1.0,
+                          macs_ms)
         reached = {r["budget_ratio"]: r for r in rows if r["error"] is None}
         assert set(reached) == {0.4, 0.7}
         assert all(r["measured_latency_ms"] <= r["budget_ratio"] for r in reached.values())
@@ -53,10 +54,28 @@ def test_anchor_never_prunes_a_layer_below_the_toolchains_floor():
         kept.append(min(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)))
         return 1.0
 
-    run_anchor(dense, x, data, AnchorConfig("magnitude", steps=5, layer_max_ratio=0.75), (0.01,), 1.0, widths_ms)
+    run_anchor(dense, x, data, AnchorConfig("magnitude", steps=5, layer_max_ratio=0.75, round_to=None), (0.01,), 1.0,
+               widths_ms)
     assert kept and min(kept) >= 3  # 16 channels, 75 % pruned = 4 kept, less one step's overshoot
     uncapped = []
-    run_anchor(dense, x, data, AnchorConfig("magnitude", steps=5, layer_max_ratio=1.0), (0.01,), 1.0,
+    run_anchor(dense, x, data, AnchorConfig("magnitude", steps=5, layer_max_ratio=1.0, round_to=None), (0.01,), 1.0,
                lambda model, _: uncapped.append(min(m.out_channels for m in model.modules()
                                                     if isinstance(m, nn.Conv2d))) or 1.0)
     assert min(uncapped) == 1  # the test can fail: without the cap the weak layer is emptied
+
+
+def test_anchor_keeps_channel_counts_at_the_hardware_multiple():
+    dense, x, data = _tiny()
+    widths = []
+
+    def record_ms(model, example):
+        widths.extend(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+        return 1.0
+
+    run_anchor(dense, x, data, AnchorConfig("magnitude", steps=4, round_to=8), (0.01,), 1.0, record_ms)
+    assert widths and set(widths) <= {8, 16}
+    odd = []
+    run_anchor(dense, x, data, AnchorConfig("magnitude", steps=4, round_to=None), (0.01,), 1.0,
+               lambda model, _: odd.extend(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+               or 1.0)
+    assert set(odd) - {8, 16}  # the test can fail: without round_to the widths are not multiples of 8
