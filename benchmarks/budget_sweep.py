@@ -193,6 +193,30 @@ def write_report(out: Path, report: dict) -> None:
     plot(report, out / "curves.png")
 
 
+def refined_predictor(name: str, spec, environment: str, rounds: int) -> tuple[str, dict]:
+    """The model's sweep predictor (found or built as a sweep would), refined on the allocators' choices:
+    `<predictor>-refined<rounds>` next to it, built once and reused."""
+    from toolchain.inputs import make_inputs, specs_key, specs_of, vocab_size_of
+    from toolchain.latency.provision import find_or_build_predictor, profile_db_for
+    from toolchain.latency.refine import RefineConfig, refine_on_allocations
+    from toolchain.models import resolve_model
+
+    model_spec, shape, _, _ = MODELS[name]
+    db_path = str(Path("runs") / f"latency-sweep-{environment}.db")
+    dense, specs = resolve_model(model_spec, None, shape)
+    input_key = specs_key(specs_of(make_inputs(specs, vocab_size_of(dense))))
+    base = find_or_build_predictor(model_spec, dense, input_key, spec, None, db_path,
+                                   step=lambda m: print(f"[{name}] {m}", flush=True))
+    out = f"{base.artifact}-refined{rounds}"
+    summary_path = Path(out) / "refinement.json"
+    if not summary_path.is_file():
+        summary = refine_on_allocations(RefineConfig(model_spec, input_key, spec, base.artifact,
+                                                     profile_db_for(spec, db_path), out, rounds=rounds),
+                                        step=lambda m: print(f"[{name}] {m}", flush=True))
+        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    return out, json.loads(summary_path.read_text())
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,resnet56,mobilenet_v2")
@@ -204,6 +228,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-steps", type=int, default=30, help="the same for every method")
     parser.add_argument("--profile-samples", type=int, default=60)
     parser.add_argument("--refine-rounds", type=int, default=1)
+    parser.add_argument("--refine-predictor", type=int, default=0,
+                        help="rounds of timing the allocators' choices under the predictor and refitting it "
+                             "(toolchain.latency.refine) before the seeds run; 0: the sampled-only predictor")
     parser.add_argument("--clock", default="thread_cpu")
     parser.add_argument("--statistic", default="min", choices=STATISTICS,
                         help="a measurement's latency (min: robust to the other jobs on a shared machine)")
@@ -246,6 +273,10 @@ def main() -> None:
     for name in args.models.split(","):
         model_spec, shape, data_spec, steps = MODELS[name]
         weights, _ = (None, None) if steps is None else train_briefly(name, steps)
+        predictor = None
+        if args.refine_predictor:
+            predictor, refinement = refined_predictor(name, spec, environment, args.refine_predictor)
+            report["models"][name]["predictor_refinement"] = refinement
         for seed in (int(s) for s in args.seeds.split(",")):
             start_s, start_cpu_s, load_before = time.perf_counter(), time.process_time(), os.getloadavg()
 
@@ -256,7 +287,7 @@ def main() -> None:
                                  criteria=(args.criterion,), allocators=tuple(args.allocators.split(",")),
                                  target=spec, data=data_spec, weights=str(weights) if weights else None,
                                  input_shape=shape, finetune_steps=args.finetune_steps,
-                                 refine_rounds=args.refine_rounds, seed=seed,
+                                 refine_rounds=args.refine_rounds, seed=seed, predictor=predictor,
                                  db_path=str(Path("runs") / f"latency-sweep-{environment}.db"))
             if not args.anchors_only:
                 run_sweep(config, step)
