@@ -393,35 +393,11 @@ def bench_gpu(layers: list[Layer], cases, batch: int, repeats: int, dtype=torch.
                         anchor.weight = nn.Parameter(
                             to_sparse_semi_structured(anchor.weight), requires_grad=False
                         )
-                        anchor_timing = time_cuda(partial(anchor, x), repeats)
-                        rows.append(
-                            _row(
-                                layer,
-                                "cuda",
-                                dtype_name,
-                                pattern,
-                                sparsity,
-                                "torch cuSPARSELt",
-                                anchor_timing,
-                                dense_ms,
-                                flops,
-                            )
-                        )
+                        anchor_timing, note = time_cuda(partial(anchor, x), repeats), ""
                     except (RuntimeError, ValueError) as error:
-                        rows.append(
-                            _row(
-                                layer,
-                                "cuda",
-                                dtype_name,
-                                pattern,
-                                sparsity,
-                                "torch cuSPARSELt",
-                                None,
-                                dense_ms,
-                                flops,
-                                f"unsupported: {str(error).splitlines()[0]}",
-                            )
-                        )
+                        anchor_timing, note = None, f"unsupported: {str(error).splitlines()[0]}"
+                    rows.append(_row(layer, "cuda", dtype_name, pattern, sparsity, "torch cuSPARSELt",
+                                     anchor_timing, dense_ms, flops, note))
             print(f"  gpu {layer.name}: dense {dense_ms:.3f} ms", flush=True)
     return rows
 
