@@ -193,7 +193,7 @@ def write_report(out: Path, report: dict) -> None:
     plot(report, out / "curves.png")
 
 
-def refined_predictor(name: str, spec, environment: str, rounds: int) -> tuple[str, dict]:
+def refined_predictor(name: str, spec, environment: str, rounds: int, weights: Path | None) -> tuple[str, dict]:
     """The model's sweep predictor (found or built as a sweep would), refined on the allocators' choices:
     `<predictor>-refined<rounds>` next to it, built once and reused."""
     from toolchain.inputs import make_inputs, specs_key, specs_of, vocab_size_of
@@ -211,7 +211,8 @@ def refined_predictor(name: str, spec, environment: str, rounds: int) -> tuple[s
     summary_path = Path(out) / "refinement.json"
     if not summary_path.is_file():
         summary = refine_on_allocations(RefineConfig(model_spec, input_key, spec, base.artifact,
-                                                     profile_db_for(spec, db_path), out, rounds=rounds),
+                                                     profile_db_for(spec, db_path), out, rounds=rounds,
+                                                     weights=str(weights) if weights else None),
                                         step=lambda m: print(f"[{name}] {m}", flush=True))
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
     return out, json.loads(summary_path.read_text())
@@ -275,7 +276,7 @@ def main() -> None:
         weights, _ = (None, None) if steps is None else train_briefly(name, steps)
         predictor = None
         if args.refine_predictor:
-            predictor, refinement = refined_predictor(name, spec, environment, args.refine_predictor)
+            predictor, refinement = refined_predictor(name, spec, environment, args.refine_predictor, weights)
             report["models"][name]["predictor_refinement"] = refinement
         for seed in (int(s) for s in args.seeds.split(",")):
             start_s, start_cpu_s, load_before = time.perf_counter(), time.process_time(), os.getloadavg()

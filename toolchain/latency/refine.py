@@ -47,6 +47,7 @@ class RefineConfig:
     db_path: str  # its measurement database: the allocator configurations are added to it
     out_path: str  # where the refitted predictor is saved
     rounds: int = 1
+    weights: str | None = None  # the model's weights (safetensors); None: the seeded initial weights
     # The budget runs' hardware multiple by default (BudgetConfig.round_to = 8): those are the widths asked about.
     grid: AllocatorGrid = field(default_factory=lambda: AllocatorGrid(round_tos=(8,)))
 
@@ -58,10 +59,15 @@ class RefineConfig:
 def refine_on_allocations(config: RefineConfig, step: Callable[[str], None] = lambda _: None) -> dict:
     """Run `config.rounds` rounds (allocate under the predictor, time, refit); save the last predictor at
     `config.out_path`. Returns per round the configurations timed and the refitted predictor's scores."""
+    import torch
+
     from toolchain.models import resolve_model
 
     runtime = config.target.resolve()
-    model, specs = resolve_model(config.model_spec, inputs=specs_from_key(config.input_shape))
+    # The grid ranks channels by l1 of the weights; without given weights they are drawn, so seed them: the same
+    # predictor then always asks about the same configurations (nothing is timed twice on a rerun).
+    torch.manual_seed(0)
+    model, specs = resolve_model(config.model_spec, config.weights, inputs=specs_from_key(config.input_shape))
     example_input = make_inputs(specs, vocab_size_of(model.eval()))
     names = [g.name for g in PruningGraph(copy.deepcopy(model), example_input).groups]
     predictor = load_predictor(config.predictor_path, runtime.name, runtime.backend, runtime.threads)
