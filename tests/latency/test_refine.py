@@ -25,8 +25,13 @@ def test_refinement_times_the_allocators_choices_and_trains_on_them(tmp_path):
     run_campaign(CampaignConfig.for_target(TINY, db, target, samples=10, input_shape=TINY_SHAPE))
     first = fit_predictor(FitConfig.for_target(db, "lpnet", target, models=(TINY,), train_steps=50))
     first.save(tmp_path / "first")
-    grid = AllocatorGrid(allocators=("uniform", "knapsack", "lpnet"), round_tos=(1,), budget_ratios=(0.4, 0.6, 0.8))
-    config = RefineConfig(TINY, TINY_SHAPE, target, str(tmp_path / "first"), db, str(tmp_path / "refined"), grid=grid)
+    # Seven budgets: some choices can coincide with sampled configurations already stored (not timed again).
+    grid = AllocatorGrid(allocators=("uniform", "knapsack", "lpnet"), round_tos=(1,),
+                         budget_ratios=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9))
+    # None held out: which configurations the hash split holds out depends on what the timings make the first
+    # predictor choose, and a handful can all fall on one side (the held-out score is tested with the fit).
+    config = RefineConfig(TINY, TINY_SHAPE, target, str(tmp_path / "first"), db, str(tmp_path / "refined"),
+                          grid=grid, allocator_heldout_fraction=0.0)
 
     summary = refine_on_allocations(config)
 
@@ -35,9 +40,8 @@ def test_refinement_times_the_allocators_choices_and_trains_on_them(tmp_path):
         tagged = [r for r in store.rows(model=TINY) if is_allocator_tag(r.sample_tag)]
     assert only["configurations"] >= 2 and len(tagged) == only["measured_now"] > 0
     refined = load_predictor(tmp_path / "refined")
-    held = refined.meta.allocator_heldout_metrics.get("n", 0)
-    assert refined.meta.n_allocator_train + held == len(tagged)  # every timed choice is trained on or scored
-    assert refined.meta.n_allocator_train > 0 and only["n_allocator_train"] == refined.meta.n_allocator_train
+    assert refined.meta.n_allocator_train == len(tagged) == only["n_allocator_train"]  # trained on every choice
+    assert refined.meta.allocator_heldout_metrics.get("n", 0) == 0
     assert load_predictor(tmp_path / "first").meta.n_allocator_train == 0  # the starting predictor is left as it was
     again = refine_on_allocations(config)  # same starting predictor, same choices, already stored
     assert again["rounds"][0]["measured_now"] == 0 and again["rounds"][0]["already_stored"] == only["configurations"]

@@ -48,6 +48,7 @@ class RefineConfig:
     out_path: str  # where the refitted predictor is saved
     rounds: int = 1
     weights: str | None = None  # the model's weights (safetensors); None: the seeded initial weights
+    allocator_heldout_fraction: float = 0.5  # of the allocator configurations, scored apart instead of trained on
     # The budget runs' hardware multiple by default (BudgetConfig.round_to = 8): those are the widths asked about.
     grid: AllocatorGrid = field(default_factory=lambda: AllocatorGrid(round_tos=(8,)))
 
@@ -73,7 +74,8 @@ def refine_on_allocations(config: RefineConfig, step: Callable[[str], None] = la
     predictor = load_predictor(config.predictor_path, runtime.name, runtime.backend, runtime.threads)
     campaign = CampaignConfig.for_target(config.model_spec, config.db_path, config.target,
                                          samples=0, input_shape=tuple(config.input_shape))
-    fit = FitConfig.for_target(config.db_path, "lpnet", config.target, models=(config.model_spec,))
+    fit = FitConfig.for_target(config.db_path, "lpnet", config.target, models=(config.model_spec,),
+                               allocator_heldout_fraction=config.allocator_heldout_fraction)
     rounds = []
     for index in range(config.rounds):
         configs = allocator_configs(model, example_input, PredictorLatency(predictor, names), config.grid,
