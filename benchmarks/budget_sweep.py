@@ -147,6 +147,21 @@ def run_anchors(name: str, folder: Path, seed: int, args, spec, weights, step) -
                 handle.write(json.dumps({**row, "seed": seed}) + "\n")
 
 
+CORRECTED_SUFFIX = "-corrected"
+
+
+def corrected_config(config, allocators: list[str]):
+    """The seed's sweep with the predictor corrected by each search's tries, in `<seed folder>/corrected`; the
+    seed's dense timing is copied there first, so both share one budget in ms."""
+    from dataclasses import replace
+
+    folder = Path(config.out) / "corrected"
+    folder.mkdir(exist_ok=True)
+    if not (folder / "sweep.json").is_file():
+        (folder / "sweep.json").write_text((Path(config.out) / "sweep.json").read_text())
+    return replace(config, out=folder, allocators=tuple(allocators), correct_predictor=True)
+
+
 def collect_rows(model_folder: Path) -> list[dict]:
     """Every seed's rows, toolchain and anchor, with `method` (the allocator for toolchain rows) and `seed`."""
     from toolchain.sweep import read_rows
@@ -155,6 +170,9 @@ def collect_rows(model_folder: Path) -> list[dict]:
     for folder in sorted(model_folder.glob("seed*")):
         seed = int(folder.name[4:])
         rows += [{**r, "method": r["allocator"], "seed": seed} for r in read_rows(folder)]
+        if (folder / "corrected").is_dir():
+            rows += [{**r, "method": r["allocator"] + CORRECTED_SUFFIX, "seed": seed}
+                     for r in read_rows(folder / "corrected")]
         anchors = {(r["method"], r["budget_ratio"]): r for r in read_jsonl(folder / ANCHOR_ROWS)}  # last one wins
         rows += [{**r, "seed": seed} for r in anchors.values()]
     return rows
@@ -229,6 +247,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-steps", type=int, default=30, help="the same for every method")
     parser.add_argument("--profile-samples", type=int, default=60)
     parser.add_argument("--refine-rounds", type=int, default=1)
+    parser.add_argument("--corrected", default="",
+                        help="allocators also run with BudgetConfig.correct_predictor (the predictor corrected by "
+                             "each search's own measured tries), as methods '<allocator>-corrected', in "
+                             "seed<k>/corrected/ with the seed's dense timing")
     parser.add_argument("--refine-predictor", type=int, default=0,
                         help="rounds of timing the allocators' choices under the predictor and refitting it "
                              "(toolchain.latency.refine) before the seeds run; 0: the sampled-only predictor")
@@ -261,7 +283,9 @@ def main() -> None:
                    f"ort{fingerprint['versions'].get('onnxruntime', '?')}-1t-{args.clock}-{args.statistic}")
     out = args.out or HERE.parent / "results" / f"sweep-seeds-{environment}"
     out.mkdir(parents=True, exist_ok=True)
-    methods = [*args.allocators.split(","), *(f"tp-{a}" for a in args.anchors.split(",") if a)]
+    corrected = [a for a in args.corrected.split(",") if a]
+    methods = [*args.allocators.split(","), *(f"{a}{CORRECTED_SUFFIX}" for a in corrected),
+               *(f"tp-{a}" for a in args.anchors.split(",") if a)]
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     report = {"command": " ".join(["python -m benchmarks.budget_sweep", *sys.argv[1:]]), "fingerprint": fingerprint,
               "models": previous.get("models", {})}
@@ -292,6 +316,8 @@ def main() -> None:
                                  db_path=str(Path("runs") / f"latency-sweep-{environment}.db"))
             if not args.anchors_only:
                 run_sweep(config, step)
+                if corrected:
+                    run_sweep(corrected_config(config, corrected), step)
             run_anchors(name, config.out, seed, args, spec, weights, step)
             _record_session(config.out, start_s, start_cpu_s, load_before)
             write_report(out, report)

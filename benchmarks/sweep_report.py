@@ -13,7 +13,7 @@ from benchmarks.sweep_stats import area_between, common_range, curves_of, point_
 
 ACCURACIES = {"accuracy_after_bn_recalibration": "BN re-calibration only",
               "accuracy_finetuned": "after fine-tuning"}
-TOOLCHAIN = ("lpnet", "knapsack")
+TOOLCHAIN = ("lpnet", "knapsack", "lpnet-corrected", "knapsack-corrected")  # rows of the area tables
 
 
 def summarise(rows: list[dict], methods: list[str]) -> dict:

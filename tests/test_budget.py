@@ -321,3 +321,20 @@ def test_baselines_are_refined_only_once_measurements_bracket_the_band():
     refined = refinement(problem, config, 1.0, trials, bracketed=True)  # ...until the bracket is exhausted
     # calibrated at the measured 0.85 ms, the aim (0.95 ms) is 0.559 predicted ms: one step of the cheap group
     assert refined == {"stem.0": 16, "layer1.0.conv1": 24}
+
+
+def test_cli_prune_with_correct_predictor_allocates_again_on_the_corrected_predictor(tmp_path, capsys):
+    """The power-law target of `power_law_manifest_in_band`: the first allocation misses the band; with
+    --correct-predictor the next try is the allocator's again, on the predictor corrected by that miss."""
+    from toolchain.cli import main
+
+    base_measure, _ = fake_target(fixed_ms=0.3)
+    with using_providers(fake_providers(lambda m, x: 1.6 * base_measure(m, x) ** 1.2)):
+        code = main(["prune", "--model", "zoo:demo", "--budget-ratio", "0.6", "--criterion", "l1", "--allocator",
+                     "knapsack", "--correct-predictor", "--data", "none", "--out", str(tmp_path / "p"), "--json"])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    tries = manifest["iterations"]
+    assert tries[0]["measured_ms"] < 0.9 * manifest["budget_ms"] and "corrected" not in tries[0]
+    assert tries[1].get("corrected") is True
+    assert 0.9 * manifest["budget_ms"] <= manifest["measured_latency_ms"] <= manifest["budget_ms"]

@@ -73,3 +73,48 @@ def test_the_trial_module_examples_run():
 
     results = doctest.testmod(toolchain.budget_trial)
     assert results.failed == 0 and results.attempted >= 4
+
+
+def _mis_rated_group_ms(widths) -> float:
+    """The predictor (`Linear`) rates a's channels 5x too expensive and b's 6x too cheap."""
+    return 0.1 + widths["a"] * 0.004 + widths["b"] * 0.03
+
+
+def _run(search: BudgetSearch) -> BudgetSearch:
+    while (trial := search.propose()) is not None:
+        search.observe(search.measure(trial))
+    return search
+
+
+def test_correcting_the_predictor_by_the_tries_moves_the_cuts_to_the_group_whose_savings_are_real():
+    plain = _run(_search(_mis_rated_group_ms, budget_ms=0.9)[0])
+    corrected = _run(_search(_mis_rated_group_ms, budget_ms=0.9, correct_predictor=True)[0])
+    for search in (plain, corrected):
+        assert search.trials[-1].outcome == MET and search.best() is search.trials[-1]
+    # both start from the same allocation: it cuts a, which the predictor over-rates, and misses
+    assert plain.trials[0].widths == corrected.trials[0].widths and corrected.trials[0].outcome == OVER
+    # corrected, the allocator chooses again and cuts b; plain, refinement keeps cutting a from the first try
+    assert corrected.trials[1].origin == "corrected" and corrected.trials[1].widths["b"] < 32
+    assert [t.origin for t in plain.trials[1:3]] == ["refined", "refined"]
+    assert [t.widths["b"] for t in plain.trials[:3]] == [32, 32, 32]
+    # the corrected search lands in the band in fewer tries, keeping more (lower estimated loss)
+    assert len(corrected.trials) < len(plain.trials)
+    problem = corrected.base_problem
+    assert problem.loss(corrected.best().widths) < problem.loss(plain.best().widths)
+    # the correction only ever makes cuts save less than predicted (an allocator exploits any cut it makes look
+    # cheaper), and it moves the first try's prediction, which was too low, more than halfway to its measurement
+    for trial in corrected.trials:
+        assert corrected.problem.predicted_ms(trial.widths) >= problem.predicted_ms(trial.widths)
+    first = corrected.trials[0]
+    before = problem.predicted_ms(first.widths) / corrected.scale
+    after = corrected.problem.predicted_ms(first.widths) / corrected.scale
+    assert before < after < first.measured_ms and first.measured_ms - after < 0.5 * (first.measured_ms - before)
+
+
+def test_the_correction_module_examples_run():
+    import doctest
+
+    import toolchain.allocate.correction
+
+    results = doctest.testmod(toolchain.allocate.correction)
+    assert results.failed == 0 and results.attempted >= 4

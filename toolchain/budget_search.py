@@ -19,13 +19,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from toolchain.allocate import AllocationProblem, BudgetConfig, allocate, greedy_repair
+from toolchain.allocate.correction import MeasuredCorrection
 from toolchain.budget_check import CHECKED_ALLOCATORS, JointLoss, calibration_check
 from toolchain.budget_providers import Measurer, Step
 from toolchain.budget_timing import by_statistic, run_stats
 from toolchain.budget_trial import (
     BRACKETED,
+    CORRECTED,
     MET,
     NARROWEST,
     NEIGHBOUR,
@@ -67,7 +70,8 @@ def refinement(problem: AllocationProblem, config: BudgetConfig, budget_ms: floa
     if config.allocator not in REFINED_ALLOCATORS and not bracketed:
         return None
     closest = _closest_to_aim(config, budget_ms, measured)
-    local_target_ms = config.aim_ratio * budget_ms * closest.predictor_ms / closest.measured_ms
+    # The current problem's prediction (with `correct_predictor`, the problem's latency changes between tries)
+    local_target_ms = config.aim_ratio * budget_ms * problem.predicted_ms(closest.widths) / closest.measured_ms
     narrowest = problem.narrowest()
     refined = (narrowest if local_target_ms < problem.predicted_ms(narrowest)
                else greedy_repair(problem, closest.widths, local_target_ms, fill=True))
@@ -164,9 +168,10 @@ def nearest_untried(problem: AllocationProblem, config: BudgetConfig, budget_ms:
              if (c := stepped(wider, down, -1)) is not None]
     tried = [t.widths for t in measured]
     candidates = [c for c in singles + pairs if c not in tried]
-    if not candidates or closest.predictor_ms <= 0:
+    closest_predictor_ms = problem.predicted_ms(widths)
+    if not candidates or closest_predictor_ms <= 0:
         return None
-    calibrated = [ms * closest.measured_ms / closest.predictor_ms for ms in problem.predicted_ms_many(candidates)]
+    calibrated = [ms * closest.measured_ms / closest_predictor_ms for ms in problem.predicted_ms_many(candidates)]
     aim_ms = config.aim_ratio * budget_ms
     in_band = [i for i, ms in enumerate(calibrated) if config.lower_ratio * budget_ms <= ms <= budget_ms]
     if in_band:
@@ -188,6 +193,10 @@ class BudgetSearch:
     geometric bisection once targets on both sides of the band are known). After the first miss the next
     widths come from the measurements (`between_measured`, `refinement`) when they have something new.
 
+    With `config.correct_predictor`, every miss instead refits a correction of the predictor on all tries
+    measured so far (`MeasuredCorrection`) and the allocator chooses again on the corrected predictor, aimed
+    through the try closest to the aim; `between_measured` still takes over once tries bracket the band.
+
     >>> search = BudgetSearch(problem, config, budget_ms, dense_ms, build, measurer, x)          # doctest: +SKIP
     >>> while (trial := search.propose()) is not None:                                         # doctest: +SKIP
     ...     search.observe(search.measure(trial))
@@ -201,6 +210,7 @@ class BudgetSearch:
         self.problem, self.config, self.budget_ms, self.dense_ms = problem, config, budget_ms, dense_ms
         self.build, self.measurer, self.example_input = build, measurer, example_input
         self.joint_loss, self.step = joint_loss, step
+        self.base_problem = problem  # the predictor's own problem; `problem` is it corrected, once corrected
         self.scale = problem.predicted_ms(problem.dense()) / dense_ms  # predictor ms per measured ms
         self.narrowest = problem.narrowest()
         self.narrowest_predictor_ms = problem.predicted_ms(self.narrowest)
@@ -230,16 +240,23 @@ class BudgetSearch:
         if self.target_ms < self.narrowest_predictor_ms:
             self.step("the prediction says the budget is below the narrowest model: measuring that model")
             return dict(self.narrowest), NARROWEST, None
-        self.step(f"allocating widths ({config.allocator}) for {self.target_ms:.3f} predicted ms")
+        corrected = " (predictor corrected by the tries so far)" if config.correct_predictor and self.trials else ""
+        self.step(f"allocating widths ({config.allocator}) for {self.target_ms:.3f} predicted ms{corrected}")
         widths, check = allocate(config.allocator, problem, self.target_ms), None
         if config.allocator in CHECKED_ALLOCATORS and self.joint_loss is not None:
             widths, check = calibration_check(problem, widths, self.target_ms, self.joint_loss, config.refine_rounds)
         if any(widths == t.widths for t in self.trials):
+            refined = (refinement(problem, config, self.budget_ms, self.trials, bracketed=True)
+                       if config.correct_predictor else None)
+            if refined is not None:
+                self.step("the allocation was measured before: refining the model closest to the aim")
+                return refined, REFINED, None
             untried = nearest_untried(problem, config, self.budget_ms, self.trials)
             if untried is not None:
                 self.step("the allocation was measured before: trying its nearest untried neighbour")
                 return untried, NEIGHBOUR, None
-        return widths, allocator_origin(config.allocator), check
+        origin = CORRECTED if config.correct_predictor and self.trials else allocator_origin(config.allocator)
+        return widths, origin, check
 
     def measure(self, trial: Trial) -> Trial:
         """Build the trial's model and time it on the target; returns the trial, timed."""
@@ -288,6 +305,9 @@ class BudgetSearch:
         if trial.outcome == MET:
             self.done = True
             return
+        if config.correct_predictor:
+            self._correct()
+            return
         # Rescale by the miss; once targets on both sides of the band are known, bisect between them
         # (rescaling alone oscillates when width steps move the latency by more than the band).
         if trial.outcome == OVER:
@@ -302,6 +322,21 @@ class BudgetSearch:
         refined = None if between is not None else refinement(self.problem, config, budget_ms, self.trials,
                                                               bracketed)
         self.planned = (between, BRACKETED) if between is not None else (refined, REFINED) if refined else None
+
+    def _correct(self) -> None:
+        """Refit the predictor's correction on every try, re-aim through the try closest to the aim, and plan the
+        walk between tries once they bracket the band (else the allocator chooses again, on the corrected
+        predictor)."""
+        base, config = self.base_problem, self.config
+        measured = [(base.vector(t.widths), t.measured_ms * self.scale) for t in self.trials]
+        self.problem = replace(base, latency=MeasuredCorrection.fit(base.latency, base.vector(base.dense()), measured))
+        self.narrowest_predictor_ms = self.problem.predicted_ms(self.narrowest)
+        closest = _closest_to_aim(config, self.budget_ms, self.trials)
+        # The correction reproduces the tries only up to its ridge: calibrate what is left at the closest try.
+        calibration = self.problem.predicted_ms(closest.widths) / closest.measured_ms
+        self.target_ms = config.aim_ratio * self.budget_ms * calibration
+        between = between_measured(self.problem, config, self.budget_ms, self.trials)
+        self.planned = (between, BRACKETED) if between is not None else None
 
     def best(self) -> Trial:
         """The slowest trial within the budget (the most accuracy kept), or the fastest if none is."""

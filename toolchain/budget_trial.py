@@ -23,7 +23,9 @@ NARROWEST = "narrowest"
 BRACKETED = "bracketed"  # between a model measured below the band and one above it (budget_search.between_measured)
 REFINED = "refined"  # groups stepped next to the measured model closest to the aim (budget_search.refinement)
 NEIGHBOUR = "neighbour"  # the nearest untried neighbour of an allocation measured before (nearest_untried)
-SEARCHES = (BRACKETED, REFINED, NEIGHBOUR)
+# The allocator again, on the predictor corrected by the tries measured so far (BudgetConfig.correct_predictor).
+CORRECTED = "corrected"
+SEARCHES = (BRACKETED, REFINED, NEIGHBOUR, CORRECTED)
 
 # A trial's verdict: within the band [lower_ratio, 1] x budget (met), above the budget (over), below the band
 # (under: meets the budget, but leaves accuracy on the table), or over budget at the narrowest allowed widths.

@@ -227,7 +227,8 @@ class Accuracy:
         return doc
 
 
-_ORIGINS = ("bracketed", "refined", "neighbour")  # how a try's widths were chosen when not by the allocator
+# How a try's widths were chosen when not by the allocator on the predictor alone (budget_trial.SEARCHES).
+_ORIGINS = ("bracketed", "refined", "neighbour", "corrected")
 
 
 @dataclass(frozen=True)

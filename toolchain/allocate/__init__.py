@@ -59,6 +59,9 @@ class BudgetConfig:
     lower_ratio: float = BUDGET_BAND_LOW  # a measured latency in [lower_ratio, 1] x budget is accepted
     aim_ratio: float = 0.95  # first aim, as a share of the budget
     refine_rounds: int = 2  # lpnet/knapsack: exchange rounds on the joint calibration loss (0: none)
+    # After every measured try, correct the predictor by the tries measured so far and allocate again
+    # (`toolchain.allocate.correction`) instead of refining the first allocation locally.
+    correct_predictor: bool = False
     # Recovery after pruning (with data): distillation bounded by time by default (`RecoveryConfig`).
     recovery: RecoveryConfig = RecoveryConfig()
     # A fixed number of distillation steps instead (0: BN re-calibration only), e.g. equal recovery for every

@@ -284,6 +284,11 @@ def saliency_config(shapley_samples: int, shapley_seconds: float):
     return SaliencyConfig(shapley_samples=shapley_samples, shapley_seconds=shapley_seconds)
 
 
+correct_predictor_option = click.option(
+    "--correct-predictor/--no-correct-predictor", default=BudgetConfig.correct_predictor, show_default=True,
+    help="after each measured try, correct the latency predictor by the tries so far and allocate again "
+         "(instead of refining the first allocation locally)")
+
 budget_options = group(
     click.option("--budget-ms", type=POSITIVE_MS, help="latency budget in ms on the target (replaces --ratio)"),
     click.option("--budget-ratio", type=SHARE, help="budget as a share of the dense model's measured latency"),
@@ -291,7 +296,8 @@ budget_options = group(
                  help="saliency criterion (with a budget); auto: taylor with data, l2 (data-free) without"),
     click.option("--allocator", type=ALLOCATORS, default=BudgetConfig.allocator, show_default=True,
                  help="width allocator (with a budget)"),
-    budget_statistic_option, predictor_option, profile_samples_option, shapley_samples_option)
+    correct_predictor_option, budget_statistic_option, predictor_option, profile_samples_option,
+    shapley_samples_option)
 
 
 # --- output ----------------------------------------------------------------------------------------------------

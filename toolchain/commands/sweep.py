@@ -9,6 +9,7 @@ from toolchain.commands.options import (
     ALLOCATOR_LIST,
     CRITERION_LIST,
     budget_statistic_option,
+    correct_predictor_option,
     data_option,
     finetune_steps_option,
     input_shape_option,
@@ -35,6 +36,7 @@ from toolchain.commands.options import (
 @click.option("--criteria", type=CRITERION_LIST, default="l1,taylor,shapley,composite", show_default=True)
 @click.option("--allocators", type=ALLOCATOR_LIST, default="lpnet,knapsack,uniform,macs", show_default=True)
 @finetune_steps_option
+@correct_predictor_option
 @budget_statistic_option
 @shapley_samples_option
 @profile_samples_option
@@ -48,8 +50,8 @@ from toolchain.commands.options import (
 @out_option()
 @quiet_option
 def sweep(model, weights, input_shape, data, target, backend, threads, clock, statistic, budgets, criteria, allocators,
-          finetune_steps, budget_statistic, shapley_samples, shapley_seconds, profile_samples, predictor, workers,
-          executor, ray_address, out, quiet) -> None:
+          finetune_steps, correct_predictor, budget_statistic, shapley_samples, shapley_seconds, profile_samples,
+          predictor, workers, executor, ray_address, out, quiet) -> None:
     """Run every budget x criterion x allocator point; rows go to OUT/rows.csv and OUT/rows.json.
 
     With --finetune-steps > 0 every point also reports accuracy after that much distillation fine-tuning.
@@ -66,7 +68,8 @@ def sweep(model, weights, input_shape, data, target, backend, threads, clock, st
         model=model, out=out, budgets=parse_budgets(budgets), criteria=criteria, allocators=allocators,
         target=measured_on,
         data=data, weights=weights, input_shape=input_shape,
-        finetune_steps=finetune_steps, budget_statistic=budget_statistic, workers=workers, predictor=predictor,
+        finetune_steps=finetune_steps, correct_predictor=correct_predictor, budget_statistic=budget_statistic,
+        workers=workers, predictor=predictor,
         saliency=saliency_config(shapley_samples, shapley_seconds),
         executor=ExecutorConfig(executor, ray_address=ray_address))
     rows = run_sweep(config, Steps(quiet))
