@@ -41,7 +41,13 @@ from toolchain.graph_attention import (
     refuse_heads_that_fail_removal,
 )
 from toolchain.graph_conv1d import conv1d_magnitude, customized_pruners, root_layer_types
-from toolchain.graph_reference import ReferenceMasks, is_channel_norm, regrouped_layer, unverifiable_norm_reason
+from toolchain.graph_reference import (
+    ReferenceMasks,
+    channel_norm_weights,
+    norm_of,
+    regrouped_layer,
+    unverifiable_norm_reason,
+)
 from toolchain.graph_scale import fold_weight_standardization, scale_pruners
 from toolchain.inputs import ModelInputs, call_model, flatten_outputs, output_shapes
 
@@ -142,8 +148,7 @@ class PruningGraph:
         self._roots: dict[str, nn.Module] = {}
         self._heads: dict[str, AttentionHeads] = {}
         # RMSNorm-style weights are traced as bare parameters: map them back to their norm.
-        self._norm_weights = {id(m.weight): m for m in model.modules() if is_channel_norm(m)
-                              and isinstance(getattr(m, "weight", None), nn.Parameter)}
+        self._norm_weights = channel_norm_weights(model)
         # Full groups found at construction, valid until the first shrink: rebuilding a group
         # re-derives every concat/split index mapping, which dominates on DenseNet-like models.
         self._initial_groups: dict[str, object] = {}
@@ -354,25 +359,15 @@ class PruningGraph:
                 heads = self._heads[group.name]
                 masks.zero_inputs(heads.output, heads.input_drops(idxs))
                 continue
-            for dep, dep_idxs in self._group_of(self._roots[group.name], idxs):
-                module = dep.target.module
-                norm = self._norm_of(module)
-                if norm is not None:
-                    masks.drop_norm_channels(norm, dep_idxs)
-                elif not isinstance(module, nn.Parameter) and module in self._names:
-                    consumer = self._dg.get_pruner_of_module(module)
-                    if consumer is not None and dep.handler == consumer.prune_in_channels \
-                            and dep.handler != consumer.prune_out_channels:
-                        masks.zero_inputs(module, dep_idxs, 1 if isinstance(module, nn.modules.conv._ConvNd) else -1)
+            reason = masks.mask_group(self._dg, self._group_of(self._roots[group.name], idxs), self._norm_weights,
+                                      self._names)
+            if reason is not None:  # such groups are frozen at construction (`_freeze_reason`)
+                raise ToolchainError(reason)
         return masks.run(self.model, self.example_input)
 
     def _norm_of(self, module) -> nn.Module | None:
         """The norm over channels that `module` is, or whose weight it is (an unwrapped parameter)."""
-        if isinstance(module, nn.Module) and is_channel_norm(module):
-            return module
-        if isinstance(module, nn.Parameter):
-            return self._norm_weights.get(id(module))
-        return None
+        return norm_of(module, self._norm_weights)
 
     def _prune_group(self, group: ChannelGroup, target: int, idxs: list[int]):
         """Remove `idxs` of the group's root outputs (and what they couple to); returns the Torch-Pruning group."""

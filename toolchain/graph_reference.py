@@ -10,6 +10,7 @@ channels regroups the rest) is refused before anything is pruned.
 
 >>> masks = ReferenceMasks()
 >>> masks.zero_inputs(model.fc2, [3, 7])          # doctest: +SKIP
+>>> masks.mask_group(dg, group, channel_norm_weights(model), names)   # doctest: +SKIP
 >>> reference = masks.run(model, example_input)   # doctest: +SKIP
 """
 
@@ -48,6 +49,21 @@ def norm_channel_dim(module: nn.Module) -> int | None:
     return None
 
 
+def channel_norm_weights(model: nn.Module) -> dict[int, nn.Module]:
+    """Norms over channels by the id of their weight: RMSNorm-style weights are traced as bare parameters."""
+    return {id(m.weight): m for m in model.modules()
+            if is_channel_norm(m) and isinstance(getattr(m, "weight", None), nn.Parameter)}
+
+
+def norm_of(module, norm_weights: dict[int, nn.Module]) -> nn.Module | None:
+    """The norm over channels that `module` is, or whose weight it is (an unwrapped parameter)."""
+    if isinstance(module, nn.Module) and is_channel_norm(module):
+        return module
+    if isinstance(module, nn.Parameter):
+        return norm_weights.get(id(module))
+    return None
+
+
 def unverifiable_norm_reason(module: nn.Module, path: str) -> str | None:
     """Why removing channels through this norm could not be verified (None if it can)."""
     if not is_channel_norm(module) or norm_channel_dim(module) is not None:
@@ -71,6 +87,29 @@ class ReferenceMasks:
 
     def drop_norm_channels(self, norm: nn.Module, channels) -> None:
         self._norms.setdefault(norm, set()).update(int(c) for c in channels)
+
+    def mask_group(self, dg, group, norm_weights: dict[int, nn.Module], names: dict[nn.Module, str]) -> str | None:
+        """Mask every channel a Torch-Pruning `group` removes, where it is consumed.
+
+        Norms over channels (modules, or their weight traced as a bare parameter: `norm_weights`) drop the
+        channels; layers of the model (`names`) whose dependency is their input-channel pruner see zeros there
+        (dim 1 for convolutions, the last dim otherwise). Returns why the group cannot be masked (a norm that
+        cannot be recomputed on a subset of its channels, `unverifiable_norm_reason`), else None.
+        """
+        for dep, dep_idxs in group:
+            module = dep.target.module
+            norm = norm_of(module, norm_weights)
+            if norm is not None:
+                reason = unverifiable_norm_reason(norm, names.get(norm, type(norm).__name__))
+                if reason is not None:
+                    return reason
+                self.drop_norm_channels(norm, dep_idxs)
+            elif not isinstance(module, nn.Parameter) and module in names:
+                consumer = dg.get_pruner_of_module(module)
+                if consumer is not None and dep.handler == consumer.prune_in_channels \
+                        and dep.handler != consumer.prune_out_channels:
+                    self.zero_inputs(module, dep_idxs, 1 if isinstance(module, nn.modules.conv._ConvNd) else -1)
+        return None
 
     def run(self, model: nn.Module, example_input: ModelInputs) -> list[torch.Tensor]:
         """The dense model's flattened outputs with every mask applied."""
