@@ -3,8 +3,8 @@
 Removing a channel is the same as feeding zeros for it to every linear consumer (convolution,
 linear layer, the output projection of attention heads), so the shrunk model must reproduce
 the dense model with those inputs zeroed. A normalisation over the channel dimension (LayerNorm,
-RMSNorm, single-group GroupNorm) is not linear: after the shrink it normalises over the kept
-channels only, so in the reference it is computed over the kept channels too (its other outputs
+RMSNorm, single-group GroupNorm, ConvNeXt-V2's GlobalResponseNorm) is not linear: after the shrink it
+normalises over the kept channels only, so in the reference it is computed over the kept channels too (its other outputs
 are zero). A norm that cannot be computed that way (GroupNorm with several groups: removing
 channels regroups the rest) is refused before anything is pruned.
 
@@ -31,9 +31,17 @@ def _is_rms_norm(module: nn.Module) -> bool:
     return "rmsnorm" in name and isinstance(getattr(module, "weight", None), nn.Parameter)
 
 
+def _is_global_response_norm(module: nn.Module) -> bool:
+    """timm's GlobalResponseNorm (ConvNeXt-V2): each channel's response divided by the mean over channels."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "GlobalResponseNorm" and isinstance(weight, nn.Parameter) and weight.dim() == 1
+            and getattr(module, "channel_dim", None) in (1, -1))
+
+
 def is_channel_norm(module: nn.Module) -> bool:
     """A normalisation whose statistics run over channels (so masking alone is no reference)."""
-    return isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or _is_rms_norm(module)
+    return (isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or _is_rms_norm(module)
+            or _is_global_response_norm(module))
 
 
 def norm_channel_dim(module: nn.Module) -> int | None:
@@ -46,6 +54,8 @@ def norm_channel_dim(module: nn.Module) -> int | None:
         return (1 if channels_first else -1) if len(module.normalized_shape) == 1 else None
     if _is_rms_norm(module):
         return 1 if channels_first else -1
+    if _is_global_response_norm(module):
+        return module.channel_dim
     return None
 
 

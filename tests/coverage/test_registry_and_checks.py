@@ -92,3 +92,18 @@ def test_onnx_round_trip_with_named_integer_inputs(tmp_path):
     with torch.no_grad():
         model.proj.bias.add_(1.0)  # the file no longer matches the module: the check sees it
     assert onnx_max_relative_error(model, inputs, path) > 1e-2
+
+
+def test_weights_a_library_starts_at_zero_are_woken_so_checks_can_see_pruning_errors():
+    import doctest
+
+    import toolchain.coverage._registry as registry
+
+    assert doctest.testmod(registry).failed == 0
+    built = registry.build("torchvision:vit_b_16", "small")  # torchvision initialises the head to zero
+    assert float(built.model.heads.head.weight.abs().sum()) > 0
+    with torch.no_grad():
+        assert float(built.model(built.inputs).abs().max()) > 0  # the output depends on the features again
+    untouched = torch.nn.Linear(3, 2)
+    before = untouched.weight.detach().clone()
+    assert registry.wake_zero_weights(untouched) == [] and torch.equal(untouched.weight, before)
