@@ -213,7 +213,6 @@ class BudgetSearch:
         self.base_problem = problem  # the predictor's own problem; `problem` is it corrected, once corrected
         self.scale = problem.predicted_ms(problem.dense()) / dense_ms  # predictor ms per measured ms
         self.narrowest = problem.narrowest()
-        self.narrowest_predictor_ms = problem.predicted_ms(self.narrowest)
         self.target_ms = config.aim_ratio * budget_ms * self.scale  # the internal target, predictor ms
         self.too_low_ms, self.too_high_ms = 0.0, float("inf")  # internal targets known to land below / above
         self.planned: tuple[dict[str, int], str] | None = None  # next widths, chosen from measurements, and how
@@ -237,17 +236,17 @@ class BudgetSearch:
                       else f"refining the widest model under budget ({config.allocator}) for "
                            f"{self.target_ms:.3f} predicted ms")
             return widths, origin, None
-        if self.target_ms < self.narrowest_predictor_ms:
+        if self.target_ms < problem.predicted_ms(self.narrowest):  # the current (maybe corrected) prediction
             self.step("the prediction says the budget is below the narrowest model: measuring that model")
             return dict(self.narrowest), NARROWEST, None
-        corrected = " (predictor corrected by the tries so far)" if config.correct_predictor and self.trials else ""
+        correcting = config.correct_predictor and bool(self.trials)
+        corrected = " (predictor corrected by the tries so far)" if correcting else ""
         self.step(f"allocating widths ({config.allocator}) for {self.target_ms:.3f} predicted ms{corrected}")
         widths, check = allocate(config.allocator, problem, self.target_ms), None
         if config.allocator in CHECKED_ALLOCATORS and self.joint_loss is not None:
             widths, check = calibration_check(problem, widths, self.target_ms, self.joint_loss, config.refine_rounds)
         if any(widths == t.widths for t in self.trials):
-            refined = (refinement(problem, config, self.budget_ms, self.trials, bracketed=True)
-                       if config.correct_predictor else None)
+            refined = refinement(problem, config, self.budget_ms, self.trials, bracketed=True) if correcting else None
             if refined is not None:
                 self.step("the allocation was measured before: refining the model closest to the aim")
                 return refined, REFINED, None
@@ -255,7 +254,7 @@ class BudgetSearch:
             if untried is not None:
                 self.step("the allocation was measured before: trying its nearest untried neighbour")
                 return untried, NEIGHBOUR, None
-        origin = CORRECTED if config.correct_predictor and self.trials else allocator_origin(config.allocator)
+        origin = CORRECTED if correcting else allocator_origin(config.allocator)
         return widths, origin, check
 
     def measure(self, trial: Trial) -> Trial:
@@ -330,7 +329,6 @@ class BudgetSearch:
         base, config = self.base_problem, self.config
         measured = [(base.vector(t.widths), t.measured_ms * self.scale) for t in self.trials]
         self.problem = replace(base, latency=MeasuredCorrection.fit(base.latency, base.vector(base.dense()), measured))
-        self.narrowest_predictor_ms = self.problem.predicted_ms(self.narrowest)
         closest = _closest_to_aim(config, self.budget_ms, self.trials)
         # The correction reproduces the tries only up to its ridge: calibrate what is left at the closest try.
         calibration = self.problem.predicted_ms(closest.widths) / closest.measured_ms

@@ -46,6 +46,7 @@ from toolchain.graph_reference import (
     channel_norm_weights,
     norm_of,
     regrouped_layer,
+    relative_error,
     unverifiable_norm_reason,
 )
 from toolchain.graph_scale import fold_weight_standardization, scale_pruners
@@ -230,7 +231,7 @@ class PruningGraph:
                            None)
             if refused is not None:
                 return refused
-            norm = self._norm_of(module)
+            norm = norm_of(module, self._norm_weights)
             if norm is not None and unverifiable_norm_reason(norm, self._names[norm]):
                 return unverifiable_norm_reason(norm, self._names[norm])
             refusal = graph_build.grouped_conv_refusal(module)
@@ -365,10 +366,6 @@ class PruningGraph:
                 raise ToolchainError(reason)
         return masks.run(self.model, self.example_input)
 
-    def _norm_of(self, module) -> nn.Module | None:
-        """The norm over channels that `module` is, or whose weight it is (an unwrapped parameter)."""
-        return norm_of(module, self._norm_weights)
-
     def _prune_group(self, group: ChannelGroup, target: int, idxs: list[int]):
         """Remove `idxs` of the group's root outputs (and what they couple to); returns the Torch-Pruning group."""
         root = self._roots[group.name]
@@ -446,8 +443,7 @@ class PruningGraph:
         if reference is not None:
             self.verified_error = 0.0
             for expected, got in zip(reference, flatten_outputs(outputs), strict=True):
-                scale = float(expected.abs().max()) or 1.0
-                error = float((expected - got).abs().max()) / scale
+                error = relative_error(expected, got)
                 self.verified_error = max(self.verified_error, error)
                 if error > EQUIVALENCE_TOLERANCE:
                     ops = [self._describe_ops(g) for g in pruned_groups]

@@ -4,8 +4,8 @@ Removing a channel is the same as feeding zeros for it to every linear consumer 
 linear layer, the output projection of attention heads), so the shrunk model must reproduce
 the dense model with those inputs zeroed. A normalisation over the channel dimension (LayerNorm,
 RMSNorm, single-group GroupNorm, ConvNeXt-V2's GlobalResponseNorm) is not linear: after the shrink it
-normalises over the kept channels only, so in the reference it is computed over the kept channels too (its other outputs
-are zero). A norm that cannot be computed that way (GroupNorm with several groups: removing
+normalises over the kept channels only, so in the reference it is computed over the kept channels too
+(its other outputs are zero). A norm that cannot be computed that way (GroupNorm with several groups: removing
 channels regroups the rest) is refused before anything is pruned.
 
 >>> masks = ReferenceMasks()
@@ -57,6 +57,19 @@ def norm_channel_dim(module: nn.Module) -> int | None:
     if _is_global_response_norm(module):
         return module.channel_dim
     return None
+
+
+def relative_error(expected: torch.Tensor, got: torch.Tensor) -> float:
+    """max |got - expected| relative to the reference's largest magnitude (an all-zero reference: absolute);
+    what a shrink's outputs are held to against the masked dense model.
+
+    >>> relative_error(torch.tensor([2.0, -4.0]), torch.tensor([2.0, -3.0]))
+    0.25
+    """
+    if expected.numel() == 0:
+        return 0.0
+    expected, got = expected.double(), got.double()
+    return float((expected - got).abs().max()) / (float(expected.abs().max()) or 1.0)
 
 
 def channel_norm_weights(model: nn.Module) -> dict[int, nn.Module]:

@@ -26,7 +26,7 @@ import torch_pruning as tp
 from torch import nn
 
 from toolchain.graph import EQUIVALENCE_TOLERANCE
-from toolchain.graph_reference import ReferenceMasks, channel_norm_weights
+from toolchain.graph_reference import ReferenceMasks, channel_norm_weights, relative_error
 from toolchain.inputs import ModelInputs
 
 # The toolchain's own tolerance for a shrink against its masked dense model (fp32 summation order only).
@@ -104,11 +104,4 @@ def max_relative_error(reference: list[torch.Tensor], outputs: list[torch.Tensor
     """
     if len(reference) != len(outputs):
         raise ValueError(f"{len(outputs)} outputs against a reference of {len(reference)}")
-    worst = 0.0
-    for expected, got in zip(reference, outputs):
-        if expected.numel() == 0:
-            continue
-        expected, got = expected.double(), got.double()
-        scale = float(expected.abs().max()) or 1.0
-        worst = max(worst, float((expected - got).abs().max()) / scale)
-    return worst
+    return max((relative_error(expected, got) for expected, got in zip(reference, outputs)), default=0.0)
