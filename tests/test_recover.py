@@ -23,6 +23,7 @@ from toolchain.recover import (
     PLATEAU,
     REACHED_DENSE,
     STEPS_DONE,
+    TIME_LIMIT,
     TURNED_OFF,
     RecoveryConfig,
     _TeacherCache,
@@ -67,7 +68,8 @@ def test_a_time_bounded_run_stops_once_it_reaches_the_dense_models_calibration_a
     teacher, data = _one_hot_task()
     student = copy.deepcopy(teacher)  # starts at the teacher's accuracy, and lr 0 keeps it there
     progress = []
-    done = recover(student, teacher, data, RecoveryConfig(seconds=600, eval_every=2, max_lr=0.0, batch_size=8),
+    done = recover(student, teacher, data, RecoveryConfig(seconds=600, eval_every=2, max_lr=0.0, batch_size=8,
+                                                          early_stop_after=0.0),
                    on_progress=lambda done, total, what: progress.append((done, total, what)))
     report = done["recovery"]
     assert report["ran"] and report["mode"] == "seconds" and report["stop_reason"] == REACHED_DENSE
@@ -83,10 +85,23 @@ def test_a_time_bounded_run_stops_on_a_plateau_and_keeps_the_best_weights():
     nn.init.zeros_(student.weight)
     nn.init.zeros_(student.bias)  # predicts class 0 for everything: a third right, and lr 0 keeps it so
     done = recover(student, teacher, data, RecoveryConfig(seconds=600, eval_every=2, patience=3, max_lr=0.0,
-                                                          batch_size=8))
+                                                          batch_size=8, early_stop_after=0.0))
     report = done["recovery"]
     assert report["stop_reason"] == PLATEAU and report["steps"] == 2 * 3
     assert report["calib_accuracy_after"] == report["calib_accuracy_before"] == pytest.approx(1 / 3)
+
+
+def test_no_early_stop_before_early_stop_after_share_of_the_time_bound():
+    teacher, data = _one_hot_task()
+    student = nn.Linear(3, 3)
+    nn.init.zeros_(student.weight)
+    nn.init.zeros_(student.bias)  # never improves (lr 0): only the time bound may end the run
+    done = recover(student, teacher, data, RecoveryConfig(seconds=0.5, eval_every=1, patience=1, max_lr=0.0,
+                                                          batch_size=8, early_stop_after=1.0))
+    report = done["recovery"]
+    assert report["stop_reason"] == TIME_LIMIT and report["steps"] > 1
+    with pytest.raises(ToolchainError, match="early_stop_after"):
+        RecoveryConfig(early_stop_after=1.5)
 
 
 def test_fixed_steps_take_exactly_that_many_steps_and_improve_a_pruned_model(small_mnist, dense_and_pruned):
