@@ -110,6 +110,41 @@ def run_point(dense, inputs, config: TransformerPruneConfig, dense_eval, corpus,
     return row
 
 
+def run_folder(folder: Path, inputs, dense_eval, corpus, dense_train, args, measure_config: MeasureConfig) -> dict:
+    """A pruned-model folder the CLI wrote (`toolchain prune --model zoo:minilm --budget-ratio r`): re-timed and
+    its embeddings compared like the grid's points; the budget search's own figures kept from its manifest."""
+    from toolchain.archive import load_pruned
+
+    model, manifest = load_pruned(folder)
+    budget = {key: manifest.get(key) for key in ("budget_ms", "budget_ratio", "budget_met", "budget_statistic",
+                                                  "dense_latency_ms", "predicted_latency_ms", "measured_latency_ms")}
+    row = {
+        "criterion": f"cli: {manifest.get('criterion')} + {manifest.get('allocator')}",
+        "folder": str(folder),
+        "feed_forward_ratio": None,
+        "head_ratio": None,
+        "per_group_widths": manifest.get("per_group_widths"),
+        "feed_forward_widths": [],
+        "params": manifest["params"],
+        "dense_params": manifest["dense_params"],
+        "macs": manifest["macs"],
+        "dense_macs": manifest["dense_macs"],
+        "budget": budget,
+    }
+    row.update(measured_latency(model, inputs, measure_config))
+    with torch_threads(1):
+        row["quality"] = asdict(compare_embeddings(dense_eval, embed(model, corpus.evaluation)))
+        if args.distill_seconds > 0:
+            report = distill_embeddings(model, dense_train, list(corpus.training),
+                                        lambda s: tokenize(s, SEQUENCE_LENGTH, pad_to_longest=True),
+                                        DistillConfig(seconds=args.distill_seconds, batch_size=args.batch_size,
+                                                      lr=args.lr))
+            row["distillation"] = asdict(report)
+            row["quality_distilled"] = asdict(compare_embeddings(dense_eval, embed(model, corpus.evaluation)))
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
@@ -134,8 +169,9 @@ def markdown_report(result: dict) -> str:
     for row in result["rows"]:
         quality, distilled = row["quality"], row.get("quality_distilled")
         lines.append(
-            f"| {row['criterion'] if row['feed_forward_ratio'] or row['head_ratio'] else 'dense'} "
-            f"| {row['feed_forward_ratio']} | {row['head_ratio']} "
+            f"| {row['criterion'] if row['feed_forward_ratio'] != 0 or row['head_ratio'] != 0 else 'dense'} "
+            f"| {row['feed_forward_ratio'] if 'folder' not in row else 'per layer'} "
+            f"| {row['head_ratio'] if 'folder' not in row else 'per layer'} "
             f"| {'/'.join(map(str, row['feed_forward_widths']))} "
             f"| {row['params'] / 1e6:.2f} | {row['macs'] / 1e9:.2f} | {row['latency_ms']:.2f} "
             f"| {dense_ms / row['latency_ms']:.2f}x | {quality['mean_cosine']:.4f} / {quality['min_cosine']:.4f} "
@@ -167,6 +203,9 @@ def main() -> None:
     parser.add_argument("--distill-seconds", type=float, default=90.0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--cli-folders", default="",
+                        help="pruned-model folders written by `toolchain prune --model zoo:minilm --budget-*`, "
+                             "comma-separated: re-timed and evaluated like the grid's points")
     parser.add_argument("--statistic", choices=STATISTICS, default="min")
     parser.add_argument("--clock", choices=list(CLOCKS), default="thread_cpu")
     parser.add_argument("--machine-note", default="2-vCPU shared development machine, loaded by other jobs")
@@ -236,6 +275,9 @@ def main() -> None:
                     notes.append(f"{criterion}, FFN ratio {feed_forward_ratio}, head ratio {head_ratio}: refused: "
                                  f"{error}")
                 save()
+    for folder in (Path(f) for f in args.cli_folders.split(",") if f):
+        rows.append(run_folder(folder, inputs, dense_eval, corpus, dense_train, args, measure_config))
+        save()
     dense_rows = [r for r in rows if r["feed_forward_ratio"] == 0 and r["head_ratio"] == 0]
     for fraction in (float(f) for f in args.budget_fractions.split(",") if f):
         budget_ms = fraction * dense_rows[0]["latency_ms"]
