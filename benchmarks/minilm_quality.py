@@ -115,7 +115,8 @@ def run_folder(folder: Path, inputs, dense_eval, corpus, dense_train, args, meas
     its embeddings compared like the grid's points; the budget search's own figures kept from its manifest."""
     from toolchain.archive import load_pruned
 
-    model, manifest = load_pruned(folder)
+    model, _arch = load_pruned(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
     budget = {key: manifest.get(key) for key in ("budget_ms", "budget_ratio", "budget_met", "budget_statistic",
                                                   "dense_latency_ms", "predicted_latency_ms", "measured_latency_ms")}
     row = {
@@ -275,6 +276,9 @@ def main() -> None:
                     notes.append(f"{criterion}, FFN ratio {feed_forward_ratio}, head ratio {head_ratio}: refused: "
                                  f"{error}")
                 save()
+    if args.cli_folders:
+        result["pruned_dims"] += ("; cli rows: whole heads and feed-forward widths per layer as the CLI's budget run "
+                                  "chose them (per_group_widths in the JSON)")
     for folder in (Path(f) for f in args.cli_folders.split(",") if f):
         rows.append(run_folder(folder, inputs, dense_eval, corpus, dense_train, args, measure_config))
         save()

