@@ -12,8 +12,9 @@ recovery: a fixed step count, not a time bound.
     PYTHONPATH=. python benchmarks/minilm_allocators.py --budgets 0.7,0.55 --allocators lpnet,knapsack,uniform,macs \
         --seeds 1,2,3 --distill-steps 60 --out benchmarks/results/minilm-allocators
 
-Writes rows.jsonl (one row per budget, allocator and seed, appended: a cut-short run keeps what it measured)
-and summary.md (mean ± 95 % t-interval over seeds; each allocator minus `uniform` and `macs`, paired by seed).
+Writes rows.jsonl (one row per budget, allocator and seed, appended: a cut-short run keeps what it measured),
+the CLI's manifests (manifests/) and summary.md (mean ± 95 % t-interval over seeds; each allocator minus
+`uniform` and `macs`, paired by seed).
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--out", default="benchmarks/results/minilm-allocators")
+    parser.add_argument("--models", default="runs/minilm-allocators",
+                        help="where the CLI writes the pruned folders (about 140 MB each: kept out of the results; "
+                             "their manifests are copied to <out>/manifests)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,8 +112,10 @@ def main() -> None:
             seeds = [int(s) for s in args.seeds.split(",") if (budget, allocator, int(s)) not in done]
             if not seeds:
                 continue
-            folder = out / "models" / f"budget{budget}-{allocator}"
+            folder = Path(args.models) / f"budget{budget}-{allocator}"
             manifest = prune_with_cli(budget, allocator, folder)
+            (out / "manifests").mkdir(exist_ok=True)
+            (out / "manifests" / f"{folder.name}.json").write_text(json.dumps(manifest, indent=1) + "\n")
             pruned, _ = load_pruned(folder)
             with torch_threads(1):
                 before = compare_embeddings(dense_eval, embed(pruned, corpus.evaluation))
