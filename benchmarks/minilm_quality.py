@@ -95,17 +95,25 @@ def run_point(dense, inputs, config: TransformerPruneConfig, dense_eval, corpus,
         "dense_macs": manifest["dense_macs"],
         "prune_s": round(time.monotonic() - started, 1),
     }
-    row.update(measured_latency(pruned.model, inputs, measure_config))
+    distill = config.feed_forward_ratio > 0 or config.head_ratio > 0
+    return _timed_and_evaluated(row, copy.deepcopy(pruned.model), inputs, dense_eval, corpus, dense_train, args,
+                                measure_config, distill)
+
+
+def _timed_and_evaluated(row: dict, model, inputs, dense_eval, corpus, dense_train, args,
+                         measure_config: MeasureConfig, distill: bool = True) -> dict:
+    """Time `model`, compare its embeddings with the dense ones, then distil it in place (when asked and
+    `--distill-seconds` > 0) and compare again; the row gets latency, quality and quality_distilled."""
+    row.update(measured_latency(model, inputs, measure_config))
     with torch_threads(1):
-        row["quality"] = asdict(compare_embeddings(dense_eval, embed(pruned.model, corpus.evaluation)))
-        if args.distill_seconds > 0 and (config.feed_forward_ratio > 0 or config.head_ratio > 0):
-            student = copy.deepcopy(pruned.model)
-            report = distill_embeddings(student, dense_train, list(corpus.training),
+        row["quality"] = asdict(compare_embeddings(dense_eval, embed(model, corpus.evaluation)))
+        if distill and args.distill_seconds > 0:
+            report = distill_embeddings(model, dense_train, list(corpus.training),
                                         lambda s: tokenize(s, SEQUENCE_LENGTH, pad_to_longest=True),
                                         DistillConfig(seconds=args.distill_seconds, batch_size=args.batch_size,
                                                       lr=args.lr))
             row["distillation"] = asdict(report)
-            row["quality_distilled"] = asdict(compare_embeddings(dense_eval, embed(student, corpus.evaluation)))
+            row["quality_distilled"] = asdict(compare_embeddings(dense_eval, embed(model, corpus.evaluation)))
     print(json.dumps(row), flush=True)
     return row
 
@@ -132,18 +140,7 @@ def run_folder(folder: Path, inputs, dense_eval, corpus, dense_train, args, meas
         "dense_macs": manifest["dense_macs"],
         "budget": budget,
     }
-    row.update(measured_latency(model, inputs, measure_config))
-    with torch_threads(1):
-        row["quality"] = asdict(compare_embeddings(dense_eval, embed(model, corpus.evaluation)))
-        if args.distill_seconds > 0:
-            report = distill_embeddings(model, dense_train, list(corpus.training),
-                                        lambda s: tokenize(s, SEQUENCE_LENGTH, pad_to_longest=True),
-                                        DistillConfig(seconds=args.distill_seconds, batch_size=args.batch_size,
-                                                      lr=args.lr))
-            row["distillation"] = asdict(report)
-            row["quality_distilled"] = asdict(compare_embeddings(dense_eval, embed(model, corpus.evaluation)))
-    print(json.dumps(row), flush=True)
-    return row
+    return _timed_and_evaluated(row, model, inputs, dense_eval, corpus, dense_train, args, measure_config)
 
 
 def _pct(value: float) -> str:
