@@ -29,8 +29,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from scipy import stats
-
+from benchmarks.sweep_stats import t_interval
 from toolchain import load_pruned
 from toolchain.data.english_sentences import load_english_sentences
 from toolchain.embedding_quality import DistillConfig, compare_embeddings, distill_embeddings
@@ -51,11 +50,9 @@ def prune_with_cli(budget: float, allocator: str, folder: Path) -> dict:
 
 
 def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95 % Student-t interval (0 for one value)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    """Mean and half-width of the 95 % Student-t interval (`sweep_stats.t_interval`; 0 for one value)."""
+    result = t_interval(values)
+    return result["mean"], result["half_width"] or 0.0
 
 
 def summary(rows: list[dict]) -> str:

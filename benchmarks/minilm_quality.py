@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from toolchain.archive import load_pruned
 from toolchain.data.english_sentences import load_english_sentences
 from toolchain.embedding_quality import DistillConfig, compare_embeddings, distill_embeddings
 from toolchain.errors import ToolchainError
@@ -121,8 +122,6 @@ def _timed_and_evaluated(row: dict, model, inputs, dense_eval, corpus, dense_tra
 def run_folder(folder: Path, inputs, dense_eval, corpus, dense_train, args, measure_config: MeasureConfig) -> dict:
     """A pruned-model folder the CLI wrote (`toolchain prune --model zoo:minilm --budget-ratio r`): re-timed and
     its embeddings compared like the grid's points; the budget search's own figures kept from its manifest."""
-    from toolchain.archive import load_pruned
-
     model, _arch = load_pruned(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     budget = {key: manifest.get(key) for key in ("budget_ms", "budget_ratio", "budget_met", "budget_statistic",

@@ -67,8 +67,8 @@ class RecoveryConfig:
     patience: int = 4  # checks without improvement before stopping on a plateau (time-bounded runs only)
     # Share of the time bound before an early stop (plateau or dense accuracy reached) may end the run. Early on
     # the learning rate is near its peak and calibration accuracy moves by noise (500 demo images: 0.2 points
-    # each): stopping there kept 97.3-98.1 % on the demo at half its latency where running on reached 98.5-98.9 %
-    # (BENCHMARKS.md, "Recovery by default").
+    # each): on the demo at half its latency, 5 seeds kept 97.6-98.4 % with early stops from the first check and
+    # 98.2-98.7 % with this rule (BENCHMARKS.md, "`make deploy` on a fresh clone: recovery by default").
     early_stop_after: float = 0.5
     seed: int = 0
 
@@ -196,9 +196,8 @@ def distill(student: nn.Module, teacher: nn.Module, train: Dataset, calib: Datas
     Time-bounded (`config.mode == "seconds"`): the one-cycle schedule runs over the time bound, calibration
     accuracy is checked every `eval_every` steps and, past `early_stop_after` of the bound, the run stops early
     once it reaches the teacher's or stops improving; the weights of the best check past that point are kept
-    (or the starting ones, when no check beat them). Fixed steps:
-    exactly `finetune_steps` steps, the schedule over the steps, no early stop (the final weights are kept, as a
-    sweep's equal recovery needs).
+    (or the starting ones, when no check beat them). Fixed steps: exactly `finetune_steps` steps, the schedule
+    over the steps, no early stop (the final weights are kept, as a sweep's equal recovery needs).
     """
     timed = config.mode == "seconds"
     total = config.seconds if timed else float(config.finetune_steps)
