@@ -41,6 +41,7 @@ from toolchain.graph_attention import (
     refuse_heads_that_fail_removal,
 )
 from toolchain.graph_conv1d import conv1d_magnitude, customized_pruners, root_layer_types
+from toolchain.graph_probes import recording_module_outputs, worst_module_mismatch
 from toolchain.graph_reference import (
     ReferenceMasks,
     channel_norm_weights,
@@ -143,9 +144,11 @@ class PruningGraph:
         self._index_limit = graph_build.channel_index_limit(self._dg)
         self.groups: list[ChannelGroup] = []
         self.frozen: list[FrozenGroup] = []
-        # Largest relative error of the last shrink against its masked dense reference (None
-        # until channels are removed): the proof that the check ran.
+        # Largest relative error of the last shrink against its masked dense reference, over the outputs
+        # and every module output whose shape the shrink left unchanged (None until channels are removed):
+        # the proof that the check ran; `verified_module_outputs` counts the module outputs compared.
         self.verified_error: float | None = None
+        self.verified_module_outputs: int | None = None
         self._roots: dict[str, nn.Module] = {}
         self._heads: dict[str, AttentionHeads] = {}
         # RMSNorm-style weights are traced as bare parameters: map them back to their norm.
@@ -344,8 +347,9 @@ class PruningGraph:
             return sorted(r for b in drop for r in blocks[b])
         return sorted(torch.argsort(score, descending=True)[target:].tolist())
 
-    def _masked_reference_output(self, drops) -> list[torch.Tensor] | None:
-        """The dense model's output with every channel to be removed masked where it is consumed.
+    def _masked_reference_output(self, drops) -> tuple[list[torch.Tensor], dict] | None:
+        """The dense model's outputs, and samples of its modules' outputs (`graph_probes`), with every
+        channel to be removed masked where it is consumed.
 
         Linear consumers see zeros for removed channels; the output projection of attention sees
         zeros for removed heads; norms over channels normalise over the kept ones (`graph_reference`).
@@ -364,7 +368,9 @@ class PruningGraph:
                                       self._names)
             if reason is not None:  # such groups are frozen at construction (`_freeze_reason`)
                 raise ToolchainError(reason)
-        return masks.run(self.model, self.example_input)
+        with recording_module_outputs(self.model) as module_outputs:
+            outputs = masks.run(self.model, self.example_input)
+        return outputs, module_outputs
 
     def _prune_group(self, group: ChannelGroup, target: int, idxs: list[int]):
         """Remove `idxs` of the group's root outputs (and what they couple to); returns the Torch-Pruning group."""
@@ -403,7 +409,8 @@ class PruningGraph:
         found = list(dict.fromkeys(names)) or [f"op {op}" for op in dict.fromkeys(ops)] or ["an op"]
         return ", ".join(found)
 
-    def _check_outputs(self, reference: list[torch.Tensor] | None = None, pruned_groups: list = ()) -> None:
+    def _check_outputs(self, reference: tuple[list[torch.Tensor], dict] | None = None,
+                       pruned_groups: list = ()) -> None:
         was_training = self.model.training
         self.model.eval()
         running: list[str] = []  # the stack of modules being executed, to name the one that fails
@@ -422,7 +429,7 @@ class PruningGraph:
                 hooks.append(module.register_forward_pre_hook(enter(name)))
                 hooks.append(module.register_forward_hook(leave))
         try:
-            with torch.no_grad():
+            with torch.no_grad(), recording_module_outputs(self.model) as module_outputs:
                 outputs = call_model(self.model, self.example_input)
         except Exception as exc:
             where = running[-1] if running else "the model's own forward"
@@ -440,19 +447,25 @@ class PruningGraph:
         if shapes != self._dense_output_shapes:
             raise ToolchainError(f"pruning changed the model's output shapes from {self._dense_output_shapes} "
                                  f"to {shapes}; refusing to return a wrong model")
-        if reference is not None:
-            self.verified_error = 0.0
-            for expected, got in zip(reference, flatten_outputs(outputs), strict=True):
-                error = relative_error(expected, got)
-                self.verified_error = max(self.verified_error, error)
-                if error > EQUIVALENCE_TOLERANCE:
-                    ops = [self._describe_ops(g) for g in pruned_groups]
-                    where = ", ".join(dict.fromkeys(o for o in ops if o != "an op")) or "an op between layers"
-                    raise ToolchainError(
-                        "the pruned model does not compute what the dense model computes with those channels "
-                        f"removed (relative error {error:.1e}); {where} mixes channels in a way the pruner "
-                        "cannot follow: protect the layers around it with --protect"
-                    )
+        if reference is None:
+            return
+        reference_outputs, reference_modules = reference
+        error = max((relative_error(expected, got)
+                     for expected, got in zip(reference_outputs, flatten_outputs(outputs), strict=True)), default=0.0)
+        # Inside the model too: outputs can be blind to what feeds them (a zero-initialised classifier).
+        inner_error, inner_module, compared = worst_module_mismatch(reference_modules, module_outputs,
+                                                                    EQUIVALENCE_TOLERANCE)
+        self.verified_error, self.verified_module_outputs = max(error, inner_error), compared
+        if error > EQUIVALENCE_TOLERANCE or inner_module is not None:
+            ops = [self._describe_ops(g) for g in pruned_groups]
+            where = ", ".join(dict.fromkeys(o for o in ops if o != "an op")) or "an op between layers"
+            seen = (f"relative error {error:.1e}" if error > EQUIVALENCE_TOLERANCE
+                    else f"relative error {inner_error:.1e} at the output of module {inner_module!r}")
+            raise ToolchainError(
+                "the pruned model does not compute what the dense model computes with those channels "
+                f"removed ({seen}); {where} mixes channels in a way the pruner "
+                "cannot follow: protect the layers around it with --protect"
+            )
 
 
 @contextmanager

@@ -176,7 +176,7 @@ def _norm_over_kept(norm: nn.Module, dropped: list[int]) -> Iterator[None]:
         result = torch.zeros_like(output)
         return result.index_copy_(channel_dim, keep, kept_output)
 
-    handle = norm.register_forward_hook(hook)
+    handle = norm.register_forward_hook(hook, prepend=True)  # before any hook that records the output
     try:
         yield
     finally:

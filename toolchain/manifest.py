@@ -198,7 +198,8 @@ class Pruning:
 class Verification:
     """How closely each form of the pruned model matches the reference it was checked against."""
 
-    shrink_relative_error: float | None = None  # shrunk vs masked dense model (PyTorch)
+    shrink_relative_error: float | None = None  # shrunk vs masked dense model (PyTorch), outputs and inside
+    shrink_module_outputs: int | None = None  # module outputs (of unchanged shape) compared inside the model
     onnx_max_rel_err: float | None = None  # ONNX (onnxruntime) vs the pruned PyTorch model
     onnx_opset: int | None = None
 
@@ -309,7 +310,8 @@ class Deployment:
 
 # JSON keys of the flat sections (Python field -> JSON key where they differ).
 _PRUNING_KEYS = {f.name: f.name for f in fields(Pruning)}
-_VERIFICATION_KEYS = {"shrink_relative_error": "verified_relative_error", "onnx_max_rel_err": "onnx_max_rel_err",
+_VERIFICATION_KEYS = {"shrink_relative_error": "verified_relative_error",
+                      "shrink_module_outputs": "verified_module_outputs", "onnx_max_rel_err": "onnx_max_rel_err",
                       "onnx_opset": "onnx_opset"}
 _ACCURACY_KEYS = {"data": "accuracy_data", "dense": "dense_accuracy", "pruned": "accuracy",
                   "before_recovery": "accuracy_before_recovery",
@@ -442,6 +444,11 @@ def summary_lines(manifest: Manifest) -> list[str]:
         lines.append(f"  accuracy (measured on {accuracy.data} test split): "
                      f"{accuracy.dense:.2%} dense -> {accuracy.pruned:.2%} pruned")
         lines += _recovery_lines(accuracy)
+    shrink = manifest.verification
+    if shrink.shrink_relative_error is not None:
+        inside = "" if shrink.shrink_module_outputs is None else f" and {shrink.shrink_module_outputs} module outputs"
+        lines.append(f"  shrink verified against the masked dense model: max relative error "
+                     f"{shrink.shrink_relative_error:.1e} over the outputs{inside}")
     lines.append(f"  ONNX verified against PyTorch: max relative error {manifest.verification.onnx_max_rel_err:.1e}")
     budget, latency = manifest.budget, manifest.latency
     if budget is not None:

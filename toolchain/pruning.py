@@ -105,7 +105,8 @@ def prune(model: nn.Module, example_input: ModelInputs, config: PruneConfig | No
                         ratio=config.ratio, round_to=config.round_to, protected_layers=tuple(config.protect),
                         per_group_widths=graph.widths(), dense_group_widths=graph.dense_widths(),
                         frozen_groups={f.name: f.reason for f in graph.frozen}),
-        verification=Verification(shrink_relative_error=graph.verified_error),
+        verification=Verification(shrink_relative_error=graph.verified_error,
+                                  shrink_module_outputs=graph.verified_module_outputs),
         toolchain_version=toolchain_version(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     ).to_json()

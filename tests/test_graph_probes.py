@@ -1,0 +1,86 @@
+"""The shrink check looks inside the model: outputs blind to what feeds them cannot hide a wrong shrink."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from toolchain import PruningGraph, ToolchainError, prune
+from toolchain.graph_probes import recording_module_outputs, worst_module_mismatch
+
+
+def _zero_classifier_net() -> nn.Sequential:
+    """Two hidden layers and a classifier initialised to zero (as torchvision's ViT heads are)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    nn.init.zeros_(model[4].weight)
+    nn.init.zeros_(model[4].bias)
+    return model.eval()
+
+
+def test_a_wrong_shrink_behind_a_zero_classifier_is_refused(monkeypatch):
+    model, x = _zero_classifier_net(), torch.randn(4, 8)
+    graph = PruningGraph(model, x)
+    group = graph.group("0")
+    prune_group = graph._prune_group
+
+    def prune_and_corrupt(*args):  # a shrink that changes the hidden features: the outputs stay all zero
+        tp_group = prune_group(*args)
+        with torch.no_grad():
+            model[2].bias.add_(1.0)
+        return tp_group
+
+    monkeypatch.setattr(graph, "_prune_group", prune_and_corrupt)
+    with pytest.raises(ToolchainError, match=r"at the output of module '2'"):
+        graph.shrink({group.name: 8})
+
+
+def test_a_correct_shrink_compares_the_unchanged_module_outputs():
+    model, x = _zero_classifier_net(), torch.randn(4, 8)
+    graph = PruningGraph(model, x)
+    graph.shrink({graph.group("0").name: 8})
+    # modules '2', '3' and '4' keep their shapes; '0' and '1' went from 16 to 8 wide
+    assert graph.verified_module_outputs == 3 and graph.verified_error < 1e-6
+    assert model[0].out_features == 8 and model[2].in_features == 8
+    result = prune(_zero_classifier_net(), x, ratio=0.5, round_to=1)
+    assert result.manifest["verified_module_outputs"] >= 1  # the classifier's output, at least
+
+
+def test_torchvision_vit_with_its_zero_head_is_checked_inside():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=4,
+                                                 hidden_dim=32, mlp_dim=64, num_classes=5).eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert int(torch.count_nonzero(model.heads.head.weight.detach())) == 0
+    result = prune(model, x, ratio=0.5)
+    assert result.manifest["verified_module_outputs"] > 10  # encoder blocks, attention outputs, norms
+    assert result.manifest["verified_relative_error"] < 1e-4
+
+
+def test_mismatch_names_the_first_module_over_tolerance_and_skips_changed_shapes():
+    dense = {"a": [[((2, 4), torch.ones(8))]], "b": [[((2, 2), torch.ones(4))]], "c": [[((3,), torch.ones(3))]]}
+    got = {"a": [[((2, 2), torch.zeros(4))]], "b": [[((2, 2), torch.full((4,), 1.5))]],
+           "c": [[((3,), torch.full((3,), 3.0))]]}
+    worst, first, compared = worst_module_mismatch(dense, got, tolerance=1e-4)
+    assert (worst, first, compared) == (2.0, "b", 2)
+
+
+def test_recorded_samples_are_copies_bounded_in_size():
+    model = nn.Sequential(nn.Linear(4, 10_000), nn.ReLU(inplace=True))
+    with recording_module_outputs(model) as records:
+        model(torch.randn(1, 4))
+    (linear_call,), (relu_call,) = records["0"], records["1"]
+    (shape, sample), _ = linear_call[0], relu_call[0]
+    assert shape == (1, 10_000) and sample.numel() <= 4096
+    assert float(sample.min()) < 0, "the in-place ReLU after it must not change the recorded sample"
+
+
+def test_the_summary_says_how_much_of_the_model_the_shrink_check_saw():
+    from toolchain.manifest import Manifest, summary_lines
+
+    result = prune(_zero_classifier_net(), torch.randn(4, 8), ratio=0.5, round_to=1)
+    manifest = Manifest.from_json({**result.manifest, "onnx_max_rel_err": 0.0})
+    compared = result.manifest["verified_module_outputs"]
+    line = next(line for line in summary_lines(manifest) if "shrink verified" in line)
+    assert line.endswith(f"over the outputs and {compared} module outputs")
