@@ -19,13 +19,15 @@ def _zero_classifier_net() -> nn.Sequential:
     return model.eval()
 
 
-def test_a_wrong_shrink_behind_a_zero_classifier_is_refused(monkeypatch):
+def test_a_wrong_shrink_behind_a_bias_dominated_classifier_is_refused(monkeypatch):
     model, x = _zero_classifier_net(), torch.randn(4, 8)
+    with torch.no_grad():  # outputs of about 1e6 whatever the features: their error is 1e-6 relative
+        model[4].weight.fill_(1e-3)
+        model[4].bias.fill_(1e6)
     graph = PruningGraph(model, x)
-    group = graph.group("0")
     prune_group = graph._prune_group
 
-    def prune_and_corrupt(*args):  # a shrink that changes the hidden features: the outputs stay all zero
+    def prune_and_corrupt(*args):  # a shrink that changes the hidden features by 1 in every value
         tp_group = prune_group(*args)
         with torch.no_grad():
             model[2].bias.add_(1.0)
@@ -33,7 +35,7 @@ def test_a_wrong_shrink_behind_a_zero_classifier_is_refused(monkeypatch):
 
     monkeypatch.setattr(graph, "_prune_group", prune_and_corrupt)
     with pytest.raises(ToolchainError, match=r"at the output of module '2'"):
-        graph.shrink({group.name: 8})
+        graph.shrink({graph.group("0").name: 8})
 
 
 def test_a_correct_shrink_compares_the_unchanged_module_outputs():
@@ -84,3 +86,45 @@ def test_the_summary_says_how_much_of_the_model_the_shrink_check_saw():
     compared = result.manifest["verified_module_outputs"]
     line = next(line for line in summary_lines(manifest) if "shrink verified" in line)
     assert line.endswith(f"over the outputs and {compared} module outputs")
+
+
+class _ZeroInitResidual(nn.Module):
+    """A residual block whose branch ends in a BatchNorm initialised to zero (timm's `zero_init_last`)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1, self.bn1 = nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        nn.init.zeros_(self.bn2.weight)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_a_wrong_shrink_behind_a_zero_initialised_norm_is_refused(monkeypatch):
+    model, x = _ZeroInitResidual().eval(), torch.randn(2, 3, 8, 8)
+    graph = PruningGraph(model, x)
+    prune_group = graph._prune_group
+
+    def prune_and_corrupt(*args):  # changes the branch, which a zero bn2 would silence
+        tp_group = prune_group(*args)
+        with torch.no_grad():
+            model.bn1.bias.add_(1.0)
+        return tp_group
+
+    monkeypatch.setattr(graph, "_prune_group", prune_and_corrupt)
+    with pytest.raises(ToolchainError, match="does not compute what the dense model computes"):
+        graph.shrink({graph.group("conv1").name: 8})
+    assert int(torch.count_nonzero(model.bn2.weight.detach())) == 0, "zeroed again after a refusal too"
+
+
+def test_weights_woken_for_the_check_are_zero_again_in_the_model_handed_back():
+    model, x = _ZeroInitResidual().eval(), torch.randn(2, 3, 8, 8)
+    result = prune(model, x, ratio=0.5, round_to=1)
+    assert result.model.bn2.weight.shape[0] < 8 and int(torch.count_nonzero(result.model.bn2.weight.detach())) == 0
+    assert result.manifest["verified_relative_error"] < 1e-4

@@ -41,7 +41,7 @@ from toolchain.graph_attention import (
     refuse_heads_that_fail_removal,
 )
 from toolchain.graph_conv1d import conv1d_magnitude, customized_pruners, root_layer_types
-from toolchain.graph_probes import recording_module_outputs, worst_module_mismatch
+from toolchain.graph_probes import recording_module_outputs, worst_module_mismatch, zero_weights_woken
 from toolchain.graph_reference import (
     ReferenceMasks,
     channel_norm_weights,
@@ -317,17 +317,20 @@ class PruningGraph:
                 plans.append((group, target, self.default_scores(name) if score is None else score))
         drops = [(group, target, self._drop_indices(group, target, score.detach().float().flatten()))
                  for group, target, score in plans]
-        reference = self._masked_reference_output(drops)
-        if plans:
-            self._initial_groups.clear()
-        pruned_groups = []  # Torch-Pruning groups removed, to name their ops if the check fails
-        for group, target, idxs in drops:
-            if group.kind == "heads":
-                self._heads[group.name].remove(idxs)
-                self.groups = [replace(g, width=target) if g.name == group.name else g for g in self.groups]
-            else:
-                pruned_groups.append(self._prune_group(group, target, idxs))
-        self._check_outputs(reference, pruned_groups)
+        # The channels to drop are chosen above, on the model as it is; the check then runs with weights that
+        # hold only zeros woken, so they cannot hide what feeds them (`graph_probes.zero_weights_woken`).
+        with zero_weights_woken(self.model if drops else nn.Module()):
+            reference = self._masked_reference_output(drops)
+            if plans:
+                self._initial_groups.clear()
+            pruned_groups = []  # Torch-Pruning groups removed, to name their ops if the check fails
+            for group, target, idxs in drops:
+                if group.kind == "heads":
+                    self._heads[group.name].remove(idxs)
+                    self.groups = [replace(g, width=target) if g.name == group.name else g for g in self.groups]
+                else:
+                    pruned_groups.append(self._prune_group(group, target, idxs))
+            self._check_outputs(reference, pruned_groups)
 
     def _drop_indices(self, group: ChannelGroup, target: int, score: torch.Tensor) -> list[int]:
         """Root output channels to remove: the lowest-scored ones (for attention: key/value heads)."""

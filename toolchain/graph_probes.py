@@ -7,6 +7,12 @@ attention module's output after its heads were removed) must hold the same value
 the masked dense model, so the check compares those too, module by module, on a fixed strided sample of
 each output (`SAMPLE_SIZE` values: a wrong shrink corrupts far more than one value in a thousand).
 
+Where the shrink prunes every tensor (most CNNs), nothing inside keeps its shape, and a weight initialised to
+zero (timm's `zero_init_last` BatchNorms silence every residual branch) still blinds the check. So the check
+runs with such weights woken (`zero_weights_woken`): they hold ordinary values while the masked reference and
+the shrunk model run, and are zeroed again afterwards. A zero tensor sliced is a zero tensor, so the model
+handed back is exactly the one a shrink without waking would give.
+
 >>> from torch import nn
 >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
 >>> with recording_module_outputs(model) as dense:
@@ -19,6 +25,7 @@ each output (`SAMPLE_SIZE` values: a wrong shrink corrupts far more than one val
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -83,3 +90,56 @@ def worst_module_mismatch(reference: ModuleOutputs, got: ModuleOutputs,
                 if first_over is None and error > tolerance:
                     first_over = name
     return worst, first_over, compared
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return (isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
+            or "norm" in type(module).__name__.lower())
+
+
+def find_zero_weights(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(module path, module, parameter name) of every weight holding only zeros; biases are left out."""
+    found = []
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if ("bias" in name or not param.is_floating_point() or param.numel() == 0
+                    or bool(param.detach().abs().max() != 0)):
+                continue
+            found.append((module_name, module, name))
+    return found
+
+
+def wake_weights(weights: list[tuple[str, nn.Module, str]], seed: int = 0) -> None:
+    """Give the listed weights ordinary values in place: norm weights 1, others N(0, 1/fan_in), seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, module, name in weights:
+            param = getattr(module, name)
+            if _is_norm(module):
+                param.fill_(1.0)
+            else:
+                fan_in = param[0].numel() if param.dim() > 1 else param.numel()
+                param.copy_(torch.randn(param.shape, generator=generator).to(param) / math.sqrt(fan_in))
+
+
+@contextmanager
+def zero_weights_woken(model: nn.Module) -> Iterator[list[str]]:
+    """While the block runs, the model's all-zero weights hold ordinary values (`wake_weights`); afterwards
+    they are zero again, at whatever shape the block left them. Yields their names.
+
+    >>> head = nn.Linear(4, 2); _ = nn.init.zeros_(head.weight)
+    >>> with zero_weights_woken(nn.Sequential(head)) as names:
+    ...     awake = bool(head.weight.abs().sum() > 0)
+    >>> names, awake, bool(head.weight.abs().sum() == 0)
+    (['0.weight'], True, True)
+    """
+    weights = find_zero_weights(model)
+    wake_weights(weights)
+    try:
+        yield [f"{path}.{name}" if path else name for path, _, name in weights]
+    finally:
+        with torch.no_grad():
+            for _, module, name in weights:
+                param = getattr(module, name, None)
+                if isinstance(param, torch.Tensor):
+                    param.zero_()

@@ -12,14 +12,13 @@ is named on the command line (`CliSpec`), or `None` where a small config has no 
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from toolchain.errors import ToolchainError
+from toolchain.graph_probes import find_zero_weights, wake_weights
 from toolchain.inputs import ModelInputs
 
 SIZES = ("small", "bench")
@@ -106,34 +105,21 @@ def build(key: str, size: str = "small") -> BuiltModel:
 
 
 def wake_zero_weights(model: nn.Module, seed: int = 0) -> list[str]:
-    """Give weights a library initialises to exactly zero ordinary values; returns their names.
+    """Give weights a library initialises to exactly zero ordinary values, for good; returns their names.
 
     torchvision's ViT heads and timm's last BatchNorm of each residual block (`zero_init_last`) start at zero,
     so the model's output does not depend on what feeds them and no check against the dense or the masked
     dense model can see a pruning error there (a pruned torchvision ViT outputs zeros whatever was removed).
-    Norm weights become 1, other weights N(0, 1/fan_in); biases stay as they are. Seeded: the same model
-    every build.
+    Norm weights become 1, other weights N(0, 1/fan_in); biases stay as they are
+    (`toolchain.graph_probes.wake_weights`). Seeded: the same model every build.
 
     >>> head = nn.Linear(4, 2); _ = nn.init.zeros_(head.weight)
     >>> wake_zero_weights(nn.Sequential(head)), bool(head.weight.abs().sum() > 0)
     (['0.weight'], True)
     """
-    generator = torch.Generator().manual_seed(seed)
-    woken = []
-    with torch.no_grad():
-        for module_name, module in model.named_modules():
-            for name, param in module.named_parameters(recurse=False):
-                if ("bias" in name or not param.is_floating_point() or param.numel() == 0
-                        or bool(param.detach().abs().max() != 0)):
-                    continue
-                if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)) \
-                        or "norm" in type(module).__name__.lower():
-                    param.fill_(1.0)
-                else:
-                    fan_in = param[0].numel() if param.dim() > 1 else param.numel()
-                    param.copy_(torch.randn(param.shape, generator=generator) / math.sqrt(fan_in))
-                woken.append(f"{module_name}.{name}" if module_name else name)
-    return woken
+    weights = find_zero_weights(model)
+    wake_weights(weights, seed)
+    return [f"{path}.{name}" if path else name for path, _, name in weights]
 
 
 def modules_matching(model: nn.Module, name_suffixes: tuple[str, ...] = (),
