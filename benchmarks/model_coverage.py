@@ -32,9 +32,12 @@ channels removed inside heads, are not the dense model with channels masked. The
 `masked_max_rel_err`; where no reference can be built (a GroupNorm with several groups, a dense copy that does
 not fit `--memory-gb` beside the model, one Torch-Pruning cannot trace again, over the time limit) the status
 stays as the checks above give it and `masked_check` says why. The check runs after the timed pruning step and
-is not counted in its seconds. Like every functional check here it is only as sensitive as the outputs: a
-randomly initialised model whose classifier starts at zero (torchvision's ViTs) outputs zeros whatever is
-pruned, and an output dominated by the classifier's bias hides most of the features' error.
+is not counted in its seconds. This masked check of Torch-Pruning's models is only as sensitive as the
+outputs: an output dominated by the classifier's bias hides most of the features' error (the registry wakes
+classifiers initialised to zero). The toolchain's own check also compares every module output whose shape the
+shrink left unchanged and runs with all-zero weights woken (`toolchain.graph_probes`), which matters for the CLI
+column, whose models come from their library's own initialisation (torchvision's ViT heads, timm's
+`zero_init_last` BatchNorms start at zero); its rows record `shrink_rel_err` and `shrink_module_outputs`.
 
     python -m benchmarks.model_coverage --subset          # 20 models across the four libraries
     python -m benchmarks.model_coverage 'timm:*'          # entries by pattern; resumes an existing file
@@ -272,6 +275,11 @@ def _run_toolchain_cli(key: str, built, limit_s: int, workdir: Path) -> dict | N
                 "path": "cli", "command": " ".join(command)}
     row = {"seconds": time.perf_counter() - start, "cpu_seconds": _children_cpu_seconds() - cpu_start,
            "path": "cli", "command": " ".join(command)}
+    manifest_path = out / "manifest.json"
+    if done.returncode == 0 and manifest_path.is_file():  # how much of the model the CLI's shrink check compared
+        written = json.loads(manifest_path.read_text())
+        row.update(shrink_rel_err=written.get("verified_relative_error"),
+                   shrink_module_outputs=written.get("verified_module_outputs"))
     stderr_lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("…")]
     if done.returncode == 2 and len(stderr_lines) == 1 and stderr_lines[0].startswith("error:"):
         if CLI_SOURCE_MISSING.search(stderr_lines[0]):
