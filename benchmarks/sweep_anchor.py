@@ -24,7 +24,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from toolchain.graph import count_macs_params
+from toolchain.op_count import count_macs_params
 from toolchain.recover import RecoveryConfig, recover
 
 IMPORTANCES = {"magnitude": lambda: tp.importance.MagnitudeImportance(p=2),

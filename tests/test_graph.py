@@ -170,7 +170,7 @@ def test_random_per_group_ratios_give_a_working_smaller_model(data, name):
 
 def test_counting_macs_of_a_keyword_input_model_prints_nothing(capsys):
     """Torch-Pruning's counter printed a warning to stdout for keyword-only inputs, corrupting `--json`."""
-    from toolchain.graph import count_macs_params
+    from toolchain.op_count import count_macs_params
 
     class KeywordOnly(torch.nn.Module):
         def __init__(self):

@@ -15,8 +15,9 @@ import importlib
 from toolchain.allocate import BudgetConfig
 from toolchain.archive import load_pruned
 from toolchain.errors import ToolchainError
-from toolchain.graph import ChannelGroup, PruningGraph, count_macs_params
+from toolchain.graph import ChannelGroup, PruningGraph
 from toolchain.models import create_model, list_models, resolve_model
+from toolchain.op_count import count_macs_params
 from toolchain.pruning import PruneConfig, PruneResult, prune
 from toolchain.targets import Target
 

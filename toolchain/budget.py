@@ -26,10 +26,11 @@ from toolchain.budget_providers import BudgetProviders, Measurer, Step, active_p
 from toolchain.budget_search import BudgetSearch
 from toolchain.budget_timing import by_statistic, run_stats, target_timer
 from toolchain.budget_trial import Trial
-from toolchain.graph import PruningGraph, count_macs_params
+from toolchain.graph import PruningGraph
 from toolchain.inputs import ModelInputs, specs_key, specs_of
 from toolchain.latency.provision import PROFILE_DB, PredictorInfo, find_or_build_predictor
 from toolchain.manifest import Manifest
+from toolchain.op_count import count_macs_params
 from toolchain.pruning import PruneConfig, PruneResult, prune
 from toolchain.recover import OnProgress, recover
 from toolchain.saliency import SaliencyConfig, score_groups_report

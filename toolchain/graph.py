@@ -22,8 +22,6 @@ performs the layer surgery. This module adds what a deployment tool needs on top
 
 from __future__ import annotations
 
-import contextlib
-import io
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -526,15 +524,3 @@ def widths_for_ratio(graph: PruningGraph, ratio: float, round_to: int = 8) -> di
     }
 
 
-def count_macs_params(model: nn.Module, example_input: ModelInputs) -> tuple[int, int]:
-    """Multiply-accumulates of one forward pass and the parameter count (Torch-Pruning's counter)."""
-    was_training = model.training
-    model.eval()
-    try:
-        # Torch-Pruning prints a warning to stdout for models called with keyword inputs only (transformers):
-        # it would corrupt `--json` output, and the batch it assumes (1) is the one example inputs have.
-        with contextlib.redirect_stdout(io.StringIO()):
-            macs, params = tp.utils.count_ops_and_params(model, example_input)
-    finally:
-        model.train(was_training)
-    return int(macs), int(params)

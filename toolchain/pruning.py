@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from toolchain.errors import ToolchainError
-from toolchain.graph import PruningGraph, count_macs_params, round_width, widths_for_ratio
+from toolchain.graph import PruningGraph, round_width, widths_for_ratio
 from toolchain.inputs import ModelInputs, call_model, input_tensors
 from toolchain.manifest import Manifest, Pruning, Verification
+from toolchain.op_count import count_macs_params
 from toolchain.user_code import describe_exit
 
 

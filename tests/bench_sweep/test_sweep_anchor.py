@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from benchmarks.sweep_anchor import AnchorConfig, run_anchor
 from toolchain.data import DataSplits
-from toolchain.graph import count_macs_params
+from toolchain.op_count import count_macs_params
 
 
 def _tiny():

@@ -27,9 +27,10 @@ from torch import nn
 
 from toolchain.allocate import LatencyModel, allocate, build_problem
 from toolchain.errors import ToolchainError
-from toolchain.graph import PruningGraph, count_macs_params
+from toolchain.graph import PruningGraph
 from toolchain.inputs import ModelInputs
 from toolchain.latency.sampling import ALLOCATOR_TAG, SampledConfig
+from toolchain.op_count import count_macs_params
 from toolchain.saliency import score_groups
 
 
