@@ -39,7 +39,12 @@ from toolchain.graph_attention import (
     refuse_heads_that_fail_removal,
 )
 from toolchain.graph_conv1d import conv1d_magnitude, customized_pruners, root_layer_types
-from toolchain.graph_probes import recording_module_outputs, worst_module_mismatch, zero_weights_woken
+from toolchain.graph_probes import (
+    forward_hooks_on_submodules,
+    recording_module_outputs,
+    worst_module_mismatch,
+    zero_weights_woken,
+)
 from toolchain.graph_reference import (
     ReferenceMasks,
     channel_norm_weights,
@@ -485,12 +490,8 @@ def _recording_op_owners(model: nn.Module):
                 owners.setdefault(fn, name)  # inner modules finish first: keep the innermost
         return hook
 
-    hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
-    try:
+    with forward_hooks_on_submodules(model, record):
         yield owners
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 def _check_score_length(name: str, score: torch.Tensor, expected: int) -> None:

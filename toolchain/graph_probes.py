@@ -58,9 +58,16 @@ def recording_module_outputs(model: nn.Module) -> Iterator[ModuleOutputs]:
                 [(tuple(t.shape), _sample(t)) for t in flatten_outputs(output) if t.is_floating_point()])
         return record
 
-    handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules() if name]
-    try:
+    with forward_hooks_on_submodules(model, hook):
         yield records
+
+
+@contextmanager
+def forward_hooks_on_submodules(model: nn.Module, make_hook) -> Iterator[None]:
+    """While the block runs, every named submodule has the forward hook `make_hook(name)`."""
+    handles = [module.register_forward_hook(make_hook(name)) for name, module in model.named_modules() if name]
+    try:
+        yield
     finally:
         for handle in handles:
             handle.remove()
