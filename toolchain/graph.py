@@ -22,7 +22,7 @@ performs the layer surgery. This module adds what a deployment tool needs on top
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -322,7 +322,7 @@ class PruningGraph:
                  for group, target, score in plans]
         # The channels to drop are chosen above, on the model as it is; the check then runs with weights that
         # hold only zeros woken, so they cannot hide what feeds them (`graph_probes.zero_weights_woken`).
-        with zero_weights_woken(self.model if drops else nn.Module()):
+        with zero_weights_woken(self.model) if drops else nullcontext():
             reference = self._masked_reference_output(drops)
             if plans:
                 self._initial_groups.clear()
@@ -523,5 +523,3 @@ def widths_for_ratio(graph: PruningGraph, ratio: float, round_to: int = 8) -> di
     return {
         g.name: round_width(g.width * (1.0 - ratio), g.width, round_to, g.unit) for g in graph.groups
     }
-
-

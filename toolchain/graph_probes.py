@@ -116,8 +116,9 @@ def find_zero_weights(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     return found
 
 
-def wake_weights(weights: list[tuple[str, nn.Module, str]], seed: int = 0) -> None:
-    """Give the listed weights ordinary values in place: norm weights 1, others N(0, 1/fan_in), seeded."""
+def wake_weights(weights: list[tuple[str, nn.Module, str]], seed: int = 0) -> list[str]:
+    """Give the listed weights ordinary values in place: norm weights 1, others N(0, 1/fan_in), seeded.
+    Returns their names (`path.parameter`)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, module, name in weights:
@@ -127,6 +128,7 @@ def wake_weights(weights: list[tuple[str, nn.Module, str]], seed: int = 0) -> No
             else:
                 fan_in = param[0].numel() if param.dim() > 1 else param.numel()
                 param.copy_(torch.randn(param.shape, generator=generator).to(param) / math.sqrt(fan_in))
+    return [f"{path}.{name}" if path else name for path, _, name in weights]
 
 
 @contextmanager
@@ -141,9 +143,8 @@ def zero_weights_woken(model: nn.Module) -> Iterator[list[str]]:
     (['0.weight'], True, True)
     """
     weights = find_zero_weights(model)
-    wake_weights(weights)
     try:
-        yield [f"{path}.{name}" if path else name for path, _, name in weights]
+        yield wake_weights(weights)
     finally:
         with torch.no_grad():
             for _, module, name in weights:

@@ -117,9 +117,7 @@ def wake_zero_weights(model: nn.Module, seed: int = 0) -> list[str]:
     >>> wake_zero_weights(nn.Sequential(head)), bool(head.weight.abs().sum() > 0)
     (['0.weight'], True)
     """
-    weights = find_zero_weights(model)
-    wake_weights(weights, seed)
-    return [f"{path}.{name}" if path else name for path, _, name in weights]
+    return wake_weights(find_zero_weights(model), seed)
 
 
 def modules_matching(model: nn.Module, name_suffixes: tuple[str, ...] = (),
