@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from toolchain import PruningGraph, ToolchainError, prune
-from toolchain.graph_probes import recording_module_outputs, worst_module_mismatch
+from toolchain.graph_probes import recording_module_outputs, signal_kept_in_range, worst_module_mismatch
 
 
 def _zero_classifier_net() -> nn.Sequential:
@@ -42,11 +42,43 @@ def test_a_correct_shrink_compares_the_unchanged_module_outputs():
     model, x = _zero_classifier_net(), torch.randn(4, 8)
     graph = PruningGraph(model, x)
     graph.shrink({graph.group("0").name: 8})
-    # modules '2', '3' and '4' keep their shapes; '0' and '1' went from 16 to 8 wide
-    assert graph.verified_module_outputs == 3 and graph.verified_error < 1e-6
+    # '2', '3' and '4' keep their shapes; '0' went from 16 to 8 wide and is compared on its kept channels;
+    # '1' (a ReLU, which Torch-Pruning does not prune as a layer) is not compared
+    assert graph.verified_module_outputs == 4 and graph.verified_error < 1e-6
     assert model[0].out_features == 8 and model[2].in_features == 8
     result = prune(_zero_classifier_net(), x, ratio=0.5, round_to=1)
     assert result.manifest["verified_module_outputs"] >= 1  # the classifier's output, at least
+
+
+def test_a_wrong_shrink_of_a_narrowed_layer_is_refused_where_the_outputs_cannot_see_it(monkeypatch):
+    # GoogLeNet built without weights: the features vanish, the logits are the classifier's bias
+    model, x = _zero_classifier_net(), torch.randn(4, 8)
+    with torch.no_grad():
+        model[4].weight.fill_(1e-30)
+        model[4].bias.fill_(1.0)
+    graph = PruningGraph(model, x)
+    prune_group = graph._prune_group
+
+    def prune_and_corrupt(*args):  # a shrink that keeps the wrong channels' bias in layer '0'
+        tp_group = prune_group(*args)
+        with torch.no_grad():
+            model[0].bias.add_(1.0)
+        return tp_group
+
+    monkeypatch.setattr(graph, "_prune_group", prune_and_corrupt)
+    with pytest.raises(ToolchainError, match=r"at the output of module '0'"):
+        graph.shrink({graph.group("0").name: 8})
+
+
+def test_the_reference_records_only_the_kept_channels_of_a_narrowed_output():
+    model = nn.Sequential(nn.Conv2d(1, 4, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(4.0).view(4, 1, 1, 1))
+        model[0].bias.zero_()
+    with recording_module_outputs(model, {"0": (1, 4, {0, 2})}) as records:
+        model(torch.ones(1, 1, 1, 1))
+    ((shape, sample),) = records["0"][0]
+    assert shape == (1, 2, 1, 1) and sample.tolist() == [1.0, 3.0]
 
 
 def test_torchvision_vit_with_its_zero_head_is_checked_inside():
@@ -128,3 +160,57 @@ def test_weights_woken_for_the_check_are_zero_again_in_the_model_handed_back():
     result = prune(model, x, ratio=0.5, round_to=1)
     assert result.model.bn2.weight.shape[0] < 8 and int(torch.count_nonzero(result.model.bn2.weight.detach())) == 0
     assert result.manifest["verified_relative_error"] < 1e-4
+
+
+def _fading_net() -> nn.Sequential:
+    """Five linear layers with weights of about 1e-9: the signal underflows float32 by the last one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*(nn.Linear(a, b) for a, b in ((8, 16), (16, 16), (16, 16), (16, 16), (16, 4))))
+    with torch.no_grad():
+        for layer in model:
+            layer.weight.mul_(1e-9)
+            layer.bias.zero_()
+    return model.eval()
+
+
+def test_a_wrong_shrink_is_refused_where_the_signal_has_faded_below_float32(monkeypatch):
+    model, x = _fading_net(), torch.randn(2, 8)
+    with torch.no_grad():
+        assert float(model(x).abs().max()) == 0.0, "the dense outputs underflow: they cannot see any shrink"
+    graph = PruningGraph(model, x)
+    prune_group = graph._prune_group
+
+    def prune_and_corrupt(*args):  # flips the sign of the layer after the pruned one
+        tp_group = prune_group(*args)
+        with torch.no_grad():
+            model[3].weight.neg_()
+        return tp_group
+
+    monkeypatch.setattr(graph, "_prune_group", prune_and_corrupt)
+    with pytest.raises(ToolchainError, match="does not compute what the dense model computes"):
+        graph.shrink({graph.group("2").name: 8})
+
+
+def test_a_correct_shrink_of_a_fading_net_passes_and_its_weights_are_unchanged():
+    model, x = _fading_net(), torch.randn(2, 8)
+    kept_rows = model[2].weight.detach().clone()
+    graph = PruningGraph(model, x)
+    graph.shrink({graph.group("2").name: 8}, scores={graph.group("2").name: torch.arange(16.0)})
+    assert graph.verified_error < 1e-4 and graph.verified_module_outputs >= 4
+    assert torch.equal(model[2].weight.detach(), kept_rows[8:]), "scaled for the check only, bit for bit"
+
+
+def test_faded_outputs_are_scaled_by_powers_of_two_chosen_once_and_replayed():
+    model = nn.Sequential(nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1e-20)
+        model[0].bias.zero_()
+    shifts: dict[str, list[int]] = {}
+    with signal_kept_in_range(model, shifts):
+        first = model(torch.ones(1, 2))
+    assert 0.5 <= float(first.abs().max()) < 1.0 and len(shifts["0"]) == 1
+    with torch.no_grad():
+        model[0].weight.mul_(2.0)
+    with signal_kept_in_range(model, shifts):  # replayed: the same power, so twice the weight is twice the output
+        second = model(torch.ones(1, 2))
+    assert torch.equal(second, first * 2)

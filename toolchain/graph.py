@@ -40,8 +40,11 @@ from toolchain.graph_attention import (
 )
 from toolchain.graph_conv1d import conv1d_magnitude, customized_pruners, root_layer_types
 from toolchain.graph_probes import (
+    NarrowedOutputs,
     forward_hooks_on_submodules,
+    narrowed_outputs,
     recording_module_outputs,
+    signal_kept_in_range,
     worst_module_mismatch,
     zero_weights_woken,
 )
@@ -275,6 +278,11 @@ class PruningGraph:
         graph_build.refresh_index_mappings(self._dg)
         return self._group_of(root, range(self._out_channels(root)))
 
+    def _out_width(self, module: nn.Module) -> int | None:
+        """A layer's output channels as Torch-Pruning counts them, None where it has no pruner."""
+        pruner = self._dg.get_pruner_of_module(module)
+        return None if pruner is None else pruner.get_out_channels(module)
+
     def _out_channels(self, root: nn.Module) -> int:
         return self._dg.get_pruner_of_module(root).get_out_channels(root)
 
@@ -323,7 +331,8 @@ class PruningGraph:
         # The channels to drop are chosen above, on the model as it is; the check then runs with weights that
         # hold only zeros woken, so they cannot hide what feeds them (`graph_probes.zero_weights_woken`).
         with zero_weights_woken(self.model) if drops else nullcontext():
-            reference = self._masked_reference_output(drops)
+            shifts: dict[str, list[int]] = {}  # a faded signal is scaled alike in both runs (`graph_probes`)
+            reference = self._masked_reference_output(drops, shifts)
             if plans:
                 self._initial_groups.clear()
             pruned_groups = []  # Torch-Pruning groups removed, to name their ops if the check fails
@@ -333,7 +342,7 @@ class PruningGraph:
                     self.groups = [replace(g, width=target) if g.name == group.name else g for g in self.groups]
                 else:
                     pruned_groups.append(self._prune_group(group, target, idxs))
-            self._check_outputs(reference, pruned_groups)
+            self._check_outputs(reference, pruned_groups, shifts)
 
     def _drop_indices(self, group: ChannelGroup, target: int, score: torch.Tensor) -> list[int]:
         """Root output channels to remove: the lowest-scored ones (for attention: key/value heads)."""
@@ -353,7 +362,7 @@ class PruningGraph:
             return sorted(r for b in drop for r in blocks[b])
         return sorted(torch.argsort(score, descending=True)[target:].tolist())
 
-    def _masked_reference_output(self, drops) -> tuple[list[torch.Tensor], dict] | None:
+    def _masked_reference_output(self, drops, shifts: dict[str, list[int]]) -> tuple[list[torch.Tensor], dict] | None:
         """The dense model's outputs, and samples of its modules' outputs (`graph_probes`), with every
         channel to be removed masked where it is consumed.
 
@@ -364,17 +373,21 @@ class PruningGraph:
         if not drops:
             return None
         masks = ReferenceMasks()
+        narrowed: NarrowedOutputs = {}  # the layers whose output channels go: compared on the kept ones
         graph_build.refresh_index_mappings(self._dg)
         for group, _, idxs in drops:
             if group.kind == "heads":
                 heads = self._heads[group.name]
                 masks.zero_inputs(heads.output, heads.input_drops(idxs))
                 continue
-            reason = masks.mask_group(self._dg, self._group_of(self._roots[group.name], idxs), self._norm_weights,
-                                      self._names)
+            tp_group = self._group_of(self._roots[group.name], idxs)
+            reason = masks.mask_group(self._dg, tp_group, self._norm_weights, self._names)
             if reason is not None:  # such groups are frozen at construction (`_freeze_reason`)
                 raise ToolchainError(reason)
-        with recording_module_outputs(self.model) as module_outputs:
+            for name, (dim, size, dropped) in narrowed_outputs(tp_group, self._names, self._out_width).items():
+                narrowed.setdefault(name, (dim, size, set()))[2].update(dropped)
+        with (recording_module_outputs(self.model, narrowed) as module_outputs,
+              signal_kept_in_range(self.model, shifts)):
             outputs = masks.run(self.model, self.example_input)
         return outputs, module_outputs
 
@@ -416,7 +429,7 @@ class PruningGraph:
         return ", ".join(found)
 
     def _check_outputs(self, reference: tuple[list[torch.Tensor], dict] | None = None,
-                       pruned_groups: list = ()) -> None:
+                       pruned_groups: list = (), shifts: dict[str, list[int]] | None = None) -> None:
         was_training = self.model.training
         self.model.eval()
         running: list[str] = []  # the stack of modules being executed, to name the one that fails
@@ -435,7 +448,8 @@ class PruningGraph:
                 hooks.append(module.register_forward_pre_hook(enter(name)))
                 hooks.append(module.register_forward_hook(leave))
         try:
-            with torch.no_grad(), recording_module_outputs(self.model) as module_outputs:
+            with (torch.no_grad(), recording_module_outputs(self.model) as module_outputs,
+                  signal_kept_in_range(self.model, shifts) if shifts else nullcontext()):
                 outputs = call_model(self.model, self.example_input)
         except Exception as exc:
             where = running[-1] if running else "the model's own forward"
