@@ -55,6 +55,25 @@ def test_an_unloadable_file_never_appears(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_external_data_keeps_the_name_the_graph_gives_it(tmp_path, monkeypatch):
+    onnx = pytest.importorskip("onnx")
+    real_export = onnx_export._export
+
+    def export_with_external_data(model, example, path, opset):  # as the dynamo exporter writes a large model
+        written = real_export(model, example, path, opset)
+        onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True,
+                        location=path.name + ".data", size_threshold=0)
+        return written
+
+    monkeypatch.setattr(onnx_export, "_export", export_with_external_data)
+    model, x = nn.Linear(4, 3).eval(), torch.randn(1, 4)
+    exported = export_onnx(model, x, tmp_path / "model.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    session = onnxruntime.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(got), model(x).detach(), atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
     transformers = pytest.importorskip("transformers", reason="transformers is not installed")

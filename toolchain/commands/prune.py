@@ -82,6 +82,7 @@ def run_pipeline(model, weights, input_shape, inputs, trust_pickle, ratio, round
 def print_summary(manifest: dict, out: Path) -> None:
     from toolchain.manifest import Manifest, summary_lines
 
-    click.echo(f"wrote {out}/ (model.onnx, arch.json, weights.safetensors, manifest.json)")
+    onnx_files = "model.onnx + model.onnx.data" if (out / "model.onnx.data").is_file() else "model.onnx"
+    click.echo(f"wrote {out}/ ({onnx_files}, arch.json, weights.safetensors, manifest.json)")
     for line in summary_lines(Manifest.from_json(manifest)):
         click.echo(line)

@@ -1,8 +1,9 @@
 """ONNX export with proof: the exported graph must load in onnxruntime and reproduce eager PyTorch.
 
 Inputs keep their names and dtypes (`input_ids: int64`, ...), outputs are the flattened output nest
-named by `output_names` (`logits`, `last_hidden_state`, ...). The file is written under a temporary
-name and only renamed into place once onnxruntime has loaded it, run it and matched PyTorch.
+named by `output_names` (`logits`, `last_hidden_state`, ...). The file (and the external data file of a
+large model) is written in a hidden folder beside its destination and only moved into place once onnxruntime
+has loaded it, run it and matched PyTorch.
 
 >>> exported = export_onnx(model, torch.randn(1, 1, 28, 28), "model.onnx")   # doctest: +SKIP
 >>> exported.max_rel_err
@@ -12,6 +13,8 @@ name and only renamed into place once onnxruntime has loaded it, run it and matc
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,18 +90,23 @@ def export_onnx(model: nn.Module, example_input: ModelInputs, path: str | Path, 
     if opset < 17:
         raise ToolchainError(f"opset {opset} is too old; the toolchain exports opset >= 17")
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # Written under its final file name in a hidden folder beside it: a large model's weights go to an external
+    # data file that the graph names relative to itself (`model.onnx.data`), so the name must not change later.
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staged = staging / path.name
     model = model.eval()
     try:
         try:
-            written_opset = _export(model, example_input, tmp, opset)
+            written_opset = _export(model, example_input, staged, opset)
         except Exception as exc:
             raise ToolchainError(f"ONNX export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
-        max_rel_err = verify_onnx(model, tmp, example_input, n_random, tolerance)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+        max_rel_err = verify_onnx(model, staged, example_input, n_random, tolerance)
+        for data in staging.iterdir():  # external data first, the graph that names it last
+            if data != staged:
+                os.replace(data, path.with_name(data.name))
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return OnnxExport(path, written_opset, max_rel_err)
 
 
