@@ -201,6 +201,7 @@ class Verification:
     shrink_relative_error: float | None = None  # shrunk vs masked dense model (PyTorch), outputs and inside
     shrink_module_outputs: int | None = None  # module outputs (of unchanged shape) compared inside the model
     onnx_max_rel_err: float | None = None  # ONNX (onnxruntime) vs the pruned PyTorch model
+    onnx_outputs_vary: bool | None = None  # False: the outputs were the same for every input compared
     onnx_opset: int | None = None
 
 
@@ -312,7 +313,7 @@ class Deployment:
 _PRUNING_KEYS = {f.name: f.name for f in fields(Pruning)}
 _VERIFICATION_KEYS = {"shrink_relative_error": "verified_relative_error",
                       "shrink_module_outputs": "verified_module_outputs", "onnx_max_rel_err": "onnx_max_rel_err",
-                      "onnx_opset": "onnx_opset"}
+                      "onnx_outputs_vary": "onnx_outputs_vary_with_input", "onnx_opset": "onnx_opset"}
 _ACCURACY_KEYS = {"data": "accuracy_data", "dense": "dense_accuracy", "pruned": "accuracy",
                   "before_recovery": "accuracy_before_recovery",
                   "after_bn_recalibration": "accuracy_after_bn_recalibration", "finetune_steps": "finetune_steps",
@@ -449,7 +450,10 @@ def summary_lines(manifest: Manifest) -> list[str]:
         inside = "" if shrink.shrink_module_outputs is None else f" and {shrink.shrink_module_outputs} module outputs"
         lines.append(f"  shrink verified against the masked dense model: max relative error "
                      f"{shrink.shrink_relative_error:.1e} over the outputs{inside}")
-    lines.append(f"  ONNX verified against PyTorch: max relative error {manifest.verification.onnx_max_rel_err:.1e}")
+    checked = manifest.verification
+    constant = ("; the outputs were the same for every input (zero or constant: weights never trained?), so this "
+                "compared constants" if checked.onnx_outputs_vary is False else "")
+    lines.append(f"  ONNX verified against PyTorch: max relative error {checked.onnx_max_rel_err:.1e}{constant}")
     budget, latency = manifest.budget, manifest.latency
     if budget is not None:
         met = "met" if budget.budget_met else "MISSED"

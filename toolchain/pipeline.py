@@ -87,6 +87,7 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
         step("exporting ONNX and verifying it against PyTorch")
         exported = export_onnx(result.model, example_input, tmp / "model.onnx")  # verified in onnxruntime
         manifest["onnx_max_rel_err"] = exported.max_rel_err
+        manifest["onnx_outputs_vary_with_input"] = exported.outputs_vary
         manifest["onnx_opset"] = exported.opset
         write_arch_and_weights(tmp, result.model, dense, manifest["model"], specs, result.widths)
         if extend is not None:

@@ -147,3 +147,12 @@ def test_hf_model_output_classes_prune_and_export(kind, tmp_path):
 def test_torchvision_segmentation_dict_output_prunes_and_exports(tmp_path):
     pytest.importorskip("torchvision", reason="torchvision is not installed")
     prune_and_export("torchvision:lraspp_mobilenet_v3_large", tmp_path, input_shape=(1, 3, 32, 32))
+
+
+def test_an_export_says_when_the_outputs_did_not_vary_with_the_input(tmp_path):
+    varying = export_onnx(nn.Linear(4, 3).eval(), torch.randn(1, 4), tmp_path / "a.onnx")
+    head = nn.Linear(4, 3).eval()
+    nn.init.zeros_(head.weight)  # as a classifier that was never trained: its outputs are its bias
+    constant = export_onnx(head, torch.randn(1, 4), tmp_path / "b.onnx")
+    one_input = export_onnx(nn.Linear(4, 3).eval(), torch.randn(1, 4), tmp_path / "c.onnx", n_random=0)
+    assert (varying.outputs_vary, constant.outputs_vary, one_input.outputs_vary) == (True, False, None)

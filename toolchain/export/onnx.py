@@ -51,11 +51,14 @@ MAX_REL_ERR_FP32 = 1e-4
 
 @dataclass(frozen=True)
 class OnnxExport:
-    """A verified ONNX file: where it is, the opset it holds, and its worst error against PyTorch."""
+    """A verified ONNX file: where it is, the opset it holds, its worst error against PyTorch, and whether the
+    model's outputs changed with the input at all (False: zero or constant outputs, as a classifier that was
+    never trained can give, so the comparison held constants; None: only one input was compared)."""
 
     path: Path
     opset: int
     max_rel_err: float
+    outputs_vary: bool | None = None
 
 
 def _export(model: nn.Module, example_input: ModelInputs, path: Path, opset: int) -> int:
@@ -100,14 +103,14 @@ def export_onnx(model: nn.Module, example_input: ModelInputs, path: str | Path, 
             written_opset = _export(model, example_input, staged, opset)
         except Exception as exc:
             raise ToolchainError(f"ONNX export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
-        max_rel_err = verify_onnx(model, staged, example_input, n_random, tolerance)
+        max_rel_err, outputs_vary = _verify_onnx(model, staged, example_input, n_random, tolerance)
         for data in staging.iterdir():  # external data first, the graph that names it last
             if data != staged:
                 os.replace(data, path.with_name(data.name))
         os.replace(staged, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return OnnxExport(path, written_opset, max_rel_err)
+    return OnnxExport(path, written_opset, max_rel_err, outputs_vary)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -145,13 +148,27 @@ def compare_with_pytorch(model: nn.Module, run: Callable[[list[np.ndarray]], lis
     """Run a compiled model (`run`: input arrays in call order -> output arrays) and PyTorch on the
     example and `n_random` seeded random inputs (`random_like`: token ids stay inside the vocabulary);
     return the max relative error over every flattened output, raise above `tolerance`."""
+    return _compare(model, run, example_input, label, n_random, tolerance, seed)[0]
+
+
+def _vary(first: list[torch.Tensor], other: list[torch.Tensor]) -> bool:
+    return any(a.shape != b.shape or max_relative_error(a.numpy(), b.numpy()) > 1e-6 for a, b in zip(first, other))
+
+
+def _compare(model: nn.Module, run: Callable[[list[np.ndarray]], list[np.ndarray]], example_input: ModelInputs,
+             label: str, n_random: int, tolerance: float, seed: int) -> tuple[float, bool | None]:
+    """`compare_with_pytorch`, and whether PyTorch's outputs varied over the inputs (None: one input)."""
     generator = torch.Generator().manual_seed(seed)
     inputs = [example_input] + [random_like(example_input, generator) for _ in range(n_random)]
-    worst = 0.0
+    worst, first, vary = 0.0, None, None
     model = model.eval()
     for x in inputs:
         with torch.no_grad():
             expected = flatten_outputs(call_model(model, x))
+        if first is None:
+            first = expected
+        else:
+            vary = bool(vary) or _vary(first, expected)
         got = run([t.detach().cpu().numpy() for t in input_tensors(x)])
         if len(got) != len(expected):
             raise ToolchainError(f"{label} has {len(got)} outputs, PyTorch has {len(expected)}")
@@ -162,7 +179,7 @@ def compare_with_pytorch(model: nn.Module, run: Callable[[list[np.ndarray]], lis
             worst = max(worst, max_relative_error(e.numpy(), g))
     if worst > tolerance:
         raise ToolchainError(f"{label} output differs from PyTorch: max relative error {worst:.2e} > {tolerance:.0e}")
-    return worst
+    return worst, vary
 
 
 def verify_onnx(model: nn.Module, path: str | Path, example_input: ModelInputs, n_random: int = 2,
@@ -172,6 +189,11 @@ def verify_onnx(model: nn.Module, path: str | Path, example_input: ModelInputs, 
     Raises `ToolchainError` if onnxruntime cannot load or run it, or the error exceeds `tolerance`
     (1e-4 for fp32).
     """
+    return _verify_onnx(model, path, example_input, n_random, tolerance, seed)[0]
+
+
+def _verify_onnx(model: nn.Module, path: str | Path, example_input: ModelInputs, n_random: int = 2,
+                 tolerance: float = MAX_REL_ERR_FP32, seed: int = 0) -> tuple[float, bool | None]:
     try:
         session = onnx_session(path)
     except Exception as exc:  # onnxruntime's own exception types; an unloadable file is never "exported"
@@ -186,4 +208,4 @@ def verify_onnx(model: nn.Module, path: str | Path, example_input: ModelInputs, 
         except Exception as exc:
             raise ToolchainError(f"onnxruntime cannot run {Path(path).name}: {_first_line(exc)}") from exc
 
-    return compare_with_pytorch(model, run, example_input, "ONNX model", n_random, tolerance, seed)
+    return _compare(model, run, example_input, "ONNX model", n_random, tolerance, seed)
