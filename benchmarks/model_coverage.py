@@ -35,9 +35,11 @@ stays as the checks above give it and `masked_check` says why. The check runs af
 is not counted in its seconds. This masked check of Torch-Pruning's models is only as sensitive as the
 outputs: an output dominated by the classifier's bias hides most of the features' error (the registry wakes
 classifiers initialised to zero). The toolchain's own check also compares every module output whose shape the
-shrink left unchanged and runs with all-zero weights woken (`toolchain.graph_probes`), which matters for the CLI
-column, whose models come from their library's own initialisation (torchvision's ViT heads, timm's
-`zero_init_last` BatchNorms start at zero); its rows record `shrink_rel_err` and `shrink_module_outputs`.
+shrink left unchanged, and every layer output the shrink narrowed on its kept channels, with all-zero weights woken
+and faded signals scaled back up (`toolchain.graph_probes`), which matters for the CLI column, whose models come
+from their library's own initialisation (torchvision's ViT heads, timm's `zero_init_last` BatchNorms start at
+zero, GoogLeNet's signal fades to nothing); its rows record `shrink_rel_err`, `shrink_module_outputs` and
+`onnx_outputs_vary` (False: the model's outputs were the same for every input the ONNX check compared).
 
     python -m benchmarks.model_coverage --subset          # 20 models across the four libraries
     python -m benchmarks.model_coverage 'timm:*'          # entries by pattern; resumes an existing file
@@ -279,7 +281,8 @@ def _run_toolchain_cli(key: str, built, limit_s: int, workdir: Path) -> dict | N
     if done.returncode == 0 and manifest_path.is_file():  # how much of the model the CLI's shrink check compared
         written = json.loads(manifest_path.read_text())
         row.update(shrink_rel_err=written.get("verified_relative_error"),
-                   shrink_module_outputs=written.get("verified_module_outputs"))
+                   shrink_module_outputs=written.get("verified_module_outputs"),
+                   onnx_outputs_vary=written.get("onnx_outputs_vary_with_input"))
     stderr_lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("…")]
     if done.returncode == 2 and len(stderr_lines) == 1 and stderr_lines[0].startswith("error:"):
         if CLI_SOURCE_MISSING.search(stderr_lines[0]):
