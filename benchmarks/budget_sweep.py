@@ -148,18 +148,25 @@ def run_anchors(name: str, folder: Path, seed: int, args, spec, weights, step) -
 
 
 CORRECTED_SUFFIX = "-corrected"
+RECOVERY_CHECKED_SUFFIX = "-rchecked"
+# Variants of the toolchain's allocators, each in its own folder inside the seed's: suffix -> folder, config changes
+VARIANTS = {CORRECTED_SUFFIX: ("corrected", {"correct_predictor": True}),
+            RECOVERY_CHECKED_SUFFIX: ("rchecked", {"check_recovery_steps": None})}  # None: the sweep's steps
 
 
-def corrected_config(config, allocators: list[str]):
-    """The seed's sweep with the predictor corrected by each search's tries, in `<seed folder>/corrected`; the
-    seed's dense timing is copied there first, so both share one budget in ms."""
+def variant_config(config, allocators: list[str], suffix: str):
+    """The seed's sweep as a variant (`VARIANTS`: the predictor corrected by each search's tries, or the
+    calibration check scored after recovery) in `<seed folder>/<variant>`; the seed's dense timing is copied
+    there first, so all share one budget in ms."""
     from dataclasses import replace
 
-    folder = Path(config.out) / "corrected"
+    name, changes = VARIANTS[suffix]
+    folder = Path(config.out) / name
     folder.mkdir(exist_ok=True)
     if not (folder / "sweep.json").is_file():
         (folder / "sweep.json").write_text((Path(config.out) / "sweep.json").read_text())
-    return replace(config, out=folder, allocators=tuple(allocators), correct_predictor=True)
+    changes = {k: config.finetune_steps if v is None else v for k, v in changes.items()}
+    return replace(config, out=folder, allocators=tuple(allocators), **changes)
 
 
 def collect_rows(model_folder: Path) -> list[dict]:
@@ -170,9 +177,9 @@ def collect_rows(model_folder: Path) -> list[dict]:
     for folder in sorted(model_folder.glob("seed*")):
         seed = int(folder.name[4:])
         rows += [{**r, "method": r["allocator"], "seed": seed} for r in read_rows(folder)]
-        if (folder / "corrected").is_dir():
-            rows += [{**r, "method": r["allocator"] + CORRECTED_SUFFIX, "seed": seed}
-                     for r in read_rows(folder / "corrected")]
+        for suffix, (name, _) in VARIANTS.items():
+            if (folder / name).is_dir():
+                rows += [{**r, "method": r["allocator"] + suffix, "seed": seed} for r in read_rows(folder / name)]
         anchors = {(r["method"], r["budget_ratio"]): r for r in read_jsonl(folder / ANCHOR_ROWS)}  # last one wins
         rows += [{**r, "seed": seed} for r in anchors.values()]
     return rows
@@ -251,6 +258,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="allocators also run with BudgetConfig.correct_predictor (the predictor corrected by "
                              "each search's own measured tries), as methods '<allocator>-corrected', in "
                              "seed<k>/corrected/ with the seed's dense timing")
+    parser.add_argument("--recovery-checked", default="",
+                        help="allocators also run with BudgetConfig.check_recovery_steps = --finetune-steps (the "
+                             "calibration check scores its candidates after that recovery), as methods "
+                             "'<allocator>-rchecked', in seed<k>/rchecked/ with the seed's dense timing")
     parser.add_argument("--refine-predictor", type=int, default=0,
                         help="rounds of timing the allocators' choices under the predictor and refitting it "
                              "(toolchain.latency.refine) before the seeds run; 0: the sampled-only predictor")
@@ -284,7 +295,9 @@ def main() -> None:
     out = args.out or HERE.parent / "results" / f"sweep-seeds-{environment}"
     out.mkdir(parents=True, exist_ok=True)
     corrected = [a for a in args.corrected.split(",") if a]
+    recovery_checked = [a for a in args.recovery_checked.split(",") if a]
     methods = [*args.allocators.split(","), *(f"{a}{CORRECTED_SUFFIX}" for a in corrected),
+               *(f"{a}{RECOVERY_CHECKED_SUFFIX}" for a in recovery_checked),
                *(f"tp-{a}" for a in args.anchors.split(",") if a)]
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     report = {"command": " ".join(["python -m benchmarks.budget_sweep", *sys.argv[1:]]), "fingerprint": fingerprint,
@@ -317,7 +330,9 @@ def main() -> None:
             if not args.anchors_only:
                 run_sweep(config, step)
                 if corrected:
-                    run_sweep(corrected_config(config, corrected), step)
+                    run_sweep(variant_config(config, corrected, CORRECTED_SUFFIX), step)
+                if recovery_checked:
+                    run_sweep(variant_config(config, recovery_checked, RECOVERY_CHECKED_SUFFIX), step)
             run_anchors(name, config.out, seed, args, spec, weights, step)
             _record_session(config.out, start_s, start_cpu_s, load_before)
             write_report(out, report)

@@ -44,3 +44,55 @@ def test_a_ratio_prune_in_the_pipeline_is_recovered_by_the_same_function(tmp_pat
     dense, specs = resolve_model("zoo:demo")
     done = recover(prune(dense, make_inputs(specs), ratio=0.5).model, dense, load_mnist5k(), recovery)
     assert (manifest["dense_accuracy"], manifest["accuracy"]) == (done["dense_accuracy"], done["accuracy"])
+
+
+# The demo's channel groups, each with a synthetic cost per kept channel (as tests/test_manifest.py).
+_COST_MS = {"stem.0": 0.02, "layer1.0.conv1": 0.01, "layer2.0.conv1": 0.01, "layer2.0.downsample.0": 0.012,
+            "layer3.0.conv1": 0.008, "layer3.0.downsample.0": 0.006}
+
+
+class _LinearLatency:
+    differentiable = True
+
+    def ms_batch(self, widths):
+        import torch
+
+        return 0.1 + widths @ torch.tensor(list(_COST_MS.values()))
+
+
+def _fake_target(model, _example_input) -> float:
+    return 1.0 + sum(cost * model.get_submodule(name).out_channels for name, cost in _COST_MS.items())
+
+
+def test_the_calibration_check_can_score_its_candidates_after_recovery(small_mnist, monkeypatch):
+    import toolchain.budget_check as budget_check
+    from toolchain.allocate import BudgetConfig
+    from toolchain.budget import PredictorInfo, prune_to_budget
+
+    distilled = []
+    real_distill = budget_check.distill
+
+    def counting_distill(model, dense, train, calib, config):
+        distilled.append(config.finetune_steps)
+        return real_distill(model, dense, train, calib, config)
+
+    monkeypatch.setattr(budget_check, "distill", counting_distill)
+    dense, _ = resolve_model("zoo:demo")
+    config = BudgetConfig(budget_ratio=0.5, criterion="l1", allocator="knapsack", finetune_steps=0,
+                          check_recovery_steps=2)
+    result = prune_to_budget(dense, small_mnist.test[0][0].unsqueeze(0), config,
+                             PredictorInfo(_LinearLatency(), "synthetic", None, {}), _fake_target, data=small_mnist)
+    checks = [t["calibration_check"] for t in result.manifest["iterations"] if t.get("calibration_check")]
+    assert checks and all(c["scored_after_distillation_steps"] == 2 and c["exchanges"] == 0 for c in checks)
+    scored = {name for c in checks for name in c["losses"]}
+    assert {"1.0", "0.0", "global"} <= scored  # the proposal, the uniform allocation, the global threshold
+    assert distilled and set(distilled) == {2}
+    assert len(distilled) <= sum(len(c["losses"]) for c in checks), "a width choice is trained once"
+
+
+def test_check_recovery_steps_must_not_be_negative():
+    from toolchain.allocate import BudgetConfig
+    from toolchain.errors import ToolchainError
+
+    with pytest.raises(ToolchainError, match="check_recovery_steps must be >= 0"):
+        BudgetConfig(budget_ratio=0.5, check_recovery_steps=-1)

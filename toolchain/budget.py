@@ -17,11 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 from torch import nn
 
 from toolchain.allocate import BudgetConfig, build_problem
+from toolchain.budget_check import loss_after_recovery
 from toolchain.budget_providers import BudgetProviders, Measurer, Step, active_providers
 from toolchain.budget_search import BudgetSearch
 from toolchain.budget_timing import by_statistic, run_stats, target_timer
@@ -172,11 +174,13 @@ def _budget_search(dense: nn.Module, example_input: ModelInputs, config: BudgetC
         return prune(dense, example_input, PruneConfig(round_to=config.round_to, protect=config.protect,
                                                        widths=widths), scores=scored.scores)
 
-    def joint_loss(widths: dict[str, int]) -> float:
-        return masked_loss(scored.model, scored.graph, scored.scores, widths, calib)
-
-    return BudgetSearch(problem, config, budget_ms, dense_ms, build, measurer, example_input,
-                        joint_loss if calib is not None else None, step)
+    joint_loss = None  # without data, the allocator's proposal is not checked
+    if calib is not None and config.check_recovery_steps and getattr(data, "train", None) is not None:
+        joint_loss = loss_after_recovery(lambda w: build(w).model, dense, data, config.recovery_config,
+                                         config.check_recovery_steps)
+    elif calib is not None:
+        joint_loss = partial(masked_loss, scored.model, scored.graph, scored.scores, calib=calib)
+    return BudgetSearch(problem, config, budget_ms, dense_ms, build, measurer, example_input, joint_loss, step)
 
 
 def _final_model(dense: nn.Module, example_input: ModelInputs, config: BudgetConfig, scored: ScoredModel,

@@ -12,9 +12,14 @@ blends of the two and one global score threshold, all fitted to the same predict
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+
+from torch import nn
 
 from toolchain.allocate import AllocationProblem, allocate, greedy_repair
 from toolchain.allocate.macs import global_ranking
+from toolchain.evaluate import mean_loss
+from toolchain.recover import RecoveryConfig, distill, recalibrate_batchnorm
 
 JointLoss = Callable[[dict[str, int]], float]
 
@@ -45,6 +50,29 @@ def calibration_check(problem: AllocationProblem, proposal: dict[str, int], targ
     return refined, {"proposal_weight": float(best) if best != GLOBAL else None, "chosen": best,
                      "losses": {name: round(v, 4) for name, v in losses.items()},
                      "exchanges": exchanges, "refined_loss": round(refined_loss, 4)}
+
+
+def loss_after_recovery(build: Callable[[dict[str, int]], nn.Module], dense: nn.Module, data,
+                        recovery: RecoveryConfig, steps: int) -> JointLoss:
+    """A `JointLoss` that scores widths as recovery would leave them: a pruned copy (`build(widths)`), its
+    BatchNorm re-calibrated, `steps` distillation steps from `dense` on the train split, then its mean loss on
+    the calibration split (held apart from the steps). Memoised per widths: a search asks again.
+
+    The masked model's loss before any training ranks width choices by what they keep before recovery; where
+    recovery changes the order (deep cuts of a coupled group recover less), this ranks them by what is shipped.
+    """
+    config, seen = replace(recovery, finetune_steps=steps, distill=True), {}
+
+    def loss(widths: dict[str, int]) -> float:
+        key = tuple(sorted(widths.items()))
+        if key not in seen:
+            model = build(widths)
+            recalibrate_batchnorm(model, data.calib)
+            distill(model, dense, data.train, data.calib, config)
+            seen[key] = mean_loss(model, data.calib)
+        return seen[key]
+
+    return loss
 
 
 def _exchange(problem: AllocationProblem, widths: dict[str, int], loss: float, target_ms: float,

@@ -244,7 +244,14 @@ class BudgetSearch:
         self.step(f"allocating widths ({config.allocator}) for {self.target_ms:.3f} predicted ms{corrected}")
         widths, check = allocate(config.allocator, problem, self.target_ms), None
         if config.allocator in CHECKED_ALLOCATORS and self.joint_loss is not None:
-            widths, check = calibration_check(problem, widths, self.target_ms, self.joint_loss, config.refine_rounds)
+            after = config.check_recovery_steps
+            if after:
+                self.step(f"checking the allocation against blends with the uniform one after {after} "
+                          "distillation steps each")
+            widths, check = calibration_check(problem, widths, self.target_ms, self.joint_loss,
+                                              0 if after else config.refine_rounds)
+            if after:
+                check["scored_after_distillation_steps"] = after
         if any(widths == t.widths for t in self.trials):
             refined = refinement(problem, config, self.budget_ms, self.trials, bracketed=True) if correcting else None
             if refined is not None:

@@ -1,4 +1,4 @@
-"""Accuracy of a classifier on a dataset."""
+"""Accuracy and mean loss of a classifier on a dataset."""
 
 from __future__ import annotations
 
@@ -10,6 +10,27 @@ from toolchain.errors import ToolchainError
 
 
 @torch.no_grad()
+@torch.no_grad()
+def mean_loss(model: nn.Module, dataset: Dataset, batch_size: int = 500) -> float:
+    """Mean cross-entropy of `model` (eval mode) on (input, label) pairs.
+
+    >>> mean_loss(nn.Linear(2, 2).eval(), [(torch.zeros(2), 0), (torch.zeros(2), 1)]) > 0
+    True
+    """
+    was_training = model.training
+    model.eval()
+    total = count = 0.0
+    try:
+        for inputs, labels in DataLoader(dataset, batch_size=batch_size):
+            total += float(nn.functional.cross_entropy(model(inputs), labels, reduction="sum"))
+            count += len(labels)
+    finally:
+        model.train(was_training)
+    if not count:
+        raise ToolchainError("cannot compute a loss on an empty dataset")
+    return total / count
+
+
 def accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 500) -> float:
     """Top-1 accuracy in [0, 1] of `model` (eval mode) on (input, label) pairs.
 

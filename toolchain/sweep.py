@@ -69,6 +69,7 @@ class SweepConfig:
     finetune_steps: int = 0  # > 0: each point also reports accuracy after distillation fine-tuning
     refine_rounds: int = 2
     correct_predictor: bool = False  # BudgetConfig.correct_predictor for every point
+    check_recovery_steps: int = 0  # BudgetConfig.check_recovery_steps for every point
     workers: int = 1
     predictor: str | None = None
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
@@ -255,7 +256,8 @@ def run_point(config: SweepConfig, prepared: PreparedCriterion, budget_ratio: fl
     budget = BudgetConfig(budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
                           finetune_steps=config.finetune_steps, refine_rounds=config.refine_rounds,
                           lower_ratio=config.lower_ratio, budget_statistic=config.budget_statistic,
-                          correct_predictor=config.correct_predictor)
+                          correct_predictor=config.correct_predictor,
+                          check_recovery_steps=config.check_recovery_steps)
     try:
         result = prune_to_budget(prepared.dense, prepared.example_input, budget, predictor, measurer,
                                  data=prepared.data, saliency=config.saliency, scored=prepared.scored,

@@ -59,6 +59,11 @@ class BudgetConfig:
     lower_ratio: float = BUDGET_BAND_LOW  # a measured latency in [lower_ratio, 1] x budget is accepted
     aim_ratio: float = 0.95  # first aim, as a share of the budget
     refine_rounds: int = 2  # lpnet/knapsack: exchange rounds on the joint calibration loss (0: none)
+    # lpnet/knapsack, with a train split: the calibration check scores its candidates (the proposal, blends with
+    # the uniform allocation, a global threshold) by calibration loss after this many distillation steps of a
+    # pruned copy, as recovery will train the model, instead of the masked model's loss before any; its
+    # exchange rounds are skipped (each would cost a distillation). 0: scored before recovery (cheap).
+    check_recovery_steps: int = 0
     # After every measured try, correct the predictor by the tries measured so far and allocate again
     # (`toolchain.allocate.correction`) instead of refining the first allocation locally.
     correct_predictor: bool = False
@@ -84,6 +89,8 @@ class BudgetConfig:
             raise ToolchainError(f"min_keep_ratio must be in (0, 1], got {self.min_keep_ratio}")
         if self.max_iterations < 1:
             raise ToolchainError(f"max_iterations must be >= 1, got {self.max_iterations}")
+        if self.check_recovery_steps < 0:
+            raise ToolchainError(f"check_recovery_steps must be >= 0, got {self.check_recovery_steps}")
         if self.budget_statistic is not None and self.budget_statistic not in BUDGET_STATISTICS:
             raise ToolchainError(f"unknown budget statistic {self.budget_statistic!r}; "
                                  f"valid: {', '.join(BUDGET_STATISTICS)}")
