@@ -149,9 +149,11 @@ def run_anchors(name: str, folder: Path, seed: int, args, spec, weights, step) -
 
 CORRECTED_SUFFIX = "-corrected"
 RECOVERY_CHECKED_SUFFIX = "-rchecked"
+SELECTED_SUFFIX = "-selected"
 # Variants of the toolchain's allocators, each in its own folder inside the seed's: suffix -> folder, config changes
 VARIANTS = {CORRECTED_SUFFIX: ("corrected", {"correct_predictor": True}),
-            RECOVERY_CHECKED_SUFFIX: ("rchecked", {"check_recovery_steps": None})}  # None: the sweep's steps
+            RECOVERY_CHECKED_SUFFIX: ("rchecked", {"check_recovery_steps": None}),  # None: the sweep's steps
+            SELECTED_SUFFIX: ("selected", {"recovered_selection_steps": None})}
 
 
 def variant_config(config, allocators: list[str], suffix: str):
@@ -262,6 +264,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="allocators also run with BudgetConfig.check_recovery_steps = --finetune-steps (the "
                              "calibration check scores its candidates after that recovery), as methods "
                              "'<allocator>-rchecked', in seed<k>/rchecked/ with the seed's dense timing")
+    parser.add_argument("--selected", default="",
+                        help="allocators also run with BudgetConfig.recovered_selection_steps = --finetune-steps (the "
+                             "uniform allocation searched under the same budget too, the one recovering better on "
+                             "calibration data kept), as methods '<allocator>-selected', in seed<k>/selected/")
     parser.add_argument("--refine-predictor", type=int, default=0,
                         help="rounds of timing the allocators' choices under the predictor and refitting it "
                              "(toolchain.latency.refine) before the seeds run; 0: the sampled-only predictor")
@@ -296,8 +302,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     corrected = [a for a in args.corrected.split(",") if a]
     recovery_checked = [a for a in args.recovery_checked.split(",") if a]
+    selected = [a for a in args.selected.split(",") if a]
     methods = [*args.allocators.split(","), *(f"{a}{CORRECTED_SUFFIX}" for a in corrected),
                *(f"{a}{RECOVERY_CHECKED_SUFFIX}" for a in recovery_checked),
+               *(f"{a}{SELECTED_SUFFIX}" for a in selected),
                *(f"tp-{a}" for a in args.anchors.split(",") if a)]
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     report = {"command": " ".join(["python -m benchmarks.budget_sweep", *sys.argv[1:]]), "fingerprint": fingerprint,
@@ -333,6 +341,8 @@ def main() -> None:
                     run_sweep(variant_config(config, corrected, CORRECTED_SUFFIX), step)
                 if recovery_checked:
                     run_sweep(variant_config(config, recovery_checked, RECOVERY_CHECKED_SUFFIX), step)
+                if selected:
+                    run_sweep(variant_config(config, selected, SELECTED_SUFFIX), step)
             run_anchors(name, config.out, seed, args, spec, weights, step)
             _record_session(config.out, start_s, start_cpu_s, load_before)
             write_report(out, report)

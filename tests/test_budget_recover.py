@@ -90,9 +90,29 @@ def test_the_calibration_check_can_score_its_candidates_after_recovery(small_mni
     assert len(distilled) <= sum(len(c["losses"]) for c in checks), "a width choice is trained once"
 
 
-def test_check_recovery_steps_must_not_be_negative():
+@pytest.mark.parametrize("field", ["check_recovery_steps", "recovered_selection_steps"])
+def test_recovery_scored_steps_must_not_be_negative(field):
     from toolchain.allocate import BudgetConfig
     from toolchain.errors import ToolchainError
 
-    with pytest.raises(ToolchainError, match="check_recovery_steps must be >= 0"):
-        BudgetConfig(budget_ratio=0.5, check_recovery_steps=-1)
+    with pytest.raises(ToolchainError, match=f"{field} must be >= 0"):
+        BudgetConfig(budget_ratio=0.5, **{field: -1})
+
+
+def test_the_allocation_is_shipped_only_where_it_recovers_better_than_the_uniform_one(small_mnist):
+    from toolchain.allocate import BudgetConfig
+    from toolchain.budget import PredictorInfo, prune_to_budget
+
+    dense, _ = resolve_model("zoo:demo")
+    config = BudgetConfig(budget_ratio=0.5, criterion="l1", allocator="knapsack", finetune_steps=0,
+                          recovered_selection_steps=2)
+    result = prune_to_budget(dense, small_mnist.test[0][0].unsqueeze(0), config,
+                             PredictorInfo(_LinearLatency(), "synthetic", None, {}), _fake_target, data=small_mnist)
+    selection = result.manifest["recovered_selection"]
+    candidates = selection["candidates"]
+    assert set(candidates) == {"knapsack", "uniform"} and selection["distillation_steps"] == 2
+    losses = {name: c["calib_loss_after_recovery"] for name, c in candidates.items()}
+    assert all(c["budget_met"] for c in candidates.values()) and selection["chosen"] == min(losses, key=losses.get)
+    assert result.manifest["measured_latency_ms"] == candidates[selection["chosen"]]["measured_ms"]
+    assert result.manifest["measured_latency_ms"] <= result.manifest["budget_ms"]
+    assert "recovered_selection" in result.manifest["wall_s"]

@@ -139,6 +139,15 @@ def prune_to_budget(dense: nn.Module, example_input: ModelInputs, config: Budget
     with _timed(wall_s, "allocate_and_measure"):
         while (trial := search.propose()) is not None:
             search.observe(search.measure(trial))
+    selection = None
+    if config.recovered_selection_steps and config.allocator != "uniform" and getattr(data, "train", None) is not None:
+        with _timed(wall_s, "recovered_selection"):
+            rival = _budget_search(dense, example_input, replace(config, allocator="uniform"), predictor, measurer,
+                                   data, saliency, scored, budget_ms, dense_latency_ms, step)
+            while (trial := rival.propose()) is not None:
+                rival.observe(rival.measure(trial))
+            search, selection = _select_after_recovery(dense, data, config, {config.allocator: search,
+                                                                              "uniform": rival}, step)
     best = search.best()
     result, saliency_report = _final_model(dense, example_input, config, scored, best, data, saliency, step)
     manifest = {**result.manifest, **_budget_fields(config, search, best, result, saliency_report, predictor)}
@@ -146,11 +155,33 @@ def prune_to_budget(dense: nn.Module, example_input: ModelInputs, config: Budget
         manifest["latency_runs"] = {"measured": best.run_stats, "dense": dense_runs}
     if criterion_note is not None:
         manifest["criterion_note"] = criterion_note
+    if selection is not None:
+        manifest["recovered_selection"] = selection
     with _timed(wall_s, "recover"):
         if data is not None:
             manifest.update(recover(result.model, dense, data, config.recovery_config, step, on_recovery))
     manifest["wall_s"] = {k: round(v, 2) for k, v in wall_s.items()}
     return replace(result, manifest=manifest)
+
+
+def _select_after_recovery(dense: nn.Module, data, config: BudgetConfig, searches: dict[str, BudgetSearch],
+                           step: Step) -> tuple[BudgetSearch, dict]:
+    """Of the searches' best models that meet the budget, the one with the lowest calibration loss after
+    `config.recovered_selection_steps` distillation steps of a copy (`loss_after_recovery`); what was seen."""
+    steps = config.recovered_selection_steps
+    step(f"choosing between the {' and the '.join(searches)} allocation after {steps} distillation steps each")
+    candidates = {}
+    for name, search in searches.items():
+        best = search.best()
+        met = best.measured_ms <= search.budget_ms
+        loss = (loss_after_recovery(lambda _w, model=best.result.model: copy.deepcopy(model), dense, data,
+                                    config.recovery_config, steps)(best.widths) if met else None)
+        candidates[name] = {"measured_ms": round(best.measured_ms, 4), "budget_met": met, "tries": len(search.trials),
+                            "calib_loss_after_recovery": None if loss is None else round(loss, 4)}
+    scored = {name: c["calib_loss_after_recovery"] for name, c in candidates.items()
+              if c["calib_loss_after_recovery"] is not None}
+    chosen = min(scored, key=scored.get) if scored else config.allocator  # ties: the allocator (first)
+    return searches[chosen], {"chosen": chosen, "distillation_steps": steps, "candidates": candidates}
 
 
 @contextmanager

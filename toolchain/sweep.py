@@ -70,6 +70,7 @@ class SweepConfig:
     refine_rounds: int = 2
     correct_predictor: bool = False  # BudgetConfig.correct_predictor for every point
     check_recovery_steps: int = 0  # BudgetConfig.check_recovery_steps for every point
+    recovered_selection_steps: int = 0  # BudgetConfig.recovered_selection_steps for every point
     workers: int = 1
     predictor: str | None = None
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
@@ -218,6 +219,9 @@ def _row(config: SweepConfig, budget_ratio: float, criterion: str, allocator: st
                 "allocate_and_measure_s": round(wall.get("allocate_and_measure", 0.0), 2),
                 "recover_s": round(wall.get("recover", 0.0), 2), "per_layer_widths": budget.per_layer_widths,
                 "measurement_iterations": [it.to_json() for it in budget.iterations]})
+    if "recovered_selection" in manifest:  # BudgetConfig.recovered_selection_steps: which search's model was kept
+        row.update(recovered_selection=manifest["recovered_selection"],
+                   recovered_selection_s=round(wall.get("recovered_selection", 0.0), 2))
     return row
 
 
@@ -257,7 +261,8 @@ def run_point(config: SweepConfig, prepared: PreparedCriterion, budget_ratio: fl
                           finetune_steps=config.finetune_steps, refine_rounds=config.refine_rounds,
                           lower_ratio=config.lower_ratio, budget_statistic=config.budget_statistic,
                           correct_predictor=config.correct_predictor,
-                          check_recovery_steps=config.check_recovery_steps)
+                          check_recovery_steps=config.check_recovery_steps,
+                          recovered_selection_steps=config.recovered_selection_steps)
     try:
         result = prune_to_budget(prepared.dense, prepared.example_input, budget, predictor, measurer,
                                  data=prepared.data, saliency=config.saliency, scored=prepared.scored,

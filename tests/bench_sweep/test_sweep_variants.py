@@ -34,4 +34,4 @@ def test_a_variant_runs_in_its_own_folder_with_the_seed_dense_timing(tmp_path):
     assert (checked.out, checked.allocators, checked.check_recovery_steps) == (tmp_path / "rchecked", ("lpnet",), 30)
     assert corrected.correct_predictor and not corrected.check_recovery_steps
     assert (tmp_path / "rchecked" / "sweep.json").read_text() == '{"dense_ms": 0.6}'
-    assert set(VARIANTS) == {"-corrected", "-rchecked"}
+    assert set(VARIANTS) == {"-corrected", "-rchecked", "-selected"}

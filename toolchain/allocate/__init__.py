@@ -64,6 +64,11 @@ class BudgetConfig:
     # pruned copy, as recovery will train the model, instead of the masked model's loss before any; its
     # exchange rounds are skipped (each would cost a distillation). 0: scored before recovery (cheap).
     check_recovery_steps: int = 0
+    # > 0, with a train split: the uniform allocation's widths are searched under the same measured budget too,
+    # and of the two measured models the one with the lower calibration loss after this many distillation steps
+    # (of a copy each) is kept: a latency-aware allocation is shipped only where it recovers better than the
+    # latency-blind one at the budget as measured. 0: the allocator's model, unchecked.
+    recovered_selection_steps: int = 0
     # After every measured try, correct the predictor by the tries measured so far and allocate again
     # (`toolchain.allocate.correction`) instead of refining the first allocation locally.
     correct_predictor: bool = False
@@ -91,6 +96,8 @@ class BudgetConfig:
             raise ToolchainError(f"max_iterations must be >= 1, got {self.max_iterations}")
         if self.check_recovery_steps < 0:
             raise ToolchainError(f"check_recovery_steps must be >= 0, got {self.check_recovery_steps}")
+        if self.recovered_selection_steps < 0:
+            raise ToolchainError(f"recovered_selection_steps must be >= 0, got {self.recovered_selection_steps}")
         if self.budget_statistic is not None and self.budget_statistic not in BUDGET_STATISTICS:
             raise ToolchainError(f"unknown budget statistic {self.budget_statistic!r}; "
                                  f"valid: {', '.join(BUDGET_STATISTICS)}")
