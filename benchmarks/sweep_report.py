@@ -13,7 +13,8 @@ from benchmarks.sweep_stats import area_between, common_range, curves_of, point_
 
 ACCURACIES = {"accuracy_after_bn_recalibration": "BN re-calibration only",
               "accuracy_finetuned": "after fine-tuning"}
-TOOLCHAIN = ("lpnet", "knapsack", "lpnet-corrected", "knapsack-corrected")  # rows of the area tables
+# Rows of the area tables: the latency-aware allocators and their variants (benchmarks.budget_sweep.VARIANTS)
+TOOLCHAIN = tuple(f"{a}{v}" for v in ("", "-corrected", "-rchecked", "-selected") for a in ("lpnet", "knapsack"))
 
 
 def summarise(rows: list[dict], methods: list[str]) -> dict:

@@ -100,9 +100,9 @@ def test_the_cli_summary_reads_the_typed_manifest(budget_manifest, ratio_folder)
     written = ratio_folder
     lines = summary_lines(Manifest.from_json(written))
     assert lines[0].startswith("  params 308,074 -> ") and "ONNX verified against PyTorch" in lines[-1]
-    assert written["onnx_outputs_vary_with_input"] is True and "compared constants" not in lines[-1]
+    assert written["onnx_outputs_vary_with_input"] is True and "near-constants" not in lines[-1]
     constant = summary_lines(Manifest.from_json({**written, "onnx_outputs_vary_with_input": False}))
-    assert constant[-1].endswith("so this compared constants")
+    assert constant[-1].endswith("so this compared near-constants")
     budget_lines = summary_lines(Manifest.from_json({**budget_manifest, "onnx_max_rel_err": 1e-7}))
     latency = next(line for line in budget_lines if line.startswith("  latency on cpu/onnxruntime/1t: budget "))
     assert "met on the min of the timed runs; measured " in latency and latency.endswith(" ms (min, thread-CPU)")

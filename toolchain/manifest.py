@@ -451,8 +451,8 @@ def summary_lines(manifest: Manifest) -> list[str]:
         lines.append(f"  shrink verified against the masked dense model: max relative error "
                      f"{shrink.shrink_relative_error:.1e} over the outputs{inside}")
     checked = manifest.verification
-    constant = ("; the outputs were the same for every input (zero or constant: weights never trained?), so this "
-                "compared constants" if checked.onnx_outputs_vary is False else "")
+    constant = ("; the outputs barely changed with the input (under 1e-6 of their scale: weights never trained?), "
+                "so this compared near-constants" if checked.onnx_outputs_vary is False else "")
     lines.append(f"  ONNX verified against PyTorch: max relative error {checked.onnx_max_rel_err:.1e}{constant}")
     budget, latency = manifest.budget, manifest.latency
     if budget is not None:

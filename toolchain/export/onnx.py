@@ -52,8 +52,9 @@ MAX_REL_ERR_FP32 = 1e-4
 @dataclass(frozen=True)
 class OnnxExport:
     """A verified ONNX file: where it is, the opset it holds, its worst error against PyTorch, and whether the
-    model's outputs changed with the input at all (False: zero or constant outputs, as a classifier that was
-    never trained can give, so the comparison held constants; None: only one input was compared)."""
+    model's outputs changed with the input (False: by less than 1e-6 of their scale over the inputs compared,
+    as a classifier that was never trained gives, or YOLO's untrained head, whose box outputs are its grid, so
+    the comparison held near-constants; None: only one input was compared)."""
 
     path: Path
     opset: int
@@ -152,6 +153,7 @@ def compare_with_pytorch(model: nn.Module, run: Callable[[list[np.ndarray]], lis
 
 
 def _vary(first: list[torch.Tensor], other: list[torch.Tensor]) -> bool:
+    """Did any output change by more than 1e-6 of its scale between two inputs (the ONNX check's own scale)?"""
     return any(a.shape != b.shape or max_relative_error(a.numpy(), b.numpy()) > 1e-6 for a, b in zip(first, other))
 
 
