@@ -338,3 +338,20 @@ def test_cli_prune_with_correct_predictor_allocates_again_on_the_corrected_predi
     assert tries[0]["measured_ms"] < 0.9 * manifest["budget_ms"] and "corrected" not in tries[0]
     assert tries[1].get("corrected") is True
     assert 0.9 * manifest["budget_ms"] <= manifest["measured_latency_ms"] <= manifest["budget_ms"]
+
+
+def test_cli_prune_can_ship_the_uniform_model_where_it_recovers_better(tmp_path, capsys):
+    """--select-after-recovery: the uniform allocation is searched too; the manifest says which model was kept."""
+    from toolchain.cli import main
+
+    base_measure, _ = fake_target(fixed_ms=0.3)
+    with using_providers(fake_providers(base_measure)):
+        code = main(["prune", "--model", "zoo:demo", "--budget-ratio", "0.6", "--criterion", "l1", "--allocator",
+                     "knapsack", "--select-after-recovery", "2", "--finetune-steps", "1", "--out",
+                     str(tmp_path / "p"), "--json"])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    selection = manifest["recovered_selection"]
+    assert set(selection["candidates"]) == {"knapsack", "uniform"} and selection["distillation_steps"] == 2
+    chosen = selection["candidates"][selection["chosen"]]
+    assert chosen["measured_ms"] == manifest["measured_latency_ms"] <= manifest["budget_ms"]

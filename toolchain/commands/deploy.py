@@ -39,7 +39,7 @@ from toolchain.errors import ToolchainError
 @quiet_option
 def deploy(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, protect, data, target, precision,
            out, rpc_tracker, rpc_key, budget_ms, budget_ratio, criterion, allocator, correct_predictor,
-           budget_statistic, predictor,
+           select_after_recovery, budget_statistic, predictor,
            profile_samples, shapley_samples, shapley_seconds, recover_seconds, no_recover, finetune_steps, as_json,
            quiet) -> None:
     """Prune for a target, export, verify, and write the deploy bundle with its manifest.
@@ -64,7 +64,8 @@ def deploy(model, weights, input_shape, inputs, trust_pickle, ratio, round_to, p
     if budget_ms is not None or budget_ratio is not None:
         budget = BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
                               round_to=round_to, recovery=recovery, budget_statistic=budget_statistic,
-                              protect=tuple(protect), correct_predictor=correct_predictor)
+                              protect=tuple(protect), correct_predictor=correct_predictor,
+                              recovered_selection_steps=select_after_recovery)
         job = _budget_job(device.name, rpc, budget, predictor, profile_samples,
                           saliency_config(shapley_samples, shapley_seconds), quiet, on_recovery)
     pipeline = PipelineConfig(model=model, out=out, weights=weights, input_shape=input_shape, inputs=inputs,

@@ -33,8 +33,8 @@ from toolchain.commands.options import (
 @budget_options
 @recovery_options
 def prune(target, backend, threads, clock, statistic, budget_ms, budget_ratio, criterion, allocator, correct_predictor,
-          budget_statistic, predictor, profile_samples, shapley_samples, shapley_seconds, recover_seconds, no_recover,
-          finetune_steps, quiet, **kwargs) -> None:
+          select_after_recovery, budget_statistic, predictor, profile_samples, shapley_samples, shapley_seconds,
+          recover_seconds, no_recover, finetune_steps, quiet, **kwargs) -> None:
     """Physically remove channels and write a verified pruned-model folder.
 
     With --budget-ms or --budget-ratio the widths are chosen so that the model measured on --target meets
@@ -55,7 +55,8 @@ def prune(target, backend, threads, clock, statistic, budget_ms, budget_ratio, c
         job = BudgetJob(
             BudgetConfig(budget_ms=budget_ms, budget_ratio=budget_ratio, criterion=criterion, allocator=allocator,
                          round_to=kwargs["round_to"], recovery=recovery, budget_statistic=budget_statistic,
-                         protect=tuple(kwargs["protect"]), correct_predictor=correct_predictor),
+                         protect=tuple(kwargs["protect"]), correct_predictor=correct_predictor,
+                         recovered_selection_steps=select_after_recovery),
             measured_on, predictor, saliency_config(shapley_samples, shapley_seconds),
             on_progress=progress_bar(quiet), on_recovery=on_recovery)
     run_pipeline(**kwargs, target=target, budget=job, recovery=recovery, on_recovery=on_recovery, quiet=quiet)
