@@ -10,6 +10,19 @@ from toolchain import PruningGraph, ToolchainError, prune
 from toolchain.graph_probes import recording_module_outputs, signal_kept_in_range, worst_module_mismatch
 
 
+def _corrupt_after_pruning(monkeypatch, graph: PruningGraph, corrupt) -> None:
+    """Make the graph's shrink wrong: `corrupt()` changes the model after each group is pruned."""
+    prune_group = graph._prune_group
+
+    def prune_and_corrupt(*args):
+        tp_group = prune_group(*args)
+        with torch.no_grad():
+            corrupt()
+        return tp_group
+
+    monkeypatch.setattr(graph, "_prune_group", prune_and_corrupt)
+
+
 def _zero_classifier_net() -> nn.Sequential:
     """Two hidden layers and a classifier initialised to zero (as torchvision's ViT heads are)."""
     torch.manual_seed(0)
@@ -19,22 +32,18 @@ def _zero_classifier_net() -> nn.Sequential:
     return model.eval()
 
 
-def test_a_wrong_shrink_behind_a_bias_dominated_classifier_is_refused(monkeypatch):
+# Outputs blind to the hidden layers: a bias of 1e6 (their error is 1e-6 relative), or a classifier of weight
+# 1e-30 (GoogLeNet built without weights: the features vanish, the logits are the classifier's bias). A shrink that
+# shifts layer '2' (unchanged shape) or layer '0' (narrowed: compared on its kept channels) is refused by name.
+@pytest.mark.parametrize(("weight", "bias", "corrupted"), [(1e-3, 1e6, 2), (1e-30, 1.0, 0)])
+def test_a_wrong_shrink_is_refused_where_the_outputs_cannot_see_it(monkeypatch, weight, bias, corrupted):
     model, x = _zero_classifier_net(), torch.randn(4, 8)
-    with torch.no_grad():  # outputs of about 1e6 whatever the features: their error is 1e-6 relative
-        model[4].weight.fill_(1e-3)
-        model[4].bias.fill_(1e6)
+    with torch.no_grad():
+        model[4].weight.fill_(weight)
+        model[4].bias.fill_(bias)
     graph = PruningGraph(model, x)
-    prune_group = graph._prune_group
-
-    def prune_and_corrupt(*args):  # a shrink that changes the hidden features by 1 in every value
-        tp_group = prune_group(*args)
-        with torch.no_grad():
-            model[2].bias.add_(1.0)
-        return tp_group
-
-    monkeypatch.setattr(graph, "_prune_group", prune_and_corrupt)
-    with pytest.raises(ToolchainError, match=r"at the output of module '2'"):
+    _corrupt_after_pruning(monkeypatch, graph, lambda: model[corrupted].bias.add_(1.0))
+    with pytest.raises(ToolchainError, match=rf"at the output of module '{corrupted}'"):
         graph.shrink({graph.group("0").name: 8})
 
 
@@ -48,26 +57,6 @@ def test_a_correct_shrink_compares_the_unchanged_module_outputs():
     assert model[0].out_features == 8 and model[2].in_features == 8
     result = prune(_zero_classifier_net(), x, ratio=0.5, round_to=1)
     assert result.manifest["verified_module_outputs"] >= 1  # the classifier's output, at least
-
-
-def test_a_wrong_shrink_of_a_narrowed_layer_is_refused_where_the_outputs_cannot_see_it(monkeypatch):
-    # GoogLeNet built without weights: the features vanish, the logits are the classifier's bias
-    model, x = _zero_classifier_net(), torch.randn(4, 8)
-    with torch.no_grad():
-        model[4].weight.fill_(1e-30)
-        model[4].bias.fill_(1.0)
-    graph = PruningGraph(model, x)
-    prune_group = graph._prune_group
-
-    def prune_and_corrupt(*args):  # a shrink that keeps the wrong channels' bias in layer '0'
-        tp_group = prune_group(*args)
-        with torch.no_grad():
-            model[0].bias.add_(1.0)
-        return tp_group
-
-    monkeypatch.setattr(graph, "_prune_group", prune_and_corrupt)
-    with pytest.raises(ToolchainError, match=r"at the output of module '0'"):
-        graph.shrink({graph.group("0").name: 8})
 
 
 def test_the_reference_records_only_the_kept_channels_of_a_narrowed_output():
@@ -141,15 +130,8 @@ class _ZeroInitResidual(nn.Module):
 def test_a_wrong_shrink_behind_a_zero_initialised_norm_is_refused(monkeypatch):
     model, x = _ZeroInitResidual().eval(), torch.randn(2, 3, 8, 8)
     graph = PruningGraph(model, x)
-    prune_group = graph._prune_group
-
-    def prune_and_corrupt(*args):  # changes the branch, which a zero bn2 would silence
-        tp_group = prune_group(*args)
-        with torch.no_grad():
-            model.bn1.bias.add_(1.0)
-        return tp_group
-
-    monkeypatch.setattr(graph, "_prune_group", prune_and_corrupt)
+    # changes the branch, which a zero bn2 would silence
+    _corrupt_after_pruning(monkeypatch, graph, lambda: model.bn1.bias.add_(1.0))
     with pytest.raises(ToolchainError, match="does not compute what the dense model computes"):
         graph.shrink({graph.group("conv1").name: 8})
     assert int(torch.count_nonzero(model.bn2.weight.detach())) == 0, "zeroed again after a refusal too"
@@ -178,15 +160,8 @@ def test_a_wrong_shrink_is_refused_where_the_signal_has_faded_below_float32(monk
     with torch.no_grad():
         assert float(model(x).abs().max()) == 0.0, "the dense outputs underflow: they cannot see any shrink"
     graph = PruningGraph(model, x)
-    prune_group = graph._prune_group
-
-    def prune_and_corrupt(*args):  # flips the sign of the layer after the pruned one
-        tp_group = prune_group(*args)
-        with torch.no_grad():
-            model[3].weight.neg_()
-        return tp_group
-
-    monkeypatch.setattr(graph, "_prune_group", prune_and_corrupt)
+    # flips the sign of the layer after the pruned one
+    _corrupt_after_pruning(monkeypatch, graph, lambda: model[3].weight.neg_())
     with pytest.raises(ToolchainError, match="does not compute what the dense model computes"):
         graph.shrink({graph.group("2").name: 8})
 
