@@ -150,10 +150,11 @@ def run_anchors(name: str, folder: Path, seed: int, args, spec, weights, step) -
 CORRECTED_SUFFIX = "-corrected"
 RECOVERY_CHECKED_SUFFIX = "-rchecked"
 SELECTED_SUFFIX = "-selected"
-# Variants of the toolchain's allocators, each in its own folder inside the seed's: suffix -> folder, config changes
-VARIANTS = {CORRECTED_SUFFIX: ("corrected", {"correct_predictor": True}),
-            RECOVERY_CHECKED_SUFFIX: ("rchecked", {"check_recovery_steps": None}),  # None: the sweep's steps
-            SELECTED_SUFFIX: ("selected", {"recovered_selection_steps": None})}
+# Variants of the toolchain's allocators, each in its own folder inside the seed's:
+# method suffix -> (folder, the option listing its allocators, config changes; None: the sweep's --finetune-steps)
+VARIANTS = {CORRECTED_SUFFIX: ("corrected", "corrected", {"correct_predictor": True}),
+            RECOVERY_CHECKED_SUFFIX: ("rchecked", "recovery_checked", {"check_recovery_steps": None}),
+            SELECTED_SUFFIX: ("selected", "selected", {"recovered_selection_steps": None})}
 
 
 def variant_config(config, allocators: list[str], suffix: str):
@@ -162,7 +163,7 @@ def variant_config(config, allocators: list[str], suffix: str):
     there first, so all share one budget in ms."""
     from dataclasses import replace
 
-    name, changes = VARIANTS[suffix]
+    name, _, changes = VARIANTS[suffix]
     folder = Path(config.out) / name
     folder.mkdir(exist_ok=True)
     if not (folder / "sweep.json").is_file():
@@ -179,7 +180,7 @@ def collect_rows(model_folder: Path) -> list[dict]:
     for folder in sorted(model_folder.glob("seed*")):
         seed = int(folder.name[4:])
         rows += [{**r, "method": r["allocator"], "seed": seed} for r in read_rows(folder)]
-        for suffix, (name, _) in VARIANTS.items():
+        for suffix, (name, _, _) in VARIANTS.items():
             if (folder / name).is_dir():
                 rows += [{**r, "method": r["allocator"] + suffix, "seed": seed} for r in read_rows(folder / name)]
         anchors = {(r["method"], r["budget_ratio"]): r for r in read_jsonl(folder / ANCHOR_ROWS)}  # last one wins
@@ -300,12 +301,9 @@ def main() -> None:
                    f"ort{fingerprint['versions'].get('onnxruntime', '?')}-1t-{args.clock}-{args.statistic}")
     out = args.out or HERE.parent / "results" / f"sweep-seeds-{environment}"
     out.mkdir(parents=True, exist_ok=True)
-    corrected = [a for a in args.corrected.split(",") if a]
-    recovery_checked = [a for a in args.recovery_checked.split(",") if a]
-    selected = [a for a in args.selected.split(",") if a]
-    methods = [*args.allocators.split(","), *(f"{a}{CORRECTED_SUFFIX}" for a in corrected),
-               *(f"{a}{RECOVERY_CHECKED_SUFFIX}" for a in recovery_checked),
-               *(f"{a}{SELECTED_SUFFIX}" for a in selected),
+    variants = {suffix: [a for a in getattr(args, option).split(",") if a]
+                for suffix, (_, option, _) in VARIANTS.items()}
+    methods = [*args.allocators.split(","), *(f"{a}{suffix}" for suffix, names in variants.items() for a in names),
                *(f"tp-{a}" for a in args.anchors.split(",") if a)]
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     report = {"command": " ".join(["python -m benchmarks.budget_sweep", *sys.argv[1:]]), "fingerprint": fingerprint,
@@ -337,12 +335,9 @@ def main() -> None:
                                  db_path=str(Path("runs") / f"latency-sweep-{environment}.db"))
             if not args.anchors_only:
                 run_sweep(config, step)
-                if corrected:
-                    run_sweep(variant_config(config, corrected, CORRECTED_SUFFIX), step)
-                if recovery_checked:
-                    run_sweep(variant_config(config, recovery_checked, RECOVERY_CHECKED_SUFFIX), step)
-                if selected:
-                    run_sweep(variant_config(config, selected, SELECTED_SUFFIX), step)
+                for suffix, names in variants.items():
+                    if names:
+                        run_sweep(variant_config(config, names, suffix), step)
             run_anchors(name, config.out, seed, args, spec, weights, step)
             _record_session(config.out, start_s, start_cpu_s, load_before)
             write_report(out, report)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from toolchain.allocate import BudgetConfig, build_problem
-from toolchain.budget_check import loss_after_recovery
+from toolchain.budget_check import loss_after_recovery, recovered_loss
 from toolchain.budget_providers import BudgetProviders, Measurer, Step, active_providers
 from toolchain.budget_search import BudgetSearch
 from toolchain.budget_timing import by_statistic, run_stats, target_timer
@@ -167,15 +167,15 @@ def prune_to_budget(dense: nn.Module, example_input: ModelInputs, config: Budget
 def _select_after_recovery(dense: nn.Module, data, config: BudgetConfig, searches: dict[str, BudgetSearch],
                            step: Step) -> tuple[BudgetSearch, dict]:
     """Of the searches' best models that meet the budget, the one with the lowest calibration loss after
-    `config.recovered_selection_steps` distillation steps of a copy (`loss_after_recovery`); what was seen."""
+    `config.recovered_selection_steps` distillation steps of a copy (`recovered_loss`); what was seen."""
     steps = config.recovered_selection_steps
     step(f"choosing between the {' and the '.join(searches)} allocation after {steps} distillation steps each")
     candidates = {}
     for name, search in searches.items():
         best = search.best()
         met = best.measured_ms <= search.budget_ms
-        loss = (loss_after_recovery(lambda _w, model=best.result.model: copy.deepcopy(model), dense, data,
-                                    config.recovery_config, steps)(best.widths) if met else None)
+        loss = (recovered_loss(copy.deepcopy(best.result.model), dense, data, config.recovery_config, steps)
+                if met else None)
         candidates[name] = {"measured_ms": round(best.measured_ms, 4), "budget_met": met, "tries": len(search.trials),
                             "calib_loss_after_recovery": None if loss is None else round(loss, 4)}
     scored = {name: c["calib_loss_after_recovery"] for name, c in candidates.items()

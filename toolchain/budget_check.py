@@ -61,18 +61,23 @@ def loss_after_recovery(build: Callable[[dict[str, int]], nn.Module], dense: nn.
     The masked model's loss before any training ranks width choices by what they keep before recovery; where
     recovery changes the order (deep cuts of a coupled group recover less), this ranks them by what is shipped.
     """
-    config, seen = replace(recovery, finetune_steps=steps, distill=True), {}
+    seen: dict[tuple, float] = {}
 
     def loss(widths: dict[str, int]) -> float:
         key = tuple(sorted(widths.items()))
         if key not in seen:
-            model = build(widths)
-            recalibrate_batchnorm(model, data.calib)
-            distill(model, dense, data.train, data.calib, config)
-            seen[key] = mean_loss(model, data.calib)
+            seen[key] = recovered_loss(build(widths), dense, data, recovery, steps)
         return seen[key]
 
     return loss
+
+
+def recovered_loss(model: nn.Module, dense: nn.Module, data, recovery: RecoveryConfig, steps: int) -> float:
+    """`model` (trained in place: pass a copy) BatchNorm re-calibrated and distilled from `dense` for `steps` steps
+    on the train split; its mean loss on the calibration split."""
+    recalibrate_batchnorm(model, data.calib)
+    distill(model, dense, data.train, data.calib, replace(recovery, finetune_steps=steps, distill=True))
+    return mean_loss(model, data.calib)
 
 
 def _exchange(problem: AllocationProblem, widths: dict[str, int], loss: float, target_ms: float,

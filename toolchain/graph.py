@@ -384,8 +384,7 @@ class PruningGraph:
             reason = masks.mask_group(self._dg, tp_group, self._norm_weights, self._names)
             if reason is not None:  # such groups are frozen at construction (`_freeze_reason`)
                 raise ToolchainError(reason)
-            for name, (dim, size, dropped) in narrowed_outputs(tp_group, self._names, self._out_width).items():
-                narrowed.setdefault(name, (dim, size, set()))[2].update(dropped)
+            narrowed_outputs(tp_group, self._names, self._out_width, narrowed)
         with (recording_module_outputs(self.model, narrowed) as module_outputs,
               signal_kept_in_range(self.model, shifts)):
             outputs = masks.run(self.model, self.example_input)

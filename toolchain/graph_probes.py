@@ -156,12 +156,14 @@ def output_channel_dim(module: nn.Module) -> int:
     return -1 if dim is None else dim
 
 
-def narrowed_outputs(tp_group, names: dict[nn.Module, str], out_channels) -> NarrowedOutputs:
-    """The module outputs a Torch-Pruning group narrows: every named layer whose output channels it prunes.
+def narrowed_outputs(tp_group, names: dict[nn.Module, str], out_channels,
+                     found: NarrowedOutputs | None = None) -> NarrowedOutputs:
+    """The module outputs a Torch-Pruning group narrows: every named layer whose output channels it prunes,
+    added to `found` (several groups' in one dict) and returned.
 
     `out_channels(module)` is the layer's dense output width (Torch-Pruning's pruner of the module).
     """
-    found: NarrowedOutputs = {}
+    found = {} if found is None else found
     for dep, idxs in tp_group:
         module = dep.target.module
         if not isinstance(module, nn.Module) or module not in names:
@@ -171,8 +173,7 @@ def narrowed_outputs(tp_group, names: dict[nn.Module, str], out_channels) -> Nar
         size = out_channels(module)
         if size is None:
             continue
-        dim, _, dropped = found.setdefault(names[module], (output_channel_dim(module), int(size), set()))
-        dropped.update(int(i) for i in idxs)
+        found.setdefault(names[module], (output_channel_dim(module), int(size), set()))[2].update(int(i) for i in idxs)
     return found
 
 

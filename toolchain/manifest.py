@@ -201,7 +201,7 @@ class Verification:
     shrink_relative_error: float | None = None  # shrunk vs masked dense model (PyTorch), outputs and inside
     shrink_module_outputs: int | None = None  # module outputs (of unchanged shape) compared inside the model
     onnx_max_rel_err: float | None = None  # ONNX (onnxruntime) vs the pruned PyTorch model
-    onnx_outputs_vary: bool | None = None  # False: the outputs were the same for every input compared
+    onnx_outputs_vary: bool | None = None  # False: they changed by under 1e-6 of their scale over the inputs
     onnx_opset: int | None = None
 
 
@@ -308,6 +308,10 @@ class Deployment:
     def device_name(self) -> str | None:
         return self.device.get("name")
 
+
+# Said after the ONNX error when the outputs did not vary with the input (`Verification.onnx_outputs_vary` False).
+NEAR_CONSTANT_NOTE = ("; the outputs barely changed with the input (under 1e-6 of their scale: weights never "
+                      "trained?), so this compared near-constants")
 
 # JSON keys of the flat sections (Python field -> JSON key where they differ).
 _PRUNING_KEYS = {f.name: f.name for f in fields(Pruning)}
@@ -451,8 +455,7 @@ def summary_lines(manifest: Manifest) -> list[str]:
         lines.append(f"  shrink verified against the masked dense model: max relative error "
                      f"{shrink.shrink_relative_error:.1e} over the outputs{inside}")
     checked = manifest.verification
-    constant = ("; the outputs barely changed with the input (under 1e-6 of their scale: weights never trained?), "
-                "so this compared near-constants" if checked.onnx_outputs_vary is False else "")
+    constant = NEAR_CONSTANT_NOTE if checked.onnx_outputs_vary is False else ""
     lines.append(f"  ONNX verified against PyTorch: max relative error {checked.onnx_max_rel_err:.1e}{constant}")
     budget, latency = manifest.budget, manifest.latency
     if budget is not None:

@@ -36,6 +36,7 @@ def export(pruned, model, weights, input_shape, inputs, trust_pickle, out, opset
     from toolchain.archive import arch_inputs, load_pruned
     from toolchain.export.onnx import export_onnx
     from toolchain.inputs import make_inputs, vocab_size_of
+    from toolchain.manifest import NEAR_CONSTANT_NOTE
     from toolchain.models import resolve_model
     from toolchain.output_folder import check_writable
 
@@ -50,7 +51,6 @@ def export(pruned, model, weights, input_shape, inputs, trust_pickle, out, opset
     example = make_inputs(specs, vocab_size_of(module))
     out.parent.mkdir(parents=True, exist_ok=True)
     exported = export_onnx(module, example, out, opset)
-    constant = ("; the outputs barely changed with the input (under 1e-6 of their scale), so this compared "
-                "near-constants" if exported.outputs_vary is False else "")
+    constant = NEAR_CONSTANT_NOTE if exported.outputs_vary is False else ""
     click.echo(f"wrote {exported.path} (opset {exported.opset}); max relative error vs PyTorch "
                f"{exported.max_rel_err:.1e}{constant}")
