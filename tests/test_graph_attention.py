@@ -344,3 +344,29 @@ def test_saliency_criteria_score_heads_per_query_channel(criterion):
     assert scores["blocks.0.attn.qkv"].shape == (192,)
     graph.shrink(widths_for_ratio(graph, 0.5), scores)
     assert model.blocks[0].attn.num_heads == 2 and graph.verified_error < 1e-4
+
+
+def test_a_prune_runs_each_forward_once(monkeypatch):
+    """A forward of a 600 M-parameter model costs seconds at one thread. The input check, the output shapes the
+    shrink must keep and the attention calls a head's removal is tried on come from one forward (they were
+    three), and the trial runs only the narrowed copy of each attention module (it ran the original too)."""
+    vit_class = type(_timm_vit()[0])
+    attention_class = type(_timm_vit()[0].blocks[0].attn)
+    calls = {"model": 0, "attention": 0}
+
+    def counting(cls, key):
+        forward = cls.forward
+
+        def counted(self, *args, **kwargs):
+            calls[key] += 1
+            return forward(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "forward", counted)
+
+    counting(vit_class, "model")
+    counting(attention_class, "attention")
+    model, x = _timm_vit()
+    result = prune(model.eval(), x, ratio=0.5)
+    assert result.manifest["verified_relative_error"] < 1e-4
+    # input check + trace + masked reference + shrink check, and the two MAC counts (dense, pruned)
+    assert calls["model"] == 6
+    assert calls["attention"] == 6 * len(model.blocks) + len(model.blocks)  # one trial per attention module

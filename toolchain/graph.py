@@ -36,6 +36,7 @@ from toolchain.graph_attention import (
     find_attention_heads,
     heads_tp_group,
     no_generation_cache,
+    recording_attention_calls,
     refuse_heads_that_fail_removal,
 )
 from toolchain.graph_conv1d import conv1d_magnitude, customized_pruners, root_layer_types
@@ -57,7 +58,7 @@ from toolchain.graph_reference import (
     unverifiable_norm_reason,
 )
 from toolchain.graph_scale import fold_weight_standardization, scale_pruners
-from toolchain.inputs import ModelInputs, call_model, flatten_outputs, output_shapes
+from toolchain.inputs import ModelInputs, call_model, flatten_outputs, output_shapes, run_checked
 
 # Relative error allowed between the shrunk model and the dense model with the removed channels
 # zeroed: float32 summation order differs between the two, nothing else may.
@@ -119,9 +120,12 @@ class PruningGraph:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
-                self._dense_output_shapes = output_shapes(call_model(model, example_input))
-            self._attention = refuse_heads_that_fail_removal(model, example_input, self._attention)
+            # One forward checks the input, gives the output shapes the shrink must keep and records the attention
+            # calls that removing a head is tried on. Every forward here runs without a generation cache.
+            with recording_attention_calls(self._attention) as calls, no_generation_cache(model):
+                self._dense_output_shapes = output_shapes(run_checked(model, example_input))
+            self._attention = refuse_heads_that_fail_removal(self._attention, calls)
+            del calls  # its recorded arguments hold activations
             # The same forward code fails the same way: single-head modules of a failing type (PVT-v2's first
             # stage) cannot be tried by removing a head, but their inner channels must be kept too.
             failing: dict[type, str] = {}
@@ -386,7 +390,7 @@ class PruningGraph:
                 raise ToolchainError(reason)
             narrowed_outputs(tp_group, self._names, self._out_width, narrowed)
         with (recording_module_outputs(self.model, narrowed) as module_outputs,
-              signal_kept_in_range(self.model, shifts)):
+              signal_kept_in_range(self.model, shifts), no_generation_cache(self.model)):
             outputs = masks.run(self.model, self.example_input)
         return outputs, module_outputs
 
@@ -447,7 +451,8 @@ class PruningGraph:
                 hooks.append(module.register_forward_pre_hook(enter(name)))
                 hooks.append(module.register_forward_hook(leave))
         try:
-            with (torch.no_grad(), recording_module_outputs(self.model) as module_outputs,
+            with (torch.no_grad(), no_generation_cache(self.model),
+                  recording_module_outputs(self.model) as module_outputs,
                   signal_kept_in_range(self.model, shifts) if shifts else nullcontext()):
                 outputs = call_model(self.model, self.example_input)
         except Exception as exc:

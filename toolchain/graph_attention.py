@@ -27,7 +27,7 @@ from torch import nn
 
 from toolchain.errors import ToolchainError
 from toolchain.graph_conv1d import Conv1DPruner, is_projection
-from toolchain.inputs import ModelInputs, call_model, output_shapes
+from toolchain.inputs import output_shapes
 
 # Attribute names attention modules use for their counts (timm, transformers, GPT-2).
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
@@ -415,31 +415,50 @@ def no_generation_cache(model: nn.Module) -> Iterator[None]:
         config.use_cache = True
 
 
-def refuse_heads_that_fail_removal(model: nn.Module, example_input: ModelInputs,
-                                   found: list[AttentionHeads]) -> list[AttentionHeads]:
-    """Remove one head from a copy of each attention module and run it on its recorded input.
+AttentionCalls = dict[nn.Module, list]  # module -> [args, kwargs, output shapes] of its first call
+
+
+@contextmanager
+def recording_attention_calls(found: list[AttentionHeads]) -> Iterator[AttentionCalls]:
+    """While a forward runs, record each attention module's first call: its arguments and its output shapes.
+
+    The graph's first forward records them, so trying a head's removal (`refuse_heads_that_fail_removal`)
+    needs no forward of its own, and no extra run of the modules as they are.
+    """
+    calls: AttentionCalls = {}
+
+    def record(module, args, kwargs) -> None:
+        if module not in calls:
+            calls[module] = [args, kwargs, None]
+
+    def shapes(module, _args, _kwargs, output) -> None:
+        if calls[module][2] is None:
+            calls[module][2] = output_shapes(output)
+
+    handles = []
+    try:
+        for heads in found:
+            handles.append(heads.module.register_forward_pre_hook(record, with_kwargs=True))
+            handles.append(heads.module.register_forward_hook(shapes, with_kwargs=True))
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def refuse_heads_that_fail_removal(found: list[AttentionHeads], calls: AttentionCalls) -> list[AttentionHeads]:
+    """Remove one head from a copy of each attention module and run it on its recorded call
+    (`recording_attention_calls`, under `no_generation_cache`: a cache would grow on every trial call).
 
     Some forwards hard-code the inner width to the residual width (timm Swin V2 reshapes to its
     input's C): such modules get a refusal naming them instead of failing the whole shrink.
     """
-    recorded: dict[nn.Module, tuple] = {}
-
-    def record(module, args, kwargs) -> None:
-        recorded.setdefault(module, (args, kwargs))
-
-    handles = [heads.module.register_forward_pre_hook(record, with_kwargs=True) for heads in found]
-    try:
-        with torch.no_grad(), no_generation_cache(model):  # a cache would grow on every trial call
-            call_model(model, example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
     checked = []
     for heads in found:
-        if heads.module not in recorded or heads.num_kv_heads < 2 or heads.refusal is not None:
+        if heads.module not in calls or heads.num_kv_heads < 2 or heads.refusal is not None:
             checked.append(heads)
             continue
-        args, kwargs = recorded[heads.module]
+        args, kwargs, expected = calls[heads.module]
         memo: dict = {}
         clone = copy.deepcopy(heads.module, memo)
         trial = replace(heads, module=clone, **{
@@ -449,7 +468,6 @@ def refuse_heads_that_fail_removal(model: nn.Module, example_input: ModelInputs,
             trial = replace(trial, gate=memo[id(heads.gate)])
         try:
             with torch.no_grad():
-                expected = output_shapes(heads.module(*args, **kwargs))
                 if id(heads.output) not in memo:  # BERT-style: the module returns the heads, read outside it
                     narrower = heads.width - heads.group_size * heads.head_dim
                     expected = [(*s[:-1], narrower) if s and s[-1] == heads.width else s for s in expected]

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from toolchain.errors import ToolchainError
+from toolchain.user_code import describe_exit
+
 ModelInputs = torch.Tensor | tuple | dict
 
 
@@ -29,6 +32,30 @@ def call_model(model: nn.Module, inputs: ModelInputs):
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
+
+
+def run_checked(model: nn.Module, inputs: ModelInputs):
+    """The model's outputs on `inputs` in eval mode without gradients; a one-line error if it rejects them
+    (`the model rejects input shape (1, 4): RuntimeError: mat1 and mat2 shapes cannot be multiplied ...`).
+
+    >>> run_checked(torch.nn.Linear(2, 3), torch.ones(1, 2)).shape
+    torch.Size([1, 3])
+    """
+    try:
+        with torch.no_grad():
+            return call_model(model.eval(), inputs)
+    except (KeyboardInterrupt, ToolchainError):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a user's forward may even call sys.exit (see user_code)
+        what = "inputs" if isinstance(inputs, dict) else "input shape"
+        raise ToolchainError(f"the model rejects {what} {_describe(inputs)}: {describe_exit(exc)}") from exc
+
+
+def _describe(inputs: ModelInputs) -> str:
+    if isinstance(inputs, dict):
+        return ", ".join(f"{name} {tuple(t.shape)}" for name, t in inputs.items())
+    shapes = [tuple(t.shape) for t in input_tensors(inputs)]
+    return str(shapes[0]) if len(shapes) == 1 else ", ".join(map(str, shapes))
 
 
 def input_tensors(inputs: ModelInputs) -> list[torch.Tensor]:

@@ -19,11 +19,11 @@ from toolchain.archive import write_arch_and_weights
 from toolchain.budget import BudgetJob
 from toolchain.data import check_data_fits, resolve_data
 from toolchain.export.onnx import export_onnx
-from toolchain.inputs import InputSpecs, ModelInputs, make_inputs, specs_to_json, vocab_size_of
+from toolchain.inputs import InputSpecs, ModelInputs, make_inputs, run_checked, specs_to_json, vocab_size_of
 from toolchain.manifest import Manifest
 from toolchain.models import resolve_model
 from toolchain.output_folder import atomic_folder, check_output_folder, stamp_of, write_json
-from toolchain.pruning import PruneConfig, check_runs, prune
+from toolchain.pruning import PruneConfig, prune
 from toolchain.recover import OnProgress, RecoveryConfig, recover
 
 MANIFEST = "manifest.json"
@@ -66,7 +66,8 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
     step("loading model")
     dense, specs = resolve_model(config.model, config.weights, config.input_shape, config.inputs, config.trust_pickle)
     example_input = make_inputs(specs, vocab_size_of(dense))
-    check_runs(dense, example_input)
+    if config.budget is not None:  # before profiling; a ratio prune's first forward is the same check
+        run_checked(dense, example_input)
     data = resolve_data(config.data, config.model)
     if data is not None:
         check_data_fits(dense, data, config.data or "mnist5k")

@@ -16,10 +16,9 @@ from torch import nn
 
 from toolchain.errors import ToolchainError
 from toolchain.graph import PruningGraph, round_width, widths_for_ratio
-from toolchain.inputs import ModelInputs, call_model, input_tensors
+from toolchain.inputs import ModelInputs, input_tensors
 from toolchain.manifest import Manifest, Pruning, Verification
 from toolchain.op_count import count_macs_params
-from toolchain.user_code import describe_exit
 
 
 @dataclass(frozen=True)
@@ -49,27 +48,6 @@ def toolchain_version() -> str:
         return "0+unknown"
 
 
-def check_runs(model: nn.Module, example_input: ModelInputs) -> None:
-    """Fail with a one-line message if the model rejects the example input."""
-    try:
-        with torch.no_grad():
-            call_model(model.eval(), example_input)
-    except (KeyboardInterrupt, ToolchainError):
-        raise
-    except BaseException as exc:  # noqa: BLE001 - a user's forward may even call sys.exit (see user_code)
-        raise ToolchainError(
-            f"the model rejects {'inputs' if isinstance(example_input, dict) else 'input shape'} "
-            f"{_describe(example_input)}: {describe_exit(exc)}"
-        ) from exc
-
-
-def _describe(inputs: ModelInputs) -> str:
-    if isinstance(inputs, dict):
-        return ", ".join(f"{name} {tuple(t.shape)}" for name, t in inputs.items())
-    shapes = [tuple(t.shape) for t in input_tensors(inputs)]
-    return str(shapes[0]) if len(shapes) == 1 else ", ".join(map(str, shapes))
-
-
 def resolve_widths(graph: PruningGraph, config: PruneConfig) -> dict[str, int]:
     """Per-group target widths from the uniform ratio, per-group ratios and explicit widths."""
     if config.round_to < 1:
@@ -93,10 +71,10 @@ def prune(model: nn.Module, example_input: ModelInputs, config: PruneConfig | No
     Keyword overrides are `PruneConfig` fields: `prune(model, x, ratio=0.3, round_to=16)`.
     """
     config = replace(config or PruneConfig(), **overrides)
-    check_runs(model, example_input)
-    dense_macs, dense_params = count_macs_params(model, example_input)
     pruned = copy.deepcopy(model).eval()
+    # The graph's first forward is the input check (`run_checked`): one line if the model rejects the input.
     graph = PruningGraph(pruned, example_input, protect=config.protect)
+    dense_macs, dense_params = count_macs_params(model, example_input)
     widths = resolve_widths(graph, config)
     graph.shrink(widths, scores)
     macs, params = count_macs_params(pruned, example_input)

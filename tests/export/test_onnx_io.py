@@ -45,7 +45,7 @@ def test_nested_outputs_and_typed_inputs_keep_their_names(tmp_path):
 
 
 def test_an_unloadable_file_never_appears(tmp_path, monkeypatch):
-    def write_garbage(model, example, path, opset):
+    def write_garbage(model, example, outputs, path, opset):
         path.write_bytes(b"not an onnx model")
         return opset
 
@@ -59,8 +59,8 @@ def test_external_data_keeps_the_name_the_graph_gives_it(tmp_path, monkeypatch):
     onnx = pytest.importorskip("onnx")
     real_export = onnx_export._export
 
-    def export_with_external_data(model, example, path, opset):  # as the dynamo exporter writes a large model
-        written = real_export(model, example, path, opset)
+    def export_with_external_data(model, example, outputs, path, opset):  # as the dynamo exporter writes a large model
+        written = real_export(model, example, outputs, path, opset)
         onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True,
                         location=path.name + ".data", size_threshold=0)
         return written
@@ -92,6 +92,45 @@ def test_gpt2_export_loads_and_runs_in_onnxruntime(tiny_gpt2, tmp_path):
     assert exported.max_rel_err <= 1e-4
     assert onnx_io(exported.path) == ([("input_ids", "tensor(int64)"), ("attention_mask", "tensor(int64)")],
                                       ["logits"])
+
+
+class SelfAttention(nn.Module):
+    """Self-attention as torchvision's ViT encoder block calls it."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x):
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+def test_multihead_attention_exports_through_torchscript(tmp_path):
+    """Regression: without gradients `nn.MultiheadAttention` took its fused fast path, which the TorchScript
+    exporter cannot write, so every torchvision ViT went to the slower dynamo exporter (opset 18)."""
+    exported = export_onnx(SelfAttention().eval(), torch.randn(1, 5, 16), tmp_path / "mha.onnx")
+    assert exported.opset == 17 and exported.max_rel_err <= 1e-4
+    assert torch.backends.mha.get_fastpath_enabled()  # switched back on afterwards
+
+
+def test_a_failing_torchscript_export_prints_nothing(tmp_path, monkeypatch, capfd):
+    """The TorchScript exporter's C++ log (left on by torch) dumped the whole IR graph to stderr when it failed,
+    before the dynamo exporter was tried; the user saw hundreds of lines of it."""
+    real_export = torch.onnx.export
+
+    def torchscript_logs_and_fails(*args, dynamo=False, **kwargs):
+        if not dynamo:
+            torch._C._jit_set_onnx_log_enabled(True)
+            torch._C._jit_onnx_log("Torch IR graph at exception: ", "graph(...)")
+            raise RuntimeError("TorchScript exporter unavailable")
+        return real_export(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", torchscript_logs_and_fails)
+    capfd.readouterr()
+    exported = export_onnx(nn.Linear(3, 2), torch.randn(1, 3), tmp_path / "m.onnx")
+    out, err = capfd.readouterr()
+    assert exported.opset >= onnx_export.DYNAMO_MIN_OPSET
+    assert "Torch IR graph" not in out + err and "[torch.onnx]" not in out + err
 
 
 @pytest.mark.slow

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,26 +64,64 @@ class OnnxExport:
     outputs_vary: bool | None = None
 
 
-def _export(model: nn.Module, example_input: ModelInputs, path: Path, opset: int) -> int:
+def _export(model: nn.Module, example_input: ModelInputs, outputs: list[str], path: Path, opset: int) -> int:
     """Write `path` with the TorchScript exporter, else dynamo; return the opset written."""
     names = input_names(example_input)
-    with torch.no_grad():
-        outputs = output_names(call_model(model, example_input))
     module, args = as_positional(model, example_input)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         # The TorchScript exporter is several times faster than the dynamo one on CPU and
         # handles every zoo model; the dynamo exporter is the fallback.
         try:
-            torch.onnx.export(module, args, str(path), opset_version=opset, dynamo=False,
-                              input_names=names, output_names=outputs)
+            with _attention_fast_path_off(), _process_output_discarded():
+                torch.onnx.export(module, args, str(path), opset_version=opset, dynamo=False,
+                                  input_names=names, output_names=outputs)
             return opset
         except Exception:
             dynamo_opset = max(opset, DYNAMO_MIN_OPSET)
             large = sum(p.numel() for p in model.parameters()) > UNOPTIMIZED_EXPORT_PARAMS
-            torch.onnx.export(module, args, str(path), opset_version=dynamo_opset, dynamo=True,
+            torch.onnx.export(module, args, str(path), opset_version=dynamo_opset, dynamo=True, verbose=False,
                               input_names=names, output_names=outputs, external_data=False, optimize=not large)
             return dynamo_opset
+
+
+@contextmanager
+def _attention_fast_path_off() -> Iterator[None]:
+    """Without gradients, `nn.MultiheadAttention` and `nn.TransformerEncoderLayer` take a fused fast path
+    (`aten::_native_multi_head_attention`) that the TorchScript exporter cannot write, so every torchvision ViT
+    fell back to the dynamo exporter (twice the time on ViT-B/16). Their plain path computes the same."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None:
+        yield
+        return
+    was = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(was)
+
+
+@contextmanager
+def _process_output_discarded() -> Iterator[None]:
+    """Silence the process's stdout and stderr (file descriptors 1 and 2) for a while.
+
+    The TorchScript exporter leaves its C++ log switched on (torch 2.14's `setup_onnx_logging` tests the function
+    `_jit_is_onnx_log_enabled` instead of calling it) and, when it fails, prints the whole IR graph to stdout,
+    hundreds of lines, before the dynamo exporter is tried instead.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    try:
+        with open(os.devnull, "wb") as null:
+            for fd in saved:
+                os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def export_onnx(model: nn.Module, example_input: ModelInputs, path: str | Path, opset: int = DEFAULT_OPSET,
@@ -100,11 +140,14 @@ def export_onnx(model: nn.Module, example_input: ModelInputs, path: str | Path, 
     staged = staging / path.name
     model = model.eval()
     try:
+        with torch.no_grad():  # names the outputs, and is the first reference the file is verified against
+            example_output = call_model(model, example_input)
         try:
-            written_opset = _export(model, example_input, staged, opset)
+            written_opset = _export(model, example_input, output_names(example_output), staged, opset)
         except Exception as exc:
             raise ToolchainError(f"ONNX export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
-        max_rel_err, outputs_vary = _verify_onnx(model, staged, example_input, n_random, tolerance)
+        max_rel_err, outputs_vary = _verify_onnx(model, staged, example_input, n_random, tolerance,
+                                                 example_output=flatten_outputs(example_output))
         for data in staging.iterdir():  # external data first, the graph that names it last
             if data != staged:
                 os.replace(data, path.with_name(data.name))
@@ -158,15 +201,21 @@ def _vary(first: list[torch.Tensor], other: list[torch.Tensor]) -> bool:
 
 
 def _compare(model: nn.Module, run: Callable[[list[np.ndarray]], list[np.ndarray]], example_input: ModelInputs,
-             label: str, n_random: int, tolerance: float, seed: int) -> tuple[float, bool | None]:
-    """`compare_with_pytorch`, and whether PyTorch's outputs varied over the inputs (None: one input)."""
+             label: str, n_random: int, tolerance: float, seed: int,
+             example_output: list[torch.Tensor] | None = None) -> tuple[float, bool | None]:
+    """`compare_with_pytorch`, and whether PyTorch's outputs varied over the inputs (None: one input).
+
+    `example_output`: PyTorch's flattened outputs on the example input when the caller has them already."""
     generator = torch.Generator().manual_seed(seed)
     inputs = [example_input] + [random_like(example_input, generator) for _ in range(n_random)]
     worst, first, vary = 0.0, None, None
     model = model.eval()
     for x in inputs:
-        with torch.no_grad():
-            expected = flatten_outputs(call_model(model, x))
+        if x is example_input and example_output is not None:
+            expected = example_output
+        else:
+            with torch.no_grad():
+                expected = flatten_outputs(call_model(model, x))
         if first is None:
             first = expected
         else:
@@ -195,7 +244,8 @@ def verify_onnx(model: nn.Module, path: str | Path, example_input: ModelInputs, 
 
 
 def _verify_onnx(model: nn.Module, path: str | Path, example_input: ModelInputs, n_random: int = 2,
-                 tolerance: float = MAX_REL_ERR_FP32, seed: int = 0) -> tuple[float, bool | None]:
+                 tolerance: float = MAX_REL_ERR_FP32, seed: int = 0,
+                 example_output: list[torch.Tensor] | None = None) -> tuple[float, bool | None]:
     try:
         session = onnx_session(path)
     except Exception as exc:  # onnxruntime's own exception types; an unloadable file is never "exported"
@@ -210,4 +260,4 @@ def _verify_onnx(model: nn.Module, path: str | Path, example_input: ModelInputs,
         except Exception as exc:
             raise ToolchainError(f"onnxruntime cannot run {Path(path).name}: {_first_line(exc)}") from exc
 
-    return _compare(model, run, example_input, "ONNX model", n_random, tolerance, seed)
+    return _compare(model, run, example_input, "ONNX model", n_random, tolerance, seed, example_output)
