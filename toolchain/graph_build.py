@@ -268,7 +268,10 @@ def _root_blocks(pair_sets, joins: list[tuple[int, int]]) -> list[list[int]]:
             if pair.root_idx is None:
                 continue
             other = first_root.setdefault(pair.idx, pair.root_idx)
-            parent[find(pair.root_idx)] = find(other)
+            if other == pair.root_idx:  # the common case, one root channel per channel: nothing to join
+                parent.setdefault(other, other)
+            else:
+                parent[find(pair.root_idx)] = find(other)
     for a, b in joins:
         parent[find(a)] = find(b)
     blocks: dict[int, list[int]] = {}
