@@ -136,3 +136,24 @@ def test_modules_that_check_their_state_dict_version_reload(tmp_path):
     rebuilt, _ = load_pruned(tmp_path, model=build("torchvision:mnasnet0_5", "small").model)
     with torch.no_grad():
         assert torch.equal(rebuilt(built.inputs), result.model(built.inputs))
+
+
+def test_tied_weights_are_written_apart_and_nothing_else_is_copied(tmp_path):
+    """safetensors refuses tensors that share memory; only those (and non-contiguous ones) are copied, since a
+    copy of a 600 M-parameter state costs seconds."""
+    from safetensors.torch import load_file, save_file
+
+    from toolchain.archive import _saveable
+
+    embed = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = embed.weight  # tied, as language models tie input and output embeddings
+    transposed = torch.randn(3, 5).t()
+    state = {"embed.weight": embed.weight, "head.weight": head.weight, "other": transposed}
+    saveable = _saveable(state)
+    assert saveable["embed.weight"].data_ptr() == embed.weight.data_ptr()
+    assert saveable["head.weight"].data_ptr() != embed.weight.data_ptr()
+    assert saveable["other"].is_contiguous()
+    save_file(saveable, str(tmp_path / "w.safetensors"))
+    loaded = load_file(str(tmp_path / "w.safetensors"))
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in state.items())

@@ -112,8 +112,29 @@ def write_arch_and_weights(folder: Path, pruned: nn.Module, dense: nn.Module, mo
         "layers": describe_architecture(pruned, dense),
     }
     (folder / "arch.json").write_text(json.dumps(arch, indent=1))
-    state = {k: v.detach().contiguous().clone() for k, v in pruned.state_dict().items()}
-    save_file(state, str(folder / "weights.safetensors"))
+    save_file(_saveable(pruned.state_dict()), str(folder / "weights.safetensors"))
+
+
+def _saveable(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state as safetensors writes it: contiguous tensors, none sharing memory with another (tied weights are
+    stored apart; loading ties them again). Only those tensors are copied: a 600 M-parameter model's state is
+    2.4 GB, and copying all of it cost seconds of page faults.
+
+    >>> shared = torch.ones(4)
+    >>> saveable = _saveable({"a": shared, "b": shared})
+    >>> [t.data_ptr() == shared.data_ptr() for t in saveable.values()]  # "b" is a copy
+    [True, False]
+    """
+    storages: set[int] = set()
+    out = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in storages:
+            tensor = tensor.clone()
+        storages.add(tensor.untyped_storage().data_ptr())
+        out[name] = tensor
+    return out
 
 
 def arch_inputs(arch: dict) -> InputSpecs:
