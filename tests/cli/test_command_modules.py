@@ -115,3 +115,19 @@ def test_quiet_prints_the_result_without_the_steps(tmp_path, capsys):
     assert main(["prune", "--model", "zoo:demo", "--data", "none", "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "…" not in captured.err and captured.out.startswith(f"wrote {tmp_path / 'quiet'}/")
+
+
+def test_sweep_passes_the_selection_after_recovery_to_every_point(monkeypatch, tmp_path):
+    import toolchain.sweep
+
+    seen = {}
+
+    def run_sweep(config, _steps):
+        seen["config"] = config
+        return []
+
+    monkeypatch.setattr(toolchain.sweep, "run_sweep", run_sweep)
+    result = CliRunner().invoke(cli, ["sweep", "--model", "zoo:demo", "--out", str(tmp_path / "s"),
+                                      "--select-after-recovery", "12", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"].recovered_selection_steps == 12

@@ -63,7 +63,7 @@ BAD_VALUES = {
     **{(command, "--budget-ms"): floats_outside(0.0, None, low_open=True) for command in ("prune", "deploy")},
     **{(command, "--budget-ratio"): floats_outside(0.0, 1.0, low_open=True) for command in ("prune", "deploy")},
     **{(command, "--finetune-steps"): ints_outside(0) for command in ("prune", "deploy", "sweep")},
-    **{(command, "--select-after-recovery"): ints_outside(0) for command in ("prune", "deploy")},
+    **{(command, "--select-after-recovery"): ints_outside(0) for command in ("prune", "deploy", "sweep")},
     **{(command, "--recover-seconds"): floats_outside(0.0, None) for command in ("prune", "deploy")},
     **{(command, "--threads"): ints_outside(1, 1024) for command in ("prune", "profile", "fit", "predict", "sweep")},
     **{(command, "--profile-samples"): ints_outside(10) for command in ("prune", "deploy", "sweep")},

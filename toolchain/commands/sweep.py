@@ -19,6 +19,7 @@ from toolchain.commands.options import (
     profile_samples_option,
     quiet_option,
     saliency_config,
+    select_after_recovery_option,
     shapley_samples_option,
     target_options,
     weights_option,
@@ -37,6 +38,7 @@ from toolchain.commands.options import (
 @click.option("--allocators", type=ALLOCATOR_LIST, default="lpnet,knapsack,uniform,macs", show_default=True)
 @finetune_steps_option
 @correct_predictor_option
+@select_after_recovery_option
 @budget_statistic_option
 @shapley_samples_option
 @profile_samples_option
@@ -50,8 +52,8 @@ from toolchain.commands.options import (
 @out_option()
 @quiet_option
 def sweep(model, weights, input_shape, data, target, backend, threads, clock, statistic, budgets, criteria, allocators,
-          finetune_steps, correct_predictor, budget_statistic, shapley_samples, shapley_seconds, profile_samples,
-          predictor, workers, executor, ray_address, out, quiet) -> None:
+          finetune_steps, correct_predictor, select_after_recovery, budget_statistic, shapley_samples, shapley_seconds,
+          profile_samples, predictor, workers, executor, ray_address, out, quiet) -> None:
     """Run every budget x criterion x allocator point; rows go to OUT/rows.csv and OUT/rows.json.
 
     With --finetune-steps > 0 every point also reports accuracy after that much distillation fine-tuning.
@@ -69,6 +71,7 @@ def sweep(model, weights, input_shape, data, target, backend, threads, clock, st
         target=measured_on,
         data=data, weights=weights, input_shape=input_shape,
         finetune_steps=finetune_steps, correct_predictor=correct_predictor, budget_statistic=budget_statistic,
+        recovered_selection_steps=select_after_recovery,
         workers=workers, predictor=predictor,
         saliency=saliency_config(shapley_samples, shapley_seconds),
         executor=ExecutorConfig(executor, ray_address=ray_address))
