@@ -308,8 +308,9 @@ def main() -> None:
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     report = {"command": " ".join(["python -m benchmarks.budget_sweep", *sys.argv[1:]]), "fingerprint": fingerprint,
               "models": previous.get("models", {})}
-    for name in args.models.split(","):
-        report["models"].setdefault(name, {"input_shape": list(MODELS[name][1])})["methods"] = methods
+    for name in args.models.split(","):  # a folder accumulates runs: an anchors-only run keeps the variants
+        entry = report["models"].setdefault(name, {"input_shape": list(MODELS[name][1])})
+        entry["methods"] = list(dict.fromkeys([*entry.get("methods", []), *methods]))
     if args.report_only:
         write_report(out, report)
         print((out / "summary.md").read_text())

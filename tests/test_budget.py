@@ -355,3 +355,21 @@ def test_cli_prune_can_ship_the_uniform_model_where_it_recovers_better(tmp_path,
     assert set(selection["candidates"]) == {"knapsack", "uniform"} and selection["distillation_steps"] == 2
     chosen = selection["candidates"][selection["chosen"]]
     assert chosen["measured_ms"] == manifest["measured_latency_ms"] <= manifest["budget_ms"]
+
+
+
+def test_budget_runs_select_after_recovery_by_default():
+    """On by default where there is a train split, in the library and in prune/deploy (`--select-after-recovery 0`
+    ships the allocator's model unchecked; the selection itself is tested above)."""
+    from toolchain.allocate import BudgetConfig
+    from toolchain.cli import cli
+
+    assert BudgetConfig(budget_ratio=0.5).recovered_selection_steps == 30
+    from toolchain.sweep import SweepConfig
+
+    def default(command: str) -> int:
+        return next(p for p in cli.commands[command].params if p.name == "select_after_recovery").default
+
+    assert default("prune") == default("deploy") == 30
+    # a sweep's methods are the plain allocators unless asked (its `-selected` variants are separate methods)
+    assert default("sweep") == SweepConfig.recovered_selection_steps == 0

@@ -79,7 +79,7 @@ def test_the_calibration_check_can_score_its_candidates_after_recovery(small_mni
     monkeypatch.setattr(budget_check, "distill", counting_distill)
     dense, _ = resolve_model("zoo:demo")
     config = BudgetConfig(budget_ratio=0.5, criterion="l1", allocator="knapsack", finetune_steps=0,
-                          check_recovery_steps=2)
+                          check_recovery_steps=2, recovered_selection_steps=0)
     result = prune_to_budget(dense, small_mnist.test[0][0].unsqueeze(0), config,
                              PredictorInfo(_LinearLatency(), "synthetic", None, {}), _fake_target, data=small_mnist)
     checks = [t["calibration_check"] for t in result.manifest["iterations"] if t.get("calibration_check")]

@@ -111,6 +111,16 @@ def test_the_cli_summary_reads_the_typed_manifest(budget_manifest, ratio_folder)
     assert "2 steps in " in recovered and "stopped: fixed number of steps done" in recovered
 
 
+def test_the_summary_says_which_allocation_the_selection_kept(budget_manifest):
+    selection = {"chosen": "uniform", "distillation_steps": 30, "candidates": {
+        "knapsack": {"measured_ms": 0.30, "budget_met": True, "tries": 2, "calib_loss_after_recovery": 0.4567},
+        "uniform": {"measured_ms": 0.31, "budget_met": True, "tries": 1, "calib_loss_after_recovery": 0.1234}}}
+    manifest = Manifest.from_json({**budget_manifest, "onnx_max_rel_err": 1e-7, "recovered_selection": selection})
+    assert manifest.budget.recovered_selection == selection and manifest.to_json()["recovered_selection"] == selection
+    assert summary_lines(manifest)[-1] == ("    kept uniform's widths: calibration loss after 30 distillation steps "
+                                           "0.123 (knapsack's: 0.457)")
+
+
 def test_unknown_keys_of_other_writers_survive_a_round_trip():
     document = {"model": "zoo:demo", "transformer_prune": {"head_ratio": 0.25}, "someone_elses": [1, 2],
                 "iterations": [], "budget_ms": 1.0,

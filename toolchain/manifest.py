@@ -276,6 +276,8 @@ class Budget:
     saliency: dict | None = None  # the criterion's cost report
     predictor: dict | None = None  # name, artifact, heldout_error
     wall_s: dict | None = None  # stage -> seconds
+    # BudgetConfig.recovered_selection_steps: which search's model was kept, and both candidates
+    recovered_selection: dict | None = None
 
     def within_band(self, measured_ms: float, lower_ratio: float = BUDGET_BAND_LOW) -> bool:
         """Whether `measured_ms` lies in [lower_ratio, 1] x budget.
@@ -288,7 +290,7 @@ class Budget:
     def to_json(self) -> dict:
         doc = {"budget_ms": self.budget_ms, "budget_ratio": self.budget_ratio}
         for key in ("budget_met", "budget_statistic", "criterion", "criterion_note", "allocator", "per_layer_widths",
-                    "saliency", "predictor", "wall_s"):
+                    "saliency", "predictor", "wall_s", "recovered_selection"):
             _put(doc, key, getattr(self, key))
         if self.iterations is not None:
             doc["iterations"] = [it.to_json() for it in self.iterations]
@@ -471,7 +473,20 @@ def summary_lines(manifest: Manifest) -> list[str]:
                      f"{budget.allocator}")
         if budget.criterion_note:
             lines.append(f"    criterion: {budget.criterion_note}")
+        if budget.recovered_selection:
+            lines.append(f"    {_selection_line(budget.recovered_selection)}")
     return lines
+
+
+def _selection_line(selection: dict) -> str:
+    """`kept lpnet's widths: calibration loss after 30 distillation steps 0.129 (uniform's: 0.192)`."""
+    losses = {name: c.get("calib_loss_after_recovery") for name, c in selection.get("candidates", {}).items()}
+    chosen = selection.get("chosen")
+    others = ", ".join(f"{name}'s: {'budget missed' if loss is None else f'{loss:.3f}'}"
+                       for name, loss in losses.items() if name != chosen)
+    loss = losses.get(chosen)
+    return (f"kept {chosen}'s widths: calibration loss after {selection.get('distillation_steps')} distillation "
+            f"steps {'not scored' if loss is None else f'{loss:.3f}'} ({others})")
 
 
 def _recovery_lines(accuracy: Accuracy) -> list[str]:

@@ -67,8 +67,10 @@ class BudgetConfig:
     # > 0, with a train split: the uniform allocation's widths are searched under the same measured budget too,
     # and of the two measured models the one with the lower calibration loss after this many distillation steps
     # (of a copy each) is kept: a latency-aware allocation is shipped only where it recovers better than the
-    # latency-blind one at the budget as measured. 0: the allocator's model, unchecked.
-    recovered_selection_steps: int = 0
+    # latency-blind one at the budget as measured. 0: the allocator's model, unchecked. On by default since it
+    # was never behind the plain search over seeds and kept ResNet-56 from losing to uniform (BENCHMARKS.md,
+    # "Scoring after recovery"); it costs one more budget search and two short distillations (14 s on the demo).
+    recovered_selection_steps: int = 30
     # After every measured try, correct the predictor by the tries measured so far and allocate again
     # (`toolchain.allocate.correction`) instead of refining the first allocation locally.
     correct_predictor: bool = False

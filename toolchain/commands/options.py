@@ -289,11 +289,14 @@ correct_predictor_option = click.option(
     help="after each measured try, correct the latency predictor by the tries so far and allocate again "
          "(instead of refining the first allocation locally)")
 
-select_after_recovery_option = click.option(
-    "--select-after-recovery", "select_after_recovery", type=click.IntRange(min=0), metavar="STEPS",
-    default=BudgetConfig.recovered_selection_steps, show_default=True,
-    help="with data: also search the uniform allocation's widths under the same measured budget and keep the model "
-         "whose calibration loss after STEPS distillation steps is lower (0: the allocator's model)")
+def select_after_recovery_option(default: int = BudgetConfig.recovered_selection_steps):
+    """`--select-after-recovery STEPS`; a sweep defaults to 0 so that its methods are the plain allocators."""
+    return click.option(
+        "--select-after-recovery", "select_after_recovery", type=click.IntRange(min=0), metavar="STEPS",
+        default=default, show_default=True,
+        help="with data: also search the uniform allocation's widths under the same measured budget and keep the "
+             "model whose calibration loss after STEPS distillation steps is lower (0: the allocator's model)")
+
 
 budget_options = group(
     click.option("--budget-ms", type=POSITIVE_MS, help="latency budget in ms on the target (replaces --ratio)"),
@@ -302,7 +305,7 @@ budget_options = group(
                  help="saliency criterion (with a budget); auto: taylor with data, l2 (data-free) without"),
     click.option("--allocator", type=ALLOCATORS, default=BudgetConfig.allocator, show_default=True,
                  help="width allocator (with a budget)"),
-    correct_predictor_option, select_after_recovery_option, budget_statistic_option, predictor_option,
+    correct_predictor_option, select_after_recovery_option(), budget_statistic_option, predictor_option,
     profile_samples_option, shapley_samples_option)
 
 

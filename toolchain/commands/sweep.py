@@ -38,7 +38,7 @@ from toolchain.commands.options import (
 @click.option("--allocators", type=ALLOCATOR_LIST, default="lpnet,knapsack,uniform,macs", show_default=True)
 @finetune_steps_option
 @correct_predictor_option
-@select_after_recovery_option
+@select_after_recovery_option(default=0)  # SweepConfig's: each method is what it is named
 @budget_statistic_option
 @shapley_samples_option
 @profile_samples_option
