@@ -195,3 +195,38 @@ def test_an_export_says_when_the_outputs_did_not_vary_with_the_input(tmp_path):
     constant = export_onnx(head, torch.randn(1, 4), tmp_path / "b.onnx")
     one_input = export_onnx(nn.Linear(4, 3).eval(), torch.randn(1, 4), tmp_path / "c.onnx", n_random=0)
     assert (varying.outputs_vary, constant.outputs_vary, one_input.outputs_vary) == (True, False, None)
+
+
+class WithBuffers(nn.Module):
+    """Parameters, BatchNorm statistics, a non-persistent buffer and tied weights: every kind of stored tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.register_buffer("offset", torch.linspace(0.0, 1.0, 8).view(1, 8, 1, 1), persistent=False)
+        self.head = nn.Linear(8, 8)
+        self.tail = nn.Linear(8, 8)
+        self.tail.weight = self.head.weight
+
+    def forward(self, x):
+        h = (self.bn(self.conv(x)) + self.offset).mean(dim=(2, 3))
+        return self.tail(torch.relu(self.head(h)))
+
+
+def test_a_large_model_keeps_its_weights_beside_the_graph(tmp_path, monkeypatch):
+    """Above LARGE_EXPORT_PARAMS the graph is exported without weights and each is written once into
+    model.onnx.data (the in-memory protobuf copies cost seconds on a 400 M-parameter model)."""
+    onnx = pytest.importorskip("onnx")
+    monkeypatch.setattr(onnx_export, "LARGE_EXPORT_PARAMS", 0)
+    model = WithBuffers().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+    exported = export_onnx(model, torch.randn(2, 3, 8, 8), tmp_path / "model.onnx")
+    assert exported.opset == 17 and exported.max_rel_err <= 1e-5 and exported.outputs_vary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    graph = onnx.load(str(exported.path), load_external_data=False).graph
+    assert [i.name for i in graph.input] == ["input"]
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
+    assert {"bn.running_mean", "bn.running_var", "head.weight"} <= {t.name for t in graph.initializer}

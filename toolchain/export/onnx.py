@@ -28,6 +28,7 @@ from torch import nn
 
 from toolchain.defaults import ONNX_OPSET
 from toolchain.errors import ToolchainError
+from toolchain.export.onnx_weights import export_weights_apart
 from toolchain.inputs import (
     ModelInputs,
     as_positional,
@@ -44,10 +45,11 @@ DEFAULT_OPSET = ONNX_OPSET  # defined once in toolchain.defaults, for the export
 # onnx's version converter, which keeps opset-18 attributes (GPT-2's `Split` with `num_outputs`) and
 # writes a model onnxruntime refuses. Its fallback therefore exports at 18 or above.
 DYNAMO_MIN_OPSET = 18
-# Above this many parameters the dynamo fallback skips onnxscript's graph optimizer: its rewrite rules cost 21 s
-# of a 105 s prune of torchvision's ViT-L/16 (profiled), and onnxruntime applies its own graph optimisations when
-# it loads the file anyway (the file is still verified against PyTorch in onnxruntime before it is kept).
-UNOPTIMIZED_EXPORT_PARAMS = 100_000_000
+# Above this many parameters the weights are written apart from the graph (`onnx_weights`: the TorchScript
+# exporter's in-memory copies of them cost 11.7 s of 21.6 s on a pruned ViT-H/14), and the dynamo fallback skips
+# onnxscript's graph optimizer (its rewrite rules cost 21 s of a 105 s prune of ViT-L/16). onnxruntime applies its
+# own graph optimisations when it loads the file anyway, and the file is verified in onnxruntime before it is kept.
+LARGE_EXPORT_PARAMS = 100_000_000
 MAX_REL_ERR_FP32 = 1e-4
 
 
@@ -72,14 +74,17 @@ def _export(model: nn.Module, example_input: ModelInputs, outputs: list[str], pa
         warnings.simplefilter("ignore")
         # The TorchScript exporter is several times faster than the dynamo one on CPU and
         # handles every zoo model; the dynamo exporter is the fallback.
+        large = sum(p.numel() for p in model.parameters()) > LARGE_EXPORT_PARAMS
         try:
             with _attention_fast_path_off(), _process_output_discarded():
-                torch.onnx.export(module, args, str(path), opset_version=opset, dynamo=False,
-                                  input_names=names, output_names=outputs)
+                if not (large and export_weights_apart(module, args, path, opset, names, outputs)):
+                    torch.onnx.export(module, args, str(path), opset_version=opset, dynamo=False,
+                                      input_names=names, output_names=outputs)
             return opset
         except Exception:
+            for partial in (path, path.with_name(path.name + ".data")):  # what the first try may have left
+                partial.unlink(missing_ok=True)
             dynamo_opset = max(opset, DYNAMO_MIN_OPSET)
-            large = sum(p.numel() for p in model.parameters()) > UNOPTIMIZED_EXPORT_PARAMS
             torch.onnx.export(module, args, str(path), opset_version=dynamo_opset, dynamo=True, verbose=False,
                               input_names=names, output_names=outputs, external_data=False, optimize=not large)
             return dynamo_opset
