@@ -183,3 +183,29 @@ def test_counting_macs_of_a_keyword_input_model_prints_nothing(capsys):
     macs, params = count_macs_params(KeywordOnly(), {"input_ids": torch.zeros(1, 4, dtype=torch.long)})
     assert params == 10 * 8 + 8 * 2 + 2 and macs > 0
     assert capsys.readouterr().out == ""
+
+
+class FailingNet(nn.Module):
+    """A small net whose forward raises always, or only with gradients enabled ("grad")."""
+
+    def __init__(self, when: str):
+        super().__init__()
+        self.when = when
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        if self.when == "always" or torch.is_grad_enabled():
+            raise RuntimeError(f"fails {self.when}")
+        return self.head(torch.relu(self.conv(x)))
+
+
+@pytest.mark.parametrize(("when", "message"), [
+    ("always", r"^the model rejects input shape \(1, 3, 8, 8\): RuntimeError: fails always$"),
+    ("grad", r"^the model cannot be traced for pruning: RuntimeError: fails grad$"),
+])
+def test_the_trace_is_the_input_check_and_says_which_failed(when, message):
+    """The graph's first forward is Torch-Pruning's trace (with gradients); when it fails in the model's own
+    forward, the model is run once more untraced to tell a rejected input from a model that cannot be traced."""
+    with pytest.raises(ToolchainError, match=message):
+        prune(FailingNet(when).eval(), torch.randn(1, 3, 8, 8), ratio=0.5)

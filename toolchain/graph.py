@@ -120,10 +120,22 @@ class PruningGraph:
         was_training = model.training
         model.eval()
         try:
-            # One forward checks the input, gives the output shapes the shrink must keep and records the attention
-            # calls that removing a head is tried on. Every forward here runs without a generation cache.
-            with recording_attention_calls(self._attention) as calls, no_generation_cache(model):
-                self._dense_output_shapes = output_shapes(run_checked(model, example_input))
+            # One forward, Torch-Pruning's trace, also gives the output shapes the shrink must keep and records the
+            # attention calls that removing a head is tried on. Every forward here runs without a generation cache.
+            forward = graph_build.RecordingForward()
+            with (torch.enable_grad(), _recording_op_owners(model) as self._op_owners, no_generation_cache(model),
+                  recording_attention_calls(self._attention) as calls):
+                try:
+                    self._dg, self._unmappable = graph_build.build_dependency_graph(
+                        model, example_input, forward, {**customized_pruners(), **scale_pruners()})
+                except BaseException as exc:  # noqa: BLE001 - a user's forward may even call sys.exit
+                    if isinstance(exc, (KeyboardInterrupt, ToolchainError)):
+                        raise
+                    if forward.output_shapes is None:  # the model's own forward failed: say so if it does untraced
+                        run_checked(model, example_input)
+                    raise ToolchainError(
+                        f"the model cannot be traced for pruning: {type(exc).__name__}: {exc}") from exc
+            self._output_fns, self._dense_output_shapes = forward.output_fns, forward.output_shapes
             self._attention = refuse_heads_that_fail_removal(self._attention, calls)
             del calls  # its recorded arguments hold activations
             # The same forward code fails the same way: single-head modules of a failing type (PVT-v2's first
@@ -137,11 +149,6 @@ class PruningGraph:
                 f"attention at {heads.path!r} ({type(heads.module).__name__}) runs the code that fails at "
                 f"{failing[type(heads.module)]!r} once narrower; its channels are kept"
                 for heads in self._attention if type(heads.module) in failing})
-            forward = graph_build.RecordingForward()
-            with torch.enable_grad(), _recording_op_owners(model) as self._op_owners, no_generation_cache(model):
-                self._dg, self._unmappable = graph_build.build_dependency_graph(
-                    model, example_input, forward, {**customized_pruners(), **scale_pruners()})
-            self._output_fns = forward.output_fns
         except ToolchainError:
             raise
         except Exception as exc:

@@ -428,8 +428,8 @@ def recording_attention_calls(found: list[AttentionHeads]) -> Iterator[Attention
     calls: AttentionCalls = {}
 
     def record(module, args, kwargs) -> None:
-        if module not in calls:
-            calls[module] = [args, kwargs, None]
+        if module not in calls:  # detached: a traced forward's autograd graph is not kept alive by them
+            calls[module] = [_detached(args), _detached(kwargs), None]
 
     def shapes(module, _args, _kwargs, output) -> None:
         if calls[module][2] is None:
@@ -444,6 +444,18 @@ def recording_attention_calls(found: list[AttentionHeads]) -> Iterator[Attention
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _detached(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_detached(v) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
 
 
 def refuse_heads_that_fail_removal(found: list[AttentionHeads], calls: AttentionCalls) -> list[AttentionHeads]:

@@ -50,10 +50,13 @@ class RecordingForward:
 
     def __init__(self):
         self.output_fns: set[object] = set()
+        self.output_shapes: list[tuple[int, ...]] | None = None  # set once the model's forward has returned
 
     def __call__(self, model: nn.Module, inputs: ModelInputs):
         outputs = call_model(model, inputs)
-        self.output_fns = {t.grad_fn for t in flatten_outputs(outputs) if t.grad_fn is not None}
+        flat = flatten_outputs(outputs)
+        self.output_fns = {t.grad_fn for t in flat if t.grad_fn is not None}
+        self.output_shapes = [tuple(t.shape) for t in flat]
         return outputs
 
 
