@@ -216,9 +216,13 @@ class WithBuffers(nn.Module):
 
 def test_a_large_model_keeps_its_weights_beside_the_graph(tmp_path, monkeypatch):
     """Above LARGE_EXPORT_PARAMS the graph is exported without weights and each is written once into
-    model.onnx.data (the in-memory protobuf copies cost seconds on a 400 M-parameter model)."""
+    model.onnx.data (the in-memory protobuf copies cost seconds on a 400 M-parameter model), and the file is
+    compared with PyTorch on one random input besides the example (each costs seconds in both runtimes)."""
     onnx = pytest.importorskip("onnx")
     monkeypatch.setattr(onnx_export, "LARGE_EXPORT_PARAMS", 0)
+    random_inputs = []
+    real_random_like = onnx_export.random_like
+    monkeypatch.setattr(onnx_export, "random_like", lambda *a: random_inputs.append(1) or real_random_like(*a))
     model = WithBuffers().eval()
     with torch.no_grad():
         model.bn.running_mean.uniform_(-1, 1)
@@ -230,3 +234,4 @@ def test_a_large_model_keeps_its_weights_beside_the_graph(tmp_path, monkeypatch)
     assert [i.name for i in graph.input] == ["input"]
     assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
     assert {"bn.running_mean", "bn.running_var", "head.weight"} <= {t.name for t in graph.initializer}
+    assert len(random_inputs) == 1  # compared on the example and one random input (two for smaller models)

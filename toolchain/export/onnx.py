@@ -130,8 +130,11 @@ def _process_output_discarded() -> Iterator[None]:
 
 
 def export_onnx(model: nn.Module, example_input: ModelInputs, path: str | Path, opset: int = DEFAULT_OPSET,
-                n_random: int = 2, tolerance: float = MAX_REL_ERR_FP32) -> OnnxExport:
+                n_random: int | None = None, tolerance: float = MAX_REL_ERR_FP32) -> OnnxExport:
     """Export `model` at the example inputs' static shapes to `path`, verified before it appears there.
+
+    The file is compared with PyTorch on the example input and `n_random` random ones (None: 2, and 1 above
+    `LARGE_EXPORT_PARAMS`, where each costs seconds in both runtimes; one is enough to see the outputs vary).
 
     Raises `ToolchainError` (and leaves no file) when the export fails, onnxruntime cannot load or
     run the result, or its outputs differ from PyTorch beyond `tolerance`.
@@ -144,6 +147,8 @@ def export_onnx(model: nn.Module, example_input: ModelInputs, path: str | Path, 
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     staged = staging / path.name
     model = model.eval()
+    if n_random is None:
+        n_random = 1 if sum(p.numel() for p in model.parameters()) > LARGE_EXPORT_PARAMS else 2
     try:
         with torch.no_grad():  # names the outputs, and is the first reference the file is verified against
             example_output = call_model(model, example_input)
