@@ -69,6 +69,7 @@ def test_external_data_keeps_the_name_the_graph_gives_it(tmp_path, monkeypatch):
     model, x = nn.Linear(4, 3).eval(), torch.randn(1, 4)
     exported = export_onnx(model, x, tmp_path / "model.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert exported.external_data == (tmp_path / "model.onnx.data",)
     session = onnxruntime.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert torch.allclose(torch.from_numpy(got), model(x).detach(), atol=1e-6)
@@ -230,6 +231,7 @@ def test_a_large_model_keeps_its_weights_beside_the_graph(tmp_path, monkeypatch)
     exported = export_onnx(model, torch.randn(2, 3, 8, 8), tmp_path / "model.onnx")
     assert exported.opset == 17 and exported.max_rel_err <= 1e-5 and exported.outputs_vary
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert exported.external_data == (tmp_path / "model.onnx.data",)
     graph = onnx.load(str(exported.path), load_external_data=False).graph
     assert [i.name for i in graph.input] == ["input"]
     assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)

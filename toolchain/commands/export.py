@@ -52,5 +52,6 @@ def export(pruned, model, weights, input_shape, inputs, trust_pickle, out, opset
     out.parent.mkdir(parents=True, exist_ok=True)
     exported = export_onnx(module, example, out, opset)
     constant = NEAR_CONSTANT_NOTE if exported.outputs_vary is False else ""
-    click.echo(f"wrote {exported.path} (opset {exported.opset}); max relative error vs PyTorch "
+    beside = "".join(f" and {data.name} (its weights)" for data in exported.external_data)
+    click.echo(f"wrote {exported.path}{beside} (opset {exported.opset}); max relative error vs PyTorch "
                f"{exported.max_rel_err:.1e}{constant}")

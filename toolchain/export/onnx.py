@@ -58,12 +58,14 @@ class OnnxExport:
     """A verified ONNX file: where it is, the opset it holds, its worst error against PyTorch, and whether the
     model's outputs changed with the input (False: by less than 1e-6 of their scale over the inputs compared,
     as a classifier that was never trained gives, or YOLO's untrained head, whose box outputs are its grid, so
-    the comparison held near-constants; None: only one input was compared)."""
+    the comparison held near-constants; None: only one input was compared), and the files beside it that hold
+    its weights (`model.onnx.data` for a large model), which must travel with it."""
 
     path: Path
     opset: int
     max_rel_err: float
     outputs_vary: bool | None = None
+    external_data: tuple[Path, ...] = ()
 
 
 def _export(model: nn.Module, example_input: ModelInputs, outputs: list[str], path: Path, opset: int) -> int:
@@ -158,13 +160,13 @@ def export_onnx(model: nn.Module, example_input: ModelInputs, path: str | Path, 
             raise ToolchainError(f"ONNX export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
         max_rel_err, outputs_vary = _verify_onnx(model, staged, example_input, n_random, tolerance,
                                                  example_output=flatten_outputs(example_output))
-        for data in staging.iterdir():  # external data first, the graph that names it last
-            if data != staged:
-                os.replace(data, path.with_name(data.name))
+        external_data = tuple(path.with_name(data.name) for data in staging.iterdir() if data != staged)
+        for data in external_data:  # external data first, the graph that names it last
+            os.replace(staging / data.name, data)
         os.replace(staged, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return OnnxExport(path, written_opset, max_rel_err, outputs_vary)
+    return OnnxExport(path, written_opset, max_rel_err, outputs_vary, external_data)
 
 
 def _first_line(exc: BaseException) -> str:
