@@ -30,7 +30,8 @@ def export_weights_apart(module: nn.Module, args: tuple, path: Path, opset: int,
     torch.onnx.export(module, args, str(path), opset_version=opset, dynamo=False, export_params=False,
                       do_constant_folding=False, input_names=input_names, output_names=output_names)
     proto = onnx.load(str(path))
-    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    tensors = {**dict(module.named_parameters(remove_duplicate=False)),
+               **dict(module.named_buffers(remove_duplicate=False))}  # tied tensors under each of their names
     graph = proto.graph
     stored = [i for i in graph.input if i.name not in input_names]
     if any(i.name not in tensors for i in stored):
