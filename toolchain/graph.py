@@ -129,12 +129,9 @@ class PruningGraph:
                     self._dg, self._unmappable = graph_build.build_dependency_graph(
                         model, example_input, forward, {**customized_pruners(), **scale_pruners()})
                 except BaseException as exc:  # noqa: BLE001 - a user's forward may even call sys.exit
-                    if isinstance(exc, (KeyboardInterrupt, ToolchainError)):
-                        raise
-                    if forward.output_shapes is None:  # the model's own forward failed: say so if it does untraced
-                        run_checked(model, example_input)
-                    raise ToolchainError(
-                        f"the model cannot be traced for pruning: {type(exc).__name__}: {exc}") from exc
+                    if not isinstance(exc, (KeyboardInterrupt, ToolchainError)) and forward.output_shapes is None:
+                        run_checked(model, example_input)  # the model's own forward failed: say so if it does untraced
+                    raise
             self._output_fns, self._dense_output_shapes = forward.output_fns, forward.output_shapes
             self._attention = refuse_heads_that_fail_removal(self._attention, calls)
             del calls  # its recorded arguments hold activations
@@ -149,9 +146,9 @@ class PruningGraph:
                 f"attention at {heads.path!r} ({type(heads.module).__name__}) runs the code that fails at "
                 f"{failing[type(heads.module)]!r} once narrower; its channels are kept"
                 for heads in self._attention if type(heads.module) in failing})
-        except ToolchainError:
+        except (KeyboardInterrupt, ToolchainError):
             raise
-        except Exception as exc:
+        except BaseException as exc:  # noqa: BLE001 - the trace runs the user's forward (see above)
             raise ToolchainError(f"the model cannot be traced for pruning: {type(exc).__name__}: {exc}") from exc
         finally:
             model.train(was_training)

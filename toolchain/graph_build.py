@@ -32,7 +32,7 @@ from torch_pruning import _helpers
 from torch_pruning.dependency import index_mapping, shape_infer
 from torch_pruning.pruner import function
 
-from toolchain.inputs import ModelInputs, call_model, flatten_outputs
+from toolchain.inputs import ModelInputs, call_model, flatten_outputs, output_shapes
 
 # (index, root index) pairs one layer may collect per channel of the widest layer. A group whose
 # channels follow one another has one root per index; attention's head reshapes legitimately pair
@@ -56,7 +56,7 @@ class RecordingForward:
         outputs = call_model(model, inputs)
         flat = flatten_outputs(outputs)
         self.output_fns = {t.grad_fn for t in flat if t.grad_fn is not None}
-        self.output_shapes = [tuple(t.shape) for t in flat]
+        self.output_shapes = output_shapes(flat)
         return outputs
 
 

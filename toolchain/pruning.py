@@ -72,7 +72,7 @@ def prune(model: nn.Module, example_input: ModelInputs, config: PruneConfig | No
     """
     config = replace(config or PruneConfig(), **overrides)
     pruned = copy.deepcopy(model).eval()
-    # The graph's first forward is the input check (`run_checked`): one line if the model rejects the input.
+    # The graph's first forward (Torch-Pruning's trace) is the input check: one line if the model rejects the input.
     graph = PruningGraph(pruned, example_input, protect=config.protect)
     dense_macs, dense_params = count_macs_params(model, example_input)
     widths = resolve_widths(graph, config)

@@ -45,7 +45,7 @@ def test_nested_outputs_and_typed_inputs_keep_their_names(tmp_path):
 
 
 def test_an_unloadable_file_never_appears(tmp_path, monkeypatch):
-    def write_garbage(model, example, outputs, path, opset):
+    def write_garbage(model, example, outputs, path, opset, large):
         path.write_bytes(b"not an onnx model")
         return opset
 
@@ -59,8 +59,8 @@ def test_external_data_keeps_the_name_the_graph_gives_it(tmp_path, monkeypatch):
     onnx = pytest.importorskip("onnx")
     real_export = onnx_export._export
 
-    def export_with_external_data(model, example, outputs, path, opset):  # as the dynamo exporter writes a large model
-        written = real_export(model, example, outputs, path, opset)
+    def export_with_external_data(model, example, outputs, path, opset, large):  # as dynamo writes a large model
+        written = real_export(model, example, outputs, path, opset, large)
         onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=True,
                         location=path.name + ".data", size_threshold=0)
         return written

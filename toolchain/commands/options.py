@@ -289,6 +289,7 @@ correct_predictor_option = click.option(
     help="after each measured try, correct the latency predictor by the tries so far and allocate again "
          "(instead of refining the first allocation locally)")
 
+
 def select_after_recovery_option(default: int = BudgetConfig.recovered_selection_steps):
     """`--select-after-recovery STEPS`; a sweep defaults to 0 so that its methods are the plain allocators."""
     return click.option(

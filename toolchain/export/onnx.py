@@ -68,15 +68,16 @@ class OnnxExport:
     external_data: tuple[Path, ...] = ()
 
 
-def _export(model: nn.Module, example_input: ModelInputs, outputs: list[str], path: Path, opset: int) -> int:
-    """Write `path` with the TorchScript exporter, else dynamo; return the opset written."""
+def _export(model: nn.Module, example_input: ModelInputs, outputs: list[str], path: Path, opset: int,
+            large: bool) -> int:
+    """Write `path` with the TorchScript exporter, else dynamo; return the opset written. `large`: over
+    `LARGE_EXPORT_PARAMS` parameters."""
     names = input_names(example_input)
     module, args = as_positional(model, example_input)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         # The TorchScript exporter is several times faster than the dynamo one on CPU and
         # handles every zoo model; the dynamo exporter is the fallback.
-        large = sum(p.numel() for p in model.parameters()) > LARGE_EXPORT_PARAMS
         try:
             with _attention_fast_path_off(), _process_output_discarded():
                 if not (large and export_weights_apart(module, args, path, opset, names, outputs)):
@@ -149,13 +150,14 @@ def export_onnx(model: nn.Module, example_input: ModelInputs, path: str | Path, 
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     staged = staging / path.name
     model = model.eval()
+    large = sum(p.numel() for p in model.parameters()) > LARGE_EXPORT_PARAMS
     if n_random is None:
-        n_random = 1 if sum(p.numel() for p in model.parameters()) > LARGE_EXPORT_PARAMS else 2
+        n_random = 1 if large else 2
     try:
         with torch.no_grad():  # names the outputs, and is the first reference the file is verified against
             example_output = call_model(model, example_input)
         try:
-            written_opset = _export(model, example_input, output_names(example_output), staged, opset)
+            written_opset = _export(model, example_input, output_names(example_output), staged, opset, large)
         except Exception as exc:
             raise ToolchainError(f"ONNX export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
         max_rel_err, outputs_vary = _verify_onnx(model, staged, example_input, n_random, tolerance,
