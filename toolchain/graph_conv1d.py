@@ -9,16 +9,24 @@ weight dim; `nf` (the width its forward reshapes to) follows the weight.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-try:  # GPT-2 style projections: weight stored as [in, out]
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # transformers is optional
-    Conv1D = None
+
+def conv1d_type() -> type | None:
+    """transformers' `Conv1D` (GPT-2 style projections: weight stored as [in, out]) when transformers has been
+    imported, else None. A model holding one has imported it already, so models without one (and every CLI call)
+    do not pay transformers' import, 0.3 s."""
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+
+
+def is_conv1d(layer) -> bool:
+    kind = conv1d_type()
+    return kind is not None and isinstance(layer, kind)
 
 
 class Conv1DPruner(tp.pruner.function.BasePruningFunc):
@@ -45,7 +53,8 @@ class Conv1DPruner(tp.pruner.function.BasePruningFunc):
 
 def customized_pruners() -> dict:
     """Layer types Torch-Pruning does not know, with their surgery (for `build_dependency`)."""
-    return {Conv1D: Conv1DPruner()} if Conv1D is not None else {}
+    kind = conv1d_type()
+    return {kind: Conv1DPruner()} if kind is not None else {}
 
 
 def root_layer_types() -> tuple[type, ...]:
@@ -55,7 +64,7 @@ def root_layer_types() -> tuple[type, ...]:
 
 def is_projection(layer) -> bool:
     """A Linear or a Conv1D: a layer that projects the last dim."""
-    return isinstance(layer, nn.Linear) or (Conv1D is not None and isinstance(layer, Conv1D))
+    return isinstance(layer, nn.Linear) or is_conv1d(layer)
 
 
 def conv1d_magnitude(group, width: int) -> torch.Tensor:
@@ -68,7 +77,7 @@ def conv1d_norms(group, width: int, p: int) -> torch.Tensor:
     score = torch.zeros(width)
     for item in group:
         layer, handler = item.dep.target.module, item.dep.handler
-        if Conv1D is None or not isinstance(layer, Conv1D):
+        if not is_conv1d(layer):
             continue
         weight = layer.weight.detach()  # [in, out]
         pruner = Conv1DPruner()

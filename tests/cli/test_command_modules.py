@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -54,6 +56,14 @@ def test_no_module_imports_the_cli():
             elif isinstance(node, ast.Import):
                 assert all(alias.name != "toolchain.cli" for alias in node.names), path
 
+
+
+def test_the_cli_does_not_import_what_only_some_runs_need():
+    """Every CLI call pays for its imports: scipy (0.9 s) is imported by the functions that fit or sample, and
+    transformers (0.3 s) only by a model that holds its layers."""
+    probe = "import sys, toolchain.cli; print(sorted(m for m in ('scipy', 'transformers') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 # Parameter name -> the measurement policy's default it must have (None: a command that only filters by it).
 POLICY = {"target": defaults.TARGET, "backend": defaults.BACKEND, "threads": defaults.THREADS,

@@ -39,7 +39,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 
 from toolchain.allocate._problem import LatencyModel
 
@@ -80,6 +79,8 @@ class MeasuredCorrection:
         # least-squares problem on the system stacked with sqrt(ridge * scale) * identity.
         n_groups = features.shape[1]
         system = np.vstack([features.numpy(), math.sqrt(ridge * scale) * np.eye(n_groups)])
+        from scipy.optimize import nnls  # imported here: scipy costs every CLI call 0.9 s at import
+
         beta, _ = nnls(system, np.concatenate([target.numpy(), np.zeros(n_groups)]))
         return cls(base, dense, torch.from_numpy(beta).float())
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from scipy.stats import qmc
 
 ALIGN_MULTIPLES = (8, 16, 32)
 UNIFORM_EVERY = 8  # one sample in UNIFORM_EVERY is a uniform-ratio configuration
@@ -58,6 +57,8 @@ def sample_width_configs(
     """`n` configurations; the first is always the dense model."""
     if n < 1:
         return []
+    from scipy.stats import qmc  # imported here: scipy.stats costs every CLI call 0.9 s at import
+
     sobol = qmc.Sobol(d=max(len(groups), 1), scramble=True, seed=seed)
     # Prefix-stable: point k is the same however many are drawn; drawn in a power of 2 as Sobol' wants.
     sobol_points = sobol.random_base2(max(int(np.ceil(np.log2(n))), 0))[:n]

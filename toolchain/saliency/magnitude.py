@@ -10,7 +10,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from toolchain.graph_conv1d import Conv1D, conv1d_norms
+from toolchain.graph_conv1d import conv1d_norms, is_conv1d
 from toolchain.saliency import ScoringContext, register_criterion
 from toolchain.saliency._masking import root_width
 
@@ -19,7 +19,7 @@ def _with_conv1d(group, importance, p: int, width: int) -> torch.Tensor:
     """Torch-Pruning's group importance plus the `Conv1D` layers it does not see (GPT-2), on the same scale:
     a group of only `Conv1D` layers (for which it returns None) is scored by them alone."""
     score = importance(group)
-    if not any(Conv1D is not None and isinstance(dep.target.module, Conv1D) for dep, _ in group):
+    if not any(is_conv1d(dep.target.module) for dep, _ in group):
         return score.detach()
     extra = conv1d_norms(group, width, p)
     return extra if score is None else score.detach() + extra

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from toolchain.graph_conv1d import Conv1D
+from toolchain.graph_conv1d import is_conv1d
 from toolchain.saliency import ScoringContext, register_criterion
 from toolchain.saliency._masking import captured_inputs, consumers, root_width
 
@@ -40,7 +40,7 @@ def _activation_features(context: ScoringContext) -> dict[str, torch.Tensor]:
 def _filter_features(context: ScoringContext, name: str) -> torch.Tensor:
     root = context.graph.tp_group(name)[0].dep.target.module
     weight = root.weight.detach()
-    if Conv1D is not None and isinstance(root, Conv1D):  # GPT-2's projections store [in, out]
+    if is_conv1d(root):  # GPT-2's projections store [in, out]
         weight = weight.T
     return weight.flatten(1)[: root_width(context.graph, name)]
 

@@ -16,7 +16,6 @@ import json
 from collections import defaultdict
 
 import numpy as np
-from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 
 from toolchain.errors import ToolchainError
 from toolchain.latency.features import COMPUTE_OPS, LayerSpec
@@ -85,6 +84,9 @@ class LookupTablePredictor(LatencyPredictor):
             channels, ms = points[:, :2], points[:, 2]
             varying = [axis for axis in (0, 1) if len(np.unique(channels[:, axis])) > 1]
             if len(varying) == 2 and not np.all(channels[:, 0] == channels[:, 1]):
+                # imported here: scipy costs every CLI call 0.9 s at import
+                from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
+
                 linear = LinearNDInterpolator(channels, ms)
                 nearest = NearestNDInterpolator(channels, ms)
 

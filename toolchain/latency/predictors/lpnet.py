@@ -33,7 +33,6 @@ import math
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 from torch import nn
 
 from toolchain.errors import OutdatedArtifactError, ToolchainError
@@ -241,6 +240,8 @@ class LPNetPredictor(LatencyPredictor):
         with torch.no_grad():
             features = self.module.prior_features(inputs).double()
         relative = (features / measured_ms[:, None]).numpy()
+        from scipy.optimize import nnls  # imported here: scipy costs every CLI call 0.9 s at import
+
         row_weights = np.ones(len(measured_ms))
         for _ in range(HUBER_ROUNDS + 1):
             scale = np.sqrt(row_weights)
