@@ -157,3 +157,22 @@ def test_tied_weights_are_written_apart_and_nothing_else_is_copied(tmp_path):
     save_file(saveable, str(tmp_path / "w.safetensors"))
     loaded = load_file(str(tmp_path / "w.safetensors"))
     assert all(torch.equal(loaded[name], tensor) for name, tensor in state.items())
+
+
+def test_weights_written_by_a_second_thread_are_the_same_file(tmp_path):
+    """The pipeline writes weights.safetensors in a thread while ONNX is exported; the file is the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dense = create_model("demo")
+    x = example_input("demo")
+    result = prune(dense, x, ratio=0.5)
+    (tmp_path / "direct").mkdir()
+    (tmp_path / "thread").mkdir()
+    assert write_arch_and_weights(tmp_path / "direct", result.model, dense, "zoo:demo", specs_of(x),
+                                  result.widths) is None
+    with ThreadPoolExecutor(1) as writer:
+        written = write_arch_and_weights(tmp_path / "thread", result.model, dense, "zoo:demo", specs_of(x),
+                                         result.widths, writer)
+        written.result()
+    for name in ("arch.json", "weights.safetensors"):
+        assert (tmp_path / "direct" / name).read_bytes() == (tmp_path / "thread" / name).read_bytes()

@@ -9,6 +9,7 @@ temporary folder and renamed into place. `toolchain.deploy` runs it for a device
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from toolchain.export.onnx import export_onnx
 from toolchain.inputs import InputSpecs, ModelInputs, make_inputs, run_checked, specs_to_json, vocab_size_of
 from toolchain.manifest import Manifest
 from toolchain.models import resolve_model
+from toolchain.op_count import meta_copy
 from toolchain.output_folder import atomic_folder, check_output_folder, stamp_of, write_json
 from toolchain.pruning import PruneConfig, prune
 from toolchain.recover import OnProgress, RecoveryConfig, recover
@@ -74,6 +76,12 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
     step("pruning")
     if config.budget is not None:
         result = config.budget.run(config.model, dense, example_input, data, step)
+    elif data is None and isinstance(config.model, str):
+        # Built here and not distilled from: pruned in place, only its structure kept (for arch.json); copying a
+        # large model's weights costs seconds.
+        structure = meta_copy(dense)
+        result = prune(dense, example_input, config.prune, in_place=True)
+        dense = structure
     else:
         result = prune(dense, example_input, config.prune)
     manifest = {"model": config.model if isinstance(config.model, str) else type(config.model).__name__,
@@ -84,13 +92,17 @@ def write_pruned_folder(config: PipelineConfig, step: Step = lambda _: None, ext
         manifest.update(recover(result.model, dense, data, config.recovery, step, config.on_recovery))
     if data is not None:
         manifest["accuracy_data"] = config.data or "mnist5k"
-    with atomic_folder(config.out) as tmp:
+    # The writer thread writes weights.safetensors while ONNX is exported and verified (and waits for it to
+    # finish before the folder is renamed into place or removed).
+    with atomic_folder(config.out) as tmp, ThreadPoolExecutor(1, thread_name_prefix="weights") as writer:
+        weights_written = write_arch_and_weights(tmp, result.model, dense, manifest["model"], specs, result.widths,
+                                                 writer)
         step("exporting ONNX and verifying it against PyTorch")
         exported = export_onnx(result.model, example_input, tmp / "model.onnx")  # verified in onnxruntime
         manifest["onnx_max_rel_err"] = exported.max_rel_err
         manifest["onnx_outputs_vary_with_input"] = exported.outputs_vary
         manifest["onnx_opset"] = exported.opset
-        write_arch_and_weights(tmp, result.model, dense, manifest["model"], specs, result.widths)
+        weights_written.result()
         if extend is not None:
             extend(tmp, result.model, example_input, data, manifest, step)
         manifest = Manifest.from_json(manifest).to_json()  # typed: the current version's layout

@@ -45,9 +45,9 @@ def test_nested_outputs_and_typed_inputs_keep_their_names(tmp_path):
 
 
 def test_an_unloadable_file_never_appears(tmp_path, monkeypatch):
-    def write_garbage(model, example, outputs, path, opset, large):
+    def write_garbage(model, example, outputs, path, opset, writer):
         path.write_bytes(b"not an onnx model")
-        return opset
+        return opset, None
 
     monkeypatch.setattr(onnx_export, "_export", write_garbage)
     with pytest.raises(ToolchainError, match="onnxruntime cannot load"):
@@ -237,3 +237,19 @@ def test_a_large_model_keeps_its_weights_beside_the_graph(tmp_path, monkeypatch)
     assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
     assert {"bn.running_mean", "bn.running_var", "head.weight"} <= {t.name for t in graph.initializer}
     assert len(random_inputs) == 1  # compared on the example and one random input (two for smaller models)
+
+
+def test_a_failed_weights_write_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """A large model's model.onnx.data is written by a second thread; its failure (a full disk) still surfaces
+    as one error, and no file or staging folder is left."""
+    from toolchain.export import onnx_weights
+
+    monkeypatch.setattr(onnx_export, "LARGE_EXPORT_PARAMS", 0)
+
+    def disk_full(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx_weights, "_write_data", disk_full)
+    with pytest.raises(ToolchainError, match="cannot write the ONNX weights beside model.onnx: .*No space left"):
+        export_onnx(WithBuffers().eval(), torch.randn(2, 3, 8, 8), tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []

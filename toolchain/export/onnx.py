@@ -18,7 +18,8 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +70,10 @@ class OnnxExport:
 
 
 def _export(model: nn.Module, example_input: ModelInputs, outputs: list[str], path: Path, opset: int,
-            large: bool) -> int:
-    """Write `path` with the TorchScript exporter, else dynamo; return the opset written. `large`: over
-    `LARGE_EXPORT_PARAMS` parameters."""
+            writer: Executor | None) -> tuple[int, Future | None]:
+    """Write `path` with the TorchScript exporter, else dynamo; return the opset written, and the future of
+    the external data file that `writer` is still writing (`onnx_weights`; a `writer` is passed only for a
+    model over `LARGE_EXPORT_PARAMS` parameters)."""
     names = input_names(example_input)
     module, args = as_positional(model, example_input)
     with warnings.catch_warnings(), torch.no_grad():
@@ -80,17 +82,20 @@ def _export(model: nn.Module, example_input: ModelInputs, outputs: list[str], pa
         # handles every zoo model; the dynamo exporter is the fallback.
         try:
             with _attention_fast_path_off(), _process_output_discarded():
-                if not (large and export_weights_apart(module, args, path, opset, names, outputs)):
+                data_written = None if writer is None else export_weights_apart(module, args, path, opset, names,
+                                                                                 outputs, writer)
+                if data_written is None:
                     torch.onnx.export(module, args, str(path), opset_version=opset, dynamo=False,
                                       input_names=names, output_names=outputs)
-            return opset
+            return opset, data_written
         except Exception:
             for partial in (path, path.with_name(path.name + ".data")):  # what the first try may have left
                 partial.unlink(missing_ok=True)
             dynamo_opset = max(opset, DYNAMO_MIN_OPSET)
             torch.onnx.export(module, args, str(path), opset_version=dynamo_opset, dynamo=True, verbose=False,
-                              input_names=names, output_names=outputs, external_data=False, optimize=not large)
-            return dynamo_opset
+                              input_names=names, output_names=outputs, external_data=False,
+                              optimize=writer is None)
+            return dynamo_opset, None
 
 
 @contextmanager
@@ -156,12 +161,20 @@ def export_onnx(model: nn.Module, example_input: ModelInputs, path: str | Path, 
     try:
         with torch.no_grad():  # names the outputs, and is the first reference the file is verified against
             example_output = call_model(model, example_input)
-        try:
-            written_opset = _export(model, example_input, output_names(example_output), staged, opset, large)
-        except Exception as exc:
-            raise ToolchainError(f"ONNX export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
-        max_rel_err, outputs_vary = _verify_onnx(model, staged, example_input, n_random, tolerance,
-                                                 example_output=flatten_outputs(example_output))
+        # A large model's weights file is written by a second thread while PyTorch computes the references.
+        with ThreadPoolExecutor(1, thread_name_prefix="onnx-data") if large else nullcontext() as writer:
+            try:
+                written_opset, data_written = _export(model, example_input, output_names(example_output), staged,
+                                                      opset, writer)
+            except Exception as exc:
+                raise ToolchainError(f"ONNX export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+            references = pytorch_references(model, example_input, n_random, example_output=example_output)
+            if data_written is not None:
+                try:
+                    data_written.result()
+                except OSError as exc:
+                    raise ToolchainError(f"cannot write the ONNX weights beside {path.name}: {exc}") from exc
+        max_rel_err, outputs_vary = _verify_onnx(staged, references, tolerance)
         external_data = tuple(path.with_name(data.name) for data in staging.iterdir() if data != staged)
         for data in external_data:  # external data first, the graph that names it last
             os.replace(staging / data.name, data)
@@ -200,13 +213,39 @@ def check_finite_outputs(reference: np.ndarray, candidate: np.ndarray, label: st
                                  "(NaN calibration data or weights?)")
 
 
+@dataclass(frozen=True)
+class Reference:
+    """One input the compiled model is checked on, and PyTorch's flattened outputs for it."""
+
+    inputs: ModelInputs
+    outputs: list[torch.Tensor]
+
+
+def pytorch_references(model: nn.Module, example_input: ModelInputs, n_random: int, seed: int = 0,
+                       example_output=None) -> list[Reference]:
+    """PyTorch's outputs on the example and `n_random` seeded random inputs (`random_like`: token ids stay
+    inside the vocabulary). `example_output`: the model's output on the example when the caller has it."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = [example_input] + [random_like(example_input, generator) for _ in range(n_random)]
+    model = model.eval()
+    references = []
+    for x in inputs:
+        if x is example_input and example_output is not None:
+            output = example_output
+        else:
+            with torch.no_grad():
+                output = call_model(model, x)
+        references.append(Reference(x, flatten_outputs(output)))
+    return references
+
+
 def compare_with_pytorch(model: nn.Module, run: Callable[[list[np.ndarray]], list[np.ndarray]],
                          example_input: ModelInputs, label: str, n_random: int = 2,
                          tolerance: float = MAX_REL_ERR_FP32, seed: int = 0) -> float:
     """Run a compiled model (`run`: input arrays in call order -> output arrays) and PyTorch on the
     example and `n_random` seeded random inputs (`random_like`: token ids stay inside the vocabulary);
     return the max relative error over every flattened output, raise above `tolerance`."""
-    return _compare(model, run, example_input, label, n_random, tolerance, seed)[0]
+    return _compare(run, pytorch_references(model, example_input, n_random, seed), label, tolerance)[0]
 
 
 def _vary(first: list[torch.Tensor], other: list[torch.Tensor]) -> bool:
@@ -214,27 +253,16 @@ def _vary(first: list[torch.Tensor], other: list[torch.Tensor]) -> bool:
     return any(a.shape != b.shape or max_relative_error(a.numpy(), b.numpy()) > 1e-6 for a, b in zip(first, other))
 
 
-def _compare(model: nn.Module, run: Callable[[list[np.ndarray]], list[np.ndarray]], example_input: ModelInputs,
-             label: str, n_random: int, tolerance: float, seed: int,
-             example_output: list[torch.Tensor] | None = None) -> tuple[float, bool | None]:
-    """`compare_with_pytorch`, and whether PyTorch's outputs varied over the inputs (None: one input).
-
-    `example_output`: PyTorch's flattened outputs on the example input when the caller has them already."""
-    generator = torch.Generator().manual_seed(seed)
-    inputs = [example_input] + [random_like(example_input, generator) for _ in range(n_random)]
-    worst, first, vary = 0.0, None, None
-    model = model.eval()
-    for x in inputs:
-        if x is example_input and example_output is not None:
-            expected = example_output
-        else:
-            with torch.no_grad():
-                expected = flatten_outputs(call_model(model, x))
-        if first is None:
-            first = expected
-        else:
-            vary = bool(vary) or _vary(first, expected)
-        got = run([t.detach().cpu().numpy() for t in input_tensors(x)])
+def _compare(run: Callable[[list[np.ndarray]], list[np.ndarray]], references: list[Reference], label: str,
+             tolerance: float) -> tuple[float, bool | None]:
+    """`compare_with_pytorch` over computed references, and whether PyTorch's outputs varied over the inputs
+    (None: one input)."""
+    worst = 0.0
+    first = references[0].outputs
+    vary = None if len(references) == 1 else any(_vary(first, r.outputs) for r in references[1:])
+    for reference in references:
+        expected = reference.outputs
+        got = run([t.detach().cpu().numpy() for t in input_tensors(reference.inputs)])
         if len(got) != len(expected):
             raise ToolchainError(f"{label} has {len(got)} outputs, PyTorch has {len(expected)}")
         for e, g in zip(expected, got, strict=True):
@@ -254,12 +282,10 @@ def verify_onnx(model: nn.Module, path: str | Path, example_input: ModelInputs, 
     Raises `ToolchainError` if onnxruntime cannot load or run it, or the error exceeds `tolerance`
     (1e-4 for fp32).
     """
-    return _verify_onnx(model, path, example_input, n_random, tolerance, seed)[0]
+    return _verify_onnx(path, pytorch_references(model, example_input, n_random, seed), tolerance)[0]
 
 
-def _verify_onnx(model: nn.Module, path: str | Path, example_input: ModelInputs, n_random: int = 2,
-                 tolerance: float = MAX_REL_ERR_FP32, seed: int = 0,
-                 example_output: list[torch.Tensor] | None = None) -> tuple[float, bool | None]:
+def _verify_onnx(path: str | Path, references: list[Reference], tolerance: float) -> tuple[float, bool | None]:
     try:
         session = onnx_session(path)
     except Exception as exc:  # onnxruntime's own exception types; an unloadable file is never "exported"
@@ -274,4 +300,4 @@ def _verify_onnx(model: nn.Module, path: str | Path, example_input: ModelInputs,
         except Exception as exc:
             raise ToolchainError(f"onnxruntime cannot run {Path(path).name}: {_first_line(exc)}") from exc
 
-    return _compare(model, run, example_input, "ONNX model", n_random, tolerance, seed, example_output)
+    return _compare(run, references, "ONNX model", tolerance)
