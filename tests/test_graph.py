@@ -209,3 +209,31 @@ def test_the_trace_is_the_input_check_and_says_which_failed(when, message):
     forward, the model is run once more untraced to tell a rejected input from a model that cannot be traced."""
     with pytest.raises(ToolchainError, match=message):
         prune(FailingNet(when).eval(), torch.randn(1, 3, 8, 8), ratio=0.5)
+
+
+def test_an_in_place_prune_shrinks_the_model_itself_alike():
+    """`in_place=True` (the CLI's ratio prune of a model it built) skips the copy of the weights; the widths,
+    weights and counts are those of the copying prune."""
+    x = example_input("resnet56_cifar")
+    model = create_model("resnet56_cifar")
+    copied = prune(model, x, ratio=0.5)  # a copy: `model` stays dense
+    in_place = prune(model, x, ratio=0.5, in_place=True)
+    assert in_place.model is model
+    assert in_place.widths == copied.widths
+    assert {k: in_place.manifest[k] for k in ("dense_params", "params", "dense_macs", "macs")} == \
+        {k: copied.manifest[k] for k in ("dense_params", "params", "dense_macs", "macs")}
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), copied.model.state_dict().values()))
+
+
+def test_the_pipeline_leaves_a_module_it_was_given_untouched(tmp_path):
+    """Only a model the pipeline built itself is pruned in place; a module passed by the caller is copied."""
+    from toolchain.pipeline import PipelineConfig, write_pruned_folder
+    from toolchain.pruning import PruneConfig
+
+    model = create_model("demo")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    write_pruned_folder(PipelineConfig(model=model, out=tmp_path / "pruned", data="none", input_shape=(1, 1, 28, 28),
+                                       prune=PruneConfig(ratio=0.5)))
+    state = model.state_dict()
+    assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in before)
+    assert (tmp_path / "pruned" / "weights.safetensors").is_file()

@@ -38,3 +38,12 @@ def test_a_forward_that_needs_values_falls_back_to_real_tensors(monkeypatch):
     model = _NeedsValues().train()
     assert count_macs_params(model, torch.ones(2, 4)) == op_count._count(model, torch.ones(2, 4))
     assert model.training, "the caller's mode is restored"
+
+
+def test_meta_copy_keeps_the_structure_without_storage():
+    model = create_model("demo")
+    copied = op_count.meta_copy(model)
+    assert [type(m) for m in copied.modules()] == [type(m) for m in model.modules()]
+    assert {k: v.shape for k, v in copied.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert all(v.device.type == "meta" for v in copied.state_dict().values())
+    assert all(v.device.type == "cpu" for v in model.state_dict().values()), "the original keeps its weights"

@@ -28,8 +28,9 @@ from toolchain.inputs import ModelInputs
 META_COUNT_MIN_PARAMS = 20_000_000
 
 
-def _on_meta(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose parameters and buffers are storage-free meta tensors of the same shapes."""
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose parameters and buffers are storage-free meta tensors of the same shapes: its
+    structure (module types, attributes, tensor shapes) without copying a weight."""
     memo: dict[int, torch.Tensor] = {}
     for param in model.parameters():
         memo[id(param)] = nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
@@ -63,7 +64,7 @@ def count_macs_params(model: nn.Module, example_input: ModelInputs) -> tuple[int
     try:
         if sum(p.numel() for p in model.parameters()) >= META_COUNT_MIN_PARAMS:
             try:
-                return _count(_on_meta(model), _meta_inputs(example_input))
+                return _count(meta_copy(model), _meta_inputs(example_input))
             except Exception:  # noqa: BLE001 - a forward that needs values: count on real tensors below
                 pass
         return _count(model, example_input)
