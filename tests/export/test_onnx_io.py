@@ -253,3 +253,28 @@ def test_a_failed_weights_write_is_one_error_and_leaves_nothing(tmp_path, monkey
     with pytest.raises(ToolchainError, match="cannot write the ONNX weights beside model.onnx: .*No space left"):
         export_onnx(WithBuffers().eval(), torch.randn(2, 3, 8, 8), tmp_path / "model.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+class WithUnusedHead(nn.Module):
+    """A training-only head (GoogLeNet's auxiliary classifiers) that the inference forward never runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.aux = nn.Linear(4, 1000)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_a_large_model_writes_only_the_weights_its_graph_reads(tmp_path, monkeypatch):
+    """The weights reach the exporter as inputs (no parameter is left for its shape inference to copy); those
+    no node reads are not written."""
+    onnx = pytest.importorskip("onnx")
+    monkeypatch.setattr(onnx_export, "LARGE_EXPORT_PARAMS", 0)
+    model = WithUnusedHead().eval()
+    exported = export_onnx(model, torch.randn(2, 4), tmp_path / "model.onnx")
+    graph = onnx.load(str(exported.path), load_external_data=False).graph
+    assert sorted(t.name for t in graph.initializer) == ["body.bias", "body.weight"]
+    assert (tmp_path / "model.onnx.data").stat().st_size < 4096 + 4 * 4 * 4, "the 4000-weight head is not written"
+    assert all(isinstance(p, nn.Parameter) for p in model.parameters()), "the model's parameters are put back"
