@@ -269,12 +269,13 @@ class WithUnusedHead(nn.Module):
 
 def test_a_large_model_writes_only_the_weights_its_graph_reads(tmp_path, monkeypatch):
     """The weights reach the exporter as inputs (no parameter is left for its shape inference to copy); those
-    no node reads are not written."""
+    no node reads are not written; nodes keep the names of the modules that run them."""
     onnx = pytest.importorskip("onnx")
     monkeypatch.setattr(onnx_export, "LARGE_EXPORT_PARAMS", 0)
     model = WithUnusedHead().eval()
     exported = export_onnx(model, torch.randn(2, 4), tmp_path / "model.onnx")
     graph = onnx.load(str(exported.path), load_external_data=False).graph
     assert sorted(t.name for t in graph.initializer) == ["body.bias", "body.weight"]
+    assert [n.name for n in graph.node] == ["/body/Gemm"], "nodes are named by the module that runs them"
     assert (tmp_path / "model.onnx.data").stat().st_size < 4096 + 4 * 4 * 4, "the 4000-weight head is not written"
     assert all(isinstance(p, nn.Parameter) for p in model.parameters()), "the model's parameters are put back"

@@ -58,6 +58,15 @@ class _WeightsAsInputs(nn.Module):
                         self.weights[f"{prefix}.{key}" if prefix else key] = tensor
                     self.slots.append((store, key, index_of[id(tensor)]))
 
+    def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True):
+        """The wrapped module's submodules under their own paths: the exporter names each node by the module that
+        runs it (`/layer1/layer1.0/conv1/Conv`), as when the module itself is exported. (Its state dict and
+        children stay empty: those are what it collects parameters from.)"""
+        yield prefix, self
+        for name, module in self.wrapped.named_modules(memo, prefix, remove_duplicate):
+            if module is not self.wrapped:
+                yield name, module
+
     def forward(self, *inputs):
         args, weights = inputs[:self.n_args], inputs[self.n_args:]
         saved = [(store, key, store[key]) for store, key, _ in self.slots]
