@@ -117,12 +117,11 @@ def export_weights_apart(module: nn.Module, args: tuple, path: Path, opset: int,
         return None
     used = _consumed(graph)  # a weight no node reads (a training-only head) is not written
     stored = [i for i in stored if i.name in used]
-    tensors = wrapper.weights
     data_path = path.with_name(path.name + ".data")
     placed: list[tuple[int, np.ndarray]] = []  # (offset, bytes) of each tensor in the data file
     offset = 0
     for graph_input in stored:
-        tensor = tensors[graph_input.name].detach().contiguous().cpu()
+        tensor = wrapper.weights[graph_input.name].detach().contiguous().cpu()
         raw = tensor.reshape(-1).view(torch.uint8).numpy()
         offset += -offset % ALIGNMENT
         placed.append((offset, raw))
